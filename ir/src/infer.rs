@@ -1,0 +1,440 @@
+//! Type inference: the one place that states each op's typing rule. The DSL
+//! uses it to report shape errors at the caller's line, the parser and the
+//! verifier use it to check declared types.
+
+use crate::dim::{Dim, Poly};
+use crate::dtype::DType;
+use crate::op::{BinaryOp, Op, ReduceKind, UnaryOp};
+use crate::types::TensorType;
+use std::collections::BTreeMap;
+
+/// The input and output types of a function (a `Loop` body or `Call` callee).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signature {
+    /// Formal argument types, in order.
+    pub inputs: Vec<TensorType>,
+    /// Result types, in order.
+    pub outputs: Vec<TensorType>,
+}
+
+/// Looks up function signatures by name.
+pub trait Signatures {
+    /// The signature of function `name`, if it exists.
+    fn signature(&self, name: &str) -> Option<Signature>;
+}
+
+/// No functions: enough for graphs without `Loop`/`Call`.
+pub struct NoFunctions;
+
+impl Signatures for NoFunctions {
+    fn signature(&self, _: &str) -> Option<Signature> {
+        None
+    }
+}
+
+/// The number of operands `op` takes, or `None` for a variable count.
+pub fn arity(op: &Op) -> Option<usize> {
+    Some(match op {
+        Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } => 0,
+        Op::Unary(_)
+        | Op::Clamp { .. }
+        | Op::Cast { .. }
+        | Op::Reduce { .. }
+        | Op::ArgMax { .. }
+        | Op::Softmax { .. }
+        | Op::LogSoftmax { .. }
+        | Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Broadcast { .. }
+        | Op::TopK { .. } => 1,
+        Op::Binary(_)
+        | Op::Compare(_)
+        | Op::MatMul { .. }
+        | Op::Gather { .. }
+        | Op::Embedding
+        | Op::CausalConv1d
+        | Op::CrossEntropy => 2,
+        Op::Select | Op::Scatter { .. } | Op::ScatterAdd { .. } | Op::CacheUpdate { .. } => 3,
+        Op::Concat { .. } | Op::Loop { .. } | Op::Call { .. } => return None,
+    })
+}
+
+fn shapes_str(ts: &[&TensorType]) -> String {
+    ts.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn check_axis(axis: usize, t: &TensorType, what: &str) -> Result<(), String> {
+    if axis >= t.rank() {
+        return Err(format!("{what} axis {axis} is out of range for {t} (rank {})", t.rank()));
+    }
+    Ok(())
+}
+
+fn need_float(t: &TensorType, what: &str) -> Result<(), String> {
+    if !t.dtype.is_float() {
+        return Err(format!("{what} needs a float operand, got {t}"));
+    }
+    Ok(())
+}
+
+fn need_int(t: &TensorType, what: &str) -> Result<(), String> {
+    if !t.dtype.is_int() {
+        return Err(format!("{what} needs integer indices, got {t}"));
+    }
+    Ok(())
+}
+
+fn same_type(a: &TensorType, b: &TensorType, what: &str) -> Result<(), String> {
+    if a != b {
+        return Err(format!("{what} needs operands of identical type, got {a} and {b} (broadcast explicitly)"));
+    }
+    Ok(())
+}
+
+/// Unifies a function's formal type with an actual type, binding the formal's
+/// plain symbols; other dims must match after substitution.
+fn unify(formal: &TensorType, actual: &TensorType, subst: &mut BTreeMap<String, Dim>) -> bool {
+    if formal.dtype != actual.dtype || formal.rank() != actual.rank() {
+        return false;
+    }
+    for (f, a) in formal.shape.iter().zip(&actual.shape) {
+        if let Some(s) = f.as_symbol() {
+            match subst.get(s) {
+                Some(bound) if bound != a => return false,
+                Some(_) => {}
+                None => {
+                    subst.insert(s.to_string(), a.clone());
+                }
+            }
+        } else if &f.substitute(subst) != a {
+            return false;
+        }
+    }
+    true
+}
+
+fn instantiate(
+    formal: &[TensorType],
+    actual: &[&TensorType],
+    outputs: &[TensorType],
+    what: &str,
+) -> Result<Vec<TensorType>, String> {
+    if formal.len() != actual.len() {
+        return Err(format!("{what} takes {} operands, got {}", formal.len(), actual.len()));
+    }
+    let mut subst = BTreeMap::new();
+    for (i, (f, a)) in formal.iter().zip(actual).enumerate() {
+        if !unify(f, a, &mut subst) {
+            return Err(format!("{what}: operand {i} has type {a}, which does not fit the formal type {f}"));
+        }
+    }
+    Ok(outputs.iter().map(|t| TensorType::new(t.dtype, t.shape.iter().map(|d| d.substitute(&subst)))).collect())
+}
+
+/// Infers the output types of a non-leaf op from its operand types.
+/// Leaves (`input`, `param`, `constant`, `iota`) declare their type instead.
+pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<TensorType>, String> {
+    if let Some(n) = arity(op) {
+        if ins.len() != n {
+            return Err(format!("`{}` takes {n} operand(s), got {}", op.name(), ins.len()));
+        }
+    }
+    let one = |t: TensorType| Ok(vec![t]);
+    match op {
+        Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } => {
+            Err(format!("`{}` is a leaf: its type is declared, not inferred", op.name()))
+        }
+        Op::Unary(u) => {
+            let x = ins[0];
+            match u {
+                UnaryOp::Not if x.dtype != DType::Bool => Err(format!("`not` needs a bool operand, got {x}")),
+                UnaryOp::Not => one(x.clone()),
+                UnaryOp::Neg | UnaryOp::Abs if x.dtype.is_numeric() => one(x.clone()),
+                _ => {
+                    need_float(x, u.name())?;
+                    one(x.clone())
+                }
+            }
+        }
+        Op::Clamp { min, max } => {
+            if !ins[0].dtype.is_numeric() {
+                return Err(format!("`clamp` needs a numeric operand, got {}", ins[0]));
+            }
+            if min > max {
+                return Err(format!("`clamp` has min {min} > max {max}"));
+            }
+            one(ins[0].clone())
+        }
+        Op::Binary(b) => {
+            same_type(ins[0], ins[1], b.name())?;
+            let logical = matches!(b, BinaryOp::And | BinaryOp::Or);
+            let dt = ins[0].dtype;
+            if logical && dt != DType::Bool {
+                return Err(format!("`{}` needs bool operands, got {}", b.name(), ins[0]));
+            }
+            if !logical && !dt.is_numeric() {
+                return Err(format!("`{}` needs numeric operands, got {}", b.name(), ins[0]));
+            }
+            if *b == BinaryOp::Pow {
+                need_float(ins[0], "pow")?;
+            }
+            one(ins[0].clone())
+        }
+        Op::Compare(c) => {
+            same_type(ins[0], ins[1], c.name())?;
+            one(ins[0].with_dtype(DType::Bool))
+        }
+        Op::Select => {
+            let (c, a, b) = (ins[0], ins[1], ins[2]);
+            if c.dtype != DType::Bool {
+                return Err(format!("`select` needs a bool condition, got {c}"));
+            }
+            same_type(a, b, "select")?;
+            if c.shape != a.shape {
+                return Err(format!("`select` condition {c} does not match the values {a}"));
+            }
+            one(a.clone())
+        }
+        Op::Cast { to } => {
+            if *to == DType::Ternary || ins[0].dtype == DType::Ternary {
+                return Err("`cast` cannot convert to or from packed ternary; use the ternary pack/unpack ops".into());
+            }
+            one(ins[0].with_dtype(*to))
+        }
+        Op::Reduce { kind, axes, keep_dims } => {
+            let x = ins[0];
+            if !x.dtype.is_numeric() {
+                return Err(format!("`reduce` needs a numeric operand, got {x}"));
+            }
+            if *kind == ReduceKind::Mean {
+                need_float(x, "mean")?;
+            }
+            if axes.is_empty() || axes.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(format!("`reduce` axes {axes:?} must be non-empty, sorted and distinct"));
+            }
+            for &a in axes {
+                check_axis(a, x, "reduce")?;
+            }
+            let shape = x.shape.iter().enumerate().filter_map(|(i, d)| {
+                if !axes.contains(&i) {
+                    Some(d.clone())
+                } else {
+                    keep_dims.then(|| Dim::new(1))
+                }
+            });
+            one(TensorType::new(x.dtype, shape))
+        }
+        Op::ArgMax { axis, keep_dims } => {
+            let x = ins[0];
+            check_axis(*axis, x, "argmax")?;
+            let mut shape = x.shape.clone();
+            if *keep_dims {
+                shape[*axis] = Dim::new(1);
+            } else {
+                shape.remove(*axis);
+            }
+            one(TensorType::new(DType::I64, shape))
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            need_float(ins[0], op.name())?;
+            check_axis(*axis, ins[0], op.name())?;
+            one(ins[0].clone())
+        }
+        Op::MatMul { trans_b } => infer_matmul(ins[0], ins[1], *trans_b),
+        Op::Gather { axis } => {
+            let (x, idx) = (ins[0], ins[1]);
+            need_int(idx, "gather")?;
+            check_axis(*axis, x, "gather")?;
+            same_rank_except(x, idx, *axis, "gather", "indices")?;
+            one(idx.with_dtype(x.dtype))
+        }
+        Op::Scatter { axis } | Op::ScatterAdd { axis } => {
+            let (x, idx, src) = (ins[0], ins[1], ins[2]);
+            need_int(idx, op.name())?;
+            check_axis(*axis, x, op.name())?;
+            same_rank_except(x, idx, *axis, op.name(), "indices")?;
+            if src.shape != idx.shape || src.dtype != x.dtype {
+                return Err(format!(
+                    "`{}` source {src} must have the indices' shape {idx} and dtype {}",
+                    op.name(),
+                    x.dtype
+                ));
+            }
+            one(x.clone())
+        }
+        Op::Embedding => {
+            let (w, ids) = (ins[0], ins[1]);
+            if w.rank() != 2 {
+                return Err(format!("`embedding` weight must be [V, D], got {w}"));
+            }
+            need_int(ids, "embedding")?;
+            let mut shape = ids.shape.clone();
+            shape.push(w.shape[1].clone());
+            one(TensorType::new(w.dtype, shape))
+        }
+        Op::Reshape { shape } => {
+            if Poly::numel(&ins[0].shape) != Poly::numel(shape) {
+                let t = TensorType::new(ins[0].dtype, shape.clone());
+                return Err(format!("`reshape` cannot turn {} into {t}: element counts differ", ins[0]));
+            }
+            one(TensorType::new(ins[0].dtype, shape.clone()))
+        }
+        Op::Transpose { perm } => {
+            let x = ins[0];
+            let mut seen = vec![false; x.rank()];
+            if perm.len() != x.rank() || perm.iter().any(|&p| p >= x.rank() || std::mem::replace(&mut seen[p], true)) {
+                return Err(format!("`transpose` perm {perm:?} is not a permutation of the {} axes of {x}", x.rank()));
+            }
+            one(TensorType::new(x.dtype, perm.iter().map(|&p| x.shape[p].clone())))
+        }
+        Op::Slice { axis, start, end } => {
+            let x = ins[0];
+            check_axis(*axis, x, "slice")?;
+            let len = end.clone() - start.clone();
+            let bad = match (start.as_const(), len.as_const(), x.shape[*axis].as_const()) {
+                (Some(s), _, _) if s < 0 => true,
+                (_, Some(l), _) if l < 0 => true,
+                (_, _, Some(n)) => end.as_const().is_some_and(|e| e > n),
+                _ => false,
+            };
+            if bad {
+                return Err(format!("`slice` {start}..{end} is out of range for axis {axis} of {x}"));
+            }
+            let mut shape = x.shape.clone();
+            shape[*axis] = len;
+            one(TensorType::new(x.dtype, shape))
+        }
+        Op::Concat { axis } => {
+            let first = ins.first().ok_or("`concat` needs at least one operand")?;
+            check_axis(*axis, first, "concat")?;
+            let mut total = Dim::new(0);
+            for t in ins {
+                same_rank_except(first, t, *axis, "concat", "operand")?;
+                if t.dtype != first.dtype || t.rank() != first.rank() {
+                    return Err(format!("`concat` operands differ: {}", shapes_str(ins)));
+                }
+                total = total + t.shape[*axis].clone();
+            }
+            let mut shape = first.shape.clone();
+            shape[*axis] = total;
+            one(TensorType::new(first.dtype, shape))
+        }
+        Op::Broadcast { shape } => {
+            let x = ins[0];
+            let ok = x.rank() <= shape.len()
+                && x.shape.iter().rev().zip(shape.iter().rev()).all(|(a, b)| a == b || a.as_const() == Some(1));
+            if !ok {
+                let t = TensorType::new(x.dtype, shape.clone());
+                return Err(format!("`broadcast` cannot expand {x} to {t}"));
+            }
+            one(TensorType::new(x.dtype, shape.clone()))
+        }
+        Op::CausalConv1d => {
+            let (x, w) = (ins[0], ins[1]);
+            need_float(x, "causal_conv1d")?;
+            let ok = x.rank() == 3
+                && w.rank() == 3
+                && w.dtype == x.dtype
+                && w.shape[0] == x.shape[2]
+                && w.shape[1].as_const() == Some(1)
+                && w.shape[2].as_const().is_some_and(|k| k >= 1);
+            if !ok {
+                return Err(format!(
+                    "`causal_conv1d` needs x [B,T,C] and weight [C,1,K] of one dtype, got {x} and {w}"
+                ));
+            }
+            one(x.clone())
+        }
+        Op::TopK { k, axis } => {
+            let x = ins[0];
+            check_axis(*axis, x, "topk")?;
+            if !x.dtype.is_numeric() {
+                return Err(format!("`topk` needs a numeric operand, got {x}"));
+            }
+            if let (Some(kc), Some(n)) = (k.as_const(), x.shape[*axis].as_const()) {
+                if kc < 1 || kc > n {
+                    return Err(format!("`topk` k={kc} is out of range 1..={n} for {x}"));
+                }
+            }
+            let mut shape = x.shape.clone();
+            shape[*axis] = k.clone();
+            Ok(vec![TensorType::new(x.dtype, shape.clone()), TensorType::new(DType::I64, shape)])
+        }
+        Op::CrossEntropy => {
+            let (logits, targets) = (ins[0], ins[1]);
+            need_float(logits, "cross_entropy")?;
+            need_int(targets, "cross_entropy")?;
+            if logits.rank() != targets.rank() + 1 || logits.shape[..targets.rank()] != targets.shape[..] {
+                return Err(format!(
+                    "`cross_entropy` needs logits [..., V] and targets [...], got {logits} and {targets}"
+                ));
+            }
+            one(targets.with_dtype(logits.dtype))
+        }
+        Op::CacheUpdate { axis } => {
+            let (cache, update, offset) = (ins[0], ins[1], ins[2]);
+            check_axis(*axis, cache, "cache_update")?;
+            same_rank_except(cache, update, *axis, "cache_update", "update")?;
+            if update.dtype != cache.dtype {
+                return Err(format!("`cache_update` update {update} must have the cache's dtype {}", cache.dtype));
+            }
+            if *offset != TensorType::scalar(DType::I64) {
+                return Err(format!("`cache_update` offset must be i64[], got {offset}"));
+            }
+            one(cache.clone())
+        }
+        Op::Call { callee } => {
+            let sig = sigs.signature(callee).ok_or_else(|| format!("`call` refers to unknown function @{callee}"))?;
+            instantiate(&sig.inputs, ins, &sig.outputs, &format!("call of @{callee}"))
+        }
+        Op::Loop { body, .. } => {
+            let sig = sigs.signature(body).ok_or_else(|| format!("`loop` refers to unknown function @{body}"))?;
+            let what = format!("loop body @{body}");
+            if sig.inputs.first() != Some(&TensorType::scalar(DType::I64)) {
+                return Err(format!("{what} must take the iteration index i64[] as its first argument"));
+            }
+            let n_carried = sig.outputs.len();
+            if sig.inputs.len() < 1 + n_carried {
+                return Err(format!("{what} returns {n_carried} values but takes fewer loop-carried arguments"));
+            }
+            let formal = &sig.inputs[1..];
+            let outs = instantiate(formal, ins, &sig.outputs, &what)?;
+            for (i, (o, carried)) in outs.iter().zip(ins).enumerate() {
+                if &o != carried {
+                    return Err(format!("{what}: carried value {i} enters as {carried} but leaves as {o}"));
+                }
+            }
+            Ok(outs)
+        }
+    }
+}
+
+fn same_rank_except(x: &TensorType, y: &TensorType, axis: usize, what: &str, name: &str) -> Result<(), String> {
+    let ok = x.rank() == y.rank() && x.shape.iter().zip(&y.shape).enumerate().all(|(i, (a, b))| i == axis || a == b);
+    if !ok {
+        return Err(format!("`{what}` {name} {y} must match {x} on every axis but {axis}"));
+    }
+    Ok(())
+}
+
+fn infer_matmul(a: &TensorType, b: &TensorType, trans_b: bool) -> Result<Vec<TensorType>, String> {
+    let err = |why: &str| Err(format!("`matmul` of {a} and {b}{}: {why}", if trans_b { "ᵀ" } else { "" }));
+    if a.dtype != b.dtype || !a.dtype.is_float() {
+        return err("operands must share one float dtype");
+    }
+    if a.rank() < 2 || b.rank() < 2 {
+        return err("operands must have rank ≥ 2");
+    }
+    let (ra, rb) = (a.rank(), b.rank());
+    let (k_b, n) = if trans_b { (&b.shape[rb - 1], &b.shape[rb - 2]) } else { (&b.shape[rb - 2], &b.shape[rb - 1]) };
+    if &a.shape[ra - 1] != k_b {
+        return err(&format!("inner dimensions {} and {k_b} differ", a.shape[ra - 1]));
+    }
+    if rb != 2 && a.shape[..ra - 2] != b.shape[..rb - 2] {
+        return err("batch dimensions differ (the right operand is rank 2 or has the left's batch dims)");
+    }
+    let mut shape = a.shape[..ra - 1].to_vec();
+    shape.push(n.clone());
+    Ok(vec![TensorType::new(a.dtype, shape)])
+}
