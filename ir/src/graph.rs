@@ -206,7 +206,7 @@ impl Signatures for Program {
     }
 }
 
-impl Signatures for [Graph] {
+impl Signatures for Vec<Graph> {
     fn signature(&self, name: &str) -> Option<Signature> {
         self.iter().find(|f| f.name == name).map(Graph::signature)
     }

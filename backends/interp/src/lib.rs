@@ -1,1 +1,20 @@
+//! The lsc reference interpreter: executes any verified program (`Loop` and
+//! `Call` included) on the CPU in `f32`, or in `f64` for gradient and
+//! numerics checks. Simple and obviously right; matmuls call the
+//! `matrixmultiply` GEMM so that small models train at a practical speed.
+//!
+//! | module | contents |
+//! |---|---|
+//! | [`exec`] | [`Interpreter`]: symbol binding, graph walk, control flow |
+//! | [`kernels`] | one implementation per primitive op |
+//! | [`value`] | runtime tensors |
+//! | [`math`] | the float trait, erf/GELU, round-half-even |
 
+pub mod exec;
+pub mod kernels;
+pub mod math;
+pub mod value;
+
+pub use exec::{InterpError, Interpreter, Tensors};
+pub use math::Real;
+pub use value::{Buffer, Value};

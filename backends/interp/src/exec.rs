@@ -1,0 +1,240 @@
+//! The executor: binds shape symbols, walks each graph in topological order,
+//! runs `Loop` and `Call` by recursion, and frees values after their last use.
+
+use crate::kernels;
+use crate::math::Real;
+use crate::value::{numel, Buffer, Value};
+use lsc_ir::{verify, Bindings, DType, Graph, NodeId, Op, Program, TensorType, VerifyError};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+/// A failure while executing, located at a graph and node (`%N` as printed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InterpError {
+    /// Graph name.
+    pub graph: String,
+    /// Printed node number and op name, when the failure is at a node.
+    pub node: Option<(usize, String)>,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for InterpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "@{}", self.graph)?;
+        if let Some((n, op)) = &self.node {
+            write!(f, " %{n} ({op})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for InterpError {}
+
+/// Named tensors (inputs, parameters, outputs).
+pub type Tensors<T> = BTreeMap<String, Value<T>>;
+
+/// A verified program ready to run.
+pub struct Interpreter<'p> {
+    program: &'p Program,
+    orders: HashMap<String, Vec<NodeId>>,
+}
+
+impl<'p> Interpreter<'p> {
+    /// Verifies `program` once; every later run trusts its types.
+    pub fn new(program: &'p Program) -> Result<Interpreter<'p>, VerifyError> {
+        verify(program)?;
+        let orders = program.graphs().map(|g| (g.name.clone(), g.topo_order().unwrap_or_default())).collect();
+        Ok(Interpreter { program, orders })
+    }
+
+    /// Runs `main` on named inputs and parameters; returns the named outputs in order.
+    pub fn run<T: Real>(
+        &self,
+        inputs: &Tensors<T>,
+        params: &Tensors<T>,
+    ) -> Result<Vec<(String, Value<T>)>, InterpError> {
+        let main = &self.program.main;
+        let mut args = Vec::with_capacity(main.inputs.len());
+        for (name, ty) in main.input_types() {
+            let v = inputs.get(name).ok_or_else(|| InterpError {
+                graph: "main".into(),
+                node: None,
+                message: format!("missing input `{name}` ({ty})"),
+            })?;
+            args.push(v.clone());
+        }
+        let outs = self.run_graph(main, args, params)?;
+        Ok(main.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
+    }
+
+    fn run_graph<T: Real>(
+        &self,
+        g: &Graph,
+        args: Vec<Value<T>>,
+        params: &Tensors<T>,
+    ) -> Result<Vec<Value<T>>, InterpError> {
+        let order = &self.orders[&g.name];
+        let number: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let err_at = |n: NodeId, message: String| InterpError {
+            graph: g.name.clone(),
+            node: Some((number[&n], g.node(n).op.name().to_string())),
+            message,
+        };
+        let top_err = |message: String| InterpError { graph: g.name.clone(), node: None, message };
+
+        if args.len() != g.inputs.len() {
+            return Err(top_err(format!("expects {} inputs, got {}", g.inputs.len(), args.len())));
+        }
+        let mut bindings = Bindings::new();
+        let mut bound: Vec<(&str, &TensorType, &[usize], DType)> = Vec::new();
+        for (&n, a) in g.inputs.iter().zip(&args) {
+            let name = g.node(n).op.leaf_name().unwrap_or("");
+            bound.push((name, &g.node(n).outputs[0], &a.shape, a.dtype));
+        }
+        for (n, name) in g.params() {
+            let v = params.get(name).ok_or_else(|| err_at(n, format!("missing parameter `{name}`")))?;
+            bound.push((name, &g.node(n).outputs[0], &v.shape, v.dtype));
+        }
+        bind_symbols(&bound, &mut bindings).map_err(top_err)?;
+
+        let mut uses = vec![0usize; g.dag.node_count()];
+        for &n in order {
+            for v in g.operands(n) {
+                uses[v.node.index()] += 1;
+            }
+        }
+        for (_, v) in &g.outputs {
+            uses[v.node.index()] += 1;
+        }
+        let mut values: Vec<Option<Vec<Value<T>>>> = vec![None; g.dag.node_count()];
+        let mut args = args.into_iter().map(Some).collect::<Vec<_>>();
+        let input_pos: HashMap<NodeId, usize> = g.inputs.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+
+        for &n in order {
+            let node = g.node(n);
+            let out_types: Vec<(DType, Vec<usize>)> = node
+                .outputs
+                .iter()
+                .map(|t| t.concrete_shape(&bindings).map(|s| (t.dtype, s)))
+                .collect::<Result<_, _>>()
+                .map_err(|m| err_at(n, m))?;
+            let operands = g.operands(n);
+            let result = {
+                let arg_vals: Vec<&Value<T>> = operands
+                    .iter()
+                    .map(|v| &values[v.node.index()].as_ref().expect("operands are computed first")[v.output as usize])
+                    .collect();
+                match &node.op {
+                    Op::Input { .. } => {
+                        let i = input_pos[&n];
+                        vec![args[i].take().ok_or_else(|| err_at(n, "input consumed twice".into()))?]
+                    }
+                    Op::Param { name } => vec![params[name].clone()],
+                    Op::Constant { value } => vec![fill(*value, &out_types[0])],
+                    Op::Iota { axis } => vec![iota(*axis, &out_types[0])],
+                    Op::Call { callee } => {
+                        let f = self
+                            .program
+                            .function(callee)
+                            .ok_or_else(|| err_at(n, format!("unknown function @{callee}")))?;
+                        let owned = arg_vals.iter().map(|v| (*v).clone()).collect();
+                        self.run_graph(f, owned, params)?
+                    }
+                    Op::Loop { body, trips } => {
+                        let f = self
+                            .program
+                            .function(body)
+                            .ok_or_else(|| err_at(n, format!("unknown function @{body}")))?;
+                        let n_carried = f.outputs.len();
+                        let mut carried: Vec<Value<T>> = arg_vals[..n_carried].iter().map(|v| (*v).clone()).collect();
+                        for it in 0..*trips {
+                            let mut a = vec![Value::ints(vec![], vec![it as i64])];
+                            a.extend(carried);
+                            a.extend(arg_vals[n_carried..].iter().map(|v| (*v).clone()));
+                            carried = self.run_graph(f, a, params)?;
+                        }
+                        carried
+                    }
+                    op => kernels::eval(op, &arg_vals, &out_types, &bindings).map_err(|m| err_at(n, m))?,
+                }
+            };
+            for (v, (dt, shape)) in result.iter().zip(&out_types) {
+                if &v.shape != shape {
+                    return Err(err_at(
+                        n,
+                        format!("produced shape {:?} but its type says {:?} ({dt})", v.shape, shape),
+                    ));
+                }
+            }
+            values[n.index()] = Some(result);
+            for v in operands {
+                let u = &mut uses[v.node.index()];
+                *u -= 1;
+                if *u == 0 {
+                    values[v.node.index()] = None;
+                }
+            }
+        }
+        Ok(g.outputs
+            .iter()
+            .map(|(_, v)| values[v.node.index()].as_ref().expect("outputs are computed")[v.output as usize].clone())
+            .collect())
+    }
+}
+
+/// Binds shape symbols from actual shapes, then checks every declared dim.
+fn bind_symbols(bound: &[(&str, &TensorType, &[usize], DType)], bindings: &mut Bindings) -> Result<(), String> {
+    for (name, ty, shape, dtype) in bound {
+        let kinds_match =
+            ty.dtype == *dtype || (ty.dtype.is_float() && dtype.is_float()) || (ty.dtype.is_int() && dtype.is_int());
+        if !kinds_match {
+            return Err(format!("`{name}` should be {ty} but has dtype {dtype}"));
+        }
+        if ty.rank() != shape.len() {
+            return Err(format!("`{name}` should be {ty} but has shape {shape:?}"));
+        }
+        for (d, &s) in ty.shape.iter().zip(shape.iter()) {
+            if let Some(sym) = d.as_symbol() {
+                let prev = bindings.insert(sym.to_string(), s as i64);
+                if prev.is_some_and(|p| p != s as i64) {
+                    return Err(format!(
+                        "`{name}` has {sym} = {s}, but {sym} = {} elsewhere",
+                        prev.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    for (name, ty, shape, _) in bound {
+        let want = ty.concrete_shape(bindings)?;
+        if want != *shape {
+            return Err(format!("`{name}` should be {ty} = {want:?} but has shape {shape:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn fill<T: Real>(value: f64, (dtype, shape): &(DType, Vec<usize>)) -> Value<T> {
+    let n = numel(shape);
+    let data = if dtype.is_float() {
+        Buffer::Float(vec![T::from_f64(value); n])
+    } else if *dtype == DType::Bool {
+        Buffer::Bool(vec![value != 0.0; n])
+    } else {
+        Buffer::Int(vec![value as i64; n])
+    };
+    Value { dtype: *dtype, shape: shape.clone(), data }
+}
+
+fn iota<T: Real>(axis: usize, (dtype, shape): &(DType, Vec<usize>)) -> Value<T> {
+    let inner: usize = shape[axis + 1..].iter().product();
+    let n = shape[axis].max(1);
+    let idx = (0..numel(shape)).map(|p| (p / inner) % n);
+    let data = if dtype.is_float() {
+        Buffer::Float(idx.map(|i| T::from_f64(i as f64)).collect())
+    } else {
+        Buffer::Int(idx.map(|i| i as i64).collect())
+    };
+    Value { dtype: *dtype, shape: shape.clone(), data }
+}

@@ -1,0 +1,583 @@
+//! One straightforward implementation per primitive op. Clarity over speed:
+//! these are the ground truth every generated kernel is checked against.
+
+use crate::math::{gelu, round_half_even, sigmoid, Real};
+use crate::value::{numel, Buffer, Value};
+use lsc_ir::{BinaryOp, Bindings, CmpOp, DType, Op, ReduceKind, UnaryOp};
+use std::cmp::Ordering;
+
+type R<T> = Result<T, String>;
+
+/// `(outer, n, inner)` sizes around `axis`.
+fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (numel(&shape[..axis]), shape[axis], numel(&shape[axis + 1..]))
+}
+
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
+    v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
+}
+
+/// Rounds a value to the precision of a float dtype.
+fn round_to<T: Real>(x: T, dtype: DType) -> T {
+    match dtype {
+        DType::F16 => T::from_f64(half::f16::from_f64(x.to_f64()).to_f64()),
+        DType::BF16 => T::from_f64(half::bf16::from_f64(x.to_f64()).to_f64()),
+        _ => x,
+    }
+}
+
+/// Gathers the elements of `data` at the given flat indices, keeping the buffer kind.
+fn take<T: Real>(data: &Buffer<T>, idx: impl Iterator<Item = usize>) -> Buffer<T> {
+    match data {
+        Buffer::Float(v) => Buffer::Float(idx.map(|i| v[i]).collect()),
+        Buffer::Int(v) => Buffer::Int(idx.map(|i| v[i]).collect()),
+        Buffer::Bool(v) => Buffer::Bool(idx.map(|i| v[i]).collect()),
+    }
+}
+
+fn same_kind_concat<T: Real>(
+    parts: &[&Buffer<T>],
+    ranges: impl Iterator<Item = (usize, usize, usize)>,
+) -> R<Buffer<T>> {
+    macro_rules! join {
+        ($variant:ident) => {{
+            let mut out = Vec::new();
+            for (p, start, len) in ranges {
+                match parts[p] {
+                    Buffer::$variant(v) => out.extend_from_slice(&v[start..start + len]),
+                    _ => return Err("concat operands have different dtypes".into()),
+                }
+            }
+            Ok(Buffer::$variant(out))
+        }};
+    }
+    match parts[0] {
+        Buffer::Float(_) => join!(Float),
+        Buffer::Int(_) => join!(Int),
+        Buffer::Bool(_) => join!(Bool),
+    }
+}
+
+/// Computes a non-leaf, non-control-flow op. `out` holds the concrete output
+/// dtypes and shapes from the verified node types; `bindings` the shape symbols.
+pub fn eval<T: Real>(
+    op: &Op,
+    args: &[&Value<T>],
+    out: &[(DType, Vec<usize>)],
+    bindings: &Bindings,
+) -> R<Vec<Value<T>>> {
+    let (dtype, shape) = out.first().cloned().ok_or("op has no outputs")?;
+    let one = |data: Buffer<T>| Ok(vec![Value { dtype, shape: shape.clone(), data }]);
+    match op {
+        Op::Unary(u) => one(unary(*u, args[0], dtype)?),
+        Op::Clamp { min, max } => one(match &args[0].data {
+            Buffer::Float(v) => {
+                let (lo, hi) = (T::from_f64(*min), T::from_f64(*max));
+                Buffer::Float(
+                    v.iter()
+                        .map(|&x| {
+                            if x < lo {
+                                lo
+                            } else if x > hi {
+                                hi
+                            } else {
+                                x
+                            }
+                        })
+                        .collect(),
+                )
+            }
+            Buffer::Int(v) => Buffer::Int(v.iter().map(|&x| (x as f64).clamp(*min, *max) as i64).collect()),
+            Buffer::Bool(_) => return Err("clamp of bool".into()),
+        }),
+        Op::Binary(b) => one(binary(*b, args[0], args[1], dtype)?),
+        Op::Compare(c) => one(Buffer::Bool(compare(*c, args[0], args[1])?)),
+        Op::Select => {
+            let Buffer::Bool(c) = &args[0].data else { return Err("select condition is not bool".into()) };
+            one(take_select(c, &args[1].data, &args[2].data)?)
+        }
+        Op::Cast { to } => one(cast(args[0], *to)),
+        Op::Reduce { kind, axes, .. } => one(reduce(args[0], *kind, axes)?),
+        Op::ArgMax { axis, .. } => {
+            let v = args[0].to_f64_vec();
+            let (outer, n, inner) = split(&args[0].shape, *axis);
+            if n == 0 {
+                return Err("argmax over an empty axis".into());
+            }
+            let mut res = Vec::with_capacity(outer * inner);
+            for o in 0..outer {
+                for i in 0..inner {
+                    let at = |k: usize| v[(o * n + k) * inner + i];
+                    let best = (1..n).fold(0, |b, k| if at(k) > at(b) { k } else { b });
+                    res.push(best as i64);
+                }
+            }
+            one(Buffer::Int(res))
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+            let log = matches!(op, Op::LogSoftmax { .. });
+            one(Buffer::Float(softmax(floats(args[0])?, &args[0].shape, *axis, log)))
+        }
+        Op::MatMul { trans_b } => one(Buffer::Float(matmul(args[0], args[1], *trans_b, &shape)?)),
+        Op::Gather { axis } => {
+            let idx = args[1].as_ints().ok_or("gather indices must be integers")?;
+            let (xs, is) = (strides(&args[0].shape), strides(&args[1].shape));
+            let n = args[0].shape[*axis];
+            let mut flat = Vec::with_capacity(idx.len());
+            for (p, &k) in idx.iter().enumerate() {
+                let k = check_index(k, n, "gather")?;
+                let mut src = 0;
+                for (d, (&s_i, &s_x)) in is.iter().zip(&xs).enumerate() {
+                    let c = (p / s_i) % args[1].shape[d];
+                    src += if d == *axis { k } else { c } * s_x;
+                }
+                flat.push(src);
+            }
+            one(take(&args[0].data, flat.into_iter()))
+        }
+        Op::Scatter { axis } | Op::ScatterAdd { axis } => {
+            let add = matches!(op, Op::ScatterAdd { .. });
+            one(scatter(args[0], args[1], args[2], *axis, add)?)
+        }
+        Op::Embedding => {
+            let w = floats(args[0])?;
+            let (v, d) = (args[0].shape[0], args[0].shape[1]);
+            let ids = args[1].as_ints().ok_or("embedding ids must be integers")?;
+            let mut res = Vec::with_capacity(ids.len() * d);
+            for &id in ids {
+                let row = check_index(id, v, "embedding (token id)")?;
+                res.extend_from_slice(&w[row * d..(row + 1) * d]);
+            }
+            one(Buffer::Float(res))
+        }
+        Op::Reshape { .. } => {
+            if numel(&shape) != args[0].numel() {
+                return Err(format!("reshape of {:?} to {:?} changes the element count", args[0].shape, shape));
+            }
+            one(args[0].data.clone())
+        }
+        Op::Transpose { perm } => {
+            let xs = strides(&args[0].shape);
+            let os = strides(&shape);
+            let src = (0..numel(&shape))
+                .map(|p| perm.iter().enumerate().map(|(d, &pd)| ((p / os[d]) % shape[d]) * xs[pd]).sum());
+            one(take(&args[0].data, src))
+        }
+        Op::Slice { axis, start, .. } => {
+            let (outer, n, inner) = split(&args[0].shape, *axis);
+            let len = shape[*axis];
+            let start = usize::try_from(start.eval(bindings)?).map_err(|_| "slice start is negative".to_string())?;
+            if start + len > n {
+                return Err(format!("slice {start}..{} is out of range for axis {axis} of size {n}", start + len));
+            }
+            let src = (0..outer).flat_map(move |o| (0..len * inner).map(move |r| (o * n + start) * inner + r));
+            one(take(&args[0].data, src))
+        }
+        Op::Concat { axis } => {
+            let outer = numel(&shape[..*axis]);
+            let inner = numel(&shape[*axis + 1..]);
+            let parts: Vec<&Buffer<T>> = args.iter().map(|a| &a.data).collect();
+            let sizes: Vec<usize> = args.iter().map(|a| a.shape[*axis] * inner).collect();
+            let ranges = (0..outer).flat_map(|o| sizes.iter().enumerate().map(move |(p, &len)| (p, o * len, len)));
+            one(same_kind_concat(&parts, ranges)?)
+        }
+        Op::Broadcast { .. } => {
+            let x = args[0];
+            let lead = shape.len() - x.shape.len();
+            let xs = strides(&x.shape);
+            let os = strides(&shape);
+            let src = (0..numel(&shape)).map(|p| {
+                (0..x.shape.len())
+                    .map(|d| if x.shape[d] == 1 { 0 } else { ((p / os[d + lead]) % shape[d + lead]) * xs[d] })
+                    .sum()
+            });
+            one(take(&x.data, src))
+        }
+        Op::CausalConv1d => {
+            let (x, w) = (floats(args[0])?, floats(args[1])?);
+            let (b, t, c) = (args[0].shape[0], args[0].shape[1], args[0].shape[2]);
+            let k = args[1].shape[2];
+            let mut y = vec![T::default(); x.len()];
+            for bi in 0..b {
+                for ti in 0..t {
+                    for ci in 0..c {
+                        let mut acc = T::default();
+                        for ki in 0..k {
+                            // Output t reads inputs t-(k-1)..=t (left zero padding k-1).
+                            if let Some(src) = (ti + ki).checked_sub(k - 1) {
+                                acc = acc + w[ci * k + ki] * x[(bi * t + src) * c + ci];
+                            }
+                        }
+                        y[(bi * t + ti) * c + ci] = acc;
+                    }
+                }
+            }
+            one(Buffer::Float(y))
+        }
+        Op::TopK { axis, .. } => topk(args[0], *axis, shape[*axis], out),
+        Op::CrossEntropy => {
+            let logits = floats(args[0])?;
+            let targets = args[1].as_ints().ok_or("cross_entropy targets must be integers")?;
+            let v = *args[0].shape.last().unwrap_or(&0);
+            let mut res = Vec::with_capacity(targets.len());
+            for (row, &tgt) in targets.iter().enumerate() {
+                let tgt = check_index(tgt, v, "cross_entropy (target)")?;
+                let l = &logits[row * v..(row + 1) * v];
+                let m = l.iter().copied().fold(T::from_f64(f64::NEG_INFINITY), |a, b| if b > a { b } else { a });
+                let s = l.iter().fold(T::default(), |acc, &x| acc + (x - m).exp());
+                res.push(m + s.ln() - l[tgt]);
+            }
+            one(Buffer::Float(res))
+        }
+        Op::CacheUpdate { axis } => {
+            let (cache, update) = (args[0], args[1]);
+            let off = args[2]
+                .as_ints()
+                .and_then(|v| v.first().copied())
+                .ok_or("cache_update offset must be an i64 scalar")?;
+            let (_, n, inner) = split(&cache.shape, *axis);
+            let len = update.shape[*axis];
+            let off = usize::try_from(off)
+                .ok()
+                .filter(|o| o + len <= n)
+                .ok_or_else(|| format!("cache_update writes {len} entries at offset {off}, beyond the cache's {n}"))?;
+            let src = (0..numel(&cache.shape)).map(|p| {
+                let (o, r) = (p / (n * inner), p % (n * inner));
+                let (k, i) = (r / inner, r % inner);
+                if k >= off && k < off + len {
+                    (1usize, (o * len + k - off) * inner + i)
+                } else {
+                    (0, p)
+                }
+            });
+            let parts = [&cache.data, &update.data];
+            one(same_kind_concat(&parts, src.map(|(which, at)| (which, at, 1)))?)
+        }
+        Op::Input { .. }
+        | Op::Param { .. }
+        | Op::Constant { .. }
+        | Op::Iota { .. }
+        | Op::Loop { .. }
+        | Op::Call { .. } => Err(format!("`{}` is evaluated by the executor, not as a kernel", op.name())),
+    }
+}
+
+fn check_index(k: i64, n: usize, what: &str) -> R<usize> {
+    usize::try_from(k).ok().filter(|&k| k < n).ok_or_else(|| format!("{what} index {k} is out of range 0..{n}"))
+}
+
+fn unary<T: Real>(u: UnaryOp, x: &Value<T>, dtype: DType) -> R<Buffer<T>> {
+    match (&x.data, u) {
+        (Buffer::Bool(v), UnaryOp::Not) => return Ok(Buffer::Bool(v.iter().map(|b| !b).collect())),
+        (Buffer::Int(v), UnaryOp::Neg) => return Ok(Buffer::Int(v.iter().map(|x| x.wrapping_neg()).collect())),
+        (Buffer::Int(v), UnaryOp::Abs) => return Ok(Buffer::Int(v.iter().map(|x| x.wrapping_abs()).collect())),
+        _ => {}
+    }
+    let v = floats(x)?;
+    let one = T::from_f64(1.0);
+    let f = |x: T| -> T {
+        match u {
+            UnaryOp::Neg => -x,
+            UnaryOp::Abs => T::from_f64(x.to_f64().abs()),
+            UnaryOp::Exp => x.exp(),
+            UnaryOp::Log => x.ln(),
+            UnaryOp::Sqrt => x.sqrt(),
+            UnaryOp::Rsqrt => one / x.sqrt(),
+            UnaryOp::Recip => one / x,
+            UnaryOp::Tanh => x.tanh(),
+            UnaryOp::Sigmoid => sigmoid(x),
+            UnaryOp::Silu => x * sigmoid(x),
+            UnaryOp::Gelu => T::from_f64(gelu(x.to_f64())),
+            UnaryOp::Round => T::from_f64(round_half_even(x.to_f64())),
+            UnaryOp::Not => x,
+        }
+    };
+    Ok(Buffer::Float(v.iter().map(|&x| round_to(f(x), dtype)).collect()))
+}
+
+fn binary<T: Real>(b: BinaryOp, x: &Value<T>, y: &Value<T>, dtype: DType) -> R<Buffer<T>> {
+    match (&x.data, &y.data) {
+        (Buffer::Float(p), Buffer::Float(q)) => {
+            let f = |a: T, c: T| -> T {
+                match b {
+                    BinaryOp::Add => a + c,
+                    BinaryOp::Sub => a - c,
+                    BinaryOp::Mul => a * c,
+                    BinaryOp::Div => a / c,
+                    BinaryOp::Max => {
+                        if a >= c || a != a {
+                            a
+                        } else {
+                            c
+                        }
+                    }
+                    BinaryOp::Min => {
+                        if a <= c || a != a {
+                            a
+                        } else {
+                            c
+                        }
+                    }
+                    BinaryOp::Pow => a.powf(c),
+                    BinaryOp::And | BinaryOp::Or => a,
+                }
+            };
+            Ok(Buffer::Float(p.iter().zip(q).map(|(&a, &c)| round_to(f(a, c), dtype)).collect()))
+        }
+        (Buffer::Int(p), Buffer::Int(q)) => {
+            let mut out = Vec::with_capacity(p.len());
+            for (&a, &c) in p.iter().zip(q) {
+                out.push(match b {
+                    BinaryOp::Add => a.wrapping_add(c),
+                    BinaryOp::Sub => a.wrapping_sub(c),
+                    BinaryOp::Mul => a.wrapping_mul(c),
+                    BinaryOp::Div => a.checked_div(c).ok_or("integer division by zero")?,
+                    BinaryOp::Max => a.max(c),
+                    BinaryOp::Min => a.min(c),
+                    BinaryOp::Pow | BinaryOp::And | BinaryOp::Or => return Err(format!("`{}` of integers", b.name())),
+                });
+            }
+            Ok(Buffer::Int(out))
+        }
+        (Buffer::Bool(p), Buffer::Bool(q)) => {
+            Ok(Buffer::Bool(p.iter().zip(q).map(|(&a, &c)| if b == BinaryOp::And { a && c } else { a || c }).collect()))
+        }
+        _ => Err(format!("`{}` operands have different kinds", b.name())),
+    }
+}
+
+fn compare<T: Real>(c: CmpOp, x: &Value<T>, y: &Value<T>) -> R<Vec<bool>> {
+    let test = |o: Option<Ordering>| match c {
+        CmpOp::Eq => o == Some(Ordering::Equal),
+        CmpOp::Ne => o != Some(Ordering::Equal),
+        CmpOp::Lt => o == Some(Ordering::Less),
+        CmpOp::Le => matches!(o, Some(Ordering::Less | Ordering::Equal)),
+        CmpOp::Gt => o == Some(Ordering::Greater),
+        CmpOp::Ge => matches!(o, Some(Ordering::Greater | Ordering::Equal)),
+    };
+    Ok(match (&x.data, &y.data) {
+        (Buffer::Float(p), Buffer::Float(q)) => p.iter().zip(q).map(|(a, b)| test(a.partial_cmp(b))).collect(),
+        (Buffer::Int(p), Buffer::Int(q)) => p.iter().zip(q).map(|(a, b)| test(Some(a.cmp(b)))).collect(),
+        (Buffer::Bool(p), Buffer::Bool(q)) => p.iter().zip(q).map(|(a, b)| test(Some(a.cmp(b)))).collect(),
+        _ => return Err("comparison operands have different kinds".into()),
+    })
+}
+
+fn take_select<T: Real>(c: &[bool], a: &Buffer<T>, b: &Buffer<T>) -> R<Buffer<T>> {
+    Ok(match (a, b) {
+        (Buffer::Float(p), Buffer::Float(q)) => {
+            Buffer::Float(c.iter().zip(p.iter().zip(q)).map(|(&k, (&x, &y))| if k { x } else { y }).collect())
+        }
+        (Buffer::Int(p), Buffer::Int(q)) => {
+            Buffer::Int(c.iter().zip(p.iter().zip(q)).map(|(&k, (&x, &y))| if k { x } else { y }).collect())
+        }
+        (Buffer::Bool(p), Buffer::Bool(q)) => {
+            Buffer::Bool(c.iter().zip(p.iter().zip(q)).map(|(&k, (&x, &y))| if k { x } else { y }).collect())
+        }
+        _ => return Err("select branches have different kinds".into()),
+    })
+}
+
+/// Conversion with PyTorch's rules: float→int truncates toward zero, anything→bool is `!= 0`.
+fn cast<T: Real>(x: &Value<T>, to: DType) -> Buffer<T> {
+    let v = x.to_f64_vec();
+    if to.is_float() {
+        Buffer::Float(v.into_iter().map(|a| round_to(T::from_f64(a), to)).collect())
+    } else if to == DType::Bool {
+        Buffer::Bool(v.into_iter().map(|a| a != 0.0).collect())
+    } else {
+        let wrap = |a: i64| match to {
+            DType::I32 => a as i32 as i64,
+            DType::I8 => a as i8 as i64,
+            _ => a,
+        };
+        match &x.data {
+            Buffer::Int(iv) => Buffer::Int(iv.iter().map(|&a| wrap(a)).collect()),
+            _ => Buffer::Int(v.into_iter().map(|a| wrap(a.trunc() as i64)).collect()),
+        }
+    }
+}
+
+fn reduce<T: Real>(x: &Value<T>, kind: ReduceKind, axes: &[usize]) -> R<Buffer<T>> {
+    let shape = &x.shape;
+    let out_shape: Vec<usize> = shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+    let os = strides(&out_shape);
+    let xs = strides(shape);
+    let kept: Vec<usize> = (0..shape.len()).filter(|i| !axes.contains(i)).collect();
+    let target = |p: usize| -> usize { kept.iter().enumerate().map(|(o, &d)| ((p / xs[d]) % shape[d]) * os[o]).sum() };
+    let count: usize = axes.iter().map(|&a| shape[a]).product();
+    let n_out = numel(&out_shape);
+    if count == 0 && matches!(kind, ReduceKind::Max | ReduceKind::Min) {
+        return Err("max/min over an empty axis".into());
+    }
+    match &x.data {
+        Buffer::Float(v) => {
+            let init = match kind {
+                ReduceKind::Sum | ReduceKind::Mean => T::default(),
+                ReduceKind::Max => T::from_f64(f64::NEG_INFINITY),
+                ReduceKind::Min => T::from_f64(f64::INFINITY),
+            };
+            let mut acc = vec![init; n_out];
+            for (p, &a) in v.iter().enumerate() {
+                let t = &mut acc[target(p)];
+                *t = match kind {
+                    ReduceKind::Sum | ReduceKind::Mean => *t + a,
+                    ReduceKind::Max => {
+                        if a > *t || a != a {
+                            a
+                        } else {
+                            *t
+                        }
+                    }
+                    ReduceKind::Min => {
+                        if a < *t || a != a {
+                            a
+                        } else {
+                            *t
+                        }
+                    }
+                };
+            }
+            if kind == ReduceKind::Mean {
+                let c = T::from_f64(count as f64);
+                acc.iter_mut().for_each(|a| *a = *a / c);
+            }
+            Ok(Buffer::Float(acc))
+        }
+        Buffer::Int(v) => {
+            let init = match kind {
+                ReduceKind::Sum | ReduceKind::Mean => 0,
+                ReduceKind::Max => i64::MIN,
+                ReduceKind::Min => i64::MAX,
+            };
+            let mut acc = vec![init; n_out];
+            for (p, &a) in v.iter().enumerate() {
+                let t = &mut acc[target(p)];
+                *t = match kind {
+                    ReduceKind::Max => (*t).max(a),
+                    ReduceKind::Min => (*t).min(a),
+                    _ => t.wrapping_add(a),
+                };
+            }
+            Ok(Buffer::Int(acc))
+        }
+        Buffer::Bool(_) => Err("reduction of bool".into()),
+    }
+}
+
+fn softmax<T: Real>(v: &[T], shape: &[usize], axis: usize, log: bool) -> Vec<T> {
+    let (outer, n, inner) = split(shape, axis);
+    let mut out = vec![T::default(); v.len()];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| (o * n + k) * inner + i;
+            let m = (0..n).map(|k| v[at(k)]).fold(T::from_f64(f64::NEG_INFINITY), |a, b| if b > a { b } else { a });
+            let s = (0..n).fold(T::default(), |acc, k| acc + (v[at(k)] - m).exp());
+            for k in 0..n {
+                out[at(k)] = if log { v[at(k)] - m - s.ln() } else { (v[at(k)] - m).exp() / s };
+            }
+        }
+    }
+    out
+}
+
+fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_b: bool, out_shape: &[usize]) -> R<Vec<T>> {
+    let (av, bv) = (floats(a)?, floats(b)?);
+    let (ra, rb) = (a.shape.len(), b.shape.len());
+    let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
+    let n = if trans_b { b.shape[rb - 2] } else { b.shape[rb - 1] };
+    let kb = if trans_b { b.shape[rb - 1] } else { b.shape[rb - 2] };
+    if kb != k || numel(out_shape) != numel(&a.shape[..ra - 2]) * m * n {
+        return Err(format!("matmul of {:?} and {:?} has mismatched sizes", a.shape, b.shape));
+    }
+    let batch = numel(&a.shape[..ra - 2]);
+    let b_batched = rb > 2;
+    let mut c = vec![T::default(); batch * m * n];
+    // Row-major B is k×n (strides n,1); its transpose view is n×k read as k×n with strides (1,k).
+    let (rsb, csb) = if trans_b { (1isize, k as isize) } else { (n as isize, 1isize) };
+    for i in 0..batch {
+        let a_off = i * m * k;
+        let b_off = if b_batched { i * k * n } else { 0 };
+        let c_off = i * m * n;
+        if m == 0 || n == 0 {
+            continue;
+        }
+        // SAFETY: the slices hold batch·m·k, (batch·)k·n and batch·m·n elements, checked above.
+        unsafe {
+            T::gemm(
+                m,
+                k,
+                n,
+                av[a_off..].as_ptr(),
+                k as isize,
+                1,
+                bv[b_off..].as_ptr(),
+                rsb,
+                csb,
+                c[c_off..].as_mut_ptr(),
+                n as isize,
+                1,
+            );
+        }
+    }
+    Ok(c)
+}
+
+fn scatter<T: Real>(x: &Value<T>, idx: &Value<T>, src: &Value<T>, axis: usize, add: bool) -> R<Buffer<T>> {
+    let ids = idx.as_ints().ok_or("scatter indices must be integers")?;
+    let (xs, is) = (strides(&x.shape), strides(&idx.shape));
+    let n = x.shape[axis];
+    let dest = |p: usize, k: usize| -> usize {
+        is.iter().enumerate().map(|(d, &s_i)| if d == axis { k } else { (p / s_i) % idx.shape[d] } * xs[d]).sum()
+    };
+    let mut data = x.data.clone();
+    for (p, &k) in ids.iter().enumerate() {
+        let at = dest(p, check_index(k, n, "scatter")?);
+        match (&mut data, &src.data) {
+            (Buffer::Float(o), Buffer::Float(s)) => o[at] = if add { o[at] + s[p] } else { s[p] },
+            (Buffer::Int(o), Buffer::Int(s)) => o[at] = if add { o[at].wrapping_add(s[p]) } else { s[p] },
+            (Buffer::Bool(o), Buffer::Bool(s)) if !add => o[at] = s[p],
+            _ => return Err("scatter source and target have different kinds".into()),
+        }
+    }
+    Ok(data)
+}
+
+fn topk<T: Real>(x: &Value<T>, axis: usize, k: usize, out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
+    let v = x.to_f64_vec();
+    let (outer, n, inner) = split(&x.shape, axis);
+    if k > n {
+        return Err(format!("topk k={k} exceeds the axis size {n}"));
+    }
+    let mut picks = vec![0usize; outer * k * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * n + j) * inner + i;
+            let mut order: Vec<usize> = (0..n).collect();
+            // Stable sort, descending: ties keep the lower index first.
+            order.sort_by(|&p, &q| v[at(q)].partial_cmp(&v[at(p)]).unwrap_or(Ordering::Equal));
+            for (r, &j) in order.iter().take(k).enumerate() {
+                picks[(o * k + r) * inner + i] = j;
+            }
+        }
+    }
+    let src = picks.iter().enumerate().map(|(p, &j)| {
+        let (o, i) = (p / (k * inner), p % inner);
+        (o * n + j) * inner + i
+    });
+    let values = Value { dtype: out[0].0, shape: out[0].1.clone(), data: take(&x.data, src) };
+    let indices = Value {
+        dtype: DType::I64,
+        shape: out[1].1.clone(),
+        data: Buffer::Int(picks.iter().map(|&j| j as i64).collect()),
+    };
+    Ok(vec![values, indices])
+}

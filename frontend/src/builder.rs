@@ -1,0 +1,204 @@
+//! The graph builder: owns the program under construction and records the
+//! first error (with its call site) instead of panicking.
+
+use crate::error::DslError;
+use crate::tensor::Tensor;
+use lsc_ir::{verify, DType, Dim, Graph, Op, Program, TensorType, ValueRef};
+use std::cell::RefCell;
+use std::panic::Location;
+use std::rc::Rc;
+
+pub(crate) struct Inner {
+    /// Graph 0 is `main`; the others are functions.
+    pub graphs: Vec<Graph>,
+    pub error: Option<DslError>,
+}
+
+impl Inner {
+    pub fn fail(&mut self, location: &'static Location<'static>, message: String) {
+        if self.error.is_none() {
+            self.error = Some(DslError { location, message });
+        }
+    }
+}
+
+/// Builds one program. Cheap to clone (a shared handle).
+#[derive(Clone)]
+pub struct ModelBuilder {
+    pub(crate) inner: Rc<RefCell<Inner>>,
+    /// Which graph this handle adds leaves to.
+    pub(crate) graph: usize,
+}
+
+impl Default for ModelBuilder {
+    fn default() -> Self {
+        ModelBuilder::new()
+    }
+}
+
+impl ModelBuilder {
+    /// A builder for a new program whose entry graph is `main`.
+    pub fn new() -> ModelBuilder {
+        let inner = Inner { graphs: vec![Graph::new("main")], error: None };
+        ModelBuilder { inner: Rc::new(RefCell::new(inner)), graph: 0 }
+    }
+
+    pub(crate) fn tensor(&self, graph: usize, v: Option<ValueRef>) -> Tensor {
+        Tensor { b: self.inner.clone(), graph, v }
+    }
+
+    #[track_caller]
+    fn leaf(&self, op: Op, ty: TensorType) -> Tensor {
+        let mut inner = self.inner.borrow_mut();
+        if inner.error.is_some() {
+            return self.tensor(self.graph, None);
+        }
+        if let (Op::Param { .. }, true) = (&op, self.graph != 0) {
+            inner.fail(
+                Location::caller(),
+                "parameters belong to the main graph; pass them to functions as arguments".into(),
+            );
+            return self.tensor(self.graph, None);
+        }
+        let name = op.leaf_name().map(str::to_string);
+        let g = &mut inner.graphs[self.graph];
+        let clash = name.as_ref().is_some_and(|n| {
+            g.dag
+                .node_weights()
+                .any(|w| w.op.leaf_name() == Some(n) && std::mem::discriminant(&w.op) == std::mem::discriminant(&op))
+        });
+        if clash {
+            let n = name.unwrap_or_default();
+            inner
+                .fail(Location::caller(), format!("`{n}` is declared twice; parameter and input names must be unique"));
+            return self.tensor(self.graph, None);
+        }
+        let id = g.add_node(op, &[], vec![ty]);
+        self.tensor(self.graph, Some(ValueRef::first(id)))
+    }
+
+    /// Declares a named input such as `input_ids: i64[B,T]`.
+    #[track_caller]
+    pub fn input(&self, name: &str, dtype: DType, shape: &[Dim]) -> Tensor {
+        self.leaf(Op::Input { name: name.into() }, TensorType::new(dtype, shape.iter().cloned()))
+    }
+
+    /// Declares a named parameter (PyTorch-style dotted name).
+    #[track_caller]
+    pub fn param(&self, name: &str, dtype: DType, shape: &[Dim]) -> Tensor {
+        self.leaf(Op::Param { name: name.into() }, TensorType::new(dtype, shape.iter().cloned()))
+    }
+
+    /// A tensor of `shape` filled with `value`.
+    #[track_caller]
+    pub fn constant(&self, value: f64, dtype: DType, shape: &[Dim]) -> Tensor {
+        self.leaf(Op::Constant { value }, TensorType::new(dtype, shape.iter().cloned()))
+    }
+
+    /// The index along `axis` at every position of `shape`.
+    #[track_caller]
+    pub fn iota(&self, dtype: DType, shape: &[Dim], axis: usize) -> Tensor {
+        self.leaf(Op::Iota { axis }, TensorType::new(dtype, shape.iter().cloned()))
+    }
+
+    /// Marks `t` as a named output of the graph this handle builds.
+    #[track_caller]
+    pub fn output(&self, name: &str, t: &Tensor) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.error.is_some() {
+            return;
+        }
+        match t.v {
+            Some(v) if t.graph == self.graph => inner.graphs[self.graph].outputs.push((name.to_string(), v)),
+            Some(_) => inner.fail(Location::caller(), format!("output `{name}` is a value of another graph")),
+            None => {}
+        }
+    }
+
+    /// Defines function `name` with the given argument names and types; `body`
+    /// receives the arguments and returns the named results. Used with
+    /// [`Tensor::call`] and [`ModelBuilder::repeat`] for explicit weight sharing.
+    #[track_caller]
+    pub fn function(
+        &self,
+        name: &str,
+        args: &[(&str, TensorType)],
+        body: impl FnOnce(&ModelBuilder, &[Tensor]) -> Vec<(String, Tensor)>,
+    ) {
+        let index = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.graphs.iter().any(|g| g.name == name) || name == "main" {
+                inner.fail(Location::caller(), format!("function @{name} is defined twice"));
+                return;
+            }
+            inner.graphs.push(Graph::new(name));
+            inner.graphs.len() - 1
+        };
+        let fb = ModelBuilder { inner: self.inner.clone(), graph: index };
+        let formals: Vec<Tensor> =
+            args.iter().map(|(n, t)| fb.leaf(Op::Input { name: n.to_string() }, t.clone())).collect();
+        for (n, t) in body(&fb, &formals) {
+            fb.output(&n, &t);
+        }
+    }
+
+    /// Calls function `name` on `args` and returns its results.
+    #[track_caller]
+    pub fn call(&self, name: &str, args: &[&Tensor]) -> Vec<Tensor> {
+        self.structured(Op::Call { callee: name.into() }, args)
+    }
+
+    /// Applies loop body `name` `trips` times: `carried` values flow from one
+    /// iteration to the next, `invariant` ones (shared weights) are the same
+    /// each time. Returns the final carried values.
+    #[track_caller]
+    pub fn repeat(&self, name: &str, trips: u64, carried: &[&Tensor], invariant: &[&Tensor]) -> Vec<Tensor> {
+        let args: Vec<&Tensor> = carried.iter().chain(invariant).copied().collect();
+        self.structured(Op::Loop { body: name.into(), trips }, &args)
+    }
+
+    #[track_caller]
+    fn structured(&self, op: Op, args: &[&Tensor]) -> Vec<Tensor> {
+        let n_out = {
+            let inner = self.inner.borrow();
+            let callee = match &op {
+                Op::Call { callee } => callee,
+                Op::Loop { body, .. } => body,
+                _ => unreachable!("structured() is only called with loop and call"),
+            };
+            inner.graphs.iter().find(|g| &g.name == callee).map(|g| g.outputs.len())
+        };
+        let out = crate::tensor::apply(self, self.graph, op, args);
+        match out {
+            Some(id) => (0..n_out.unwrap_or(0))
+                .map(|o| self.tensor(self.graph, Some(ValueRef { node: id, output: o as u32 })))
+                .collect(),
+            None => (0..n_out.unwrap_or(1)).map(|_| self.tensor(self.graph, None)).collect(),
+        }
+    }
+
+    /// Records an error at the caller (used by modules for invalid configurations).
+    #[track_caller]
+    pub fn fail(&self, message: String) {
+        self.inner.borrow_mut().fail(Location::caller(), message);
+    }
+
+    /// The first error recorded so far, if any.
+    pub fn error(&self) -> Option<DslError> {
+        self.inner.borrow().error.clone()
+    }
+
+    /// Finishes the program: returns the first recorded error, or the verified program.
+    #[track_caller]
+    pub fn finish(self) -> Result<Program, DslError> {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(e) = inner.error.take() {
+            return Err(e);
+        }
+        let mut graphs = std::mem::take(&mut inner.graphs);
+        let main = graphs.remove(0);
+        let program = Program { main, functions: graphs };
+        verify(&program).map_err(|e| DslError { location: Location::caller(), message: e.to_string() })?;
+        Ok(program)
+    }
+}
