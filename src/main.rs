@@ -1,1 +1,103 @@
-fn main() {}
+//! `lsc`: compile, inspect and run the built-in models and your own `.lsir` graphs.
+
+mod commands;
+mod error;
+mod source;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "lsc",
+    version,
+    about = "A compiler and runtime for LS-attention, MoR, GAM and ternary language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the program comes from: a built-in model or a `.lsir` file.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Built-in model name (see `lsc models`).
+    #[arg(long, conflicts_with = "ir", required_unless_present = "ir")]
+    pub model: Option<String>,
+    /// Config of the built-in model.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// A `.lsir` file instead of a built-in model.
+    #[arg(long)]
+    pub ir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the built-in models and their configs.
+    Models,
+    /// Compile a model and write the requested artifacts and a manifest.json.
+    Compile {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Comma-separated artifacts to write: ir.
+        #[arg(long, default_value = "ir", value_delimiter = ',')]
+        emit: Vec<String>,
+        /// Output folder (created if missing).
+        #[arg(short = 'o', long = "out-dir", default_value = "out")]
+        out_dir: PathBuf,
+    },
+    /// Parse and verify a `.lsir` file.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Run a model: top-5 next bytes for a prompt, or batch logits from a file.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Weights (safetensors, by parameter name); random init from --seed if absent.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Seed of the random initialisation used without --weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Text whose next byte to predict.
+        #[arg(long, conflicts_with = "inputs", required_unless_present = "inputs")]
+        prompt: Option<String>,
+        /// Safetensors file with `input_ids` (I64 [B, T]) for batch inference.
+        #[arg(long, requires = "out")]
+        inputs: Option<PathBuf>,
+        /// Where batch inference writes `logits` (F32 [B, T, V]).
+        #[arg(long, requires = "inputs")]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned());
+        eprintln!("internal error: {} (this is a bug in lsc; please report it)", msg.unwrap_or_else(|| "panic".into()));
+    }));
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Models => commands::models::run(),
+        Command::Compile { model, emit, out_dir } => commands::compile::run(&model, &emit, &out_dir),
+        Command::Check { file } => commands::check::run(&file),
+        Command::Run { model, weights, seed, prompt, inputs, out } => {
+            commands::run::run(&model, weights.as_deref(), seed, prompt.as_deref(), inputs.as_deref(), out.as_deref())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,18 @@
+//! The lsc runtime: parameter initialisation, safetensors weights with atomic
+//! writes, the numerics contract, and inference helpers over the interpreter.
+//!
+//! | module | contents |
+//! |---|---|
+//! | [`init`] | seeded, per-name parameter initialisation |
+//! | [`weights`] | safetensors load/save by name, atomic writes |
+//! | [`numerics`] | the project-wide `allclose` and its tolerances |
+//! | [`generate`] | logits and next-token distributions |
+//! | [`error`] | [`RuntimeError`] |
 
+pub mod error;
+pub mod generate;
+pub mod init;
+pub mod numerics;
+pub mod weights;
+
+pub use error::RuntimeError;

@@ -1,0 +1,54 @@
+//! Inference helpers: byte prompts, logits, next-token distributions.
+
+use crate::error::RuntimeError;
+use lsc_interp::{Interpreter, Tensors, Value};
+use lsc_ir::Program;
+
+/// Runs a language-model program on a batch of token ids `[B][T]` and returns
+/// the `logits` output `[B, T, V]`.
+pub fn logits(program: &Program, params: &Tensors<f32>, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
+    let interp = Interpreter::new(program).map_err(|e| RuntimeError::Input(format!("invalid program: {e}")))?;
+    let mut inputs = Tensors::new();
+    inputs.insert("input_ids".to_string(), ids.clone());
+    let outs = interp.run(&inputs, params)?;
+    outs.into_iter()
+        .find(|(n, _)| n == "logits")
+        .map(|(_, v)| v)
+        .ok_or_else(|| RuntimeError::Input("the program has no `logits` output".into()))
+}
+
+/// Softmax of one row.
+pub fn softmax(row: &[f32]) -> Vec<f64> {
+    let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+    let e: Vec<f64> = row.iter().map(|&x| (x as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+/// The `k` most likely next tokens after `prompt` (byte tokens), with probabilities.
+pub fn top_next(
+    program: &Program,
+    params: &Tensors<f32>,
+    prompt: &[u8],
+    k: usize,
+    max_len: usize,
+) -> Result<Vec<(usize, f64)>, RuntimeError> {
+    if prompt.is_empty() {
+        return Err(RuntimeError::Input("the prompt is empty; pass at least one byte with --prompt".into()));
+    }
+    if prompt.len() > max_len {
+        return Err(RuntimeError::Input(format!(
+            "the prompt has {} bytes but the model accepts at most {max_len}",
+            prompt.len()
+        )));
+    }
+    let ids = Value::ints(vec![1, prompt.len()], prompt.iter().map(|&b| b as i64).collect());
+    let out = logits(program, params, &ids)?;
+    let v = *out.shape.last().unwrap_or(&0);
+    let data = out.as_floats().ok_or_else(|| RuntimeError::Input("logits are not floats".into()))?;
+    let last = &data[data.len() - v..];
+    let mut probs: Vec<(usize, f64)> = softmax(last).into_iter().enumerate().collect();
+    probs.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+    probs.truncate(k);
+    Ok(probs)
+}

@@ -1,0 +1,68 @@
+//! Deterministic parameter initialisation from a seed. Each tensor draws from
+//! its own stream, keyed by the seed and its name, so adding a parameter never
+//! changes the others.
+
+use lsc_interp::{Tensors, Value};
+use lsc_ir::{Bindings, Program};
+
+/// The standard deviation of weight matrices and embeddings (GPT-2's 0.02).
+pub const INIT_STD: f64 = 0.02;
+
+/// SplitMix64: a small, well-mixed generator; enough for initialisation and sampling.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+/// FNV-1a, to key each parameter's stream by its name.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Initialises every parameter of `program`: rank-1 `*.weight` (norm gains)
+/// to 1, `*.bias` to 0, everything else from N(0, 0.02²).
+pub fn init_params(program: &Program, seed: u64) -> Result<Tensors<f32>, String> {
+    let mut out = Tensors::new();
+    for (n, name) in program.main.params() {
+        let ty = &program.main.node(n).outputs[0];
+        let shape =
+            ty.concrete_shape(&Bindings::new()).map_err(|e| format!("parameter `{name}` has a symbolic shape: {e}"))?;
+        let count: usize = shape.iter().product();
+        let data = if name.ends_with(".bias") {
+            vec![0.0; count]
+        } else if shape.len() == 1 && name.ends_with(".weight") {
+            vec![1.0; count]
+        } else {
+            let mut rng = Rng::new(seed ^ name_hash(name));
+            (0..count).map(|_| (rng.normal() * INIT_STD) as f32).collect()
+        };
+        out.insert(name.to_string(), Value::floats(shape, data));
+    }
+    Ok(out)
+}

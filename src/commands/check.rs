@@ -1,0 +1,20 @@
+//! `lsc check FILE.lsir`: parse and verify.
+
+use crate::error::{CliError, CliResult};
+use std::path::Path;
+
+/// Parses and verifies a file; errors carry `FILE:line:col`.
+pub fn run(path: &Path) -> CliResult {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::with_fix(format!("{}: {e}", path.display()), "check the path"))?;
+    let program = lsc_ir::parse_and_verify(&text).map_err(|e| CliError::new(format!("{}:{e}", path.display())))?;
+    let nodes: usize = program.graphs().map(|g| g.dag.node_count()).sum();
+    println!(
+        "{}: ok ({} graph(s), {nodes} nodes, {} parameters, outputs: {})",
+        path.display(),
+        1 + program.functions.len(),
+        program.main.params().len(),
+        program.main.outputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}

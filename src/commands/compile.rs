@@ -1,0 +1,74 @@
+//! `lsc compile`: writes the requested artifacts and `manifest.json`.
+
+use crate::error::{CliError, CliResult};
+use crate::source;
+use crate::ModelArgs;
+use lsc_ir::{Program, TensorType};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Artifacts `--emit` accepts today.
+const EMIT_KINDS: [&str; 1] = ["ir"];
+
+fn describe(name: &str, t: &TensorType) -> Value {
+    json!({ "name": name, "dtype": t.dtype.name(), "shape": t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>() })
+}
+
+/// The manifest: interface, parameters, statistics and the files written.
+pub fn manifest(name: &str, config: Option<&str>, program: &Program, files: &[String]) -> Value {
+    let main = &program.main;
+    let inputs: Vec<Value> = main.input_types().into_iter().map(|(n, t)| describe(n, t)).collect();
+    let outputs: Vec<Value> = main.outputs.iter().map(|(n, v)| describe(n, main.value_type(*v))).collect();
+    let params: Vec<Value> = main.params().into_iter().map(|(id, n)| describe(n, &main.node(id).outputs[0])).collect();
+    json!({
+        "lsc_version": env!("CARGO_PKG_VERSION"),
+        "name": name,
+        "config": config,
+        "files": files,
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": params,
+        "parameter_count": lsc_passes::parameter_count(program).ok(),
+        "functions": program.functions.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+        "nodes": program.graphs().map(|g| g.dag.node_count()).sum::<usize>(),
+        "op_histogram": lsc_passes::op_histogram(program),
+    })
+}
+
+/// Compiles the selected program into `out_dir`.
+pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path) -> CliResult {
+    for e in emit {
+        if !EMIT_KINDS.contains(&e.as_str()) {
+            return Err(CliError::with_fix(
+                format!("unknown --emit kind `{e}`"),
+                format!("use one of: {}", EMIT_KINDS.join(", ")),
+            ));
+        }
+    }
+    let mut src = source::load(args)?;
+    lsc_passes::eliminate_dead_code(&mut src.program);
+    std::fs::create_dir_all(out_dir).map_err(|e| {
+        CliError::with_fix(format!("cannot create {}: {e}", out_dir.display()), "choose a writable -o folder")
+    })?;
+    let write = |file: &str, bytes: &[u8]| -> CliResult {
+        lsc_runtime::weights::write_atomic(&out_dir.join(file), bytes)
+            .map_err(|e| CliError::with_fix(e.to_string(), "choose a writable -o folder"))
+    };
+    let mut files = Vec::new();
+    if emit.iter().any(|e| e == "ir") {
+        let text = lsc_ir::print_program(&src.program).map_err(CliError::new)?;
+        let file = format!("{}.lsir", src.name);
+        write(&file, text.as_bytes())?;
+        files.push(file);
+    }
+    let m = manifest(&src.name, src.config.as_deref(), &src.program, &files);
+    let text = serde_json::to_string_pretty(&m).map_err(|e| CliError::new(e.to_string()))?;
+    write("manifest.json", text.as_bytes())?;
+    let nodes = m["nodes"].as_u64().unwrap_or(0);
+    let params = m["parameter_count"].as_u64().unwrap_or(0);
+    println!("compiled {} ({nodes} nodes, {params} parameters) -> {}", src.name, out_dir.display());
+    for f in files.iter().chain(std::iter::once(&"manifest.json".to_string())) {
+        println!("  {}", out_dir.join(f).display());
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod check;
+pub mod compile;
+pub mod models;
+pub mod run;

@@ -1,0 +1,94 @@
+//! `lsc run`: next-byte prediction for a prompt, or batch logits to a file.
+
+use crate::error::{CliError, CliResult};
+use crate::source::{self, Source};
+use crate::ModelArgs;
+use lsc_interp::{Tensors, Value};
+use lsc_runtime::{generate, init, weights};
+use std::path::Path;
+
+fn params(src: &Source, weights_path: Option<&Path>, seed: u64) -> Result<(Tensors<f32>, String), CliError> {
+    match weights_path {
+        Some(p) => {
+            let (params, warnings) = weights::load_params(p, &src.program)?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            Ok((params, format!("weights {}", p.display())))
+        }
+        None => {
+            let params = init::init_params(&src.program, seed).map_err(|e| CliError::with_fix(e, "pass --weights"))?;
+            Ok((params, format!("random init, seed {seed}")))
+        }
+    }
+}
+
+fn show_byte(b: usize) -> String {
+    match u8::try_from(b) {
+        Ok(c) if c.is_ascii_graphic() || c == b' ' => format!("{:?}", c as char),
+        Ok(c) => format!("'\\x{c:02x}'"),
+        Err(_) => format!("token {b}"),
+    }
+}
+
+/// Runs the selected model.
+pub fn run(
+    args: &ModelArgs,
+    weights_path: Option<&Path>,
+    seed: u64,
+    prompt: Option<&str>,
+    inputs: Option<&Path>,
+    out: Option<&Path>,
+) -> CliResult {
+    let src = source::load(args)?;
+    let (params, origin) = params(&src, weights_path, seed)?;
+    let label = match &src.config {
+        Some(c) => format!("{}/{c}", src.name),
+        None => src.name.clone(),
+    };
+    if let (Some(inputs), Some(out)) = (inputs, out) {
+        return batch(&src, &params, inputs, out);
+    }
+    let prompt = prompt.unwrap_or_default();
+    let max_len = src.max_len.unwrap_or(usize::MAX);
+    let top = generate::top_next(&src.program, &params, prompt.as_bytes(), 5, max_len)?;
+    let nodes: usize = src.program.graphs().map(|g| g.dag.node_count()).sum();
+    let n_params = lsc_passes::parameter_count(&src.program).unwrap_or(0);
+    println!("{label}: {nodes} IR nodes, {n_params} parameters ({origin}), interpreter on CPU");
+    println!("top-5 next bytes after {prompt:?}:");
+    for (i, (b, p)) in top.iter().enumerate() {
+        println!("  {}. {:<8} (0x{b:02x})  p = {p:.4}", i + 1, show_byte(*b));
+    }
+    Ok(())
+}
+
+fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path) -> CliResult {
+    let tensors = weights::load_tensors(inputs)?;
+    let ids = tensors.get("input_ids").ok_or_else(|| {
+        CliError::with_fix(
+            format!("{}: no tensor `input_ids`", inputs.display()),
+            "save the token ids as `input_ids` (I64 [B, T])",
+        )
+    })?;
+    if ids.as_ints().is_none() || ids.shape.len() != 2 {
+        return Err(CliError::with_fix(
+            format!("{}: `input_ids` is {}{:?}", inputs.display(), ids.dtype, ids.shape),
+            "it must be I64 [B, T]",
+        ));
+    }
+    if let Some(max) = src.max_len.filter(|&m| ids.shape[1] > m) {
+        return Err(CliError::with_fix(
+            format!("`input_ids` has T = {} but the model accepts at most {max}", ids.shape[1]),
+            "use a shorter sequence or the `long` config",
+        ));
+    }
+    let logits = generate::logits(&src.program, params, ids)?;
+    let mut result = Tensors::new();
+    result.insert(
+        "logits".to_string(),
+        Value::floats(logits.shape.clone(), logits.as_floats().unwrap_or_default().to_vec()),
+    );
+    weights::save_tensors(out, &result)?;
+    println!("wrote logits {:?} to {}", logits.shape, out.display());
+    Ok(())
+}

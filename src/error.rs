@@ -1,0 +1,51 @@
+//! CLI errors: one line naming the problem and, where there is one, the fix.
+
+use std::fmt;
+
+/// A user-facing failure; always exits with status 2.
+#[derive(Debug)]
+pub struct CliError {
+    problem: String,
+    fix: Option<String>,
+}
+
+impl CliError {
+    /// A problem with no obvious fix.
+    pub fn new(problem: impl Into<String>) -> CliError {
+        CliError { problem: problem.into(), fix: None }
+    }
+
+    /// A problem and what to do about it.
+    pub fn with_fix(problem: impl Into<String>, fix: impl Into<String>) -> CliError {
+        CliError { problem: problem.into(), fix: Some(fix.into()) }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keep it to one line even if a nested message had newlines.
+        let problem = self.problem.replace('\n', " ");
+        match &self.fix {
+            Some(fix) => write!(f, "{problem}; {fix}"),
+            None => write!(f, "{problem}"),
+        }
+    }
+}
+
+impl From<lsc_runtime::RuntimeError> for CliError {
+    fn from(e: lsc_runtime::RuntimeError) -> CliError {
+        use lsc_runtime::RuntimeError as E;
+        let fix = match &e {
+            E::Io { .. } => Some("check the path"),
+            E::Format { .. } => Some("the file is corrupt or truncated; re-export it with safetensors"),
+            E::Missing { .. } | E::Mismatch { .. } => {
+                Some("the weights were made for another model or config; pass the matching --model/--config")
+            }
+            E::Exec(_) | E::Input(_) => None,
+        };
+        CliError { problem: e.to_string(), fix: fix.map(str::to_string) }
+    }
+}
+
+/// Result of a CLI command.
+pub type CliResult = Result<(), CliError>;
