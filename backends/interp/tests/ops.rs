@@ -188,8 +188,8 @@ fn gather_scatter_embedding() {
     close(&vals(&out[0].1), &[1.0, 1.0, 4.0, 3.0]);
     // Row 0 writes 10 then 20 to column 0 (last write wins); row 1 writes 30 to column 1, 40 to column 0.
     close(&vals(&out[1].1), &[20.0, 2.0, 40.0, 30.0]);
-    // scatter_add along 0: x[idx[i][j]][j] += x[i][j].
-    close(&vals(&out[2].1), &[1.0 + 1.0 + 4.0, 2.0 + 2.0, 3.0 + 3.0, 4.0]);
+    // scatter_add along 0: out[idx[i][j]][j] += x[i][j]; (0,0)→[0][0], (0,1)→[0][1], (1,0)→[1][0], (1,1)→[0][1].
+    close(&vals(&out[2].1), &[1.0 + 1.0, 2.0 + 2.0 + 4.0, 3.0 + 3.0, 4.0]);
     close(&vals(&out[3].1), &[0.0, 0.5, 0.0, 0.5, 1.0, 1.5, 0.0, 0.5]);
 
     feed.insert("idx".into(), Value::ints(vec![2, 2], vec![0, 0, 7, 0]));
