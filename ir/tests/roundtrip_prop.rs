@@ -53,15 +53,38 @@ fn build(steps: &[Step], names: &[String]) -> Program {
     for s in steps {
         let (op, args): (Op, Vec<ValueRef>) = match s {
             Step::Unary(a, u) => {
-                let u = [UnaryOp::Neg, UnaryOp::Abs, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Sqrt, UnaryOp::Rsqrt, UnaryOp::Recip, UnaryOp::Tanh, UnaryOp::Sigmoid, UnaryOp::Silu, UnaryOp::Gelu, UnaryOp::Round][*u];
+                let u = [
+                    UnaryOp::Neg,
+                    UnaryOp::Abs,
+                    UnaryOp::Exp,
+                    UnaryOp::Log,
+                    UnaryOp::Sqrt,
+                    UnaryOp::Rsqrt,
+                    UnaryOp::Recip,
+                    UnaryOp::Tanh,
+                    UnaryOp::Sigmoid,
+                    UnaryOp::Silu,
+                    UnaryOp::Gelu,
+                    UnaryOp::Round,
+                ][*u];
                 (Op::Unary(u), vec![pick(&pool, *a)])
             }
             Step::Binary(a, b, o) => {
-                let o = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min, BinaryOp::Pow][*o];
+                let o = [
+                    BinaryOp::Add,
+                    BinaryOp::Sub,
+                    BinaryOp::Mul,
+                    BinaryOp::Div,
+                    BinaryOp::Max,
+                    BinaryOp::Min,
+                    BinaryOp::Pow,
+                ][*o];
                 (Op::Binary(o), vec![pick(&pool, *a), pick(&pool, *b)])
             }
             Step::Cmp(a, b) => (Op::Compare(CmpOp::Lt), vec![pick(&pool, *a), pick(&pool, *b)]),
-            Step::Reduce(a, x, k) => (Op::Reduce { kind: ReduceKind::Sum, axes: vec![*x], keep_dims: *k }, vec![pick(&pool, *a)]),
+            Step::Reduce(a, x, k) => {
+                (Op::Reduce { kind: ReduceKind::Sum, axes: vec![*x], keep_dims: *k }, vec![pick(&pool, *a)])
+            }
             Step::Softmax(a, x) => (Op::Softmax { axis: *x }, vec![pick(&pool, *a)]),
             Step::Transpose(a) => (Op::Transpose { perm: vec![1, 0, 2] }, vec![pick(&pool, *a)]),
             Step::MatMul(a, b, t) => (Op::MatMul { trans_b: *t }, vec![pick(&pool, *a), pick(&pool, *b)]),

@@ -18,7 +18,8 @@ fn cases() -> Vec<(&'static str, Program, Rule)> {
     let mut p = Program::new();
     let a = p.main.add_node(Op::Input { name: "a".into() }, &[], vec![f32s(&[2, 3])]);
     let b = p.main.add_node(Op::Input { name: "b".into() }, &[], vec![f32s(&[4, 5])]);
-    let m = p.main.add_node(Op::MatMul { trans_b: false }, &[ValueRef::first(a), ValueRef::first(b)], vec![f32s(&[2, 5])]);
+    let m =
+        p.main.add_node(Op::MatMul { trans_b: false }, &[ValueRef::first(a), ValueRef::first(b)], vec![f32s(&[2, 5])]);
     out.push(("matmul inner dims differ", with_output(p, ValueRef::first(m)), Rule::Typing));
 
     let mut p = Program::new();
@@ -86,7 +87,11 @@ fn cases() -> Vec<(&'static str, Program, Rule)> {
     let mut p = Program::new();
     let a = p.main.add_node(Op::Input { name: "a".into() }, &[], vec![TensorType::new(DType::F32, [Dim::sym("T")])]);
     let b = p.main.add_node(Op::Input { name: "b".into() }, &[], vec![TensorType::new(DType::F32, [Dim::sym("S")])]);
-    let s = p.main.add_node(Op::Binary(BinaryOp::Add), &[ValueRef::first(a), ValueRef::first(b)], vec![TensorType::new(DType::F32, [Dim::sym("T")])]);
+    let s = p.main.add_node(
+        Op::Binary(BinaryOp::Add),
+        &[ValueRef::first(a), ValueRef::first(b)],
+        vec![TensorType::new(DType::F32, [Dim::sym("T")])],
+    );
     out.push(("symbolic dims differ", with_output(p, ValueRef::first(s)), Rule::Typing));
 
     out
@@ -110,5 +115,8 @@ fn node_errors_name_the_node() {
     let (_, p, _) = cases().remove(0);
     let e = verify(&p).unwrap_err();
     assert_eq!(e.node, Some((2, "matmul".to_string())));
-    assert_eq!(e.to_string(), "@main %2 (matmul): [typing] `matmul` of f32[2,3] and f32[4,5]: inner dimensions 3 and 4 differ");
+    assert_eq!(
+        e.to_string(),
+        "@main %2 (matmul): [typing] `matmul` of f32[2,3] and f32[4,5]: inner dimensions 3 and 4 differ"
+    );
 }

@@ -12,7 +12,8 @@ fn d(v: &[usize]) -> Vec<Dim> {
 /// Builds a one-output program from `f` over float inputs `x0, x1, ...` and runs it.
 fn run(inputs: &[(&[usize], Vec<f64>)], f: impl Fn(&ModelBuilder, &[Tensor]) -> Tensor) -> Result<Value<f64>, String> {
     let b = ModelBuilder::new();
-    let xs: Vec<Tensor> = inputs.iter().enumerate().map(|(i, (s, _))| b.input(&format!("x{i}"), DType::F32, &d(s))).collect();
+    let xs: Vec<Tensor> =
+        inputs.iter().enumerate().map(|(i, (s, _))| b.input(&format!("x{i}"), DType::F32, &d(s))).collect();
     let y = f(&b, &xs);
     b.output("y", &y);
     let p = b.finish().map_err(|e| e.to_string())?;
@@ -75,7 +76,13 @@ fn softmax_and_log_softmax() {
     let e: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
     close(&vals(&s), &[1f64.exp() / e, 2f64.exp() / e, 3f64.exp() / e, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0]);
     let ls = run(&[(&[2, 3], x.clone())], |_, x| x[0].log_softmax(0)).unwrap();
-    let col: Vec<f64> = (0..6).map(|i| { let (a, b) = (x[i % 3], x[i % 3 + 3]); let v = x[i]; v - (a.exp() + b.exp()).ln() }).collect();
+    let col: Vec<f64> = (0..6)
+        .map(|i| {
+            let (a, b) = (x[i % 3], x[i % 3 + 3]);
+            let v = x[i];
+            v - (a.exp() + b.exp()).ln()
+        })
+        .collect();
     close(&vals(&ls), &col);
 }
 
@@ -84,7 +91,8 @@ fn reductions_over_several_axes() {
     let x: Vec<f64> = (0..24).map(|i| i as f64).collect();
     let s = run(&[(&[2, 3, 4], x.clone())], |_, x| x[0].sum(&[0, 2], false)).unwrap();
     assert_eq!(s.shape, vec![3]);
-    let want: Vec<f64> = (0..3).map(|j| (0..2).flat_map(|i| (0..4).map(move |k| (i * 12 + j * 4 + k) as f64)).sum()).collect();
+    let want: Vec<f64> =
+        (0..3).map(|j| (0..2).flat_map(|i| (0..4).map(move |k| (i * 12 + j * 4 + k) as f64)).sum()).collect();
     close(&vals(&s), &want);
     let m = run(&[(&[2, 3, 4], x.clone())], |_, x| x[0].mean(&[-1], true)).unwrap();
     assert_eq!(m.shape, vec![2, 3, 1]);
@@ -200,7 +208,10 @@ fn gather_scatter_embedding() {
 #[test]
 fn causal_conv1d_is_left_padded_cross_correlation() {
     // One channel: y_t = w0·x_{t-2} + w1·x_{t-1} + w2·x_t.
-    let out = run(&[(&[1, 4, 1], vec![1.0, 2.0, 3.0, 4.0]), (&[1, 1, 3], vec![100.0, 10.0, 1.0])], |_, t| t[0].causal_conv1d(&t[1])).unwrap();
+    let out = run(&[(&[1, 4, 1], vec![1.0, 2.0, 3.0, 4.0]), (&[1, 1, 3], vec![100.0, 10.0, 1.0])], |_, t| {
+        t[0].causal_conv1d(&t[1])
+    })
+    .unwrap();
     close(&vals(&out), &[1.0, 12.0, 123.0, 234.0]);
 }
 

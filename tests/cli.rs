@@ -1,0 +1,199 @@
+//! The real `lsc` binary: happy paths end to end, and bad input exits 2 with
+//! a one-line message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+#[allow(dead_code)]
+#[path = "../examples/custom_model.rs"]
+mod custom_model;
+
+fn lsc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lsc")).args(args).output().expect("lsc runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lsc-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn golden(file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file).display().to_string()
+}
+
+/// Asserts exit status 2, one line on stderr containing `needle`, and no panic.
+fn assert_bad(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in {err:?}");
+    assert!(!err.contains("panicked") && !err.contains("internal error"), "{err}");
+}
+
+fn assert_one_line(o: &Output) {
+    assert_eq!(stderr(o).trim_end().lines().count(), 1, "{}", stderr(o));
+}
+
+#[test]
+fn models_lists_every_model_and_config() {
+    let o = lsc(&["models"]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    for m in ["transformer", "ls-transformer"] {
+        for c in ["tiny", "small", "long"] {
+            assert!(s.lines().any(|l| l.starts_with(m) && l.contains(c)), "{m} {c} in\n{s}");
+        }
+    }
+}
+
+#[test]
+fn compile_writes_ir_and_manifest_that_check_accepts() {
+    let dir = scratch("compile");
+    let o =
+        lsc(&["compile", "--model", "ls-transformer", "--config", "tiny", "--emit", "ir", "-o", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ir = dir.join("ls-transformer.lsir");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["name"], "ls-transformer");
+    assert_eq!(manifest["parameter_count"], 39072);
+    assert_eq!(manifest["inputs"][0]["name"], "input_ids");
+    assert_eq!(manifest["outputs"][0]["shape"], serde_json::json!(["B", "T", "256"]));
+    let o = lsc(&["check", ir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(": ok"));
+}
+
+#[test]
+fn a_users_own_dsl_model_compiles_and_runs_through_the_cli() {
+    let dir = scratch("custom");
+    let program = custom_model::build().expect("the example model is well-typed");
+    let path = dir.join("custom.lsir");
+    std::fs::write(&path, lsc_ir::print_program(&program).unwrap()).unwrap();
+    let out = dir.join("out");
+    let o = lsc(&["compile", "--ir", path.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("custom.lsir").exists() && out.join("manifest.json").exists());
+    let o = lsc(&["run", "--ir", path.to_str().unwrap(), "--prompt", "Hello"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().filter(|l| l.contains("p = ")).count(), 5);
+}
+
+#[test]
+fn run_prints_the_top_five_next_bytes_with_probabilities() {
+    let o = lsc(&["run", "--model", "transformer", "--config", "tiny", "--prompt", "abc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let probs: Vec<f64> =
+        stdout(&o).lines().filter_map(|l| l.split("p = ").nth(1)).map(|p| p.trim().parse().unwrap()).collect();
+    assert_eq!(probs.len(), 5);
+    assert!(probs.windows(2).all(|w| w[0] >= w[1]), "sorted: {probs:?}");
+    assert!(probs.iter().all(|&p| p > 0.0 && p < 1.0));
+}
+
+#[test]
+fn batch_run_reproduces_the_golden_logits() {
+    let dir = scratch("batch");
+    let out = dir.join("logits.safetensors");
+    let o = lsc(&[
+        "run",
+        "--model",
+        "ls-transformer",
+        "--config",
+        "tiny",
+        "--weights",
+        &golden("ls-transformer-tiny.weights.safetensors"),
+        "--inputs",
+        &golden("ls-transformer-tiny.io.safetensors"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = lsc_runtime::weights::load_tensors(&out).unwrap();
+    let want = lsc_runtime::weights::load_tensors(Path::new(&golden("ls-transformer-tiny.io.safetensors"))).unwrap();
+    let tol = lsc_runtime::numerics::tolerance(lsc_ir::DType::F32);
+    assert!(lsc_runtime::numerics::allclose(&got["logits"].to_f64_vec(), &want["logits"].to_f64_vec(), tol));
+}
+
+#[test]
+fn malformed_lsir_reports_file_line_and_column() {
+    let dir = scratch("malformed");
+    let path = dir.join("bad.lsir");
+    std::fs::write(&path, "lsir 1\ngraph @main {\n  %0 = input \"x\" : f32[4]\n  %1 = exp(%0 : f32[4]\n}\n").unwrap();
+    let o = lsc(&["check", path.to_str().unwrap()]);
+    assert_bad(&o, &format!("{}:4:15: expected `,`", path.display()));
+    assert_one_line(&o);
+    let o = lsc(&["compile", "--ir", path.to_str().unwrap(), "-o", dir.to_str().unwrap()]);
+    assert_bad(&o, "bad.lsir:4:15");
+}
+
+#[test]
+fn unknown_model_and_config_name_the_choices() {
+    let o = lsc(&["run", "--model", "gpt5", "--prompt", "x"]);
+    assert_bad(&o, "unknown model `gpt5`; choose one of transformer, ls-transformer");
+    assert_one_line(&o);
+    let o = lsc(&["compile", "--model", "transformer", "--config", "huge"]);
+    assert_bad(&o, "has no config `huge`; choose one of tiny, small, long");
+}
+
+#[test]
+fn missing_files_are_reported_with_their_path() {
+    let o = lsc(&["check", "/nonexistent/model.lsir"]);
+    assert_bad(&o, "/nonexistent/model.lsir");
+    let o = lsc(&["run", "--model", "transformer", "--weights", "/nonexistent/w.safetensors", "--prompt", "x"]);
+    assert_bad(&o, "/nonexistent/w.safetensors");
+    assert_one_line(&o);
+}
+
+#[test]
+fn truncated_safetensors_is_a_clear_error() {
+    let dir = scratch("truncated");
+    let bytes = std::fs::read(golden("transformer-tiny.weights.safetensors")).unwrap();
+    let path = dir.join("cut.safetensors");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let o = lsc(&["run", "--model", "transformer", "--weights", path.to_str().unwrap(), "--prompt", "x"]);
+    assert_bad(&o, "not a valid safetensors file");
+    assert_one_line(&o);
+    std::fs::write(&path, b"garbage").unwrap();
+    let o = lsc(&["run", "--model", "transformer", "--weights", path.to_str().unwrap(), "--prompt", "x"]);
+    assert_bad(&o, "not a valid safetensors file");
+}
+
+#[test]
+fn weights_for_another_config_name_the_tensor() {
+    let o = lsc(&[
+        "run",
+        "--model",
+        "transformer",
+        "--config",
+        "small",
+        "--weights",
+        &golden("transformer-tiny.weights.safetensors"),
+        "--prompt",
+        "x",
+    ]);
+    assert_bad(&o, "tensor `embed.weight` is f32[256, 32], expected f32[256,256]");
+}
+
+#[test]
+fn bad_prompts_and_arguments_exit_2() {
+    let long = "x".repeat(100);
+    let o = lsc(&["run", "--model", "transformer", "--config", "tiny", "--prompt", &long]);
+    assert_bad(&o, "at most 64");
+    let o = lsc(&["run", "--model", "transformer", "--prompt", ""]);
+    assert_bad(&o, "the prompt is empty");
+    let o = lsc(&["compile", "--model", "transformer", "--emit", "ptx"]);
+    assert_bad(&o, "unknown --emit kind `ptx`; use one of: ir");
+    let o = lsc(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = lsc(&["run", "--model", "transformer"]);
+    assert_eq!(o.status.code(), Some(2), "neither --prompt nor --inputs");
+}
