@@ -204,8 +204,7 @@ impl Lexer<'_> {
 struct Parser {
     toks: Vec<(Tok, usize, usize)>,
     pos: usize,
-    /// (graph index, node index) → (line, col) of the definition.
-    node_pos: HashMap<(usize, usize), (usize, usize)>,
+    node_pos: Positions,
 }
 
 type PResult<T> = Result<T, ParseError>;
@@ -370,15 +369,13 @@ impl Parser {
         };
         let leaf_name = if matches!(self.peek(), Tok::Str(_)) { Some(self.string()?) } else { None };
         let mut operands = Vec::new();
-        if self.eat('(') {
-            if !self.eat(')') {
-                loop {
-                    operands.push(self.value_ref(g, ids)?);
-                    if self.eat(')') {
-                        break;
-                    }
-                    self.expect(',')?;
+        if self.eat('(') && !self.eat(')') {
+            loop {
+                operands.push(self.value_ref(g, ids)?);
+                if self.eat(')') {
+                    break;
                 }
+                self.expect(',')?;
             }
         }
         let mut attrs = Vec::new();
@@ -525,7 +522,10 @@ impl Parser {
     }
 }
 
-fn parse_with_positions(text: &str) -> PResult<(Program, HashMap<(usize, usize), (usize, usize)>)> {
+/// (graph index, node index) → (line, col) of each node's definition.
+type Positions = HashMap<(usize, usize), (usize, usize)>;
+
+fn parse_with_positions(text: &str) -> PResult<(Program, Positions)> {
     let toks = Lexer { chars: text.chars().peekable(), line: 1, col: 1 }.tokens()?;
     let mut p = Parser { toks, pos: 0, node_pos: HashMap::new() };
     let prog = p.program()?;

@@ -191,35 +191,22 @@ fn check_leaf(
     }
     let t = &node.outputs[0];
     match &node.op {
-        Op::Input { name } => {
-            if name.is_empty() || !input_names.insert(name.clone()) {
-                return Err((Rule::UniqueNames, format!("input name `{name}` is empty or used twice")));
-            }
+        Op::Input { name } if name.is_empty() || !input_names.insert(name.clone()) => {
+            Err((Rule::UniqueNames, format!("input name `{name}` is empty or used twice")))
         }
-        Op::Param { name } => {
-            if !is_main {
-                return Err((
-                    Rule::ParamOutsideMain,
-                    format!("parameter `{name}` must live in main and be passed to functions as an argument"),
-                ));
-            }
-            if name.is_empty() || !param_names.insert(name.clone()) {
-                return Err((Rule::UniqueNames, format!("parameter name `{name}` is empty or used twice")));
-            }
+        Op::Param { name } if !is_main => Err((
+            Rule::ParamOutsideMain,
+            format!("parameter `{name}` must live in main and be passed to functions as an argument"),
+        )),
+        Op::Param { name } if name.is_empty() || !param_names.insert(name.clone()) => {
+            Err((Rule::UniqueNames, format!("parameter name `{name}` is empty or used twice")))
         }
-        Op::Constant { .. } => {
-            if t.dtype == DType::Ternary {
-                return Err((Rule::Leaf, "a constant cannot be packed ternary".into()));
-            }
+        Op::Constant { .. } if t.dtype == DType::Ternary => Err((Rule::Leaf, "a constant cannot be packed ternary".into())),
+        Op::Iota { axis } if *axis >= t.rank() || !t.dtype.is_numeric() => {
+            Err((Rule::Leaf, format!("iota axis {axis} needs a numeric type of rank > {axis}, got {t}")))
         }
-        Op::Iota { axis } => {
-            if *axis >= t.rank() || !t.dtype.is_numeric() {
-                return Err((Rule::Leaf, format!("iota axis {axis} needs a numeric type of rank > {axis}, got {t}")));
-            }
-        }
-        _ => {}
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn check_recursion(p: &Program) -> Result<(), VerifyError> {

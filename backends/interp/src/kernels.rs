@@ -313,14 +313,14 @@ fn binary<T: Real>(b: BinaryOp, x: &Value<T>, y: &Value<T>, dtype: DType) -> R<B
                     BinaryOp::Mul => a * c,
                     BinaryOp::Div => a / c,
                     BinaryOp::Max => {
-                        if a >= c || a != a {
+                        if a >= c || a.is_nan() {
                             a
                         } else {
                             c
                         }
                     }
                     BinaryOp::Min => {
-                        if a <= c || a != a {
+                        if a <= c || a.is_nan() {
                             a
                         } else {
                             c
@@ -431,14 +431,14 @@ fn reduce<T: Real>(x: &Value<T>, kind: ReduceKind, axes: &[usize]) -> R<Buffer<T
                 *t = match kind {
                     ReduceKind::Sum | ReduceKind::Mean => *t + a,
                     ReduceKind::Max => {
-                        if a > *t || a != a {
+                        if a > *t || a.is_nan() {
                             a
                         } else {
                             *t
                         }
                     }
                     ReduceKind::Min => {
-                        if a < *t || a != a {
+                        if a < *t || a.is_nan() {
                             a
                         } else {
                             *t

@@ -25,6 +25,8 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     /// Widens to f64.
     fn to_f64(self) -> f64;
+    /// Whether this is NaN (NaN propagates through max/min like PyTorch).
+    fn is_nan(self) -> bool;
     /// `e^x`
     fn exp(self) -> Self;
     /// Natural log.
@@ -65,6 +67,9 @@ macro_rules! impl_real {
             }
             fn to_f64(self) -> f64 {
                 self as f64
+            }
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
             }
             fn exp(self) -> Self {
                 <$t>::exp(self)
