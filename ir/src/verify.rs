@@ -201,7 +201,9 @@ fn check_leaf(
         Op::Param { name } if name.is_empty() || !param_names.insert(name.clone()) => {
             Err((Rule::UniqueNames, format!("parameter name `{name}` is empty or used twice")))
         }
-        Op::Constant { .. } if t.dtype == DType::Ternary => Err((Rule::Leaf, "a constant cannot be packed ternary".into())),
+        Op::Constant { .. } if t.dtype == DType::Ternary => {
+            Err((Rule::Leaf, "a constant cannot be packed ternary".into()))
+        }
         Op::Iota { axis } if *axis >= t.rank() || !t.dtype.is_numeric() => {
             Err((Rule::Leaf, format!("iota axis {axis} needs a numeric type of rank > {axis}, got {t}")))
         }
