@@ -1,6 +1,7 @@
 //! Built-in models, written in the lsc DSL over primitive ops, with named
 //! configs. `lsc models` lists this registry.
 
+pub mod decode;
 pub mod transformer;
 
 use lsc_ir::Program;
@@ -72,6 +73,12 @@ pub fn transformer_config(model: &str, config: &str) -> Result<TransformerConfig
 pub fn build(model: &str, config: &str) -> Result<Program, ModelError> {
     let cfg = transformer_config(model, config)?;
     transformer::build(&cfg).map_err(|e| ModelError::Build(e.to_string()))
+}
+
+/// Builds the incremental-decoding graph of a built-in model (see [`decode`]).
+pub fn build_decode(model: &str, config: &str) -> Result<Program, ModelError> {
+    let cfg = transformer_config(model, config)?;
+    transformer::build_decode(&cfg).map_err(|e| ModelError::Build(e.to_string()))
 }
 
 /// The longest sequence a built-in model accepts.

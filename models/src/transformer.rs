@@ -1,8 +1,10 @@
 //! `transformer` (MHSA baseline) and `ls-transformer` (LS-attention): the
 //! same pre-norm decoder, differing only in the attention masks per head.
+//! Each has a full-sequence graph and an incremental-decoding graph.
 
+use crate::decode::{declare_caches, DecodeInputs};
 use lsc_frontend::modules::{CausalSelfAttention, Embedding, HeadMask, Linear, RmsNorm, SwiGlu};
-use lsc_frontend::{DslError, ModelBuilder};
+use lsc_frontend::{DslError, ModelBuilder, Tensor};
 use lsc_ir::{DType, Dim, Program};
 
 /// Hyperparameters of the decoder.
@@ -61,25 +63,88 @@ impl TransformerConfig {
     }
 }
 
+/// One pre-norm block: `x += attn(attn_norm(x)); x += mlp(mlp_norm(x))`.
+pub struct Block {
+    /// RMSNorm before attention.
+    pub attn_norm: RmsNorm,
+    /// The attention mixer.
+    pub attn: CausalSelfAttention,
+    /// RMSNorm before the MLP.
+    pub mlp_norm: RmsNorm,
+    /// SwiGLU MLP.
+    pub mlp: SwiGlu,
+}
+
+impl Block {
+    /// Registers the parameters of a block under `prefix` (`layers.{i}` or `shared`).
+    pub fn new(b: &ModelBuilder, prefix: &str, cfg: &TransformerConfig) -> Block {
+        Block {
+            attn_norm: RmsNorm::new(b, &format!("{prefix}.attn_norm"), cfg.d_model, cfg.norm_eps),
+            attn: CausalSelfAttention::new(b, &format!("{prefix}.attn"), cfg.d_model, cfg.head_masks(), cfg.qk_norm),
+            mlp_norm: RmsNorm::new(b, &format!("{prefix}.mlp_norm"), cfg.d_model, cfg.norm_eps),
+            mlp: SwiGlu::new(b, &format!("{prefix}.mlp"), cfg.d_model, cfg.d_hidden),
+        }
+    }
+
+    /// Applies the block to the whole sequence.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x + &self.attn.forward(&self.attn_norm.forward(x));
+        &x + &self.mlp.forward(&self.mlp_norm.forward(&x))
+    }
+}
+
+/// The whole model's modules, declared in a fixed order.
+struct Decoder {
+    embed: Embedding,
+    pos_embed: Tensor,
+    blocks: Vec<Block>,
+    norm_f: RmsNorm,
+    lm_head: Linear,
+}
+
+impl Decoder {
+    fn new(b: &ModelBuilder, cfg: &TransformerConfig) -> Decoder {
+        let embed = Embedding::new(b, "embed", cfg.vocab, cfg.d_model);
+        let pos_embed = b.param("pos_embed.weight", DType::F32, &[cfg.max_pos.into(), cfg.d_model.into()]);
+        let blocks = (0..cfg.n_layers).map(|i| Block::new(b, &format!("layers.{i}"), cfg)).collect();
+        let norm_f = RmsNorm::new(b, "norm_f", cfg.d_model, cfg.norm_eps);
+        let lm_head = Linear::new(b, "lm_head", cfg.d_model, cfg.vocab, false);
+        Decoder { embed, pos_embed, blocks, norm_f, lm_head }
+    }
+
+    fn head(&self, x: &Tensor) -> Tensor {
+        self.lm_head.forward(&self.norm_f.forward(x))
+    }
+}
+
 /// Builds the forward graph: `input_ids: i64[B,T]` → `logits: f32[B,T,vocab]`.
 pub fn build(cfg: &TransformerConfig) -> Result<Program, DslError> {
     let b = ModelBuilder::new();
-    let (batch, time) = (Dim::sym("B"), Dim::sym("T"));
-    let ids = b.input("input_ids", DType::I64, &[batch.clone(), time.clone()]);
-    let embed = Embedding::new(&b, "embed", cfg.vocab, cfg.d_model);
-    let pos = b.param("pos_embed.weight", DType::F32, &[cfg.max_pos.into(), cfg.d_model.into()]);
-    let mut x = &embed.forward(&ids) + &pos.slice(0, 0i64, time);
-    for i in 0..cfg.n_layers {
-        let p = format!("layers.{i}");
-        let attn_norm = RmsNorm::new(&b, &format!("{p}.attn_norm"), cfg.d_model, cfg.norm_eps);
-        let attn = CausalSelfAttention::new(&b, &format!("{p}.attn"), cfg.d_model, cfg.head_masks(), cfg.qk_norm);
-        let mlp_norm = RmsNorm::new(&b, &format!("{p}.mlp_norm"), cfg.d_model, cfg.norm_eps);
-        let mlp = SwiGlu::new(&b, &format!("{p}.mlp"), cfg.d_model, cfg.d_hidden);
-        x = &x + &attn.forward(&attn_norm.forward(&x));
-        x = &x + &mlp.forward(&mlp_norm.forward(&x));
+    let ids = b.input("input_ids", DType::I64, &[Dim::sym("B"), Dim::sym("T")]);
+    let m = Decoder::new(&b, cfg);
+    let mut x = &m.embed.forward(&ids) + &m.pos_embed.slice(0, 0i64, Dim::sym("T"));
+    for block in &m.blocks {
+        x = block.forward(&x);
     }
-    let norm_f = RmsNorm::new(&b, "norm_f", cfg.d_model, cfg.norm_eps);
-    let lm_head = Linear::new(&b, "lm_head", cfg.d_model, cfg.vocab, false);
-    b.output("logits", &lm_head.forward(&norm_f.forward(&x)));
+    b.output("logits", &m.head(&x));
+    b.finish()
+}
+
+/// Builds the incremental-decoding graph: new tokens `input_ids: i64[B,T]` at
+/// positions `pos..pos+T` (`pos: i64[]`), with per-layer, per-head-group KV
+/// caches `cache.layers.{i}.attn.{k,v}.{g}` as inputs and (updated) outputs.
+pub fn build_decode(cfg: &TransformerConfig) -> Result<Program, DslError> {
+    let b = ModelBuilder::new();
+    let io = DecodeInputs::new(&b);
+    let m = Decoder::new(&b, cfg);
+    let mut x = &m.embed.forward(&io.ids) + &m.pos_embed.embedding(&io.positions(&b));
+    for (i, block) in m.blocks.iter().enumerate() {
+        let caches = declare_caches(&b, &format!("layers.{i}.attn"), &block.attn, cfg.max_pos);
+        let (a, new) = block.attn.forward_cached(&block.attn_norm.forward(&x), &io.pos, &caches);
+        x = &x + &a;
+        x = &x + &block.mlp.forward(&block.mlp_norm.forward(&x));
+        crate::decode::output_caches(&b, &format!("layers.{i}.attn"), &new);
+    }
+    b.output("logits", &m.head(&x));
     b.finish()
 }

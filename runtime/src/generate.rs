@@ -52,3 +52,64 @@ pub fn top_next(
     probs.truncate(k);
     Ok(probs)
 }
+
+/// Incremental decoding over a decode graph (see `lsc_models::decode`): holds
+/// the caches between calls and the position of the next token.
+pub struct Decoder<'p> {
+    interp: Interpreter<'p>,
+    params: &'p Tensors<f32>,
+    state: Tensors<f32>,
+    pos: i64,
+}
+
+impl<'p> Decoder<'p> {
+    /// Zero-filled caches for a batch of `batch` sequences.
+    pub fn new(program: &'p Program, params: &'p Tensors<f32>, batch: usize) -> Result<Decoder<'p>, RuntimeError> {
+        let interp = Interpreter::new(program).map_err(|e| RuntimeError::Input(format!("invalid program: {e}")))?;
+        let bindings: lsc_ir::Bindings = [("B".to_string(), batch as i64)].into();
+        let mut state = Tensors::new();
+        for (name, ty) in program.main.input_types() {
+            if name == "input_ids" || name == "pos" {
+                continue;
+            }
+            let shape =
+                ty.concrete_shape(&bindings).map_err(|e| RuntimeError::Input(format!("cache `{name}`: {e}")))?;
+            let n = shape.iter().product();
+            state.insert(name.to_string(), Value::floats(shape, vec![0.0; n]));
+        }
+        Ok(Decoder { interp, params, state, pos: 0 })
+    }
+
+    /// Position of the next token.
+    pub fn position(&self) -> i64 {
+        self.pos
+    }
+
+    /// Feeds new tokens `[B, T]`; returns their logits `[B, T, V]` and advances.
+    pub fn feed(&mut self, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
+        let mut inputs = std::mem::take(&mut self.state);
+        inputs.insert("input_ids".into(), ids.clone());
+        inputs.insert("pos".into(), Value::ints(vec![], vec![self.pos]));
+        let outs = self.interp.run(&inputs, self.params);
+        inputs.remove("input_ids");
+        inputs.remove("pos");
+        let outs = match outs {
+            Ok(o) => o,
+            Err(e) => {
+                self.state = inputs;
+                return Err(e.into());
+            }
+        };
+        let mut logits = None;
+        for (name, v) in outs {
+            if name == "logits" {
+                logits = Some(v);
+            } else {
+                inputs.insert(name, v);
+            }
+        }
+        self.state = inputs;
+        self.pos += ids.shape.get(1).copied().unwrap_or(0) as i64;
+        logits.ok_or_else(|| RuntimeError::Input("the decode program has no `logits` output".into()))
+    }
+}
