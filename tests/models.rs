@@ -3,7 +3,7 @@
 
 use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::DType;
-use lsc_models::{transformer, TransformerConfig, CONFIGS, MODELS};
+use lsc_models::{transformer, TransformerConfig, MODELS};
 use lsc_runtime::numerics::{compare, tolerance};
 use lsc_runtime::{init, weights};
 use std::path::Path;
@@ -46,7 +46,7 @@ fn golden_fixture_distinguishes_the_two_models() {
 #[test]
 fn dsl_emits_only_primitive_ops_for_every_model_and_config() {
     for m in MODELS {
-        for c in CONFIGS {
+        for &c in m.configs {
             let p = lsc_models::build(m.name, c).unwrap();
             assert!(lsc_passes::non_primitive_ops(&p).is_empty(), "{}/{c}", m.name);
             lsc_ir::verify(&p).unwrap();

@@ -1,33 +1,41 @@
 //! Built-in models, written in the lsc DSL over primitive ops, with named
-//! configs. `lsc models` lists this registry.
+//! configs. `lsc models` lists this registry. Every model has a full-sequence
+//! graph ([`build`]) and an incremental-decoding graph ([`build_decode`]).
 
 pub mod decode;
+pub mod gam;
 pub mod transformer;
 
 use lsc_ir::Program;
 pub use transformer::TransformerConfig;
-
-/// The configs every built-in model offers.
-pub const CONFIGS: [&str; 3] = ["tiny", "small", "long"];
 
 /// A built-in model.
 #[derive(Clone, Copy, Debug)]
 pub struct ModelInfo {
     /// Name used on the command line.
     pub name: &'static str,
+    /// Configs it offers.
+    pub configs: &'static [&'static str],
     /// One-line description.
     pub summary: &'static str,
 }
 
 /// Every built-in model.
-pub const MODELS: [ModelInfo; 2] = [
+pub const MODELS: [ModelInfo; 3] = [
     ModelInfo {
         name: "transformer",
+        configs: &["tiny", "small", "long"],
         summary: "pre-norm decoder with causal multi-head self-attention (MHSA baseline)",
     },
     ModelInfo {
         name: "ls-transformer",
+        configs: &["tiny", "small", "long"],
         summary: "the same decoder with LS-attention: half the heads local (causal window), half global",
+    },
+    ModelInfo {
+        name: "gam",
+        configs: &["tiny", "small", "long"],
+        summary: "Gated Associative Memory: causal conv + memory retrieval + gate instead of attention",
     },
 ];
 
@@ -50,7 +58,8 @@ impl std::fmt::Display for ModelError {
                 write!(f, "unknown model `{m}`; choose one of {} (see `lsc models`)", names.join(", "))
             }
             ModelError::UnknownConfig(m, c) => {
-                write!(f, "model `{m}` has no config `{c}`; choose one of {}", CONFIGS.join(", "))
+                let configs = info(m).map(|i| i.configs.join(", ")).unwrap_or_default();
+                write!(f, "model `{m}` has no config `{c}`; choose one of {configs}")
             }
             ModelError::Build(e) => write!(f, "model definition failed: {e}"),
         }
@@ -59,26 +68,40 @@ impl std::fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
-/// The transformer config of a built-in model, if it is one.
+fn info(model: &str) -> Option<&'static ModelInfo> {
+    MODELS.iter().find(|m| m.name == model)
+}
+
+/// The decoder config of a built-in model and config.
 pub fn transformer_config(model: &str, config: &str) -> Result<TransformerConfig, ModelError> {
-    let local = match model {
-        "transformer" => false,
-        "ls-transformer" => true,
-        other => return Err(ModelError::UnknownModel(other.to_string())),
-    };
-    TransformerConfig::named(config, local).ok_or_else(|| ModelError::UnknownConfig(model.into(), config.into()))
+    let info = info(model).ok_or_else(|| ModelError::UnknownModel(model.to_string()))?;
+    let unknown = || ModelError::UnknownConfig(model.into(), config.into());
+    if !info.configs.contains(&config) {
+        return Err(unknown());
+    }
+    TransformerConfig::named(config, model == "ls-transformer").ok_or_else(unknown)
+}
+
+fn built(r: Result<Program, lsc_frontend::DslError>) -> Result<Program, ModelError> {
+    r.map_err(|e| ModelError::Build(e.to_string()))
 }
 
 /// Builds the forward graph of a built-in model.
 pub fn build(model: &str, config: &str) -> Result<Program, ModelError> {
     let cfg = transformer_config(model, config)?;
-    transformer::build(&cfg).map_err(|e| ModelError::Build(e.to_string()))
+    built(match model {
+        "gam" => gam::build(&cfg),
+        _ => transformer::build(&cfg),
+    })
 }
 
 /// Builds the incremental-decoding graph of a built-in model (see [`decode`]).
 pub fn build_decode(model: &str, config: &str) -> Result<Program, ModelError> {
     let cfg = transformer_config(model, config)?;
-    transformer::build_decode(&cfg).map_err(|e| ModelError::Build(e.to_string()))
+    built(match model {
+        "gam" => gam::build_decode(&cfg),
+        _ => transformer::build_decode(&cfg),
+    })
 }
 
 /// The longest sequence a built-in model accepts.

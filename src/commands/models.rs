@@ -6,7 +6,7 @@ use crate::error::CliResult;
 pub fn run() -> CliResult {
     println!("{:<16} {:<8} {:>10}  description", "model", "config", "params");
     for m in lsc_models::MODELS {
-        for (i, c) in lsc_models::CONFIGS.iter().enumerate() {
+        for (i, c) in m.configs.iter().enumerate() {
             let params = lsc_models::build(m.name, c)
                 .ok()
                 .and_then(|p| lsc_passes::parameter_count(&p).ok())
