@@ -46,7 +46,7 @@ fn decode_matches_full(model: &str, b: usize, t: usize, chunks: &[usize]) -> f64
 
 #[test]
 fn token_by_token_decoding_matches_the_full_pass() {
-    for model in ["transformer", "ls-transformer", "gam"] {
+    for model in lsc_models::MODELS.iter().map(|m| m.name) {
         let d = decode_matches_full(model, 2, 20, &[1]);
         println!("{model}: decode vs full max |Δ| = {d:.3e}");
     }
@@ -55,7 +55,7 @@ fn token_by_token_decoding_matches_the_full_pass() {
 #[test]
 fn chunked_prefill_then_decoding_matches_the_full_pass() {
     // Chunks longer than the local window (w = 4) wrap the ring buffer within one call.
-    for model in ["transformer", "ls-transformer", "gam"] {
+    for model in lsc_models::MODELS.iter().map(|m| m.name) {
         decode_matches_full(model, 1, 23, &[7, 1, 1, 6, 2]);
     }
 }

@@ -60,8 +60,8 @@ fn ids(t: usize, seed: u64) -> Value<f32> {
 }
 
 #[test]
-fn both_models_are_causal() {
-    for model in ["transformer", "ls-transformer"] {
+fn every_model_is_causal() {
+    for model in MODELS.iter().map(|m| m.name) {
         let p = lsc_models::build(model, "tiny").unwrap();
         let params = init::init_params(&p, 7).unwrap();
         let a = ids(20, 1);

@@ -148,6 +148,20 @@ impl Tensor {
         self.op(Op::Unary(u), &[])
     }
 
+    /// A rank-0 constant of this tensor's dtype (broadcasts in binary ops).
+    #[track_caller]
+    pub fn full_like_scalar(&self, value: f64) -> Tensor {
+        self.builder().constant(value, self.dtype(), &[])
+    }
+
+    /// Records an error at the caller (for modules that validate their arguments).
+    #[track_caller]
+    pub(crate) fn fail_here(&self, message: String) {
+        if self.v.is_some() {
+            self.fail(message);
+        }
+    }
+
     /// A scalar constant of this tensor's dtype, broadcast to its shape.
     #[track_caller]
     pub fn full_like(&self, value: f64) -> Tensor {
@@ -310,6 +324,11 @@ impl Tensor {
     #[track_caller]
     pub fn clamp(&self, min: f64, max: f64) -> Tensor {
         self.op(Op::Clamp { min, max }, &[])
+    }
+    /// Identity forward, no gradient (for straight-through estimators).
+    #[track_caller]
+    pub fn stop_gradient(&self) -> Tensor {
+        self.op(Op::StopGradient, &[])
     }
     /// Conversion to `dtype`.
     #[track_caller]

@@ -37,6 +37,7 @@ pub fn arity(op: &Op) -> Option<usize> {
     Some(match op {
         Op::Input { .. } | Op::Param { .. } | Op::Constant { .. } | Op::Iota { .. } => 0,
         Op::Unary(_)
+        | Op::StopGradient
         | Op::Clamp { .. }
         | Op::Cast { .. }
         | Op::Reduce { .. }
@@ -196,6 +197,7 @@ pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<
             }
             one(a.clone())
         }
+        Op::StopGradient => one(ins[0].clone()),
         Op::Cast { to } => {
             if *to == DType::Ternary || ins[0].dtype == DType::Ternary {
                 return Err("`cast` cannot convert to or from packed ternary; use the ternary pack/unpack ops".into());

@@ -127,6 +127,10 @@ pub enum Op {
     Compare(CmpOp),
     /// `cond ? a : b` elementwise.
     Select,
+    /// Identity in the forward pass; blocks gradients in autodiff. With it a
+    /// straight-through estimator is written in primitives:
+    /// `stop_gradient(q(w)) + (w − stop_gradient(w))` equals `q(w)` and has gradient 1.
+    StopGradient,
     /// Conversion to another dtype.
     Cast {
         /// Target dtype.
@@ -301,6 +305,7 @@ impl Op {
             Op::Binary(b) => b.name(),
             Op::Compare(c) => c.name(),
             Op::Select => "select",
+            Op::StopGradient => "stop_gradient",
             Op::Cast { .. } => "cast",
             Op::Reduce { .. } => "reduce",
             Op::ArgMax { .. } => "argmax",
@@ -344,6 +349,7 @@ impl Op {
             | Op::Binary(_)
             | Op::Compare(_)
             | Op::Select
+            | Op::StopGradient
             | Op::Cast { .. }
             | Op::Reduce { .. }
             | Op::ArgMax { .. }
@@ -413,6 +419,7 @@ impl Op {
             | Op::Binary(_)
             | Op::Compare(_)
             | Op::Select
+            | Op::StopGradient
             | Op::Embedding
             | Op::CausalConv1d
             | Op::CrossEntropy => vec![],
@@ -436,6 +443,7 @@ impl Op {
             "iota" => Op::Iota { axis: a.usize("axis")? },
             "clamp" => Op::Clamp { min: a.float("min")?, max: a.float("max")? },
             "select" => Op::Select,
+            "stop_gradient" => Op::StopGradient,
             "cast" => Op::Cast { to: a.word("to")?.parse()? },
             "reduce" => Op::Reduce {
                 kind: ReduceKind::from_name(&a.word("kind")?).ok_or("unknown reduce kind (sum, mean, max, min)")?,

@@ -38,7 +38,11 @@ impl GamMixer {
     /// Registers `{prefix}.conv.{weight,bias}`, `{prefix}.memory`, `{prefix}.gate_proj.{weight,bias}`.
     pub fn new(b: &ModelBuilder, prefix: &str, d: usize) -> GamMixer {
         GamMixer {
-            conv_weight: b.param(&format!("{prefix}.conv.weight"), DType::F32, &[d.into(), 1usize.into(), CONV_KERNEL.into()]),
+            conv_weight: b.param(
+                &format!("{prefix}.conv.weight"),
+                DType::F32,
+                &[d.into(), 1usize.into(), CONV_KERNEL.into()],
+            ),
             conv_bias: b.param(&format!("{prefix}.conv.bias"), DType::F32, &[d.into()]),
             memory: b.param(&format!("{prefix}.memory"), DType::F32, &[MEMORY_SLOTS.into(), d.into()]),
             gate_proj: Linear::new(b, &format!("{prefix}.gate_proj"), d, 2 * d, true),

@@ -21,7 +21,7 @@ pub struct ModelInfo {
 }
 
 /// Every built-in model.
-pub const MODELS: [ModelInfo; 3] = [
+pub const MODELS: [ModelInfo; 4] = [
     ModelInfo {
         name: "transformer",
         configs: &["tiny", "small", "long"],
@@ -36,6 +36,11 @@ pub const MODELS: [ModelInfo; 3] = [
         name: "gam",
         configs: &["tiny", "small", "long"],
         summary: "Gated Associative Memory: causal conv + memory retrieval + gate instead of attention",
+    },
+    ModelInfo {
+        name: "trilm",
+        configs: &["tiny", "small"],
+        summary: "Spectra's TriLM: the transformer with ternary block weights (straight-through training)",
     },
 ];
 
@@ -79,7 +84,11 @@ pub fn transformer_config(model: &str, config: &str) -> Result<TransformerConfig
     if !info.configs.contains(&config) {
         return Err(unknown());
     }
-    TransformerConfig::named(config, model == "ls-transformer").ok_or_else(unknown)
+    let mut cfg = TransformerConfig::named(config, model == "ls-transformer").ok_or_else(unknown)?;
+    if model == "trilm" {
+        cfg.linear_quant = lsc_frontend::modules::WeightQuant::Ternary;
+    }
+    Ok(cfg)
 }
 
 fn built(r: Result<Program, lsc_frontend::DslError>) -> Result<Program, ModelError> {
@@ -102,6 +111,14 @@ pub fn build_decode(model: &str, config: &str) -> Result<Program, ModelError> {
         "gam" => gam::build_decode(&cfg),
         _ => transformer::build_decode(&cfg),
     })
+}
+
+/// The weights a built-in model quantises in its forward pass, with their format.
+pub fn quantized_weights(
+    model: &str,
+    config: &str,
+) -> Result<Vec<(String, lsc_frontend::modules::WeightQuant)>, ModelError> {
+    Ok(transformer_config(model, config)?.quantized_weights())
 }
 
 /// The longest sequence a built-in model accepts.

@@ -3,7 +3,7 @@
 //! Each has a full-sequence graph and an incremental-decoding graph.
 
 use crate::decode::{declare_caches, DecodeInputs};
-use lsc_frontend::modules::{CausalSelfAttention, Embedding, HeadMask, Linear, RmsNorm, SwiGlu};
+use lsc_frontend::modules::{CausalSelfAttention, Embedding, HeadMask, Linear, RmsNorm, SwiGlu, WeightQuant};
 use lsc_frontend::{DslError, ModelBuilder, Tensor};
 use lsc_ir::{DType, Dim, Program};
 
@@ -30,6 +30,9 @@ pub struct TransformerConfig {
     pub norm_eps: f64,
     /// RMSNorm on queries and keys per head.
     pub qk_norm: bool,
+    /// Forward-pass quantisation of every Linear inside the blocks (TriLM:
+    /// ternary); embeddings, `lm_head` and norms stay f32.
+    pub linear_quant: WeightQuant,
 }
 
 impl TransformerConfig {
@@ -52,7 +55,25 @@ impl TransformerConfig {
             max_pos,
             norm_eps: 1e-5,
             qk_norm: false,
+            linear_quant: WeightQuant::None,
         })
+    }
+
+    /// The quantised weights and their format (empty without `linear_quant`).
+    pub fn quantized_weights(&self) -> Vec<(String, WeightQuant)> {
+        if self.linear_quant == WeightQuant::None {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for i in 0..self.n_layers {
+            for p in ["q", "k", "v", "o"] {
+                out.push((format!("layers.{i}.attn.{p}_proj.weight"), self.linear_quant));
+            }
+            for p in ["gate", "up", "down"] {
+                out.push((format!("layers.{i}.mlp.{p}_proj.weight"), self.linear_quant));
+            }
+        }
+        out
     }
 
     /// The per-head masks of one layer: local heads first, then global.
@@ -80,9 +101,16 @@ impl Block {
     pub fn new(b: &ModelBuilder, prefix: &str, cfg: &TransformerConfig) -> Block {
         Block {
             attn_norm: RmsNorm::new(b, &format!("{prefix}.attn_norm"), cfg.d_model, cfg.norm_eps),
-            attn: CausalSelfAttention::new(b, &format!("{prefix}.attn"), cfg.d_model, cfg.head_masks(), cfg.qk_norm),
+            attn: CausalSelfAttention::quantized(
+                b,
+                &format!("{prefix}.attn"),
+                cfg.d_model,
+                cfg.head_masks(),
+                cfg.qk_norm,
+                cfg.linear_quant,
+            ),
             mlp_norm: RmsNorm::new(b, &format!("{prefix}.mlp_norm"), cfg.d_model, cfg.norm_eps),
-            mlp: SwiGlu::new(b, &format!("{prefix}.mlp"), cfg.d_model, cfg.d_hidden),
+            mlp: SwiGlu::quantized(b, &format!("{prefix}.mlp"), cfg.d_model, cfg.d_hidden, cfg.linear_quant),
         }
     }
 

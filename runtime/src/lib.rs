@@ -6,6 +6,7 @@
 //! | [`init`] | seeded, per-name parameter initialisation |
 //! | [`weights`] | safetensors load/save by name, atomic writes |
 //! | [`numerics`] | the project-wide `allclose` and its tolerances |
+//! | [`quant`] | packed ternary and group-wise k-bit formats, bit accounting |
 //! | [`generate`] | logits and next-token distributions |
 //! | [`error`] | [`RuntimeError`] |
 
@@ -13,6 +14,7 @@ pub mod error;
 pub mod generate;
 pub mod init;
 pub mod numerics;
+pub mod quant;
 pub mod weights;
 
 pub use error::RuntimeError;

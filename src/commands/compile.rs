@@ -35,6 +35,32 @@ pub fn manifest(name: &str, config: Option<&str>, program: &Program, files: &[St
     })
 }
 
+/// Storage of a built-in model whose weights are stored packed (TriLM).
+fn bit_accounting(src: &source::Source) -> Option<lsc_runtime::quant::BitReport> {
+    let quantized = lsc_models::quantized_weights(&src.name, src.config.as_deref()?).ok()?;
+    if quantized.is_empty() {
+        return None;
+    }
+    let sizes: Vec<(String, usize)> = src
+        .program
+        .main
+        .params()
+        .into_iter()
+        .map(|(id, name)| {
+            let n = src.program.main.node(id).outputs[0].concrete_shape(&Default::default()).unwrap_or_default();
+            (name.to_string(), n.iter().product())
+        })
+        .collect();
+    let packed = quantized
+        .iter()
+        .filter_map(|(name, q)| {
+            let n = sizes.iter().find(|(s, _)| s == name)?.1;
+            Some((name.clone(), lsc_runtime::quant::packed_bits(*q, n)))
+        })
+        .collect();
+    Some(lsc_runtime::quant::bit_report(&sizes, &packed))
+}
+
 /// Compiles the selected program into `out_dir`.
 pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path) -> CliResult {
     for e in emit {
@@ -61,7 +87,20 @@ pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path) -> CliResult {
         write(&file, text.as_bytes())?;
         files.push(file);
     }
-    let m = manifest(&src.name, src.config.as_deref(), &src.program, &files);
+    let mut m = manifest(&src.name, src.config.as_deref(), &src.program, &files);
+    if let Some(report) = bit_accounting(&src) {
+        println!(
+            "packed storage: {:.3} bits/parameter ({} of {} parameters packed)",
+            report.bits_per_parameter(),
+            report.packed_parameters,
+            report.parameters
+        );
+        m["storage"] = json!({
+            "bits_per_parameter": report.bits_per_parameter(),
+            "total_bits": report.total_bits,
+            "packed_parameters": report.packed_parameters,
+        });
+    }
     let text = serde_json::to_string_pretty(&m).map_err(|e| CliError::new(e.to_string()))?;
     write("manifest.json", text.as_bytes())?;
     let nodes = m["nodes"].as_u64().unwrap_or(0);

@@ -104,6 +104,7 @@ pub fn eval<T: Real>(
             let Buffer::Bool(c) = &args[0].data else { return Err("select condition is not bool".into()) };
             one(take_select(c, &args[1].data, &args[2].data)?)
         }
+        Op::StopGradient => one(args[0].data.clone()),
         Op::Cast { to } => one(cast(args[0], *to)),
         Op::Reduce { kind, axes, .. } => one(reduce(args[0], *kind, axes)?),
         Op::ArgMax { axis, .. } => {

@@ -1,7 +1,7 @@
 //! Causal self-attention with per-head masks (MHSA, LS-attention), for the
 //! full sequence and for incremental decoding over KV caches.
 
-use super::{join, Linear, RmsNorm};
+use super::{join, Linear, RmsNorm, WeightQuant};
 use crate::builder::ModelBuilder;
 use crate::tensor::Tensor;
 use lsc_ir::{DType, Dim, TensorType};
@@ -46,9 +46,22 @@ impl CausalSelfAttention {
         masks: Vec<HeadMask>,
         qk_norm: bool,
     ) -> CausalSelfAttention {
+        Self::quantized(b, prefix, d_model, masks, qk_norm, WeightQuant::None)
+    }
+
+    /// The same with quantised projection weights (TriLM, QuantLinear).
+    #[track_caller]
+    pub fn quantized(
+        b: &ModelBuilder,
+        prefix: &str,
+        d_model: usize,
+        masks: Vec<HeadMask>,
+        qk_norm: bool,
+        quant: WeightQuant,
+    ) -> CausalSelfAttention {
         let heads = masks.len().max(1);
         let head_dim = d_model / heads;
-        let lin = |name: &str| Linear::new(b, &join(prefix, name), d_model, d_model, false);
+        let lin = |name: &str| Linear::quantized(b, &join(prefix, name), d_model, d_model, false, quant);
         let (q_proj, k_proj, v_proj, o_proj) = (lin("q_proj"), lin("k_proj"), lin("v_proj"), lin("o_proj"));
         let qk_norm = qk_norm.then(|| {
             (

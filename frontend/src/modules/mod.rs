@@ -3,8 +3,10 @@
 //! is applied with `forward`; shape errors point at the caller's line.
 
 mod attention;
+pub mod quant;
 
 pub use attention::{AttentionCache, CausalSelfAttention, HeadMask};
+pub use quant::WeightQuant;
 
 use crate::builder::ModelBuilder;
 use crate::tensor::Tensor;
@@ -18,12 +20,15 @@ pub(crate) fn join(prefix: &str, name: &str) -> String {
     }
 }
 
-/// `y = x·Wᵀ (+ b)` with `W: [out, in]`.
+/// `y = x·Ŵᵀ (+ b)` with `W: [out, in]`, where `Ŵ` is `W` or its quantised
+/// form ([`WeightQuant`], straight-through gradient).
 pub struct Linear {
-    /// `[out, in]`
+    /// `[out, in]` (the latent full-precision weight when quantised).
     pub weight: Tensor,
     /// `[out]`, when enabled.
     pub bias: Option<Tensor>,
+    /// Forward-pass quantisation of the weight.
+    pub quant: WeightQuant,
 }
 
 impl Linear {
@@ -32,13 +37,32 @@ impl Linear {
     pub fn new(b: &ModelBuilder, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
         let weight = b.param(&join(prefix, "weight"), DType::F32, &[d_out.into(), d_in.into()]);
         let bias = bias.then(|| b.param(&join(prefix, "bias"), DType::F32, &[d_out.into()]));
-        Linear { weight, bias }
+        Linear { weight, bias, quant: WeightQuant::None }
+    }
+
+    /// A layer whose weight is quantised in the forward pass.
+    #[track_caller]
+    pub fn quantized(
+        b: &ModelBuilder,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+        quant: WeightQuant,
+    ) -> Linear {
+        Linear { quant, ..Linear::new(b, prefix, d_in, d_out, bias) }
+    }
+
+    /// The weight the forward pass multiplies by (`Ŵ`).
+    #[track_caller]
+    pub fn effective_weight(&self) -> Tensor {
+        quant::quantized_weight(&self.weight, self.quant)
     }
 
     /// Applies the layer to `x [..., in]`.
     #[track_caller]
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.matmul_t(&self.weight);
+        let y = x.matmul_t(&self.effective_weight());
         match &self.bias {
             Some(bias) => &y + bias,
             None => y,
@@ -135,10 +159,16 @@ impl SwiGlu {
     /// Registers `{prefix}.{gate,up,down}_proj.weight`.
     #[track_caller]
     pub fn new(b: &ModelBuilder, prefix: &str, d: usize, hidden: usize) -> SwiGlu {
+        Self::quantized(b, prefix, d, hidden, WeightQuant::None)
+    }
+
+    /// The same with quantised projection weights.
+    #[track_caller]
+    pub fn quantized(b: &ModelBuilder, prefix: &str, d: usize, hidden: usize, quant: WeightQuant) -> SwiGlu {
         SwiGlu {
-            gate_proj: Linear::new(b, &join(prefix, "gate_proj"), d, hidden, false),
-            up_proj: Linear::new(b, &join(prefix, "up_proj"), d, hidden, false),
-            down_proj: Linear::new(b, &join(prefix, "down_proj"), hidden, d, false),
+            gate_proj: Linear::quantized(b, &join(prefix, "gate_proj"), d, hidden, false, quant),
+            up_proj: Linear::quantized(b, &join(prefix, "up_proj"), d, hidden, false, quant),
+            down_proj: Linear::quantized(b, &join(prefix, "down_proj"), hidden, d, false, quant),
         }
     }
 
