@@ -114,7 +114,7 @@ impl PackedGroupwise {
 /// Quantises and packs `w [out, in]` exactly as the forward pass does.
 pub fn quantize_groupwise(w: &[f32], shape: &[usize], bits: u32, group: usize) -> Result<PackedGroupwise, String> {
     let [out, inp] = shape else { return Err(format!("group-wise quantisation needs a matrix, got shape {shape:?}")) };
-    if !(2..=8).contains(&bits) || group == 0 || inp % group != 0 || w.len() != out * inp {
+    if !(2..=8).contains(&bits) || group == 0 || !inp.is_multiple_of(group) || w.len() != out * inp {
         return Err(format!("bits {bits} / group {group} do not fit shape {shape:?}"));
     }
     let qmax = ((1u32 << (bits - 1)) - 1) as f32;

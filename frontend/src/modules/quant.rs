@@ -47,7 +47,7 @@ pub fn ternarize(w: &Tensor) -> Tensor {
 pub fn quantize_groupwise(w: &Tensor, bits: u32, group: usize) -> Tensor {
     let (out, inp) = (w.dim(0), w.dim(1));
     let n_in = inp.as_const().unwrap_or(0) as usize;
-    if !(2..=8).contains(&bits) || group == 0 || n_in % group != 0 {
+    if !(2..=8).contains(&bits) || group == 0 || !n_in.is_multiple_of(group) {
         w.fail_here(format!("group-wise quantisation needs 2 ≤ bits ≤ 8 and a group size dividing the input width {n_in}; got bits {bits}, group {group}"));
         return w.clone();
     }
