@@ -16,8 +16,9 @@ pub struct Source {
     pub max_len: Option<usize>,
 }
 
-/// Builds or parses the program selected by `args`.
-pub fn load(args: &ModelArgs) -> Result<Source, CliError> {
+/// Builds or parses the program selected by `args`. With `inference`, built-in
+/// models use their causal inference graph (MoR's `σ(logit) ≥ 0.5` rule).
+pub fn load(args: &ModelArgs, inference: bool) -> Result<Source, CliError> {
     if let Some(path) = &args.ir {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::with_fix(format!("{}: {e}", path.display()), "check the path"))?;
@@ -31,7 +32,8 @@ pub fn load(args: &ModelArgs) -> Result<Source, CliError> {
         return Ok(Source { name, config: None, program, max_len: None });
     }
     let model = args.model.clone().unwrap_or_default();
-    let program = lsc_models::build(&model, &args.config).map_err(|e| CliError::new(e.to_string()))?;
+    let build = if inference { lsc_models::build_inference } else { lsc_models::build };
+    let program = build(&model, &args.config).map_err(|e| CliError::new(e.to_string()))?;
     let max_len = lsc_models::max_seq_len(&model, &args.config).ok();
     Ok(Source { name: model, config: Some(args.config.clone()), program, max_len })
 }

@@ -62,7 +62,7 @@ fn ids(t: usize, seed: u64) -> Value<f32> {
 #[test]
 fn every_model_is_causal() {
     for model in MODELS.iter().map(|m| m.name) {
-        let p = lsc_models::build(model, "tiny").unwrap();
+        let p = lsc_models::build_inference(model, "tiny").unwrap();
         let params = init::init_params(&p, 7).unwrap();
         let a = ids(20, 1);
         let mut b = a.clone();

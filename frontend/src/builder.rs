@@ -3,8 +3,9 @@
 
 use crate::error::DslError;
 use crate::tensor::Tensor;
-use lsc_ir::{verify, DType, Dim, Graph, Op, Program, TensorType, ValueRef};
+use lsc_ir::{verify, DType, DerivedSymbol, Dim, Graph, Op, Program, TensorType, ValueRef};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::panic::Location;
 use std::rc::Rc;
 
@@ -12,6 +13,9 @@ pub(crate) struct Inner {
     /// Graph 0 is `main`; the others are functions.
     pub graphs: Vec<Graph>,
     pub error: Option<DslError>,
+    pub symbols: Vec<DerivedSymbol>,
+    /// Per function graph: the parameters it uses, lifted to trailing arguments.
+    pub lifted: HashMap<usize, Vec<String>>,
 }
 
 impl Inner {
@@ -39,7 +43,8 @@ impl Default for ModelBuilder {
 impl ModelBuilder {
     /// A builder for a new program whose entry graph is `main`.
     pub fn new() -> ModelBuilder {
-        let inner = Inner { graphs: vec![Graph::new("main")], error: None };
+        let inner =
+            Inner { graphs: vec![Graph::new("main")], error: None, symbols: Vec::new(), lifted: HashMap::new() };
         ModelBuilder { inner: Rc::new(RefCell::new(inner)), graph: 0 }
     }
 
@@ -51,13 +56,6 @@ impl ModelBuilder {
     fn leaf(&self, op: Op, ty: TensorType) -> Tensor {
         let mut inner = self.inner.borrow_mut();
         if inner.error.is_some() {
-            return self.tensor(self.graph, None);
-        }
-        if let (Op::Param { .. }, true) = (&op, self.graph != 0) {
-            inner.fail(
-                Location::caller(),
-                "parameters belong to the main graph; pass them to functions as arguments".into(),
-            );
             return self.tensor(self.graph, None);
         }
         let name = op.leaf_name().map(str::to_string);
@@ -77,16 +75,71 @@ impl ModelBuilder {
         self.tensor(self.graph, Some(ValueRef::first(id)))
     }
 
+    /// The value of parameter `name` in graph `graph`: in `main` the `param`
+    /// node (declared on first use), in a function a trailing argument that
+    /// every call site fills with the caller's value of the same parameter.
+    fn param_in(&self, graph: usize, name: &str, ty: &TensorType) -> Result<ValueRef, String> {
+        let mut inner = self.inner.borrow_mut();
+        let g = &inner.graphs[graph];
+        let existing = g.dag.node_indices().find(|&n| match &g.dag[n].op {
+            Op::Param { name: p } => p == name,
+            Op::Input { name: p } => graph != 0 && p == name,
+            _ => false,
+        });
+        if let Some(n) = existing {
+            let have = &g.dag[n].outputs[0];
+            if have != ty {
+                return Err(format!("parameter `{name}` is used as {ty} here but declared as {have}"));
+            }
+            return Ok(ValueRef::first(n));
+        }
+        let op = if graph == 0 { Op::Param { name: name.into() } } else { Op::Input { name: name.into() } };
+        let id = inner.graphs[graph].add_node(op, &[], vec![ty.clone()]);
+        if graph != 0 {
+            inner.lifted.entry(graph).or_default().push(name.to_string());
+        }
+        Ok(ValueRef::first(id))
+    }
+
     /// Declares a named input such as `input_ids: i64[B,T]`.
     #[track_caller]
     pub fn input(&self, name: &str, dtype: DType, shape: &[Dim]) -> Tensor {
         self.leaf(Op::Input { name: name.into() }, TensorType::new(dtype, shape.iter().cloned()))
     }
 
-    /// Declares a named parameter (PyTorch-style dotted name).
+    /// Declares a named parameter (PyTorch-style dotted name). Inside a
+    /// function body the parameter becomes a trailing argument of the function
+    /// (parameters live in `main`); each call passes it, so a block written once
+    /// and called R times shares its weights explicitly.
     #[track_caller]
     pub fn param(&self, name: &str, dtype: DType, shape: &[Dim]) -> Tensor {
-        self.leaf(Op::Param { name: name.into() }, TensorType::new(dtype, shape.iter().cloned()))
+        let ty = TensorType::new(dtype, shape.iter().cloned());
+        if self.graph == 0 {
+            return self.leaf(Op::Param { name: name.into() }, ty);
+        }
+        if self.inner.borrow().error.is_some() {
+            return self.tensor(self.graph, None);
+        }
+        match self.param_in(self.graph, name, &ty) {
+            Ok(v) => self.tensor(self.graph, Some(v)),
+            Err(m) => {
+                self.fail(m);
+                self.tensor(self.graph, None)
+            }
+        }
+    }
+
+    /// Defines `name = max(min, round(fraction · of))`, a shape symbol computed
+    /// when the program runs (expert-choice capacities), and returns it as a dim.
+    #[track_caller]
+    pub fn derived_symbol(&self, name: &str, of: Dim, fraction: f64, min: i64) -> Dim {
+        let mut inner = self.inner.borrow_mut();
+        if inner.symbols.iter().any(|s| s.name == name) {
+            inner.fail(Location::caller(), format!("symbol `{name}` is defined twice"));
+        } else {
+            inner.symbols.push(DerivedSymbol { name: name.into(), of, fraction, min });
+        }
+        Dim::sym(name)
     }
 
     /// A tensor of `shape` filled with `value`.
@@ -159,16 +212,47 @@ impl ModelBuilder {
 
     #[track_caller]
     fn structured(&self, op: Op, args: &[&Tensor]) -> Vec<Tensor> {
-        let n_out = {
-            let inner = self.inner.borrow();
-            let callee = match &op {
-                Op::Call { callee } => callee,
-                Op::Loop { body, .. } => body,
-                _ => unreachable!("structured() is only called with loop and call"),
-            };
-            inner.graphs.iter().find(|g| &g.name == callee).map(|g| g.outputs.len())
+        let callee = match &op {
+            Op::Call { callee } => callee.clone(),
+            Op::Loop { body, .. } => body.clone(),
+            _ => String::new(),
         };
-        let out = crate::tensor::apply(self, self.graph, op, args);
+        let (n_out, lifted) = {
+            let inner = self.inner.borrow();
+            let index = inner.graphs.iter().position(|g| g.name == callee);
+            let n_out = index.map(|i| inner.graphs[i].outputs.len());
+            let lifted: Vec<(String, TensorType)> = index
+                .and_then(|i| {
+                    let g = &inner.graphs[i];
+                    let names = inner.lifted.get(&i)?;
+                    Some(
+                        names
+                            .iter()
+                            .filter_map(|n| {
+                                g.input_types()
+                                    .into_iter()
+                                    .find(|(m, _)| m == n)
+                                    .map(|(m, t)| (m.to_string(), t.clone()))
+                            })
+                            .collect(),
+                    )
+                })
+                .unwrap_or_default();
+            (n_out, lifted)
+        };
+        let mut params = Vec::new();
+        for (name, ty) in &lifted {
+            match self.param_in(self.graph, name, ty) {
+                Ok(v) => params.push(self.tensor(self.graph, Some(v))),
+                Err(m) => {
+                    self.fail(m);
+                    return vec![self.tensor(self.graph, None); n_out.unwrap_or(1)];
+                }
+            }
+        }
+        let mut all: Vec<&Tensor> = args.to_vec();
+        all.extend(params.iter());
+        let out = crate::tensor::apply(self, self.graph, op, &all);
         match out {
             Some(id) => (0..n_out.unwrap_or(0))
                 .map(|o| self.tensor(self.graph, Some(ValueRef { node: id, output: o as u32 })))
@@ -197,7 +281,7 @@ impl ModelBuilder {
         }
         let mut graphs = std::mem::take(&mut inner.graphs);
         let main = graphs.remove(0);
-        let program = Program { main, functions: graphs };
+        let program = Program { main, functions: graphs, symbols: std::mem::take(&mut inner.symbols) };
         verify(&program).map_err(|e| DslError { location: Location::caller(), message: e.to_string() })?;
         Ok(program)
     }

@@ -175,12 +175,14 @@ pub struct Program {
     pub main: Graph,
     /// Functions referenced by `Loop` and `Call`, in definition order.
     pub functions: Vec<Graph>,
+    /// Symbols computed from the input-bound ones before the program runs.
+    pub symbols: Vec<crate::symbols::DerivedSymbol>,
 }
 
 impl Program {
     /// A program with an empty `main` graph.
     pub fn new() -> Program {
-        Program { main: Graph::new("main"), functions: Vec::new() }
+        Program { main: Graph::new("main"), functions: Vec::new(), symbols: Vec::new() }
     }
 
     /// The function called `name`.

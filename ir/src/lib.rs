@@ -10,6 +10,7 @@
 //! | [`op`] | the op set and its attributes |
 //! | [`infer`] | each op's typing rule |
 //! | [`graph`] | graphs (petgraph) and programs |
+//! | [`symbols`] | derived shape symbols (capacities) |
 //! | [`verify`] | the verifier and its named rules |
 //! | [`print`], [`parse`] | the `.lsir` text format |
 
@@ -20,6 +21,7 @@ pub mod infer;
 pub mod op;
 pub mod parse;
 pub mod print;
+pub mod symbols;
 pub mod types;
 pub mod verify;
 
@@ -30,5 +32,6 @@ pub use infer::{Signature, Signatures};
 pub use op::{BinaryOp, CmpOp, Op, ReduceKind, UnaryOp};
 pub use parse::{parse_and_verify, parse_program, ParseError};
 pub use print::print_program;
+pub use symbols::DerivedSymbol;
 pub use types::TensorType;
 pub use verify::{verify, Rule, VerifyError};

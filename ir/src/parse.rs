@@ -5,6 +5,7 @@ use crate::dim::Dim;
 use crate::dtype::DType;
 use crate::graph::{Graph, NodeId, Program, ValueRef};
 use crate::op::{AttrValue, Op};
+use crate::symbols::DerivedSymbol;
 use crate::types::TensorType;
 use crate::verify::verify;
 use std::collections::HashMap;
@@ -265,6 +266,10 @@ impl Parser {
                 return self.err("unsupported format version (this lsc reads `lsir 1`)".into());
             }
         }
+        let mut symbols = Vec::new();
+        while *self.peek() == Tok::Ident("symbol".into()) {
+            symbols.push(self.derived_symbol()?);
+        }
         let mut graphs: Vec<Graph> = Vec::new();
         while *self.peek() != Tok::Eof {
             let g = self.graph(graphs.len())?;
@@ -287,7 +292,51 @@ impl Parser {
             }
         };
         self.node_pos = self.node_pos.drain().map(|((g, n), p)| ((remap(g), n), p)).collect();
-        Ok(Program { main, functions: graphs })
+        Ok(Program { main, functions: graphs, symbols })
+    }
+
+    /// `symbol K = max(1, round(0.75*T))`
+    fn derived_symbol(&mut self) -> PResult<DerivedSymbol> {
+        self.keyword("symbol")?;
+        let name = match self.next() {
+            Tok::Ident(n) => n,
+            t => {
+                self.pos -= 1;
+                return self.err(format!("expected a symbol name, found {t}"));
+            }
+        };
+        self.expect('=')?;
+        self.keyword("max")?;
+        self.expect('(')?;
+        let neg = self.eat('-');
+        let min = match self.next() {
+            Tok::Int(v) => {
+                if neg {
+                    -v
+                } else {
+                    v
+                }
+            }
+            t => {
+                self.pos -= 1;
+                return self.err(format!("expected an integer lower bound, found {t}"));
+            }
+        };
+        self.expect(',')?;
+        self.keyword("round")?;
+        self.expect('(')?;
+        let fraction = match self.next() {
+            Tok::Float(v) => v,
+            t => {
+                self.pos -= 1;
+                return self.err(format!("expected a fraction such as 0.75, found {t}"));
+            }
+        };
+        self.expect('*')?;
+        let of = self.dim()?;
+        self.expect(')')?;
+        self.expect(')')?;
+        Ok(DerivedSymbol { name, of, fraction, min })
     }
 
     fn graph(&mut self, index: usize) -> PResult<Graph> {

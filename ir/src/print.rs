@@ -16,6 +16,12 @@ pub fn print_program(p: &Program) -> Result<String, String> {
     let mut out = String::new();
     out.push_str(HEADER);
     out.push('\n');
+    if !p.symbols.is_empty() {
+        out.push('\n');
+        for s in &p.symbols {
+            let _ = writeln!(out, "{s}");
+        }
+    }
     for g in p.graphs() {
         out.push('\n');
         print_graph(g, &mut out)?;

@@ -36,6 +36,8 @@ pub enum Rule {
     Recursion,
     /// A program has a `main` graph with at least one output.
     Entry,
+    /// Derived symbols have unique names and finite, positive fractions.
+    DerivedSymbol,
 }
 
 impl Rule {
@@ -54,6 +56,7 @@ impl Rule {
             Rule::UnknownFunction => "unknown-function",
             Rule::Recursion => "recursion",
             Rule::Entry => "entry",
+            Rule::DerivedSymbol => "derived-symbol",
         }
     }
 }
@@ -100,6 +103,17 @@ pub fn verify(p: &Program) -> Result<(), VerifyError> {
                 node: None,
                 rule: Rule::UniqueNames,
                 message: format!("function name `{}` is empty, `main`, or defined twice", f.name),
+            });
+        }
+    }
+    let mut symbols = BTreeSet::new();
+    for s in &p.symbols {
+        if s.name.is_empty() || !symbols.insert(s.name.as_str()) || !s.fraction.is_finite() || s.fraction <= 0.0 {
+            return Err(VerifyError {
+                graph: "main".into(),
+                node: None,
+                rule: Rule::DerivedSymbol,
+                message: format!("`{s}` needs a unique name and a finite fraction > 0"),
             });
         }
     }

@@ -94,6 +94,12 @@ fn cases() -> Vec<(&'static str, Program, Rule)> {
     );
     out.push(("symbolic dims differ", with_output(p, ValueRef::first(s)), Rule::Typing));
 
+    let mut p = Program::new();
+    let a = p.main.add_node(Op::Input { name: "a".into() }, &[], vec![f32s(&[2])]);
+    let k = DerivedSymbol { name: "K".into(), of: Dim::sym("T"), fraction: 0.5, min: 1 };
+    p.symbols = vec![k.clone(), k];
+    out.push(("symbol defined twice", with_output(p, ValueRef::first(a)), Rule::DerivedSymbol));
+
     out
 }
 

@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod gam;
+pub mod mor;
 pub mod transformer;
 
 use lsc_ir::Program;
@@ -21,7 +22,7 @@ pub struct ModelInfo {
 }
 
 /// Every built-in model.
-pub const MODELS: [ModelInfo; 4] = [
+pub const MODELS: [ModelInfo; 5] = [
     ModelInfo {
         name: "transformer",
         configs: &["tiny", "small", "long"],
@@ -41,6 +42,11 @@ pub const MODELS: [ModelInfo; 4] = [
         name: "trilm",
         configs: &["tiny", "small"],
         summary: "Spectra's TriLM: the transformer with ternary block weights (straight-through training)",
+    },
+    ModelInfo {
+        name: "mor",
+        configs: &["tiny", "small"],
+        summary: "Mixture-of-Recursions: one shared block applied 4 times with expert-choice routing",
     },
 ];
 
@@ -95,8 +101,17 @@ fn built(r: Result<Program, lsc_frontend::DslError>) -> Result<Program, ModelErr
     r.map_err(|e| ModelError::Build(e.to_string()))
 }
 
-/// Builds the forward graph of a built-in model.
+fn mor_config(config: &str) -> Result<mor::MorConfig, ModelError> {
+    transformer_config("mor", config)?;
+    mor::MorConfig::named(config).ok_or_else(|| ModelError::UnknownConfig("mor".into(), config.into()))
+}
+
+/// Builds the forward graph of a built-in model (for `mor`: the expert-choice
+/// training graph, with `aux_loss`).
 pub fn build(model: &str, config: &str) -> Result<Program, ModelError> {
+    if model == "mor" {
+        return built(mor::build(&mor_config(config)?, mor::Rule::TopK));
+    }
     let cfg = transformer_config(model, config)?;
     built(match model {
         "gam" => gam::build(&cfg),
@@ -104,8 +119,20 @@ pub fn build(model: &str, config: &str) -> Result<Program, ModelError> {
     })
 }
 
+/// Builds the graph used for inference: causal for every model (for `mor`: the
+/// `σ(logit) ≥ 0.5` rule); the same as [`build`] for the others.
+pub fn build_inference(model: &str, config: &str) -> Result<Program, ModelError> {
+    if model == "mor" {
+        return built(mor::build(&mor_config(config)?, mor::Rule::Threshold));
+    }
+    build(model, config)
+}
+
 /// Builds the incremental-decoding graph of a built-in model (see [`decode`]).
 pub fn build_decode(model: &str, config: &str) -> Result<Program, ModelError> {
+    if model == "mor" {
+        return built(mor::build_decode(&mor_config(config)?));
+    }
     let cfg = transformer_config(model, config)?;
     built(match model {
         "gam" => gam::build_decode(&cfg),

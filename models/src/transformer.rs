@@ -117,7 +117,19 @@ impl Block {
     /// Applies the block to the whole sequence.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let x = x + &self.attn.forward(&self.attn_norm.forward(x));
-        &x + &self.mlp.forward(&self.mlp_norm.forward(&x))
+        self.mlp_residual(&x)
+    }
+
+    /// The block with attention further restricted by `allowed` (see
+    /// [`CausalSelfAttention::forward_with_mask`]).
+    pub fn forward_with_mask(&self, x: &Tensor, allowed: &Tensor) -> Tensor {
+        let x = x + &self.attn.forward_with_mask(&self.attn_norm.forward(x), allowed);
+        self.mlp_residual(&x)
+    }
+
+    /// `x + mlp(mlp_norm(x))`.
+    pub fn mlp_residual(&self, x: &Tensor) -> Tensor {
+        x + &self.mlp.forward(&self.mlp_norm.forward(x))
     }
 }
 
@@ -169,8 +181,7 @@ pub fn build_decode(cfg: &TransformerConfig) -> Result<Program, DslError> {
     for (i, block) in m.blocks.iter().enumerate() {
         let caches = declare_caches(&b, &format!("layers.{i}.attn"), &block.attn, cfg.max_pos);
         let (a, new) = block.attn.forward_cached(&block.attn_norm.forward(&x), &io.pos, &caches);
-        x = &x + &a;
-        x = &x + &block.mlp.forward(&block.mlp_norm.forward(&x));
+        x = block.mlp_residual(&(&x + &a));
         crate::decode::output_caches(&b, &format!("layers.{i}.attn"), &new);
     }
     b.output("logits", &m.head(&x));

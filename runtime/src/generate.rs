@@ -1,8 +1,8 @@
 //! Inference helpers: byte prompts, logits, next-token distributions.
 
 use crate::error::RuntimeError;
-use lsc_interp::{Interpreter, Tensors, Value};
-use lsc_ir::Program;
+use lsc_interp::{Buffer, Interpreter, Tensors, Value};
+use lsc_ir::{DType, Program};
 
 /// Runs a language-model program on a batch of token ids `[B][T]` and returns
 /// the `logits` output `[B, T, V]`.
@@ -75,7 +75,12 @@ impl<'p> Decoder<'p> {
             let shape =
                 ty.concrete_shape(&bindings).map_err(|e| RuntimeError::Input(format!("cache `{name}`: {e}")))?;
             let n = shape.iter().product();
-            state.insert(name.to_string(), Value::floats(shape, vec![0.0; n]));
+            let data = match ty.dtype {
+                DType::Bool => Buffer::Bool(vec![false; n]),
+                d if d.is_int() => Buffer::Int(vec![0; n]),
+                _ => Buffer::Float(vec![0.0; n]),
+            };
+            state.insert(name.to_string(), Value { dtype: ty.dtype, shape, data });
         }
         Ok(Decoder { interp, params, state, pos: 0 })
     }

@@ -71,7 +71,7 @@ pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path) -> CliResult {
             ));
         }
     }
-    let mut src = source::load(args)?;
+    let mut src = source::load(args, false)?;
     lsc_passes::eliminate_dead_code(&mut src.program);
     std::fs::create_dir_all(out_dir).map_err(|e| {
         CliError::with_fix(format!("cannot create {}: {e}", out_dir.display()), "choose a writable -o folder")

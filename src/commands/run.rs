@@ -40,7 +40,7 @@ pub fn run(
     inputs: Option<&Path>,
     out: Option<&Path>,
 ) -> CliResult {
-    let src = source::load(args)?;
+    let src = source::load(args, true)?;
     let (params, origin) = params(&src, weights_path, seed)?;
     let label = match &src.config {
         Some(c) => format!("{}/{c}", src.name),

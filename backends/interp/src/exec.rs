@@ -4,7 +4,7 @@
 use crate::kernels;
 use crate::math::Real;
 use crate::value::{numel, Buffer, Value};
-use lsc_ir::{verify, Bindings, DType, Graph, NodeId, Op, Program, TensorType, VerifyError};
+use lsc_ir::{verify, Bindings, DType, DerivedSymbol, Graph, NodeId, Op, Program, TensorType, VerifyError};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -64,7 +64,7 @@ impl<'p> Interpreter<'p> {
             })?;
             args.push(v.clone());
         }
-        let outs = self.run_graph(main, args, params)?;
+        let outs = self.run_graph(main, args, params, &self.program.symbols)?;
         Ok(main.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
     }
 
@@ -73,6 +73,7 @@ impl<'p> Interpreter<'p> {
         g: &Graph,
         args: Vec<Value<T>>,
         params: &Tensors<T>,
+        derived: &[DerivedSymbol],
     ) -> Result<Vec<Value<T>>, InterpError> {
         let order = &self.orders[&g.name];
         let number: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
@@ -97,6 +98,7 @@ impl<'p> Interpreter<'p> {
             bound.push((name, &g.node(n).outputs[0], &v.shape, v.dtype));
         }
         bind_symbols(&bound, &mut bindings).map_err(top_err)?;
+        DerivedSymbol::bind_all(derived, &mut bindings).map_err(top_err)?;
 
         let mut uses = vec![0usize; g.dag.node_count()];
         for &n in order {
@@ -139,7 +141,7 @@ impl<'p> Interpreter<'p> {
                             .function(callee)
                             .ok_or_else(|| err_at(n, format!("unknown function @{callee}")))?;
                         let owned = arg_vals.iter().map(|v| (*v).clone()).collect();
-                        self.run_graph(f, owned, params)?
+                        self.run_graph(f, owned, params, &[])?
                     }
                     Op::Loop { body, trips } => {
                         let f = self
@@ -152,7 +154,7 @@ impl<'p> Interpreter<'p> {
                             let mut a = vec![Value::ints(vec![], vec![it as i64])];
                             a.extend(carried);
                             a.extend(arg_vals[n_carried..].iter().map(|v| (*v).clone()));
-                            carried = self.run_graph(f, a, params)?;
+                            carried = self.run_graph(f, a, params, &[])?;
                         }
                         carried
                     }

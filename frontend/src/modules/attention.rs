@@ -148,8 +148,21 @@ impl CausalSelfAttention {
     /// Attends over `x [B, T, d_model]`.
     #[track_caller]
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let builder = ModelBuilder { inner: x.b.clone(), graph: x.graph };
-        let (bd, t, d) = (x.dim(0), x.dim(1), x.dim(2));
+        self.attend(x, None)
+    }
+
+    /// Attention whose keys are further restricted by `allowed` (bool,
+    /// broadcastable to `[B, H, T, T]`), ANDed with each head's mask. Mixture-of-
+    /// Recursions uses it to let tokens attend only to the tokens active at a depth.
+    #[track_caller]
+    pub fn forward_with_mask(&self, x: &Tensor, allowed: &Tensor) -> Tensor {
+        self.attend(x, Some(allowed))
+    }
+
+    /// Projects `x [B, T, d]` to per-head queries, keys and values `[B, H, T, hd]`.
+    #[track_caller]
+    fn project(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (bd, t) = (x.dim(0), x.dim(1));
         let mut q = self.split_heads(&self.q_proj.forward(x), &bd, &t);
         let mut k = self.split_heads(&self.k_proj.forward(x), &bd, &t);
         let v = self.split_heads(&self.v_proj.forward(x), &bd, &t);
@@ -157,13 +170,39 @@ impl CausalSelfAttention {
             q = qn.forward(&q);
             k = kn.forward(&k);
         }
-        let scores = &q.matmul_t(&k) * (1.0 / (self.head_dim as f64).sqrt());
-        let mask = self.head_masks(&builder, &t);
-        let neg_inf = builder.constant(f64::NEG_INFINITY, DType::F32, &[]);
-        let probs = mask.select(&scores, &neg_inf).softmax(-1);
-        let out = probs.matmul(&v).transpose(&[0, 2, 1, 3]).reshape(&[bd, t, d]);
+        (q, k, v)
+    }
+
+    /// Merges heads `[B, H, T, hd]` back to `[B, T, d]` and applies `o_proj`.
+    #[track_caller]
+    fn merge(&self, heads: &Tensor, x: &Tensor) -> Tensor {
+        let out = heads.transpose(&[0, 2, 1, 3]).reshape(&[x.dim(0), x.dim(1), x.dim(2)]);
         self.o_proj.forward(&out)
     }
+
+    #[track_caller]
+    fn attend(&self, x: &Tensor, allowed: Option<&Tensor>) -> Tensor {
+        let builder = ModelBuilder { inner: x.b.clone(), graph: x.graph };
+        let (q, k, v) = self.project(x);
+        let scores = &q.matmul_t(&k) * (1.0 / (self.head_dim as f64).sqrt());
+        let mut mask = self.head_masks(&builder, &x.dim(1));
+        if let Some(extra) = allowed {
+            mask = mask.and(extra);
+        }
+        let neg_inf = builder.constant(f64::NEG_INFINITY, DType::F32, &[]);
+        let probs = mask.select(&scores, &neg_inf).softmax(-1);
+        self.merge(&probs.matmul(&v), x)
+    }
+}
+
+/// Extra key validity for cached attention (Mixture-of-Recursions: only the
+/// tokens active at a depth may be attended to). A query always sees itself.
+#[derive(Clone, Debug)]
+pub struct KeyValidity {
+    /// Per head group, `[B, C]`: whether each cache slot may be attended to.
+    pub cached: Vec<Tensor>,
+    /// `[B, T]`: whether each new token may be attended to by later ones.
+    pub new: Tensor,
 }
 
 /// The KV cache of one head group during incremental decoding: `[B, n, C, hd]`
@@ -234,6 +273,24 @@ impl CausalSelfAttention {
         }
     }
 
+    /// `[B, 1, T, C+T]`: cache slots valid for group `g`; new tokens valid or the query itself.
+    #[track_caller]
+    fn validity_mask(b: &ModelBuilder, ok: &KeyValidity, g: usize, batch: &Dim, t: &Dim) -> Tensor {
+        let cached = &ok.cached[g.min(ok.cached.len().saturating_sub(1))];
+        let c = cached.dim(1);
+        let one = Dim::new(1);
+        let cache_part = cached.reshape(&[batch.clone(), one.clone(), one.clone(), c.clone()]).broadcast_to(&[
+            batch.clone(),
+            one.clone(),
+            t.clone(),
+            c,
+        ]);
+        let square = [t.clone(), t.clone()];
+        let itself = b.iota(DType::I64, &square, 0).eq(&b.iota(DType::I64, &square, 1));
+        let new_part = ok.new.reshape(&[batch.clone(), one.clone(), one, t.clone()]).or(&itself);
+        cache_part.concat(&[&new_part], 3)
+    }
+
     /// Writes new keys or values `[B, n, T, hd]` into a group's cache.
     #[track_caller]
     fn write_cache(b: &ModelBuilder, cache: &Tensor, new: &Tensor, kind: HeadMask, pos: &Tensor) -> Tensor {
@@ -257,32 +314,41 @@ impl CausalSelfAttention {
     /// sequence, position by position.
     #[track_caller]
     pub fn forward_cached(&self, x: &Tensor, pos: &Tensor, caches: &[AttentionCache]) -> (Tensor, Vec<AttentionCache>) {
+        self.forward_cached_with_keys(x, pos, caches, None)
+    }
+
+    /// [`CausalSelfAttention::forward_cached`] with extra key validity.
+    #[track_caller]
+    pub fn forward_cached_with_keys(
+        &self,
+        x: &Tensor,
+        pos: &Tensor,
+        caches: &[AttentionCache],
+        keys_ok: Option<&KeyValidity>,
+    ) -> (Tensor, Vec<AttentionCache>) {
         let builder = ModelBuilder { inner: x.b.clone(), graph: x.graph };
         let groups = self.head_groups();
         if groups.is_empty() || caches.len() != groups.len() {
             builder.fail(format!("attention has {} head groups but {} caches were given", groups.len(), caches.len()));
             return (x.clone(), caches.to_vec());
         }
-        let (bd, t, d) = (x.dim(0), x.dim(1), x.dim(2));
-        let mut q = self.split_heads(&self.q_proj.forward(x), &bd, &t);
-        let mut k = self.split_heads(&self.k_proj.forward(x), &bd, &t);
-        let v = self.split_heads(&self.v_proj.forward(x), &bd, &t);
-        if let Some((qn, kn)) = &self.qk_norm {
-            q = qn.forward(&q);
-            k = kn.forward(&k);
-        }
+        let t = x.dim(1);
+        let (q, k, v) = self.project(x);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let neg_inf = builder.constant(f64::NEG_INFINITY, DType::F32, &[]);
         let mut outs = Vec::new();
         let mut new_caches = Vec::new();
-        for ((h0, n, kind), cache) in groups.into_iter().zip(caches) {
+        for (gi, ((h0, n, kind), cache)) in groups.into_iter().zip(caches).enumerate() {
             let heads = |x: &Tensor| x.slice(1, h0 as i64, (h0 + n) as i64);
             let (qg, kg, vg) = (heads(&q), heads(&k), heads(&v));
             let c = cache.k.dim(2).as_const().unwrap_or(0) as usize;
             let keys = cache.k.concat(&[&kg], 2);
             let values = cache.v.concat(&[&vg], 2);
             let scores = &qg.matmul_t(&keys) * scale;
-            let mask = Self::cached_mask(&builder, &t, c, kind, pos);
+            let mut mask = Self::cached_mask(&builder, &t, c, kind, pos);
+            if let Some(ok) = keys_ok {
+                mask = mask.and(&Self::validity_mask(&builder, ok, gi, &x.dim(0), &t));
+            }
             outs.push(mask.select(&scores, &neg_inf).softmax(-1).matmul(&values));
             new_caches.push(AttentionCache {
                 k: Self::write_cache(&builder, &cache.k, &kg, kind, pos),
@@ -290,7 +356,6 @@ impl CausalSelfAttention {
             });
         }
         let rest: Vec<&Tensor> = outs[1..].iter().collect();
-        let out = outs[0].concat(&rest, 1).transpose(&[0, 2, 1, 3]).reshape(&[bd, t, d]);
-        (self.o_proj.forward(&out), new_caches)
+        (self.merge(&outs[0].concat(&rest, 1), x), new_caches)
     }
 }

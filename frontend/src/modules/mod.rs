@@ -5,7 +5,7 @@
 mod attention;
 pub mod quant;
 
-pub use attention::{AttentionCache, CausalSelfAttention, HeadMask};
+pub use attention::{AttentionCache, CausalSelfAttention, HeadMask, KeyValidity};
 pub use quant::WeightQuant;
 
 use crate::builder::ModelBuilder;
