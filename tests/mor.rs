@@ -2,7 +2,7 @@
 
 use lsc_interp::{Buffer, Interpreter, Tensors, Value};
 use lsc_ir::DType;
-use lsc_models::mor::{self, MorConfig, Rule};
+use lsc_models::mor::{self, MorConfig, Routing, Rule};
 use lsc_models::transformer::{self, TransformerConfig};
 use lsc_runtime::init;
 use lsc_runtime::numerics::{compare, tolerance};
@@ -142,4 +142,83 @@ fn threshold_rule_drops_tokens_and_keeps_subsets() {
     let last = bools(output(&outs, "route.3"));
     assert!(first.iter().all(|&a| a), "capacity 1.0 keeps every token");
     assert!(last.iter().any(|&a| a) && last.iter().any(|&a| !a), "the rule routes: {last:?}");
+}
+
+/// Decodes token by token with `cfg`'s decode graph and compares every
+/// position with the full graph under the causal rule.
+fn decode_matches_full(cfg: &MorConfig) -> f64 {
+    let full = mor::build(cfg, Rule::Threshold).unwrap();
+    let step = mor::build_decode(cfg).unwrap();
+    let mut params = init::init_params(&full, 6).unwrap();
+    scale_routers(&mut params, 100.0);
+    if let Some(Value { data: Buffer::Float(w), .. }) = params.get_mut("router.weight") {
+        w.iter_mut().for_each(|x| *x *= 100.0);
+    }
+    let (b, t) = (2, 14);
+    let x = ids(b, t, 12);
+    let outs = run(&full, &params, &x);
+    let routes: Vec<bool> = (0..cfg.capacities.len()).flat_map(|r| bools(output(&outs, &format!("route.{r}")))).collect();
+    assert!(routes.iter().any(|&a| a) && routes.iter().any(|&a| !a), "routing must drop some tokens for the test to mean something");
+    let want = output(&outs, "logits").to_f64_vec();
+    let mut dec = lsc_runtime::generate::Decoder::new(&step, &params, b).unwrap();
+    let v = 256;
+    let mut worst = 0.0f64;
+    for pos in 0..t {
+        let col: Vec<i64> = (0..b).map(|bi| x.as_ints().unwrap()[bi * t + pos]).collect();
+        let got = dec.feed(&Value::ints(vec![b, 1], col)).unwrap().to_f64_vec();
+        for bi in 0..b {
+            let w = &want[(bi * t + pos) * v..(bi * t + pos + 1) * v];
+            let c = compare(&got[bi * v..(bi + 1) * v], w, tolerance(DType::F32));
+            assert!(c.ok(), "position {pos}, sequence {bi}: max |Δ| {}", c.max_abs_diff);
+            worst = worst.max(c.max_abs_diff);
+        }
+    }
+    worst
+}
+
+#[test]
+fn every_routing_variant_decodes_like_its_full_pass() {
+    let base = MorConfig::named("tiny").unwrap();
+    let variants = [
+        ("expert choice", base.clone()),
+        ("expert choice + KV sharing", MorConfig { kv_sharing: true, ..base.clone() }),
+        ("token choice", MorConfig { routing: Routing::TokenChoice, ..base.clone() }),
+        ("token choice + KV sharing", MorConfig { routing: Routing::TokenChoice, kv_sharing: true, ..base.clone() }),
+        ("paper update", MorConfig { update: mor::Update::Paper { alpha: mor::PAPER_ALPHA }, ..base }),
+    ];
+    for (what, cfg) in variants {
+        let d = decode_matches_full(&cfg);
+        println!("mor {what}: decode vs full max |Δ| = {d:.3e}");
+    }
+}
+
+#[test]
+fn kv_sharing_changes_what_later_recursions_see() {
+    let base = MorConfig { capacities: vec![1.0; 3], ..MorConfig::named("tiny").unwrap() };
+    let shared = MorConfig { kv_sharing: true, ..base.clone() };
+    let p = mor::build(&base, Rule::TopK).unwrap();
+    let q = mor::build(&shared, Rule::TopK).unwrap();
+    assert_eq!(q.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["block", "kv", "block_kv"]);
+    let params = init::init_params(&p, 3).unwrap();
+    let x = ids(1, 9, 2);
+    let a = output(&run(&p, &params, &x), "logits").to_f64_vec();
+    let b = output(&run(&q, &params, &x), "logits").to_f64_vec();
+    assert!(!compare(&a, &b, tolerance(DType::F32)).ok());
+}
+
+#[test]
+fn token_choice_balance_loss_and_depths() {
+    // A silent router gives uniform probabilities; argmax picks depth 0 for
+    // every token, so f = (R, 0, ..), P = (1/R, ..) and Σ P·f = 1.
+    let cfg = MorConfig { routing: Routing::TokenChoice, ..MorConfig::named("tiny").unwrap() };
+    let p = mor::build(&cfg, Rule::TopK).unwrap();
+    let mut params = init::init_params(&p, 1).unwrap();
+    if let Some(Value { data: Buffer::Float(w), .. }) = params.get_mut("router.weight") {
+        w.iter_mut().for_each(|x| *x = 0.0);
+    }
+    let outs = run(&p, &params, &ids(2, 6, 3));
+    let loss = output(&outs, "balance_loss").to_f64_vec()[0];
+    assert!((loss - 1.0).abs() < 1e-6, "{loss}");
+    assert!(bools(output(&outs, "route.0")).iter().all(|&a| a));
+    assert!(bools(output(&outs, "route.1")).iter().all(|&a| !a));
 }

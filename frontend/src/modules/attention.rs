@@ -162,15 +162,18 @@ impl CausalSelfAttention {
     /// Projects `x [B, T, d]` to per-head queries, keys and values `[B, H, T, hd]`.
     #[track_caller]
     fn project(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let (bd, t) = (x.dim(0), x.dim(1));
-        let mut q = self.split_heads(&self.q_proj.forward(x), &bd, &t);
-        let mut k = self.split_heads(&self.k_proj.forward(x), &bd, &t);
-        let v = self.split_heads(&self.v_proj.forward(x), &bd, &t);
-        if let Some((qn, kn)) = &self.qk_norm {
-            q = qn.forward(&q);
-            k = kn.forward(&k);
+        let (k, v) = self.keys_values(x);
+        (self.queries(x), k, v)
+    }
+
+    /// Per-head queries `[B, H, T, hd]`.
+    #[track_caller]
+    fn queries(&self, x: &Tensor) -> Tensor {
+        let q = self.split_heads(&self.q_proj.forward(x), &x.dim(0), &x.dim(1));
+        match &self.qk_norm {
+            Some((qn, _)) => qn.forward(&q),
+            None => q,
         }
-        (q, k, v)
     }
 
     /// Merges heads `[B, H, T, hd]` back to `[B, T, d]` and applies `o_proj`.
@@ -178,6 +181,31 @@ impl CausalSelfAttention {
     fn merge(&self, heads: &Tensor, x: &Tensor) -> Tensor {
         let out = heads.transpose(&[0, 2, 1, 3]).reshape(&[x.dim(0), x.dim(1), x.dim(2)]);
         self.o_proj.forward(&out)
+    }
+
+    /// Keys and values `[B, H, T, hd]` of `x [B, T, d]` (MoR's recursive KV sharing
+    /// computes them once, at the first recursion).
+    #[track_caller]
+    pub fn keys_values(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let (bd, t) = (x.dim(0), x.dim(1));
+        let mut k = self.split_heads(&self.k_proj.forward(x), &bd, &t);
+        let v = self.split_heads(&self.v_proj.forward(x), &bd, &t);
+        if let Some((_, kn)) = &self.qk_norm {
+            k = kn.forward(&k);
+        }
+        (k, v)
+    }
+
+    /// Queries from `x [B, N, d]` attend over given keys and values `[B, H, S, hd]`
+    /// where `allowed` (bool, broadcastable to `[B, H, N, S]`) says which keys each
+    /// query may see; the heads' own masks do not apply (the caller knows positions).
+    #[track_caller]
+    pub fn attend_over(&self, x: &Tensor, k: &Tensor, v: &Tensor, allowed: &Tensor) -> Tensor {
+        let builder = ModelBuilder { inner: x.b.clone(), graph: x.graph };
+        let scores = &self.queries(x).matmul_t(k) * (1.0 / (self.head_dim as f64).sqrt());
+        let neg_inf = builder.constant(f64::NEG_INFINITY, DType::F32, &[]);
+        let probs = allowed.select(&scores, &neg_inf).softmax(-1);
+        self.merge(&probs.matmul(v), x)
     }
 
     #[track_caller]
