@@ -53,6 +53,29 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Mean loss per token over non-overlapping context windows of a text file's split.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Weights (safetensors); random init from --seed if absent.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// Seed of the random initialisation used without --weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Text file; its last 10% of bytes is the validation split.
+        #[arg(long)]
+        data: PathBuf,
+        /// Evaluate the train split (first 90%) instead of validation.
+        #[arg(long)]
+        train_split: bool,
+        /// Evaluate at most this many windows.
+        #[arg(long)]
+        max_windows: Option<usize>,
+        /// Windows per batch.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+    },
     /// Run a model: top-5 next bytes for a prompt, or batch logits from a file.
     Run {
         #[command(flatten)]
@@ -89,6 +112,9 @@ fn main() -> ExitCode {
         Command::Models => commands::models::run(),
         Command::Compile { model, emit, out_dir } => commands::compile::run(&model, &emit, &out_dir),
         Command::Check { file } => commands::check::run(&file),
+        Command::Eval { model, weights, seed, data, train_split, max_windows, batch } => {
+            commands::eval::run(&model, weights.as_deref(), seed, &data, train_split, max_windows, batch)
+        }
         Command::Run { model, weights, seed, prompt, inputs, out } => {
             commands::run::run(&model, weights.as_deref(), seed, prompt.as_deref(), inputs.as_deref(), out.as_deref())
         }

@@ -197,3 +197,22 @@ fn bad_prompts_and_arguments_exit_2() {
     let o = lsc(&["run", "--model", "transformer"]);
     assert_eq!(o.status.code(), Some(2), "neither --prompt nor --inputs");
 }
+
+#[test]
+fn eval_reports_mor_loss_under_both_rules() {
+    let dir = scratch("eval");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "the quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
+    let o =
+        lsc(&["eval", "--model", "mor", "--config", "tiny", "--data", text.to_str().unwrap(), "--max-windows", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let losses: Vec<f64> =
+        out.lines().map(|l| l.split("loss ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()).collect();
+    assert_eq!(losses.len(), 2, "{out}");
+    assert!(out.contains("top-k rule") && out.contains("σ(logit) ≥ 0.5 rule"), "{out}");
+    // Random init predicts nearly uniformly over 256 bytes: ln 256 = 5.545.
+    assert!(losses.iter().all(|l| (l - 256f64.ln()).abs() < 0.1), "{losses:?}");
+    let o = lsc(&["eval", "--model", "gam", "--data", "/nonexistent.txt"]);
+    assert_bad(&o, "/nonexistent.txt");
+}

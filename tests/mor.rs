@@ -157,8 +157,12 @@ fn decode_matches_full(cfg: &MorConfig) -> f64 {
     let (b, t) = (2, 14);
     let x = ids(b, t, 12);
     let outs = run(&full, &params, &x);
-    let routes: Vec<bool> = (0..cfg.capacities.len()).flat_map(|r| bools(output(&outs, &format!("route.{r}")))).collect();
-    assert!(routes.iter().any(|&a| a) && routes.iter().any(|&a| !a), "routing must drop some tokens for the test to mean something");
+    let routes: Vec<bool> =
+        (0..cfg.capacities.len()).flat_map(|r| bools(output(&outs, &format!("route.{r}")))).collect();
+    assert!(
+        routes.iter().any(|&a| a) && routes.iter().any(|&a| !a),
+        "routing must drop some tokens for the test to mean something"
+    );
     let want = output(&outs, "logits").to_f64_vec();
     let mut dec = lsc_runtime::generate::Decoder::new(&step, &params, b).unwrap();
     let v = 256;

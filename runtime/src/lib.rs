@@ -3,6 +3,8 @@
 //!
 //! | module | contents |
 //! |---|---|
+//! | [`data`] | byte-token text splits |
+//! | [`eval`] | mean NLL over non-overlapping context windows |
 //! | [`init`] | seeded, per-name parameter initialisation |
 //! | [`weights`] | safetensors load/save by name, atomic writes |
 //! | [`numerics`] | the project-wide `allclose` and its tolerances |
@@ -10,7 +12,9 @@
 //! | [`generate`] | logits and next-token distributions |
 //! | [`error`] | [`RuntimeError`] |
 
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod numerics;

@@ -2,5 +2,6 @@
 
 pub mod check;
 pub mod compile;
+pub mod eval;
 pub mod models;
 pub mod run;

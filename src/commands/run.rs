@@ -7,7 +7,8 @@ use lsc_interp::{Tensors, Value};
 use lsc_runtime::{generate, init, weights};
 use std::path::Path;
 
-fn params(src: &Source, weights_path: Option<&Path>, seed: u64) -> Result<(Tensors<f32>, String), CliError> {
+/// The parameters to run with: loaded from `--weights`, else initialised from `--seed`.
+pub fn params(src: &Source, weights_path: Option<&Path>, seed: u64) -> Result<(Tensors<f32>, String), CliError> {
     match weights_path {
         Some(p) => {
             let (params, warnings) = weights::load_params(p, &src.program)?;

@@ -22,6 +22,16 @@ pub enum WeightQuant {
     },
 }
 
+/// The default group size of [`WeightQuant::groupwise`].
+pub const DEFAULT_GROUP: usize = 128;
+
+impl WeightQuant {
+    /// Group-wise `bits`-bit quantisation with the default group size (128).
+    pub fn groupwise(bits: u32) -> WeightQuant {
+        WeightQuant::Groupwise { bits, group: DEFAULT_GROUP }
+    }
+}
+
 /// The smallest ternary scale (guards all-zero matrices).
 pub const TERNARY_MIN_SCALE: f64 = 1e-5;
 /// The smallest group-wise scale (guards all-zero groups).
