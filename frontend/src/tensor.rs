@@ -310,6 +310,11 @@ impl Tensor {
     pub fn gelu(&self) -> Tensor {
         self.unary(UnaryOp::Gelu)
     }
+    /// The error function.
+    #[track_caller]
+    pub fn erf(&self) -> Tensor {
+        self.unary(UnaryOp::Erf)
+    }
     /// `|x|`
     #[track_caller]
     pub fn abs(&self) -> Tensor {

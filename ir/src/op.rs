@@ -30,6 +30,8 @@ pub enum UnaryOp {
     Silu,
     /// Exact GELU, `x·Φ(x)` with the erf form (PyTorch's default).
     Gelu,
+    /// The error function (GELU's derivative needs it).
+    Erf,
     /// Round half to even.
     Round,
     /// Logical not of a bool tensor.
@@ -282,7 +284,7 @@ macro_rules! name_table {
 
 name_table!(UnaryOp {
     Neg => "neg", Abs => "abs", Exp => "exp", Log => "log", Sqrt => "sqrt", Rsqrt => "rsqrt",
-    Recip => "recip", Tanh => "tanh", Sigmoid => "sigmoid", Silu => "silu", Gelu => "gelu",
+    Recip => "recip", Tanh => "tanh", Sigmoid => "sigmoid", Silu => "silu", Gelu => "gelu", Erf => "erf",
     Round => "round", Not => "not",
 });
 name_table!(BinaryOp {

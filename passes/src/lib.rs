@@ -7,6 +7,7 @@
 //! | [`dce`] | dead-code elimination |
 //! | [`stats`] | op histograms, primitive checks, parameter counts |
 
+pub mod autodiff;
 pub mod dce;
 pub mod stats;
 

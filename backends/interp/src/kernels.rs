@@ -1,7 +1,7 @@
 //! One straightforward implementation per primitive op. Clarity over speed:
 //! these are the ground truth every generated kernel is checked against.
 
-use crate::math::{gelu, round_half_even, sigmoid, Real};
+use crate::math::{erf, gelu, round_half_even, sigmoid, Real};
 use crate::value::{numel, Buffer, Value};
 use lsc_ir::{BinaryOp, Bindings, CmpOp, DType, Op, ReduceKind, UnaryOp};
 use std::cmp::Ordering;
@@ -297,6 +297,7 @@ fn unary<T: Real>(u: UnaryOp, x: &Value<T>, dtype: DType) -> R<Buffer<T>> {
             UnaryOp::Sigmoid => sigmoid(x),
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Gelu => T::from_f64(gelu(x.to_f64())),
+            UnaryOp::Erf => T::from_f64(erf(x.to_f64())),
             UnaryOp::Round => T::from_f64(round_half_even(x.to_f64())),
             UnaryOp::Not => x,
         }
