@@ -2,6 +2,7 @@
 
 mod commands;
 mod error;
+mod plot;
 mod source;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,8 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Train a built-in model on text (progress bar, metrics.jsonl, checkpoints, plots).
+    Train(commands::train::TrainArgs),
     /// Mean loss per token over non-overlapping context windows of a text file's split.
     Eval {
         #[command(flatten)]
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Models => commands::models::run(),
         Command::Compile { model, emit, out_dir } => commands::compile::run(&model, &emit, &out_dir),
         Command::Check { file } => commands::check::run(&file),
+        Command::Train(args) => commands::train::run(&args),
         Command::Eval { model, weights, seed, data, train_split, max_windows, batch } => {
             commands::eval::run(&model, weights.as_deref(), seed, &data, train_split, max_windows, batch)
         }

@@ -120,6 +120,12 @@ impl Block {
         self.mlp_residual(&x)
     }
 
+    /// [`Block::forward`] plus the attention's per-head max logit `[H]`.
+    pub fn forward_monitored(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let (a, head_max) = self.attn.forward_monitored(&self.attn_norm.forward(x));
+        (self.mlp_residual(&(x + &a)), head_max)
+    }
+
     /// The block with attention further restricted by `allowed` (see
     /// [`CausalSelfAttention::forward_with_mask`]).
     pub fn forward_with_mask(&self, x: &Tensor, allowed: &Tensor) -> Tensor {
@@ -157,16 +163,23 @@ impl Decoder {
     }
 }
 
-/// Builds the forward graph: `input_ids: i64[B,T]` → `logits: f32[B,T,vocab]`.
+/// Builds the forward graph: `input_ids: i64[B,T]` → `logits: f32[B,T,vocab]`,
+/// plus `max_logit.layers.{i}: f32[H]`, each head's largest pre-softmax logit.
 pub fn build(cfg: &TransformerConfig) -> Result<Program, DslError> {
     let b = ModelBuilder::new();
     let ids = b.input("input_ids", DType::I64, &[Dim::sym("B"), Dim::sym("T")]);
     let m = Decoder::new(&b, cfg);
     let mut x = &m.embed.forward(&ids) + &m.pos_embed.slice(0, 0i64, Dim::sym("T"));
+    let mut monitors = Vec::new();
     for block in &m.blocks {
-        x = block.forward(&x);
+        let (y, head_max) = block.forward_monitored(&x);
+        x = y;
+        monitors.push(head_max);
     }
     b.output("logits", &m.head(&x));
+    for (i, h) in monitors.iter().enumerate() {
+        b.output(&format!("max_logit.layers.{i}"), h);
+    }
     b.finish()
 }
 

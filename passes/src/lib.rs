@@ -10,6 +10,7 @@
 pub mod autodiff;
 pub mod dce;
 pub mod stats;
+pub mod train;
 
 pub use dce::eliminate_dead_code;
 pub use stats::{non_primitive_ops, op_histogram, parameter_count};

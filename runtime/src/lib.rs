@@ -12,13 +12,17 @@
 //! | [`generate`] | logits and next-token distributions |
 //! | [`error`] | [`RuntimeError`] |
 
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod init;
+pub mod ngram;
 pub mod numerics;
 pub mod quant;
+pub mod schedule;
+pub mod train;
 pub mod weights;
 
 pub use error::RuntimeError;

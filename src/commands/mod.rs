@@ -5,3 +5,4 @@ pub mod compile;
 pub mod eval;
 pub mod models;
 pub mod run;
+pub mod train;

@@ -38,6 +38,7 @@ pub type Tensors<T> = BTreeMap<String, Value<T>>;
 pub struct Interpreter<'p> {
     program: &'p Program,
     orders: HashMap<String, Vec<NodeId>>,
+    profile: Option<std::cell::RefCell<BTreeMap<&'static str, (usize, f64)>>>,
 }
 
 impl<'p> Interpreter<'p> {
@@ -45,7 +46,24 @@ impl<'p> Interpreter<'p> {
     pub fn new(program: &'p Program) -> Result<Interpreter<'p>, VerifyError> {
         verify(program)?;
         let orders = program.graphs().map(|g| (g.name.clone(), g.topo_order().unwrap_or_default())).collect();
-        Ok(Interpreter { program, orders })
+        Ok(Interpreter { program, orders, profile: None })
+    }
+
+    /// Records the time spent in each op kind (see [`Interpreter::profile`]).
+    pub fn with_profiling(mut self) -> Self {
+        self.profile = Some(Default::default());
+        self
+    }
+
+    /// `(op, calls, seconds)` of the runs so far, slowest first.
+    pub fn profile(&self) -> Vec<(&'static str, usize, f64)> {
+        let mut v: Vec<_> = self
+            .profile
+            .as_ref()
+            .map(|p| p.borrow().iter().map(|(k, (n, t))| (*k, *n, *t)).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.2.total_cmp(&a.2));
+        v
     }
 
     /// Runs `main` on named inputs and parameters; returns the named outputs in order.
@@ -158,7 +176,15 @@ impl<'p> Interpreter<'p> {
                         }
                         carried
                     }
-                    op => kernels::eval(op, &arg_vals, &out_types, &bindings).map_err(|m| err_at(n, m))?,
+                    op => {
+                        let start = self.profile.as_ref().map(|_| std::time::Instant::now());
+                        let r = kernels::eval(op, &arg_vals, &out_types, &bindings).map_err(|m| err_at(n, m))?;
+                        if let (Some(p), Some(t)) = (&self.profile, start) {
+                            let e = p.borrow_mut().entry(op.name()).or_insert((0, 0.0)).to_owned();
+                            p.borrow_mut().insert(op.name(), (e.0 + 1, e.1 + t.elapsed().as_secs_f64()));
+                        }
+                        r
+                    }
                 }
             };
             for (v, (dt, shape)) in result.iter().zip(&out_types) {

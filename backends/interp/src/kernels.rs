@@ -43,6 +43,85 @@ fn take<T: Real>(data: &Buffer<T>, idx: impl Iterator<Item = usize>) -> Buffer<T
     }
 }
 
+fn is_last_two_swap(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+}
+
+/// `[batch, m, n] → [batch, n, m]` in 32×32 tiles (cache-friendly).
+fn swap_last_two<T: Real>(data: &Buffer<T>, batch: usize, m: usize, n: usize) -> Buffer<T> {
+    fn go<E: Copy + Default>(v: &[E], batch: usize, m: usize, n: usize) -> Vec<E> {
+        const TILE: usize = 32;
+        let mut out = vec![E::default(); v.len()];
+        for b in 0..batch {
+            let (src, dst) = (&v[b * m * n..(b + 1) * m * n], &mut out[b * m * n..(b + 1) * m * n]);
+            for i0 in (0..m).step_by(TILE) {
+                for j0 in (0..n).step_by(TILE) {
+                    for i in i0..(i0 + TILE).min(m) {
+                        for j in j0..(j0 + TILE).min(n) {
+                            dst[j * m + i] = src[i * n + j];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+    match data {
+        Buffer::Float(v) => Buffer::Float(go(v, batch, m, n)),
+        Buffer::Int(v) => Buffer::Int(go(v, batch, m, n)),
+        Buffer::Bool(v) => Buffer::Bool(go(v, batch, m, n)),
+    }
+}
+
+/// Copies `data` into the row-major `out_shape`, reading element `i` of the
+/// output at `Σ i_d · in_strides[d]` (0 strides broadcast). An odometer over
+/// the outer dims and a tight loop over the last one keep it fast.
+fn strided<T: Real>(data: &Buffer<T>, out_shape: &[usize], in_strides: &[usize]) -> Buffer<T> {
+    fn go<E: Copy>(v: &[E], shape: &[usize], st: &[usize]) -> Vec<E> {
+        let n = numel(shape);
+        let mut out = Vec::with_capacity(n);
+        if n == 0 {
+            return out;
+        }
+        let r = shape.len();
+        if r == 0 {
+            out.push(v[0]);
+            return out;
+        }
+        let (last, last_st) = (shape[r - 1], st[r - 1]);
+        let mut idx = vec![0usize; r - 1];
+        let mut base = 0usize;
+        loop {
+            if last_st == 1 {
+                out.extend_from_slice(&v[base..base + last]);
+            } else {
+                out.extend((0..last).map(|j| v[base + j * last_st]));
+            }
+            // Advance the odometer over the outer dims.
+            let mut d = r - 1;
+            loop {
+                if d == 0 {
+                    return out;
+                }
+                d -= 1;
+                idx[d] += 1;
+                base += st[d];
+                if idx[d] < shape[d] {
+                    break;
+                }
+                base -= st[d] * shape[d];
+                idx[d] = 0;
+            }
+        }
+    }
+    match data {
+        Buffer::Float(v) => Buffer::Float(go(v, out_shape, in_strides)),
+        Buffer::Int(v) => Buffer::Int(go(v, out_shape, in_strides)),
+        Buffer::Bool(v) => Buffer::Bool(go(v, out_shape, in_strides)),
+    }
+}
+
 fn same_kind_concat<T: Real>(
     parts: &[&Buffer<T>],
     ranges: impl Iterator<Item = (usize, usize, usize)>,
@@ -165,6 +244,10 @@ pub fn eval<T: Real>(
             }
             one(args[0].data.clone())
         }
+        Op::Transpose { perm } if is_last_two_swap(perm) => {
+            let r = perm.len();
+            one(swap_last_two(&args[0].data, numel(&shape[..r - 2]), args[0].shape[r - 2], args[0].shape[r - 1]))
+        }
         Op::Transpose { perm } => {
             let xs = strides(&args[0].shape);
             let os = strides(&shape);
@@ -194,13 +277,9 @@ pub fn eval<T: Real>(
             let x = args[0];
             let lead = shape.len() - x.shape.len();
             let xs = strides(&x.shape);
-            let os = strides(&shape);
-            let src = (0..numel(&shape)).map(|p| {
-                (0..x.shape.len())
-                    .map(|d| if x.shape[d] == 1 { 0 } else { ((p / os[d + lead]) % shape[d + lead]) * xs[d] })
-                    .sum()
-            });
-            one(take(&x.data, src))
+            let st: Vec<usize> =
+                (0..shape.len()).map(|d| if d < lead || x.shape[d - lead] == 1 { 0 } else { xs[d - lead] }).collect();
+            one(strided(&x.data, &shape, &st))
         }
         Op::CausalConv1d => {
             let (x, w) = (floats(args[0])?, floats(args[1])?);
@@ -302,7 +381,10 @@ fn unary<T: Real>(u: UnaryOp, x: &Value<T>, dtype: DType) -> R<Buffer<T>> {
             UnaryOp::Not => x,
         }
     };
-    Ok(Buffer::Float(v.iter().map(|&x| round_to(f(x), dtype)).collect()))
+    Ok(Buffer::Float(match dtype {
+        DType::F16 | DType::BF16 => v.iter().map(|&x| round_to(f(x), dtype)).collect(),
+        _ => v.iter().map(|&x| f(x)).collect(),
+    }))
 }
 
 fn binary<T: Real>(b: BinaryOp, x: &Value<T>, y: &Value<T>, dtype: DType) -> R<Buffer<T>> {
@@ -332,7 +414,10 @@ fn binary<T: Real>(b: BinaryOp, x: &Value<T>, y: &Value<T>, dtype: DType) -> R<B
                     BinaryOp::And | BinaryOp::Or => a,
                 }
             };
-            Ok(Buffer::Float(p.iter().zip(q).map(|(&a, &c)| round_to(f(a, c), dtype)).collect()))
+            Ok(Buffer::Float(match dtype {
+                DType::F16 | DType::BF16 => p.iter().zip(q).map(|(&a, &c)| round_to(f(a, c), dtype)).collect(),
+                _ => p.iter().zip(q).map(|(&a, &c)| f(a, c)).collect(),
+            }))
         }
         (Buffer::Int(p), Buffer::Int(q)) => {
             let mut out = Vec::with_capacity(p.len());
@@ -409,70 +494,93 @@ fn cast<T: Real>(x: &Value<T>, to: DType) -> Buffer<T> {
 }
 
 fn reduce<T: Real>(x: &Value<T>, kind: ReduceKind, axes: &[usize]) -> R<Buffer<T>> {
-    let shape = &x.shape;
-    let out_shape: Vec<usize> = shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
-    let os = strides(&out_shape);
-    let xs = strides(shape);
-    let kept: Vec<usize> = (0..shape.len()).filter(|i| !axes.contains(i)).collect();
-    let target = |p: usize| -> usize { kept.iter().enumerate().map(|(o, &d)| ((p / xs[d]) % shape[d]) * os[o]).sum() };
+    // One axis at a time, last first, each as an (outer, n, inner) loop.
+    let mut shape = x.shape.clone();
+    let mut data = x.data.clone();
     let count: usize = axes.iter().map(|&a| shape[a]).product();
-    let n_out = numel(&out_shape);
     if count == 0 && matches!(kind, ReduceKind::Max | ReduceKind::Min) {
         return Err("max/min over an empty axis".into());
     }
-    match &x.data {
-        Buffer::Float(v) => {
-            let init = match kind {
-                ReduceKind::Sum | ReduceKind::Mean => T::default(),
-                ReduceKind::Max => T::from_f64(f64::NEG_INFINITY),
-                ReduceKind::Min => T::from_f64(f64::INFINITY),
-            };
-            let mut acc = vec![init; n_out];
-            for (p, &a) in v.iter().enumerate() {
-                let t = &mut acc[target(p)];
-                *t = match kind {
-                    ReduceKind::Sum | ReduceKind::Mean => *t + a,
+    let inner_kind = if kind == ReduceKind::Mean { ReduceKind::Sum } else { kind };
+    for &axis in axes.iter().rev() {
+        let (outer, n, inner) = split(&shape, axis);
+        data = match data {
+            Buffer::Float(v) => Buffer::Float(reduce_axis(
+                &v,
+                outer,
+                n,
+                inner,
+                inner_kind,
+                T::from_f64(f64::NEG_INFINITY),
+                T::from_f64(f64::INFINITY),
+                T::default(),
+                |a: T, b: T| a + b,
+            )),
+            Buffer::Int(v) => {
+                Buffer::Int(reduce_axis(&v, outer, n, inner, inner_kind, i64::MIN, i64::MAX, 0, |a: i64, b: i64| {
+                    a.wrapping_add(b)
+                }))
+            }
+            Buffer::Bool(_) => return Err("reduction of bool".into()),
+        };
+        shape.remove(axis);
+    }
+    if kind == ReduceKind::Mean {
+        if let Buffer::Float(v) = &mut data {
+            let c = T::from_f64(count as f64);
+            v.iter_mut().for_each(|a| *a = *a / c);
+        }
+    }
+    Ok(data)
+}
+
+/// Reduces the middle axis of an `(outer, n, inner)` view.
+#[allow(clippy::too_many_arguments)]
+fn reduce_axis<E: Copy + PartialOrd>(
+    v: &[E],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    kind: ReduceKind,
+    lowest: E,
+    highest: E,
+    zero: E,
+    add: fn(E, E) -> E,
+) -> Vec<E> {
+    let init = match kind {
+        ReduceKind::Max => lowest,
+        ReduceKind::Min => highest,
+        _ => zero,
+    };
+    let mut out = vec![init; outer * inner];
+    for o in 0..outer {
+        let acc = &mut out[o * inner..(o + 1) * inner];
+        for k in 0..n {
+            let row = &v[(o * n + k) * inner..(o * n + k + 1) * inner];
+            for (a, &x) in acc.iter_mut().zip(row) {
+                #[allow(clippy::eq_op)]
+                let nan = x != x;
+                *a = match kind {
                     ReduceKind::Max => {
-                        if a > *t || a.is_nan() {
-                            a
+                        if x > *a || nan {
+                            x
                         } else {
-                            *t
+                            *a
                         }
                     }
                     ReduceKind::Min => {
-                        if a < *t || a.is_nan() {
-                            a
+                        if x < *a || nan {
+                            x
                         } else {
-                            *t
+                            *a
                         }
                     }
+                    _ => add(*a, x),
                 };
             }
-            if kind == ReduceKind::Mean {
-                let c = T::from_f64(count as f64);
-                acc.iter_mut().for_each(|a| *a = *a / c);
-            }
-            Ok(Buffer::Float(acc))
         }
-        Buffer::Int(v) => {
-            let init = match kind {
-                ReduceKind::Sum | ReduceKind::Mean => 0,
-                ReduceKind::Max => i64::MIN,
-                ReduceKind::Min => i64::MAX,
-            };
-            let mut acc = vec![init; n_out];
-            for (p, &a) in v.iter().enumerate() {
-                let t = &mut acc[target(p)];
-                *t = match kind {
-                    ReduceKind::Max => (*t).max(a),
-                    ReduceKind::Min => (*t).min(a),
-                    _ => t.wrapping_add(a),
-                };
-            }
-            Ok(Buffer::Int(acc))
-        }
-        Buffer::Bool(_) => Err("reduction of bool".into()),
     }
+    out
 }
 
 fn softmax<T: Real>(v: &[T], shape: &[usize], axis: usize, log: bool) -> Vec<T> {

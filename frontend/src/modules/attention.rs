@@ -148,6 +148,15 @@ impl CausalSelfAttention {
     /// Attends over `x [B, T, d_model]`.
     #[track_caller]
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.attend(x, None).0
+    }
+
+    /// [`CausalSelfAttention::forward`] plus the largest pre-softmax logit of each
+    /// head `[H]` (over batch and unmasked positions): the LS-attention paper's
+    /// instability monitor. It is a reduction of the masked scores, so a fused
+    /// attention kernel can return it as its running row maximum.
+    #[track_caller]
+    pub fn forward_monitored(&self, x: &Tensor) -> (Tensor, Tensor) {
         self.attend(x, None)
     }
 
@@ -156,7 +165,7 @@ impl CausalSelfAttention {
     /// Recursions uses it to let tokens attend only to the tokens active at a depth.
     #[track_caller]
     pub fn forward_with_mask(&self, x: &Tensor, allowed: &Tensor) -> Tensor {
-        self.attend(x, Some(allowed))
+        self.attend(x, Some(allowed)).0
     }
 
     /// Projects `x [B, T, d]` to per-head queries, keys and values `[B, H, T, hd]`.
@@ -209,7 +218,7 @@ impl CausalSelfAttention {
     }
 
     #[track_caller]
-    fn attend(&self, x: &Tensor, allowed: Option<&Tensor>) -> Tensor {
+    fn attend(&self, x: &Tensor, allowed: Option<&Tensor>) -> (Tensor, Tensor) {
         let builder = ModelBuilder { inner: x.b.clone(), graph: x.graph };
         let (q, k, v) = self.project(x);
         let scores = &q.matmul_t(&k) * (1.0 / (self.head_dim as f64).sqrt());
@@ -218,8 +227,9 @@ impl CausalSelfAttention {
             mask = mask.and(extra);
         }
         let neg_inf = builder.constant(f64::NEG_INFINITY, DType::F32, &[]);
-        let probs = mask.select(&scores, &neg_inf).softmax(-1);
-        self.merge(&probs.matmul(&v), x)
+        let masked = mask.select(&scores, &neg_inf);
+        let head_max = masked.max(&[0, 2, 3], false).stop_gradient();
+        (self.merge(&masked.softmax(-1).matmul(&v), x), head_max)
     }
 }
 

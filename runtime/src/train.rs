@@ -1,0 +1,224 @@
+//! The training loop's state machine: one compiled training-step graph, the
+//! parameters and optimizer state, the data sampler and the LR schedule.
+//! Everything that affects the next step is in a [`Checkpoint`], so a resumed
+//! run continues bit for bit.
+
+use crate::checkpoint::{zero_state, Checkpoint, CheckpointMeta};
+use crate::data::Sampler;
+use crate::error::RuntimeError;
+use crate::schedule::Schedule;
+use lsc_interp::{Interpreter, Tensors, Value};
+use lsc_ir::Program;
+use lsc_passes::train::{training_step, Optimizer, StepOptions};
+use serde::{Deserialize, Serialize};
+
+/// The optimizer, as configured on the command line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum OptimizerConfig {
+    /// AdamW.
+    Adamw {
+        /// β1
+        beta1: f64,
+        /// β2
+        beta2: f64,
+        /// ε
+        eps: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+    /// SGD with momentum.
+    Sgd {
+        /// Momentum.
+        momentum: f64,
+        /// Weight decay.
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerConfig {
+    fn to_pass(&self) -> Optimizer {
+        match *self {
+            OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay } => {
+                Optimizer::AdamW { beta1, beta2, eps, weight_decay }
+            }
+            OptimizerConfig::Sgd { momentum, weight_decay } => Optimizer::Sgd { momentum, weight_decay },
+        }
+    }
+}
+
+/// A whole training run's configuration (saved in every checkpoint).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Built-in model name.
+    pub model: String,
+    /// Its config.
+    pub config: String,
+    /// `synthetic`, a corpus name or a text file.
+    pub data: String,
+    /// Sequences per batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Steps to train (total, including resumed ones).
+    pub steps: u64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Global-norm gradient clipping.
+    pub clip_norm: Option<f64>,
+    /// Weight decay on norms, biases and embeddings too.
+    pub decay_all: bool,
+    /// Seed of initialisation and data sampling.
+    pub seed: u64,
+    /// Extra loss terms (output name, weight), e.g. MoR's router loss.
+    pub loss_terms: Vec<(String, f64)>,
+}
+
+/// What one step reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// The step just taken (1-based).
+    pub step: u64,
+    /// Total loss (LM + weighted extra terms).
+    pub loss: f64,
+    /// LM cross-entropy.
+    pub lm_loss: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Monitor outputs (`max_logit.*`, auxiliary losses), flattened to scalars.
+    pub monitors: Vec<(String, Vec<f64>)>,
+}
+
+/// The training state.
+pub struct Trainer {
+    /// The configuration.
+    pub cfg: TrainConfig,
+    step_program: Program,
+    /// Parameters.
+    pub params: Tensors<f32>,
+    /// Optimizer state.
+    pub state: Tensors<f32>,
+    /// Steps taken.
+    pub step: u64,
+    /// Where the current schedule began.
+    pub schedule_start: u64,
+    sampler: Sampler,
+    optimizer: Optimizer,
+}
+
+impl Trainer {
+    /// A fresh run from initial parameters.
+    pub fn new(cfg: TrainConfig, forward: &Program, params: Tensors<f32>) -> Result<Trainer, RuntimeError> {
+        let optimizer = cfg.optimizer.to_pass();
+        let state = zero_state(&params, |n| optimizer.state_names(n));
+        Trainer::assemble(cfg, forward, params, state, 0, 0, 0)
+    }
+
+    /// Continues from a checkpoint. With `rewarm`, `cfg.schedule` starts anew at
+    /// the checkpoint's step; with `reset_optimizer`, the moments start at zero.
+    pub fn resume(
+        cfg: TrainConfig,
+        forward: &Program,
+        ckpt: Checkpoint,
+        rewarm: bool,
+        reset_optimizer: bool,
+    ) -> Result<Trainer, RuntimeError> {
+        let optimizer = cfg.optimizer.to_pass();
+        let state = if reset_optimizer { zero_state(&ckpt.params, |n| optimizer.state_names(n)) } else { ckpt.state };
+        let start = if rewarm { ckpt.meta.step } else { ckpt.meta.schedule_start };
+        Trainer::assemble(cfg, forward, ckpt.params, state, ckpt.meta.step, start, ckpt.meta.data_draws)
+    }
+
+    fn assemble(
+        cfg: TrainConfig,
+        forward: &Program,
+        params: Tensors<f32>,
+        state: Tensors<f32>,
+        step: u64,
+        schedule_start: u64,
+        draws: u64,
+    ) -> Result<Trainer, RuntimeError> {
+        let optimizer = cfg.optimizer.to_pass();
+        let opts = StepOptions {
+            optimizer,
+            clip_norm: cfg.clip_norm,
+            decay_all: cfg.decay_all,
+            loss_terms: cfg.loss_terms.clone(),
+        };
+        let step_program = training_step(forward, &opts).map_err(RuntimeError::Input)?;
+        let sampler = Sampler::new(cfg.seed ^ 0xda7a);
+        let mut t = Trainer { cfg, step_program, params, state, step, schedule_start, sampler, optimizer };
+        t.sampler.skip(draws, t.cfg.batch);
+        Ok(t)
+    }
+
+    /// The training-step program (for inspection and `lsc compile --train`).
+    pub fn step_program(&self) -> &Program {
+        &self.step_program
+    }
+
+    /// The learning rate of the next step.
+    pub fn lr(&self) -> f64 {
+        self.cfg.schedule.lr(self.step - self.schedule_start)
+    }
+
+    /// Takes one step on a batch drawn from `tokens`. A non-finite loss or
+    /// gradient leaves parameters and state untouched and returns an error.
+    pub fn step(&mut self, tokens: &[u8]) -> Result<StepStats, RuntimeError> {
+        let (b, t) = (self.cfg.batch, self.cfg.seq);
+        let (ids, targets) = self.sampler.next(tokens, b, t)?;
+        let lr = self.lr();
+        let mut inputs = self.state.clone();
+        inputs.insert("input_ids".into(), Value::ints(vec![b, t], ids));
+        inputs.insert("targets".into(), Value::ints(vec![b, t], targets));
+        inputs.insert("lr".into(), Value::floats(vec![], vec![lr as f32]));
+        if let Optimizer::AdamW { beta1, beta2, .. } = self.optimizer {
+            let n = (self.step + 1) as i32;
+            inputs.insert("adam.bc1".into(), Value::floats(vec![], vec![(1.0 - beta1.powi(n)) as f32]));
+            inputs.insert("adam.bc2".into(), Value::floats(vec![], vec![(1.0 - beta2.powi(n)) as f32]));
+        }
+        let interp = Interpreter::new(&self.step_program)
+            .map_err(|e| RuntimeError::Input(format!("invalid step program: {e}")))?;
+        let outs = interp.run(&inputs, &self.params)?;
+        let scalar =
+            |name: &str| outs.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_f64_vec()[0]).unwrap_or(f64::NAN);
+        let (loss, lm_loss, grad_norm) = (scalar("loss"), scalar("lm_loss"), scalar("grad_norm"));
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(RuntimeError::Input(format!(
+                "step {}: the loss is {loss} and the gradient norm {grad_norm}; stopping (the last checkpoint is kept)",
+                self.step + 1
+            )));
+        }
+        let mut monitors = Vec::new();
+        for (name, v) in outs {
+            if let Some(p) = name.strip_prefix("param.") {
+                self.params.insert(p.to_string(), v);
+            } else if self.state.contains_key(&name) {
+                self.state.insert(name, v);
+            } else if !matches!(name.as_str(), "loss" | "lm_loss" | "grad_norm") {
+                monitors.push((name, v.to_f64_vec()));
+            }
+        }
+        self.step += 1;
+        Ok(StepStats { step: self.step, loss, lm_loss, grad_norm, lr, monitors })
+    }
+
+    /// The checkpoint of the current state.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            params: self.params.clone(),
+            state: self.state.clone(),
+            meta: CheckpointMeta {
+                step: self.step,
+                schedule_start: self.schedule_start,
+                data_draws: self.sampler.draws,
+                train: serde_json::to_value(&self.cfg).unwrap_or_default(),
+                lsc_version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        }
+    }
+}
