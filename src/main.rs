@@ -56,29 +56,10 @@ enum Command {
     },
     /// Train a built-in model on text (progress bar, metrics.jsonl, checkpoints, plots).
     Train(commands::train::TrainArgs),
-    /// Mean loss per token over non-overlapping context windows of a text file's split.
-    Eval {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Weights (safetensors); random init from --seed if absent.
-        #[arg(long)]
-        weights: Option<PathBuf>,
-        /// Seed of the random initialisation used without --weights.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Text file; its last 10% of bytes is the validation split.
-        #[arg(long)]
-        data: PathBuf,
-        /// Evaluate the train split (first 90%) instead of validation.
-        #[arg(long)]
-        train_split: bool,
-        /// Evaluate at most this many windows.
-        #[arg(long)]
-        max_windows: Option<usize>,
-        /// Windows per batch.
-        #[arg(long, default_value_t = 8)]
-        batch: usize,
-    },
+    /// Mean loss per token over non-overlapping context windows (and n-gram baselines).
+    Eval(commands::eval::EvalArgs),
+    /// Sample text from a checkpoint with the incremental-decoding state.
+    Generate(commands::generate::GenerateArgs),
     /// Run a model: top-5 next bytes for a prompt, or batch logits from a file.
     Run {
         #[command(flatten)]
@@ -116,9 +97,8 @@ fn main() -> ExitCode {
         Command::Compile { model, emit, out_dir } => commands::compile::run(&model, &emit, &out_dir),
         Command::Check { file } => commands::check::run(&file),
         Command::Train(args) => commands::train::run(&args),
-        Command::Eval { model, weights, seed, data, train_split, max_windows, batch } => {
-            commands::eval::run(&model, weights.as_deref(), seed, &data, train_split, max_windows, batch)
-        }
+        Command::Eval(args) => commands::eval::run(&args),
+        Command::Generate(args) => commands::generate::run(&args),
         Command::Run { model, weights, seed, prompt, inputs, out } => {
             commands::run::run(&model, weights.as_deref(), seed, prompt.as_deref(), inputs.as_deref(), out.as_deref())
         }

@@ -78,36 +78,39 @@ pub fn decays_by_default(name: &str, rank: usize) -> bool {
     !exempt
 }
 
+/// Adds the training loss to a forward program with a `logits` output: input
+/// `targets`, outputs `loss` (mean cross-entropy plus the weighted `terms`) and
+/// `lm_loss`, replacing the forward's outputs; returns the monitor outputs it
+/// removed (everything but `logits`).
+pub fn add_loss(p: &mut Program, terms: &[(String, f64)], table: &VjpTable) -> Result<Vec<(String, ValueRef)>, String> {
+    let logits = output(p, "logits")?;
+    let ids_ty = p.main.input_types().iter().find(|(n, _)| *n == "input_ids").map(|(_, t)| (*t).clone());
+    let ids_ty = ids_ty.ok_or("the forward graph has no `input_ids` input")?;
+    let mut extra = Vec::new();
+    for (name, w) in terms {
+        extra.push((output(p, name)?, *w));
+    }
+    let monitors: Vec<(String, ValueRef)> = p.main.outputs.iter().filter(|(n, _)| n != "logits").cloned().collect();
+    let mut e = Emit { g: &mut p.main, functions: &mut p.functions, table };
+    let targets =
+        ValueRef::first(e.g.add_node(Op::Input { name: "targets".into() }, &[], vec![ids_ty.with_dtype(DType::I64)]));
+    let ce = e.op(Op::CrossEntropy, &[logits, targets])?;
+    let axes: Vec<usize> = (0..ids_ty.rank()).collect();
+    let lm = e.op(Op::Reduce { kind: ReduceKind::Mean, axes, keep_dims: false }, &[ce])?;
+    let mut loss = lm;
+    for (v, w) in &extra {
+        let t = e.scale(*v, *w)?;
+        loss = e.add(loss, t)?;
+    }
+    p.main.outputs = vec![("loss".into(), loss), ("lm_loss".into(), lm)];
+    Ok(monitors)
+}
+
 /// Builds the training-step program from a forward program with a `logits` output.
 pub fn training_step(forward: &Program, opts: &StepOptions) -> Result<Program, String> {
     let mut p = forward.clone();
     let table = VjpTable::standard();
-    let logits = output(&p, "logits")?;
-    let ids_ty = p.main.input_types().iter().find(|(n, _)| *n == "input_ids").map(|(_, t)| (*t).clone());
-    let ids_ty = ids_ty.ok_or("the forward graph has no `input_ids` input")?;
-    let mut extra = Vec::new();
-    for (name, w) in &opts.loss_terms {
-        extra.push((output(&p, name)?, *w));
-    }
-    let monitors: Vec<(String, ValueRef)> = p.main.outputs.iter().filter(|(n, _)| n != "logits").cloned().collect();
-    let (lm_loss, loss) = {
-        let mut e = Emit { g: &mut p.main, functions: &mut p.functions, table: &table };
-        let targets = ValueRef::first(e.g.add_node(
-            Op::Input { name: "targets".into() },
-            &[],
-            vec![ids_ty.with_dtype(DType::I64)],
-        ));
-        let ce = e.op(Op::CrossEntropy, &[logits, targets])?;
-        let axes: Vec<usize> = (0..ids_ty.rank()).collect();
-        let lm = e.op(Op::Reduce { kind: ReduceKind::Mean, axes, keep_dims: false }, &[ce])?;
-        let mut loss = lm;
-        for (v, w) in &extra {
-            let t = e.scale(*v, *w)?;
-            loss = e.add(loss, t)?;
-        }
-        (lm, loss)
-    };
-    p.main.outputs = vec![("loss".into(), loss), ("lm_loss".into(), lm_loss)];
+    let monitors = add_loss(&mut p, &opts.loss_terms, &table)?;
     let grads = add_parameter_gradients(&mut p, "loss", &table)?;
     let params: Vec<(String, ValueRef)> =
         p.main.params().into_iter().map(|(n, name)| (name.to_string(), ValueRef::first(n))).collect();

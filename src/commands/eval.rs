@@ -1,49 +1,120 @@
 //! `lsc eval`: mean NLL per token over non-overlapping context windows.
 
 use crate::error::{CliError, CliResult};
-use crate::source;
+use crate::source::{self, Source};
 use crate::ModelArgs;
+use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::data::{self, Split};
 use lsc_runtime::eval::mean_nll;
-use std::path::Path;
+use serde_json::json;
+use std::path::PathBuf;
 
-/// Evaluates the model on the validation (or train) split of a text file. For
-/// `mor` it reports the loss under both routing rules: expert-choice top-k
-/// (what training sees) and `σ(logit) ≥ 0.5` (what generation uses).
-pub fn run(
-    args: &ModelArgs,
-    weights: Option<&Path>,
-    seed: u64,
-    data_path: &Path,
-    train_split: bool,
-    max_windows: Option<usize>,
-    batch: usize,
-) -> CliResult {
-    let which = if train_split { Split::Train } else { Split::Validation };
-    let tokens = data::read_split(data_path, which)?;
+/// Arguments of `lsc eval`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// A training checkpoint (model, config, weights and its data).
+    #[arg(long, required_unless_present = "model")]
+    pub ckpt: Option<PathBuf>,
+    /// A built-in model instead of a checkpoint.
+    #[arg(long, conflicts_with = "ckpt")]
+    pub model: Option<String>,
+    /// Config of --model.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Weights for --model (random init from --seed if absent).
+    #[arg(long, requires = "model")]
+    pub weights: Option<PathBuf>,
+    /// Seed of the random initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// `synthetic`, a corpus name or a text file (default: the checkpoint's training data).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Evaluate the train split (first 90%) instead of validation.
+    #[arg(long)]
+    pub train_split: bool,
+    /// Evaluate at most this many windows.
+    #[arg(long)]
+    pub max_windows: Option<usize>,
+    /// Windows per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Also report smoothed byte 1-, 2-, 3- and 5-gram losses of the same split.
+    #[arg(long)]
+    pub baselines: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Evaluates; for `mor` under both routing rules: expert-choice top-k (what
+/// training sees) and `σ(logit) ≥ 0.5` (what generation uses).
+pub fn run(a: &EvalArgs) -> CliResult {
+    let (model, config, params, data_spec) = match &a.ckpt {
+        Some(path) => {
+            let ckpt = Checkpoint::load(path)?;
+            let t = &ckpt.meta.train;
+            let s = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+            (s("model"), s("config"), Some(ckpt.params), a.data.clone().unwrap_or_else(|| s("data")))
+        }
+        None => (
+            a.model.clone().unwrap_or_default(),
+            a.config.clone(),
+            None,
+            a.data.clone().unwrap_or_else(|| "synthetic".into()),
+        ),
+    };
+    let margs = ModelArgs { model: Some(model.clone()), config: config.clone(), ir: None };
+    let mut graphs: Vec<(&str, Source)> = vec![("", source::load(&margs, false)?)];
+    if model == "mor" {
+        graphs[0].0 = "top-k rule";
+        graphs.push(("σ(logit) ≥ 0.5 rule", source::load(&margs, true)?));
+    }
+    let params = match params {
+        Some(p) => p,
+        None => super::run::params(&graphs[0].1, a.weights.as_deref(), a.seed)?.0,
+    };
+    let text = data::load_text(&data_spec, a.seed)?;
+    let which = if a.train_split { Split::Train } else { Split::Validation };
+    let tokens = data::split(&text, which);
     if tokens.len() < 2 {
         return Err(CliError::with_fix(
-            format!("{}: the split has {} bytes", data_path.display(), tokens.len()),
-            "use a larger text file",
+            format!("the {data_spec} split has {} bytes", tokens.len()),
+            "use a larger text",
         ));
     }
-    let mut graphs = vec![("", source::load(args, false)?)];
-    if args.model.as_deref() == Some("mor") {
-        graphs[0].0 = "top-k rule: ";
-        graphs.push(("σ(logit) ≥ 0.5 rule: ", source::load(args, true)?));
-    }
-    let (params, origin) = super::run::params(&graphs[0].1, weights, seed)?;
+    let split_name = if a.train_split { "train" } else { "validation" };
+    let mut report = json!({"model": model, "config": config, "data": data_spec, "split": split_name});
     for (label, src) in &graphs {
         let window = src.max_len.unwrap_or(256).min(tokens.len() - 1);
-        let loss = mean_nll(&src.program, &params, &tokens, window, max_windows, batch)?;
-        println!(
-            "{label}{} loss {:.4} nats/token ({:.4} bits/byte) over {} tokens in {} windows of {window} ({origin})",
-            if train_split { "train" } else { "validation" },
-            loss.nll,
-            loss.nll / std::f64::consts::LN_2,
-            loss.tokens,
-            loss.windows
-        );
+        let loss = mean_nll(&src.program, &params, tokens, window, a.max_windows, a.batch)?;
+        let key = if label.is_empty() { "loss".to_string() } else { format!("loss ({label})") };
+        report[&key] = json!(loss.nll);
+        report["perplexity"] = json!(loss.nll.exp());
+        report["tokens"] = json!(loss.tokens);
+        if !a.json {
+            let prefix = if label.is_empty() { String::new() } else { format!("{label}: ") };
+            println!(
+                "{prefix}{split_name} loss {:.4} nats/token, perplexity {:.3}, over {} tokens in {} windows of {window}",
+                loss.nll,
+                loss.nll.exp(),
+                loss.tokens,
+                loss.windows
+            );
+        }
+    }
+    if a.baselines {
+        let train = data::split(&text, Split::Train);
+        for n in [1usize, 2, 3, 5] {
+            let l = lsc_runtime::ngram::ngram_loss(train, tokens, n);
+            report[&format!("byte_{n}gram")] = json!(l);
+            if !a.json {
+                println!("byte {n}-gram baseline: {l:.4} nats/token");
+            }
+        }
+    }
+    if a.json {
+        println!("{report}");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod compile;
 pub mod eval;
+pub mod generate;
 pub mod models;
 pub mod run;
 pub mod train;
