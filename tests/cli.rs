@@ -216,3 +216,96 @@ fn eval_reports_mor_loss_under_both_rules() {
     let o = lsc(&["eval", "--model", "gam", "--data", "/nonexistent.txt"]);
     assert_bad(&o, "/nonexistent.txt");
 }
+
+#[test]
+fn train_writes_metrics_checkpoint_and_plots_then_resumes_generates_and_evaluates() {
+    let dir = scratch("train");
+    let out = dir.to_str().unwrap();
+    let common = [
+        "--model",
+        "gam",
+        "--config",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--eval-every",
+        "2",
+        "--eval-windows",
+        "2",
+    ];
+    let mut args = vec!["train", "--steps", "4", "--out", out, "--json-summary"];
+    args.extend(common);
+    let o = lsc(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert_eq!(summary["steps"], 4);
+    for k in ["tokens_per_s", "train_loss", "val_loss", "wall_s"] {
+        assert!(summary[k].as_f64().is_some_and(f64::is_finite), "{k} in {summary}");
+    }
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4);
+    assert!(std::fs::read_to_string(dir.join("loss.svg")).unwrap().contains("<polyline"));
+    let ckpt = dir.join("checkpoint.safetensors");
+
+    let mut args = vec!["train", "--steps", "6", "--out", out, "--resume", ckpt.to_str().unwrap(), "--rewarm"];
+    args.extend(common);
+    let o = lsc(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().count(),
+        6,
+        "metrics are appended on resume"
+    );
+
+    let o =
+        lsc(&["generate", "--ckpt", ckpt.to_str().unwrap(), "--prompt", "The ", "--max-tokens", "10", "--seed", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout.len(), 4 + 10 + 1, "prompt, 10 sampled bytes and a newline");
+    assert!(o.stdout.starts_with(b"The "));
+
+    let o = lsc(&["eval", "--ckpt", ckpt.to_str().unwrap(), "--max-windows", "2", "--json", "--baselines"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(r["loss"].as_f64().unwrap() < 6.0 && r["byte_2gram"].as_f64().is_some(), "{r}");
+
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() - 100]).unwrap();
+    let o = lsc(&["eval", "--ckpt", ckpt.to_str().unwrap()]);
+    assert_bad(&o, "not a valid safetensors file");
+    assert_one_line(&o);
+}
+
+#[test]
+fn a_diverging_run_stops_with_exit_2_and_keeps_the_last_checkpoint() {
+    let dir = scratch("nan");
+    let out = dir.to_str().unwrap();
+    let args = [
+        "train",
+        "--model",
+        "transformer",
+        "--steps",
+        "40",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--lr",
+        "1e30",
+        "--warmup",
+        "1",
+        "--ckpt-every",
+        "1",
+        "--clip",
+        "0",
+        "--out",
+        out,
+    ];
+    let o = lsc(&args);
+    assert_bad(&o, "the loss is");
+    assert!(stderr(&o).contains("lower --lr"), "{}", stderr(&o));
+    let ckpt = lsc_runtime::checkpoint::Checkpoint::load(&dir.join("checkpoint.safetensors"))
+        .expect("the last good checkpoint survives");
+    assert!(ckpt.params.values().all(|v| v.as_floats().unwrap().iter().all(|x| x.is_finite())));
+}

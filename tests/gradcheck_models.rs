@@ -40,13 +40,12 @@ fn bump(p: &mut Tensors<f64>, name: &str, i: usize, h: f64) {
     }
 }
 
+/// Maps the parameters being checked to those the finite differences run on.
+type ParamMap = dyn Fn(&Tensors<f64>) -> Tensors<f64>;
+
 /// Checks a sample of elements of every parameter; `surrogate` (if any) is the
 /// program and parameter map whose finite differences the gradients must match.
-fn check(
-    model: &str,
-    terms: &[(String, f64)],
-    surrogate: Option<(&lsc_ir::Program, &dyn Fn(&Tensors<f64>) -> Tensors<f64>)>,
-) {
+fn check(model: &str, terms: &[(String, f64)], surrogate: Option<(&lsc_ir::Program, &ParamMap)>) {
     let p = loss_and_grads(model, terms);
     let interp = Interpreter::new(&p).unwrap();
     let mut params = to64(&init::init_params(&p, 21).unwrap());
@@ -65,7 +64,7 @@ fn check(
     let base_routes = routes(&outs);
     // Finite differences perturb the surrogate's parameters (Ŵ for TriLM) by the same deltas.
     let base = params.clone();
-    let (fd_prog, fd_map): (&lsc_ir::Program, Box<dyn Fn(&Tensors<f64>) -> Tensors<f64>>) = match surrogate {
+    let (fd_prog, fd_map): (&lsc_ir::Program, Box<ParamMap>) = match surrogate {
         Some((sp, f)) => {
             let at = f(&base);
             let base = base.clone();

@@ -198,7 +198,7 @@ pub fn training_step(forward: &Program, opts: &StepOptions) -> Result<Program, S
         }
     }
     p.main.outputs.extend(outs);
-    p.main.outputs.extend(monitors.into_iter().filter(|(n, _)| !n.starts_with("route.")).map(|(n, v)| (n, v)));
+    p.main.outputs.extend(monitors.into_iter().filter(|(n, _)| !n.starts_with("route.")));
     crate::dce::eliminate_dead_code(&mut p);
     lsc_ir::verify(&p).map_err(|e| format!("training step is invalid: {e}"))?;
     Ok(p)

@@ -76,7 +76,7 @@ pub fn synthetic_corpus(seed: u64, bytes: usize) -> Vec<u8> {
         let sentences = 4 + rng.next_u64() % 8;
         for _ in 0..sentences {
             let roll = rng.next_u64() % 10;
-            let plural = rng.next_u64() % 2 == 0;
+            let plural = rng.next_u64().is_multiple_of(2);
             let subject = pick(&mut rng, &nouns);
             let (s, verb_end) = if plural { ("s", "") } else { ("", "s") };
             out += &match roll {

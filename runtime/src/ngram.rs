@@ -6,11 +6,14 @@
 
 use std::collections::HashMap;
 
+/// How often a context was seen, and what followed it.
+type Counts = (u32, HashMap<u8, u32>);
+
 /// Mean NLL (nats per byte) of `valid` under the `order`-gram model of `train`.
 pub fn ngram_loss(train: &[u8], valid: &[u8], order: usize) -> f64 {
     let order = order.max(1);
     // counts[k][context of length k] = (total, per-next-byte counts)
-    let mut counts: Vec<HashMap<&[u8], (u32, HashMap<u8, u32>)>> = vec![HashMap::new(); order];
+    let mut counts: Vec<HashMap<&[u8], Counts>> = vec![HashMap::new(); order];
     for i in 0..train.len() {
         for (k, table) in counts.iter_mut().enumerate() {
             if i < k {

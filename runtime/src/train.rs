@@ -197,8 +197,8 @@ impl Trainer {
         for (name, v) in outs {
             if let Some(p) = name.strip_prefix("param.") {
                 self.params.insert(p.to_string(), v);
-            } else if self.state.contains_key(&name) {
-                self.state.insert(name, v);
+            } else if let Some(slot) = self.state.get_mut(&name) {
+                *slot = v;
             } else if !matches!(name.as_str(), "loss" | "lm_loss" | "grad_norm") {
                 monitors.push((name, v.to_f64_vec()));
             }
