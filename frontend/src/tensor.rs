@@ -424,12 +424,12 @@ impl Tensor {
     /// `self · other` (batched; `other` is rank 2 or shares the batch dims).
     #[track_caller]
     pub fn matmul(&self, other: &Tensor) -> Tensor {
-        self.op(Op::MatMul { trans_b: false }, &[other])
+        self.op(Op::MatMul { trans_a: false, trans_b: false }, &[other])
     }
     /// `self · otherᵀ` (the Linear layer's `x·Wᵀ`, attention's `Q·Kᵀ`).
     #[track_caller]
     pub fn matmul_t(&self, other: &Tensor) -> Tensor {
-        self.op(Op::MatMul { trans_b: true }, &[other])
+        self.op(Op::MatMul { trans_a: false, trans_b: true }, &[other])
     }
     /// Rows of this `[V, D]` table selected by integer `ids`.
     #[track_caller]

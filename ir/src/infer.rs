@@ -243,7 +243,7 @@ pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<
             check_axis(*axis, ins[0], op.name())?;
             one(ins[0].clone())
         }
-        Op::MatMul { trans_b } => infer_matmul(ins[0], ins[1], *trans_b),
+        Op::MatMul { trans_a, trans_b } => infer_matmul(ins[0], ins[1], *trans_a, *trans_b),
         Op::Gather { axis } => {
             let (x, idx) = (ins[0], ins[1]);
             need_int(idx, "gather")?;
@@ -420,8 +420,9 @@ fn same_rank_except(x: &TensorType, y: &TensorType, axis: usize, what: &str, nam
     Ok(())
 }
 
-fn infer_matmul(a: &TensorType, b: &TensorType, trans_b: bool) -> Result<Vec<TensorType>, String> {
-    let err = |why: &str| Err(format!("`matmul` of {a} and {b}{}: {why}", if trans_b { "ᵀ" } else { "" }));
+fn infer_matmul(a: &TensorType, b: &TensorType, trans_a: bool, trans_b: bool) -> Result<Vec<TensorType>, String> {
+    let mark = |t: bool| if t { "ᵀ" } else { "" };
+    let err = |why: &str| Err(format!("`matmul` of {a}{} and {b}{}: {why}", mark(trans_a), mark(trans_b)));
     if a.dtype != b.dtype || !a.dtype.is_float() {
         return err("operands must share one float dtype");
     }
@@ -429,14 +430,19 @@ fn infer_matmul(a: &TensorType, b: &TensorType, trans_b: bool) -> Result<Vec<Ten
         return err("operands must have rank ≥ 2");
     }
     let (ra, rb) = (a.rank(), b.rank());
+    let (m, k_a) = if trans_a { (&a.shape[ra - 1], &a.shape[ra - 2]) } else { (&a.shape[ra - 2], &a.shape[ra - 1]) };
     let (k_b, n) = if trans_b { (&b.shape[rb - 1], &b.shape[rb - 2]) } else { (&b.shape[rb - 2], &b.shape[rb - 1]) };
-    if &a.shape[ra - 1] != k_b {
-        return err(&format!("inner dimensions {} and {k_b} differ", a.shape[ra - 1]));
+    if k_a != k_b {
+        return err(&format!("inner dimensions {k_a} and {k_b} differ"));
     }
-    if rb != 2 && a.shape[..ra - 2] != b.shape[..rb - 2] {
-        return err("batch dimensions differ (the right operand is rank 2 or has the left's batch dims)");
-    }
-    let mut shape = a.shape[..ra - 1].to_vec();
+    let batch = match (ra, rb) {
+        (2, _) => &b.shape[..rb - 2],
+        (_, 2) => &a.shape[..ra - 2],
+        _ if a.shape[..ra - 2] == b.shape[..rb - 2] => &a.shape[..ra - 2],
+        _ => return err("batch dimensions differ (an operand is rank 2 or both share their batch dims)"),
+    };
+    let mut shape = batch.to_vec();
+    shape.push(m.clone());
     shape.push(n.clone());
     Ok(vec![TensorType::new(a.dtype, shape)])
 }

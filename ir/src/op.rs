@@ -164,9 +164,12 @@ pub enum Op {
         /// Normalised axis.
         axis: usize,
     },
-    /// `[..., M, K] · [..., K, N]`, or `· [N, K]ᵀ` with `trans_b`; the right operand
-    /// is either rank 2 (shared) or has the same batch dims as the left.
+    /// `[..., M, K] · [..., K, N]`; `trans_a` reads the left operand as stored
+    /// `[..., K, M]`, `trans_b` the right as `[..., N, K]`. Either operand may be
+    /// rank 2 (shared across the other's batch), else their batch dims agree.
     MatMul {
+        /// Use the transpose of the left operand.
+        trans_a: bool,
         /// Use the transpose of the right operand.
         trans_b: bool,
     },
@@ -408,7 +411,9 @@ impl Op {
                 ("keep_dims", AttrValue::Bool(*keep_dims)),
             ],
             Op::ArgMax { axis, keep_dims } => vec![("axis", int(*axis)), ("keep_dims", AttrValue::Bool(*keep_dims))],
-            Op::MatMul { trans_b } => vec![("trans_b", AttrValue::Bool(*trans_b))],
+            Op::MatMul { trans_a, trans_b } => {
+                vec![("trans_a", AttrValue::Bool(*trans_a)), ("trans_b", AttrValue::Bool(*trans_b))]
+            }
             Op::Reshape { shape } | Op::Broadcast { shape } => vec![("shape", dims(shape))],
             Op::Transpose { perm } => vec![("perm", ints(perm))],
             Op::Slice { axis, start, end } => vec![("axis", int(*axis)), ("start", dim(start)), ("end", dim(end))],
@@ -455,7 +460,7 @@ impl Op {
             "argmax" => Op::ArgMax { axis: a.usize("axis")?, keep_dims: a.bool("keep_dims")? },
             "softmax" => Op::Softmax { axis: a.usize("axis")? },
             "log_softmax" => Op::LogSoftmax { axis: a.usize("axis")? },
-            "matmul" => Op::MatMul { trans_b: a.bool("trans_b")? },
+            "matmul" => Op::MatMul { trans_a: a.bool("trans_a")?, trans_b: a.bool("trans_b")? },
             "gather" => Op::Gather { axis: a.usize("axis")? },
             "scatter" => Op::Scatter { axis: a.usize("axis")? },
             "scatter_add" => Op::ScatterAdd { axis: a.usize("axis")? },

@@ -87,7 +87,7 @@ fn build(steps: &[Step], names: &[String]) -> Program {
             }
             Step::Softmax(a, x) => (Op::Softmax { axis: *x }, vec![pick(&pool, *a)]),
             Step::Transpose(a) => (Op::Transpose { perm: vec![1, 0, 2] }, vec![pick(&pool, *a)]),
-            Step::MatMul(a, b, t) => (Op::MatMul { trans_b: *t }, vec![pick(&pool, *a), pick(&pool, *b)]),
+            Step::MatMul(a, b, t) => (Op::MatMul { trans_a: !*t, trans_b: *t }, vec![pick(&pool, *a), pick(&pool, *b)]),
             Step::Constant(v) => {
                 let id = g.add_node(Op::Constant { value: *v }, &[], vec![TensorType::scalar(DType::F32)]);
                 pool.push(ValueRef::first(id));

@@ -8,7 +8,7 @@ graph @main {
   %0 = input "x" : f32[B,T,8]
   %1 = param "w.weight" : f32[8,8]
   %2 = input "cache" : f32[B,P+T,8]
-  %3 = matmul(%0, %1) {trans_b=true} : f32[B,T,8]
+  %3 = matmul(%0, %1) {trans_a=false, trans_b=true} : f32[B,T,8]
   %4 = topk(%3) {k=2, axis=2} : (f32[B,T,2], i64[B,T,2])
   %5 = constant {value=-inf} : f32[]
   %6 = clamp(%3) {min=-1.5, max=1e-5} : f32[B,T,8]
@@ -21,7 +21,7 @@ graph @main {
 graph @block {
   %0 = input "h" : f32[N,M,8]
   %1 = input "w" : f32[8,8]
-  %2 = matmul(%0, %1) {trans_b=false} : f32[N,M,8]
+  %2 = matmul(%0, %1) {trans_a=false, trans_b=false} : f32[N,M,8]
   %3 = silu(%2) : f32[N,M,8]
   output "out" = %3
 }

@@ -18,8 +18,11 @@ fn cases() -> Vec<(&'static str, Program, Rule)> {
     let mut p = Program::new();
     let a = p.main.add_node(Op::Input { name: "a".into() }, &[], vec![f32s(&[2, 3])]);
     let b = p.main.add_node(Op::Input { name: "b".into() }, &[], vec![f32s(&[4, 5])]);
-    let m =
-        p.main.add_node(Op::MatMul { trans_b: false }, &[ValueRef::first(a), ValueRef::first(b)], vec![f32s(&[2, 5])]);
+    let m = p.main.add_node(
+        Op::MatMul { trans_a: false, trans_b: false },
+        &[ValueRef::first(a), ValueRef::first(b)],
+        vec![f32s(&[2, 5])],
+    );
     out.push(("matmul inner dims differ", with_output(p, ValueRef::first(m)), Rule::Typing));
 
     let mut p = Program::new();

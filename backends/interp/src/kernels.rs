@@ -206,7 +206,7 @@ pub fn eval<T: Real>(
             let log = matches!(op, Op::LogSoftmax { .. });
             one(Buffer::Float(softmax(floats(args[0])?, &args[0].shape, *axis, log)))
         }
-        Op::MatMul { trans_b } => one(Buffer::Float(matmul(args[0], args[1], *trans_b, &shape)?)),
+        Op::MatMul { trans_a, trans_b } => one(Buffer::Float(matmul(args[0], args[1], *trans_a, *trans_b, &shape)?)),
         Op::Gather { axis } => {
             let idx = args[1].as_ints().ok_or("gather indices must be integers")?;
             let (xs, is) = (strides(&args[0].shape), strides(&args[1].shape));
@@ -599,36 +599,36 @@ fn softmax<T: Real>(v: &[T], shape: &[usize], axis: usize, log: bool) -> Vec<T> 
     out
 }
 
-fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_b: bool, out_shape: &[usize]) -> R<Vec<T>> {
+fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool, out_shape: &[usize]) -> R<Vec<T>> {
     let (av, bv) = (floats(a)?, floats(b)?);
     let (ra, rb) = (a.shape.len(), b.shape.len());
-    let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
-    let n = if trans_b { b.shape[rb - 2] } else { b.shape[rb - 1] };
-    let kb = if trans_b { b.shape[rb - 1] } else { b.shape[rb - 2] };
-    if kb != k || numel(out_shape) != numel(&a.shape[..ra - 2]) * m * n {
+    let (m, k) = if trans_a { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
+    let (kb, n) = if trans_b { (b.shape[rb - 1], b.shape[rb - 2]) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
+    let batch = numel(&out_shape[..out_shape.len() - 2]);
+    if kb != k || numel(out_shape) != batch * m * n {
         return Err(format!("matmul of {:?} and {:?} has mismatched sizes", a.shape, b.shape));
     }
-    let batch = numel(&a.shape[..ra - 2]);
-    let b_batched = rb > 2;
+    let (a_batched, b_batched) = (ra > 2, rb > 2);
     let mut c = vec![T::default(); batch * m * n];
-    // Row-major B is k×n (strides n,1); its transpose view is n×k read as k×n with strides (1,k).
+    if m == 0 || n == 0 {
+        return Ok(c);
+    }
+    // Row-major storage; a transposed operand is read with swapped strides, never copied.
+    let (rsa, csa) = if trans_a { (1isize, m as isize) } else { (k as isize, 1isize) };
     let (rsb, csb) = if trans_b { (1isize, k as isize) } else { (n as isize, 1isize) };
     for i in 0..batch {
-        let a_off = i * m * k;
+        let a_off = if a_batched { i * m * k } else { 0 };
         let b_off = if b_batched { i * k * n } else { 0 };
         let c_off = i * m * n;
-        if m == 0 || n == 0 {
-            continue;
-        }
-        // SAFETY: the slices hold batch·m·k, (batch·)k·n and batch·m·n elements, checked above.
+        // SAFETY: the slices hold (batch·)m·k, (batch·)k·n and batch·m·n elements, checked above.
         unsafe {
             T::gemm(
                 m,
                 k,
                 n,
                 av[a_off..].as_ptr(),
-                k as isize,
-                1,
+                rsa,
+                csa,
                 bv[b_off..].as_ptr(),
                 rsb,
                 csb,

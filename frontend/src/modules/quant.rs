@@ -3,6 +3,7 @@
 //! the gradient with respect to the latent weight is the identity.
 
 use crate::tensor::Tensor;
+use lsc_ir::Dim;
 
 /// How a Linear layer's weight is quantised in the forward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -46,8 +47,12 @@ pub fn straight_through(w: &Tensor, q: &Tensor) -> Tensor {
 /// Ternarises a matrix (forward value only; see [`straight_through`]).
 #[track_caller]
 pub fn ternarize(w: &Tensor) -> Tensor {
-    let axes: Vec<isize> = (0..w.rank() as isize).collect();
-    let mean_abs = w.abs().mean(&axes, false);
+    // A flat mean (one sequential sum) so that packing tools can reproduce s bit for bit.
+    let numel = w.shape().iter().map(|d| d.as_const()).product::<Option<i64>>();
+    let mean_abs = match numel {
+        Some(n) => w.abs().reshape(&[Dim::new(n)]).mean(&[0], false),
+        None => w.abs().mean(&(0..w.rank() as isize).collect::<Vec<_>>(), false),
+    };
     let s = mean_abs.maximum(&w.full_like_scalar(TERNARY_MIN_SCALE));
     &(w / &s).round().clamp(-1.0, 1.0) * &s
 }

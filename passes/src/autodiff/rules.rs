@@ -236,20 +236,20 @@ pub(super) fn softmax(e: &mut Emit, n: &NodeGrad) -> G {
 }
 
 pub(super) fn matmul(e: &mut Emit, n: &NodeGrad) -> G {
-    let Op::MatMul { trans_b } = n.op else { unreachable!() };
+    // C = op_a(A)·op_b(B), op(X) = X or Xᵀ: dop_a(A) = G·op_b(B)ᵀ and dop_b(B) = op_a(A)ᵀ·G,
+    // transposed back when the operand is stored transposed. No transpose is materialised.
+    let Op::MatMul { trans_a, trans_b } = n.op else { unreachable!() };
     let (a, b, g) = (n.operands[0], n.operands[1], gy(n));
-    // dA = g·Bᵀ (B stored as [N,K] when trans_b, so g·B).
-    let ga = e.op(Op::MatMul { trans_b: !trans_b }, &[g, b])?;
-    // dB = Aᵀ·g, or (g)ᵀ·A when B is stored transposed; summed over batch for a shared B.
-    let gb = if trans_b {
-        let gt = e.transpose_last(g)?;
-        e.op(Op::MatMul { trans_b: false }, &[gt, a])?
-    } else {
-        let at = e.transpose_last(a)?;
-        e.op(Op::MatMul { trans_b: false }, &[at, g])?
+    let mm = |e: &mut Emit, x, y, ta, tb| e.op(Op::MatMul { trans_a: ta, trans_b: tb }, &[x, y]);
+    let ga = if trans_a { mm(e, b, g, trans_b, true)? } else { mm(e, g, b, false, !trans_b)? };
+    let gb = if trans_b { mm(e, g, a, true, trans_a)? } else { mm(e, a, g, !trans_a, false)? };
+    // A shared (rank-2) operand collects the gradient of every batch element.
+    let sum_batch = |e: &mut Emit, grad: ValueRef, x: ValueRef| {
+        let extra = e.ty(grad).rank() - e.ty(x).rank();
+        e.sum(grad, (0..extra).collect())
     };
-    let extra = e.ty(gb).rank() - e.ty(b).rank();
-    let gb = e.sum(gb, (0..extra).collect())?;
+    let ga = sum_batch(e, ga, a)?;
+    let gb = sum_batch(e, gb, b)?;
     Ok(vec![Some(ga), Some(gb)])
 }
 
@@ -291,11 +291,10 @@ pub(super) fn embedding(e: &mut Emit, n: &NodeGrad) -> G {
         let hot = e.one_hot(ids, wt.shape[0].clone(), wt.dtype)?;
         let hot = e.reshape(hot, &[wt.shape[0].clone(), Dim::new(1)])?;
         let g = e.reshape(g, &[Dim::new(1), wt.shape[1].clone()])?;
-        return Ok(vec![Some(e.op(Op::MatMul { trans_b: false }, &[hot, g])?), None]);
+        return Ok(vec![Some(e.op(Op::MatMul { trans_a: false, trans_b: false }, &[hot, g])?), None]);
     }
     let hot = e.one_hot(ids, wt.shape[0].clone(), wt.dtype)?;
-    let ht = e.transpose_last(hot)?;
-    let gw = e.op(Op::MatMul { trans_b: false }, &[ht, g])?;
+    let gw = e.op(Op::MatMul { trans_a: true, trans_b: false }, &[hot, g])?;
     let gw = e.sum(gw, (0..ids_rank - 1).collect())?;
     Ok(vec![Some(gw), None])
 }
