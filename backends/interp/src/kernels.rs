@@ -4,9 +4,30 @@
 use crate::math::{erf, gelu, round_half_even, sigmoid, Real};
 use crate::value::{numel, Buffer, Value};
 use lsc_ir::{BinaryOp, Bindings, CmpOp, DType, Op, ReduceKind, UnaryOp};
+use rayon::prelude::*;
 use std::cmp::Ordering;
 
 type R<T> = Result<T, String>;
+
+/// Elementwise work above this many elements is split across threads (the
+/// result does not depend on the split: each element is computed alone).
+const PAR_MIN: usize = 1 << 15;
+
+fn map_par<A: Sync, B: Send>(v: &[A], f: impl Fn(&A) -> B + Sync + Send) -> Vec<B> {
+    if v.len() >= PAR_MIN {
+        v.par_iter().map(f).collect()
+    } else {
+        v.iter().map(f).collect()
+    }
+}
+
+fn zip_par<A: Sync, C: Sync, B: Send>(p: &[A], q: &[C], f: impl Fn(&A, &C) -> B + Sync + Send) -> Vec<B> {
+    if p.len() >= PAR_MIN {
+        p.par_iter().zip(q.par_iter()).map(|(a, c)| f(a, c)).collect()
+    } else {
+        p.iter().zip(q).map(|(a, c)| f(a, c)).collect()
+    }
+}
 
 /// `(outer, n, inner)` sizes around `axis`.
 fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
@@ -382,8 +403,8 @@ fn unary<T: Real>(u: UnaryOp, x: &Value<T>, dtype: DType) -> R<Buffer<T>> {
         }
     };
     Ok(Buffer::Float(match dtype {
-        DType::F16 | DType::BF16 => v.iter().map(|&x| round_to(f(x), dtype)).collect(),
-        _ => v.iter().map(|&x| f(x)).collect(),
+        DType::F16 | DType::BF16 => map_par(v, |&x| round_to(f(x), dtype)),
+        _ => map_par(v, |&x| f(x)),
     }))
 }
 
@@ -415,8 +436,8 @@ fn binary<T: Real>(b: BinaryOp, x: &Value<T>, y: &Value<T>, dtype: DType) -> R<B
                 }
             };
             Ok(Buffer::Float(match dtype {
-                DType::F16 | DType::BF16 => p.iter().zip(q).map(|(&a, &c)| round_to(f(a, c), dtype)).collect(),
-                _ => p.iter().zip(q).map(|(&a, &c)| f(a, c)).collect(),
+                DType::F16 | DType::BF16 => zip_par(p, q, |&a, &c| round_to(f(a, c), dtype)),
+                _ => zip_par(p, q, |&a, &c| f(a, c)),
             }))
         }
         (Buffer::Int(p), Buffer::Int(q)) => {
@@ -451,7 +472,7 @@ fn compare<T: Real>(c: CmpOp, x: &Value<T>, y: &Value<T>) -> R<Vec<bool>> {
         CmpOp::Ge => matches!(o, Some(Ordering::Greater | Ordering::Equal)),
     };
     Ok(match (&x.data, &y.data) {
-        (Buffer::Float(p), Buffer::Float(q)) => p.iter().zip(q).map(|(a, b)| test(a.partial_cmp(b))).collect(),
+        (Buffer::Float(p), Buffer::Float(q)) => zip_par(p, q, |a, b| test(a.partial_cmp(b))),
         (Buffer::Int(p), Buffer::Int(q)) => p.iter().zip(q).map(|(a, b)| test(Some(a.cmp(b)))).collect(),
         (Buffer::Bool(p), Buffer::Bool(q)) => p.iter().zip(q).map(|(a, b)| test(Some(a.cmp(b)))).collect(),
         _ => return Err("comparison operands have different kinds".into()),
@@ -585,6 +606,23 @@ fn reduce_axis<E: Copy + PartialOrd>(
 
 fn softmax<T: Real>(v: &[T], shape: &[usize], axis: usize, log: bool) -> Vec<T> {
     let (outer, n, inner) = split(shape, axis);
+    if inner == 1 && n > 0 {
+        // Rows are contiguous: one row per task.
+        let mut out = vec![T::default(); v.len()];
+        let row = |(dst, src): (&mut [T], &[T])| {
+            let m = src.iter().fold(T::from_f64(f64::NEG_INFINITY), |a, &b| if b > a { b } else { a });
+            let s = src.iter().fold(T::default(), |acc, &x| acc + (x - m).exp());
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = if log { x - m - s.ln() } else { (x - m).exp() / s };
+            }
+        };
+        if v.len() >= PAR_MIN {
+            out.par_chunks_mut(n).zip(v.par_chunks(n)).for_each(row);
+        } else {
+            out.chunks_mut(n).zip(v.chunks(n)).for_each(row);
+        }
+        return out;
+    }
     let mut out = vec![T::default(); v.len()];
     for o in 0..outer {
         for i in 0..inner {
