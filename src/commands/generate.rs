@@ -81,36 +81,45 @@ pub fn run(a: &GenerateArgs) -> CliResult {
             (model, a.config.clone(), params)
         }
     };
-    let program = lsc_models::build_decode(&model, &config).map_err(|e| CliError::new(e.to_string()))?;
-    let max_len = lsc_models::max_seq_len(&model, &config).map_err(|e| CliError::new(e.to_string()))?;
-    let prompt = a.prompt.as_bytes();
+    let mut out = std::io::stdout().lock();
+    continue_text(&model, &config, &params, a.prompt.as_bytes(), a, &mut |bytes| {
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    })?;
+    let _ = writeln!(out);
+    Ok(())
+}
+
+/// Feeds `prompt` through the decoding graph, then samples up to
+/// `a.max_tokens` bytes, handing the prompt and each new byte to `emit`.
+pub fn continue_text(
+    model: &str,
+    config: &str,
+    params: &lsc_interp::Tensors<f32>,
+    prompt: &[u8],
+    a: &GenerateArgs,
+    emit: &mut dyn FnMut(&[u8]),
+) -> CliResult {
+    let program = lsc_models::build_decode(model, config).map_err(|e| CliError::new(e.to_string()))?;
+    let max_len = lsc_models::max_seq_len(model, config).map_err(|e| CliError::new(e.to_string()))?;
     if prompt.is_empty() || prompt.len() > max_len {
-        return Err(CliError::with_fix(
-            format!("the prompt has {} bytes; the model takes 1..={max_len}", prompt.len()),
-            "shorten --prompt",
-        ));
+        return Err(CliError::with_fix(format!("the prompt has {} bytes; the model takes 1..={max_len}", prompt.len()), "shorten --prompt"));
     }
-    let mut dec = Decoder::new(&program, &params, 1)?;
+    let mut dec = Decoder::new(&program, params, 1)?;
     let mut rng = Rng::new(a.seed);
     let mut logits = dec.feed(&Value::ints(vec![1, prompt.len()], prompt.iter().map(|&b| b as i64).collect()))?;
-    let mut out = prompt.to_vec();
-    let stdout = std::io::stdout();
-    let mut lock = stdout.lock();
-    let _ = lock.write_all(prompt);
+    emit(prompt);
     for _ in 0..a.max_tokens {
         if dec.position() as usize >= max_len {
-            let _ = writeln!(lock);
             eprintln!("note: stopped at the model's context of {max_len} tokens");
             break;
         }
         let row = logits.as_floats().unwrap_or_default();
         let v = *logits.shape.last().unwrap_or(&1);
         let next = sample(&row[row.len() - v..], a.temperature, a.top_k, &mut rng);
-        out.push(next as u8);
-        let _ = lock.write_all(&[next as u8]);
-        let _ = lock.flush();
+        emit(&[next as u8]);
         logits = dec.feed(&Value::ints(vec![1, 1], vec![next as i64]))?;
     }
-    let _ = writeln!(lock);
     Ok(())
 }
+

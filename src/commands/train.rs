@@ -25,7 +25,7 @@ pub struct TrainArgs {
     #[arg(long, default_value = "synthetic")]
     pub data: String,
     /// Total optimizer steps (including those of a resumed run).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 300)]
     pub steps: u64,
     /// Sequences per batch.
     #[arg(long, default_value_t = 8)]
@@ -93,6 +93,9 @@ pub struct TrainArgs {
     /// Record the attention-logit monitor every N steps.
     #[arg(long, default_value_t = 10)]
     pub monitor_every: u64,
+    /// Bytes of text to sample from the trained model at the end (0: none).
+    #[arg(long, default_value_t = 160)]
+    pub sample_tokens: usize,
     /// Print one final JSON line: steps, tokens_per_s, train_loss, val_loss, wall_s.
     #[arg(long)]
     pub json_summary: bool,
@@ -177,6 +180,18 @@ pub fn run(a: &TrainArgs) -> CliResult {
             Trainer::new(cfg.clone(), &forward, params)?
         }
     };
+    let nodes = |p: &lsc_ir::Program| p.graphs().map(|g| g.dag.node_count()).sum::<usize>();
+    println!(
+        "{}/{}: compiled the training step (forward + backward + {}) into one graph of {} nodes (forward alone {}); {} parameters; batch {} × {seq} tokens of `{}`",
+        a.model,
+        a.config,
+        a.optimizer,
+        nodes(trainer.step_program()),
+        nodes(&forward),
+        lsc_passes::parameter_count(&forward).unwrap_or(0),
+        a.batch,
+        a.data
+    );
     std::fs::create_dir_all(&a.out).map_err(|e| {
         CliError::with_fix(format!("cannot create {}: {e}", a.out.display()), "choose a writable --out")
     })?;
@@ -287,6 +302,23 @@ pub fn run(a: &TrainArgs) -> CliResult {
         last_val,
         a.out.display()
     );
+    if a.sample_tokens > 0 {
+        let prompt: Vec<u8> = valid.iter().copied().take(24).collect();
+        let args = super::generate::GenerateArgs {
+            ckpt: None,
+            model: None,
+            config: a.config.clone(),
+            weights: None,
+            prompt: String::new(),
+            max_tokens: a.sample_tokens.min(max_len.saturating_sub(prompt.len())),
+            temperature: 0.8,
+            top_k: 40,
+            seed: a.seed,
+        };
+        let mut text = Vec::new();
+        super::generate::continue_text(&a.model, &a.config, &trainer.params, &prompt, &args, &mut |b| text.extend_from_slice(b))?;
+        println!("sample (temperature 0.8, top-k 40, prompt from the validation text):\n{}", String::from_utf8_lossy(&text));
+    }
     if a.json_summary {
         println!(
             "{}",
