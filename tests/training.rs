@@ -6,6 +6,10 @@ use lsc_runtime::data;
 use lsc_runtime::schedule::Schedule;
 use lsc_runtime::train::{OptimizerConfig, TrainConfig, Trainer};
 
+fn tokens(seed: u64, n: usize) -> Vec<u32> {
+    data::synthetic_corpus(seed, n).into_iter().map(u32::from).collect()
+}
+
 fn config(model: &str, steps: u64) -> TrainConfig {
     TrainConfig {
         model: model.into(),
@@ -20,6 +24,8 @@ fn config(model: &str, steps: u64) -> TrainConfig {
         decay_all: false,
         seed: 5,
         loss_terms: if model == "mor" { vec![("aux_loss".into(), 0.001)] } else { vec![] },
+        tokenizer: "bytes".into(),
+        vocab: 256,
     }
 }
 
@@ -31,7 +37,7 @@ fn fresh(model: &str, steps: u64) -> (Trainer, lsc_ir::Program) {
 
 #[test]
 fn resuming_continues_bit_exactly() {
-    let text = data::synthetic_corpus(0, 50_000);
+    let text = tokens(0, 50_000);
     let n = 6;
     for model in ["ls-transformer", "mor"] {
         let (mut straight, forward) = fresh(model, n);
@@ -42,7 +48,7 @@ fn resuming_continues_bit_exactly() {
         let dir = std::env::temp_dir().join(format!("lsc-resume-{}-{model}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ckpt.safetensors");
-        first.checkpoint().save(&path).unwrap();
+        first.checkpoint(None).save(&path).unwrap();
         drop(first);
         let ckpt = Checkpoint::load(&path).unwrap();
         let mut second = Trainer::resume(config(model, n), &forward, ckpt, false, false).unwrap();
@@ -56,7 +62,7 @@ fn resuming_continues_bit_exactly() {
 
 #[test]
 fn the_loss_goes_down() {
-    let text = data::synthetic_corpus(1, 50_000);
+    let text = tokens(1, 50_000);
     for model in lsc_models::MODELS.iter().map(|m| m.name) {
         let (mut t, _) = fresh(model, 30);
         let first = t.step(&text).unwrap().lm_loss;
@@ -70,12 +76,12 @@ fn the_loss_goes_down() {
 
 #[test]
 fn rewarming_starts_a_new_schedule_and_reset_clears_moments() {
-    let text = data::synthetic_corpus(0, 20_000);
+    let text = tokens(0, 20_000);
     let (mut t, forward) = fresh("transformer", 4);
     for _ in 0..4 {
         t.step(&text).unwrap();
     }
-    let ckpt = t.checkpoint();
+    let ckpt = t.checkpoint(None);
     let mut cfg = config("transformer", 10);
     cfg.schedule = Schedule::Cosine { max_lr: 1e-3, min_lr: 1e-4, warmup: 3, decay_end: 6 };
     let kept = Trainer::resume(cfg.clone(), &forward, ckpt.clone(), false, false).unwrap();
@@ -88,13 +94,13 @@ fn rewarming_starts_a_new_schedule_and_reset_clears_moments() {
 
 #[test]
 fn corrupt_and_truncated_checkpoints_are_rejected() {
-    let text = data::synthetic_corpus(0, 20_000);
+    let text = tokens(0, 20_000);
     let (mut t, _) = fresh("gam", 2);
     t.step(&text).unwrap();
     let dir = std::env::temp_dir().join(format!("lsc-corrupt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("c.safetensors");
-    t.checkpoint().save(&path).unwrap();
+    t.checkpoint(None).save(&path).unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();
     bytes[n - 5] ^= 0x40;

@@ -106,38 +106,57 @@ fn mor_config(config: &str) -> Result<mor::MorConfig, ModelError> {
     mor::MorConfig::named(config).ok_or_else(|| ModelError::UnknownConfig("mor".into(), config.into()))
 }
 
+/// Which graph of a model to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphKind {
+    /// The training forward pass (for `mor`: expert-choice top-k with `aux_loss`).
+    Forward,
+    /// The causal inference pass (for `mor`: the `σ(logit) ≥ 0.5` rule).
+    Inference,
+    /// Incremental decoding with explicit state (see [`decode`]).
+    Decode,
+}
+
+/// Builds one graph of a built-in model whose vocabulary has `vocab` tokens
+/// (256 for bytes; a BPE tokenizer's size otherwise).
+pub fn build_graph(model: &str, config: &str, vocab: usize, kind: GraphKind) -> Result<Program, ModelError> {
+    if model == "mor" {
+        let mut cfg = mor_config(config)?;
+        cfg.base.vocab = vocab;
+        return built(match kind {
+            GraphKind::Forward => mor::build(&cfg, mor::Rule::TopK),
+            GraphKind::Inference => mor::build(&cfg, mor::Rule::Threshold),
+            GraphKind::Decode => mor::build_decode(&cfg),
+        });
+    }
+    let mut cfg = transformer_config(model, config)?;
+    cfg.vocab = vocab;
+    built(match (model, kind) {
+        ("gam", GraphKind::Decode) => gam::build_decode(&cfg),
+        ("gam", _) => gam::build(&cfg),
+        (_, GraphKind::Decode) => transformer::build_decode(&cfg),
+        _ => transformer::build(&cfg),
+    })
+}
+
+/// The byte vocabulary of every built-in config.
+pub const BYTE_VOCAB: usize = 256;
+
 /// Builds the forward graph of a built-in model (for `mor`: the expert-choice
 /// training graph, with `aux_loss`).
 pub fn build(model: &str, config: &str) -> Result<Program, ModelError> {
-    if model == "mor" {
-        return built(mor::build(&mor_config(config)?, mor::Rule::TopK));
-    }
-    let cfg = transformer_config(model, config)?;
-    built(match model {
-        "gam" => gam::build(&cfg),
-        _ => transformer::build(&cfg),
-    })
+    build_graph(model, config, BYTE_VOCAB, GraphKind::Forward)
 }
 
 /// Builds the graph used for inference: causal for every model (for `mor`: the
 /// `σ(logit) ≥ 0.5` rule); the same as [`build`] for the others.
 pub fn build_inference(model: &str, config: &str) -> Result<Program, ModelError> {
-    if model == "mor" {
-        return built(mor::build(&mor_config(config)?, mor::Rule::Threshold));
-    }
-    build(model, config)
+    build_graph(model, config, BYTE_VOCAB, GraphKind::Inference)
 }
 
 /// Builds the incremental-decoding graph of a built-in model (see [`decode`]).
 pub fn build_decode(model: &str, config: &str) -> Result<Program, ModelError> {
-    if model == "mor" {
-        return built(mor::build_decode(&mor_config(config)?));
-    }
-    let cfg = transformer_config(model, config)?;
-    built(match model {
-        "gam" => gam::build_decode(&cfg),
-        _ => transformer::build_decode(&cfg),
-    })
+    build_graph(model, config, BYTE_VOCAB, GraphKind::Decode)
 }
 
 /// The weights a built-in model quantises in its forward pass, with their format.

@@ -36,6 +36,8 @@ pub struct Checkpoint {
     pub state: Tensors<f32>,
     /// Step, positions, configuration.
     pub meta: CheckpointMeta,
+    /// The BPE tokenizer's `tokenizer.json` (`None`: byte tokens).
+    pub tokenizer: Option<String>,
 }
 
 const PARAM_PREFIX: &str = "param.";
@@ -74,10 +76,13 @@ impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<(), RuntimeError> {
         let all = self.all_tensors();
         let meta = serde_json::to_string(&self.meta).map_err(|e| RuntimeError::Input(e.to_string()))?;
-        let metadata = BTreeMap::from([
+        let mut metadata = BTreeMap::from([
             ("lsc.meta".to_string(), meta),
             ("lsc.crc32".to_string(), format!("{:08x}", checksum(&all))),
         ]);
+        if let Some(t) = &self.tokenizer {
+            metadata.insert("lsc.tokenizer".to_string(), t.clone());
+        }
         let bytes = to_safetensors(&all, Some(metadata))
             .map_err(|reason| RuntimeError::Format { path: path.into(), reason })?;
         write_atomic(path, &bytes)
@@ -107,7 +112,7 @@ impl Checkpoint {
                 state.insert(n.to_string(), v);
             }
         }
-        Ok(Checkpoint { params, state, meta })
+        Ok(Checkpoint { params, state, meta, tokenizer: meta_map.get("lsc.tokenizer").cloned() })
     }
 }
 

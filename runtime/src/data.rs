@@ -155,7 +155,7 @@ impl Sampler {
     }
 
     /// `(input_ids, targets)`, each `batch × seq`, from windows of `seq + 1` tokens.
-    pub fn next(&mut self, tokens: &[u8], batch: usize, seq: usize) -> Result<(Vec<i64>, Vec<i64>), RuntimeError> {
+    pub fn next(&mut self, tokens: &[u32], batch: usize, seq: usize) -> Result<(Vec<i64>, Vec<i64>), RuntimeError> {
         if tokens.len() <= seq + 1 {
             return Err(RuntimeError::Input(format!(
                 "the training text has {} tokens, fewer than one window of {}",
@@ -189,7 +189,7 @@ mod corpus_tests {
 
     #[test]
     fn sampler_resumes_where_it_stopped() {
-        let tokens = synthetic_corpus(0, 5000);
+        let tokens: Vec<u32> = synthetic_corpus(0, 5000).into_iter().map(u32::from).collect();
         let mut a = Sampler::new(3);
         for _ in 0..4 {
             a.next(&tokens, 2, 16).unwrap();

@@ -22,7 +22,7 @@ pub struct Loss {
 pub fn mean_nll(
     program: &Program,
     params: &Tensors<f32>,
-    tokens: &[u8],
+    tokens: &[u32],
     window: usize,
     max_windows: Option<usize>,
     batch: usize,
@@ -55,7 +55,13 @@ pub fn mean_nll(
                     let l = &data[(row * len + t) * v..(row * len + t + 1) * v];
                     let m = l.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
                     let lse = m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
-                    total += lse - l[tokens[s + t + 1] as usize] as f64;
+                    let target = tokens[s + t + 1] as usize;
+                    if target >= v {
+                        return Err(RuntimeError::Input(format!(
+                            "token id {target} is outside the model's vocabulary of {v}"
+                        )));
+                    }
+                    total += lse - l[target] as f64;
                     count += 1;
                 }
             }

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`data`] | byte-token text splits |
 //! | [`eval`] | mean NLL over non-overlapping context windows |
+//! | [`tokenizer`] | bytes or BPE (`bpe` feature) |
 //! | [`init`] | seeded, per-name parameter initialisation |
 //! | [`weights`] | safetensors load/save by name, atomic writes |
 //! | [`numerics`] | the project-wide `allclose` and its tolerances |
@@ -22,6 +23,7 @@ pub mod ngram;
 pub mod numerics;
 pub mod quant;
 pub mod schedule;
+pub mod tokenizer;
 pub mod train;
 pub mod weights;
 

@@ -74,6 +74,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Extra loss terms (output name, weight), e.g. MoR's router loss.
     pub loss_terms: Vec<(String, f64)>,
+    /// `bytes` or `bpe`.
+    pub tokenizer: String,
+    /// Vocabulary size the model was built with.
+    pub vocab: usize,
 }
 
 /// What one step reports.
@@ -168,7 +172,7 @@ impl Trainer {
 
     /// Takes one step on a batch drawn from `tokens`. A non-finite loss or
     /// gradient leaves parameters and state untouched and returns an error.
-    pub fn step(&mut self, tokens: &[u8]) -> Result<StepStats, RuntimeError> {
+    pub fn step(&mut self, tokens: &[u32]) -> Result<StepStats, RuntimeError> {
         let (b, t) = (self.cfg.batch, self.cfg.seq);
         let (ids, targets) = self.sampler.next(tokens, b, t)?;
         let lr = self.lr();
@@ -207,9 +211,10 @@ impl Trainer {
         Ok(StepStats { step: self.step, loss, lm_loss, grad_norm, lr, monitors })
     }
 
-    /// The checkpoint of the current state.
-    pub fn checkpoint(&self) -> Checkpoint {
+    /// The checkpoint of the current state (with the BPE tokenizer's JSON, if any).
+    pub fn checkpoint(&self, tokenizer: Option<String>) -> Checkpoint {
         Checkpoint {
+            tokenizer,
             params: self.params.clone(),
             state: self.state.clone(),
             meta: CheckpointMeta {

@@ -1,11 +1,12 @@
 //! `lsc eval`: mean NLL per token over non-overlapping context windows.
 
 use crate::error::{CliError, CliResult};
-use crate::source::{self, Source};
-use crate::ModelArgs;
+use crate::source::Source;
+use lsc_models::GraphKind;
 use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::data::{self, Split};
 use lsc_runtime::eval::mean_nll;
+use lsc_runtime::tokenizer::Tokenizer;
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -50,44 +51,63 @@ pub struct EvalArgs {
 /// Evaluates; for `mor` under both routing rules: expert-choice top-k (what
 /// training sees) and `σ(logit) ≥ 0.5` (what generation uses).
 pub fn run(a: &EvalArgs) -> CliResult {
-    let (model, config, params, data_spec) = match &a.ckpt {
+    let (model, config, params, data_spec, tokenizer) = match &a.ckpt {
         Some(path) => {
             let ckpt = Checkpoint::load(path)?;
             let t = &ckpt.meta.train;
             let s = |k: &str| t[k].as_str().unwrap_or_default().to_string();
-            (s("model"), s("config"), Some(ckpt.params), a.data.clone().unwrap_or_else(|| s("data")))
+            let tok = match &ckpt.tokenizer {
+                Some(json) => Tokenizer::from_json(json)?,
+                None => Tokenizer::Bytes,
+            };
+            (s("model"), s("config"), Some(ckpt.params), a.data.clone().unwrap_or_else(|| s("data")), tok)
         }
-        None => (
-            a.model.clone().unwrap_or_default(),
-            a.config.clone(),
-            None,
-            a.data.clone().unwrap_or_else(|| "synthetic".into()),
-        ),
+        None => {
+            let data = a.data.clone().unwrap_or_else(|| "synthetic".into());
+            (a.model.clone().unwrap_or_default(), a.config.clone(), None, data, Tokenizer::Bytes)
+        }
     };
-    let margs = ModelArgs { model: Some(model.clone()), config: config.clone(), ir: None };
-    let mut graphs: Vec<(&str, Source)> = vec![("", source::load(&margs, false)?)];
+    let vocab = tokenizer.vocab_size();
+    let build = |kind| lsc_models::build_graph(&model, &config, vocab, kind).map_err(|e| CliError::new(e.to_string()));
+    let max_len = lsc_models::max_seq_len(&model, &config).map_err(|e| CliError::new(e.to_string()))?;
+    let mut graphs: Vec<(&str, lsc_ir::Program)> = vec![("", build(GraphKind::Forward)?)];
     if model == "mor" {
         graphs[0].0 = "top-k rule";
-        graphs.push(("σ(logit) ≥ 0.5 rule", source::load(&margs, true)?));
+        graphs.push(("σ(logit) ≥ 0.5 rule", build(GraphKind::Inference)?));
     }
     let params = match params {
         Some(p) => p,
-        None => super::run::params(&graphs[0].1, a.weights.as_deref(), a.seed)?.0,
+        None => {
+            let src = Source {
+                name: model.clone(),
+                config: Some(config.clone()),
+                program: graphs[0].1.clone(),
+                max_len: Some(max_len),
+            };
+            super::run::params(&src, a.weights.as_deref(), a.seed)?.0
+        }
     };
+    if a.baselines && !matches!(tokenizer, Tokenizer::Bytes) {
+        return Err(CliError::with_fix(
+            "the n-gram baselines are byte-level and this model uses BPE tokens",
+            "drop --baselines",
+        ));
+    }
     let text = data::load_text(&data_spec, a.seed)?;
     let which = if a.train_split { Split::Train } else { Split::Validation };
-    let tokens = data::split(&text, which);
+    let split_text = data::split(&text, which);
+    let tokens = tokenizer.encode(split_text)?;
     if tokens.len() < 2 {
         return Err(CliError::with_fix(
-            format!("the {data_spec} split has {} bytes", tokens.len()),
+            format!("the {data_spec} split has {} tokens", tokens.len()),
             "use a larger text",
         ));
     }
     let split_name = if a.train_split { "train" } else { "validation" };
     let mut report = json!({"model": model, "config": config, "data": data_spec, "split": split_name});
-    for (label, src) in &graphs {
-        let window = src.max_len.unwrap_or(256).min(tokens.len() - 1);
-        let loss = mean_nll(&src.program, &params, tokens, window, a.max_windows, a.batch)?;
+    for (label, program) in &graphs {
+        let window = max_len.min(tokens.len() - 1);
+        let loss = mean_nll(program, &params, &tokens, window, a.max_windows, a.batch)?;
         let key = if label.is_empty() { "loss".to_string() } else { format!("loss ({label})") };
         report[&key] = json!(loss.nll);
         report["perplexity"] = json!(loss.nll.exp());
@@ -106,7 +126,7 @@ pub fn run(a: &EvalArgs) -> CliResult {
     if a.baselines {
         let train = data::split(&text, Split::Train);
         for n in [1usize, 2, 3, 5] {
-            let l = lsc_runtime::ngram::ngram_loss(train, tokens, n);
+            let l = lsc_runtime::ngram::ngram_loss(train, split_text, n);
             report[&format!("byte_{n}gram")] = json!(l);
             if !a.json {
                 println!("byte {n}-gram baseline: {l:.4} nats/token");

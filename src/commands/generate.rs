@@ -5,6 +5,7 @@ use lsc_interp::Value;
 use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::generate::{softmax, Decoder};
 use lsc_runtime::init::Rng;
+use lsc_runtime::tokenizer::Tokenizer;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -62,14 +63,32 @@ pub fn sample(logits: &[f32], temperature: f64, top_k: usize, rng: &mut Rng) -> 
     probs.last().map(|p| p.0).unwrap_or(0)
 }
 
+/// A trained model ready to decode.
+pub struct Model<'a> {
+    /// Built-in model name.
+    pub name: &'a str,
+    /// Its config.
+    pub config: &'a str,
+    /// Vocabulary size it was built with.
+    pub vocab: usize,
+    /// Parameters.
+    pub params: &'a lsc_interp::Tensors<f32>,
+    /// How text maps to ids.
+    pub tokenizer: &'a Tokenizer,
+}
+
 /// Runs `lsc generate`.
 pub fn run(a: &GenerateArgs) -> CliResult {
-    let (model, config, params) = match &a.ckpt {
+    let (name, config, params, tokenizer) = match &a.ckpt {
         Some(path) => {
             let ckpt = Checkpoint::load(path)?;
             let m = ckpt.meta.train["model"].as_str().unwrap_or_default().to_string();
             let c = ckpt.meta.train["config"].as_str().unwrap_or_default().to_string();
-            (m, c, ckpt.params)
+            let tok = match &ckpt.tokenizer {
+                Some(json) => Tokenizer::from_json(json)?,
+                None => Tokenizer::Bytes,
+            };
+            (m, c, ckpt.params, tok)
         }
         None => {
             let model = a.model.clone().unwrap_or_default();
@@ -78,11 +97,14 @@ pub fn run(a: &GenerateArgs) -> CliResult {
                 Some(w) => lsc_runtime::weights::load_params(w, &full)?.0,
                 None => lsc_runtime::init::init_params(&full, a.seed).map_err(CliError::new)?,
             };
-            (model, a.config.clone(), params)
+            (model, a.config.clone(), params, Tokenizer::Bytes)
         }
     };
+    let model =
+        Model { name: &name, config: &config, vocab: tokenizer.vocab_size(), params: &params, tokenizer: &tokenizer };
+    let prompt = tokenizer.encode(a.prompt.as_bytes())?;
     let mut out = std::io::stdout().lock();
-    continue_text(&model, &config, &params, a.prompt.as_bytes(), a, &mut |bytes| {
+    continue_text(&model, &prompt, a, &mut |bytes| {
         let _ = out.write_all(bytes);
         let _ = out.flush();
     })?;
@@ -90,25 +112,22 @@ pub fn run(a: &GenerateArgs) -> CliResult {
     Ok(())
 }
 
-/// Feeds `prompt` through the decoding graph, then samples up to
-/// `a.max_tokens` bytes, handing the prompt and each new byte to `emit`.
-pub fn continue_text(
-    model: &str,
-    config: &str,
-    params: &lsc_interp::Tensors<f32>,
-    prompt: &[u8],
-    a: &GenerateArgs,
-    emit: &mut dyn FnMut(&[u8]),
-) -> CliResult {
-    let program = lsc_models::build_decode(model, config).map_err(|e| CliError::new(e.to_string()))?;
-    let max_len = lsc_models::max_seq_len(model, config).map_err(|e| CliError::new(e.to_string()))?;
+/// Feeds the `prompt` ids through the decoding graph, then samples up to
+/// `a.max_tokens` tokens, handing the prompt's and each new token's text to `emit`.
+pub fn continue_text(m: &Model, prompt: &[u32], a: &GenerateArgs, emit: &mut dyn FnMut(&[u8])) -> CliResult {
+    let program = lsc_models::build_graph(m.name, m.config, m.vocab, lsc_models::GraphKind::Decode)
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let max_len = lsc_models::max_seq_len(m.name, m.config).map_err(|e| CliError::new(e.to_string()))?;
     if prompt.is_empty() || prompt.len() > max_len {
-        return Err(CliError::with_fix(format!("the prompt has {} bytes; the model takes 1..={max_len}", prompt.len()), "shorten --prompt"));
+        return Err(CliError::with_fix(
+            format!("the prompt has {} tokens; the model takes 1..={max_len}", prompt.len()),
+            "shorten --prompt",
+        ));
     }
-    let mut dec = Decoder::new(&program, params, 1)?;
+    let mut dec = Decoder::new(&program, m.params, 1)?;
     let mut rng = Rng::new(a.seed);
     let mut logits = dec.feed(&Value::ints(vec![1, prompt.len()], prompt.iter().map(|&b| b as i64).collect()))?;
-    emit(prompt);
+    emit(&m.tokenizer.decode(prompt)?);
     for _ in 0..a.max_tokens {
         if dec.position() as usize >= max_len {
             eprintln!("note: stopped at the model's context of {max_len} tokens");
@@ -117,9 +136,8 @@ pub fn continue_text(
         let row = logits.as_floats().unwrap_or_default();
         let v = *logits.shape.last().unwrap_or(&1);
         let next = sample(&row[row.len() - v..], a.temperature, a.top_k, &mut rng);
-        emit(&[next as u8]);
+        emit(&m.tokenizer.decode(&[next as u32])?);
         logits = dec.feed(&Value::ints(vec![1, 1], vec![next as i64]))?;
     }
     Ok(())
 }
-

@@ -3,9 +3,11 @@
 
 use crate::error::{CliError, CliResult};
 use crate::plot::{self, Series};
+use lsc_models::GraphKind;
 use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::data::{self, Split};
 use lsc_runtime::schedule::Schedule;
+use lsc_runtime::tokenizer::Tokenizer;
 use lsc_runtime::train::{OptimizerConfig, StepStats, TrainConfig, Trainer};
 use serde_json::json;
 use std::io::Write;
@@ -78,6 +80,12 @@ pub struct TrainArgs {
     /// Seed of initialisation and data sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `bytes` (256 tokens) or `bpe` (trained on the training split; needs the `bpe` feature).
+    #[arg(long, default_value = "bytes")]
+    pub tokenizer: String,
+    /// BPE vocabulary size.
+    #[arg(long, default_value_t = 512)]
+    pub vocab_size: usize,
     /// Stop cleanly (with a final checkpoint) after this many seconds.
     #[arg(long)]
     pub max_seconds: Option<f64>,
@@ -101,7 +109,7 @@ pub struct TrainArgs {
     pub json_summary: bool,
 }
 
-fn config_from(a: &TrainArgs, seq: usize) -> Result<TrainConfig, CliError> {
+fn config_from(a: &TrainArgs, seq: usize, vocab: usize) -> Result<TrainConfig, CliError> {
     let schedule = Schedule::from_cli(&a.schedule, a.lr, a.min_lr, a.warmup, a.steps, a.decay_steps)
         .map_err(|e| CliError::with_fix(e, "pass --schedule constant|cosine|wsd|inverse-sqrt"))?;
     let optimizer = match a.optimizer.as_str() {
@@ -124,6 +132,8 @@ fn config_from(a: &TrainArgs, seq: usize) -> Result<TrainConfig, CliError> {
         decay_all: a.decay_all,
         seed: a.seed,
         loss_terms,
+        tokenizer: a.tokenizer.clone(),
+        vocab,
     })
 }
 
@@ -156,15 +166,31 @@ pub fn run(a: &TrainArgs) -> CliResult {
             "use 1 ≤ --seq ≤ context and --batch ≥ 1",
         ));
     }
-    let cfg = config_from(a, seq)?;
-    let forward = lsc_models::build(&a.model, &a.config).map_err(|e| CliError::new(e.to_string()))?;
-    let inference = lsc_models::build_inference(&a.model, &a.config).map_err(|e| CliError::new(e.to_string()))?;
     let text = data::load_text(&a.data, a.seed)?;
-    let train = data::split(&text, Split::Train).to_vec();
-    let valid = data::split(&text, Split::Validation).to_vec();
-    let mut trainer = match &a.resume {
-        Some(path) => {
-            let ckpt = Checkpoint::load(path)?;
+    let resumed = a.resume.as_ref().map(|p| Checkpoint::load(p)).transpose()?;
+    let tokenizer = match (&resumed, a.tokenizer.as_str()) {
+        (Some(c), _) => match &c.tokenizer {
+            Some(json) => Tokenizer::from_json(json)?,
+            None => Tokenizer::Bytes,
+        },
+        (None, "bytes") => Tokenizer::Bytes,
+        (None, "bpe") => Tokenizer::train_bpe(data::split(&text, Split::Train), a.vocab_size)?,
+        (None, other) => {
+            return Err(CliError::with_fix(format!("unknown tokenizer `{other}`"), "pass --tokenizer bytes or bpe"))
+        }
+    };
+    let vocab = tokenizer.vocab_size();
+    let cfg = config_from(a, seq, vocab)?;
+    let graph =
+        |kind| lsc_models::build_graph(&a.model, &a.config, vocab, kind).map_err(|e| CliError::new(e.to_string()));
+    let forward = graph(GraphKind::Forward)?;
+    let inference = graph(GraphKind::Inference)?;
+    let train = tokenizer.encode(data::split(&text, Split::Train))?;
+    let valid = tokenizer.encode(data::split(&text, Split::Validation))?;
+    let tokenizer_json = tokenizer.to_json()?;
+    let mut trainer = match resumed {
+        Some(ckpt) => {
+            let path = a.resume.as_deref().unwrap_or(Path::new("?"));
             let (m, c) =
                 (ckpt.meta.train["model"].as_str().unwrap_or(""), ckpt.meta.train["config"].as_str().unwrap_or(""));
             if m != a.model || c != a.config {
@@ -278,7 +304,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
         bar.set_position(stats.step);
         bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", stats.loss, stats.lr, tok_s));
         if stats.step % a.ckpt_every.max(1) == 0 {
-            trainer.checkpoint().save(&ckpt_path)?;
+            trainer.checkpoint(tokenizer_json.clone()).save(&ckpt_path)?;
         }
     }
     bar.finish_and_clear();
@@ -286,7 +312,10 @@ pub fn run(a: &TrainArgs) -> CliResult {
         last_val = eval(&trainer)?.nll;
         val_curve.push((trainer.step as f64, last_val));
     }
-    trainer.checkpoint().save(&ckpt_path)?;
+    trainer.checkpoint(tokenizer_json.clone()).save(&ckpt_path)?;
+    if let Some(json) = &tokenizer_json {
+        lsc_runtime::weights::write_atomic(&a.out.join("tokenizer.json"), json.as_bytes())?;
+    }
     let wall = start.elapsed().as_secs_f64();
     let steps_run = trainer.step - first_step;
     let tokens_per_s = (steps_run as usize * a.batch * seq) as f64 / wall.max(1e-9);
@@ -303,7 +332,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
         a.out.display()
     );
     if a.sample_tokens > 0 {
-        let prompt: Vec<u8> = valid.iter().copied().take(24).collect();
+        let prompt: Vec<u32> = valid.iter().copied().take(24).collect();
         let args = super::generate::GenerateArgs {
             ckpt: None,
             model: None,
@@ -316,8 +345,18 @@ pub fn run(a: &TrainArgs) -> CliResult {
             seed: a.seed,
         };
         let mut text = Vec::new();
-        super::generate::continue_text(&a.model, &a.config, &trainer.params, &prompt, &args, &mut |b| text.extend_from_slice(b))?;
-        println!("sample (temperature 0.8, top-k 40, prompt from the validation text):\n{}", String::from_utf8_lossy(&text));
+        let model = super::generate::Model {
+            name: &a.model,
+            config: &a.config,
+            vocab,
+            params: &trainer.params,
+            tokenizer: &tokenizer,
+        };
+        super::generate::continue_text(&model, &prompt, &args, &mut |b| text.extend_from_slice(b))?;
+        println!(
+            "sample (temperature 0.8, top-k 40, prompt from the validation text):\n{}",
+            String::from_utf8_lossy(&text)
+        );
     }
     if a.json_summary {
         println!(
