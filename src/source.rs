@@ -37,3 +37,66 @@ pub fn load(args: &ModelArgs, inference: bool) -> Result<Source, CliError> {
     let max_len = lsc_models::max_seq_len(&model, &args.config).ok();
     Ok(Source { name: model, config: Some(args.config.clone()), program, max_len })
 }
+
+/// Where a trained model comes from: `--ckpt CKPT`, or a built-in `--model`
+/// (with `--weights`, or randomly initialised).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainedArgs {
+    /// A training checkpoint (model, config, weights, tokenizer and training data).
+    #[arg(long, required_unless_present = "model")]
+    pub ckpt: Option<std::path::PathBuf>,
+    /// A built-in model instead of a checkpoint.
+    #[arg(long, conflicts_with = "ckpt")]
+    pub model: Option<String>,
+    /// Config of --model.
+    #[arg(long, default_value = "tiny")]
+    pub config: String,
+    /// Weights for --model (random init from --seed if absent).
+    #[arg(long, requires = "model")]
+    pub weights: Option<std::path::PathBuf>,
+}
+
+/// A model with its parameters and tokenizer.
+pub struct Trained {
+    /// Built-in model name.
+    pub model: String,
+    /// Its config.
+    pub config: String,
+    /// Parameters.
+    pub params: lsc_interp::Tensors<f32>,
+    /// How text maps to ids.
+    pub tokenizer: lsc_runtime::tokenizer::Tokenizer,
+    /// The data it was trained on (checkpoints only).
+    pub data: Option<String>,
+}
+
+/// Loads `--ckpt` or builds `--model` (initialised from `seed` without `--weights`).
+pub fn load_trained(a: &TrainedArgs, seed: u64) -> Result<Trained, CliError> {
+    use lsc_runtime::tokenizer::Tokenizer;
+    if let Some(path) = &a.ckpt {
+        let ckpt = lsc_runtime::checkpoint::Checkpoint::load(path)?;
+        let field = |k: &str| ckpt.meta.train[k].as_str().unwrap_or_default().to_string();
+        let tokenizer = match &ckpt.tokenizer {
+            Some(json) => Tokenizer::from_json(json)?,
+            None => Tokenizer::Bytes,
+        };
+        return Ok(Trained {
+            model: field("model"),
+            config: field("config"),
+            data: Some(field("data")),
+            params: ckpt.params,
+            tokenizer,
+        });
+    }
+    let model = a.model.clone().unwrap_or_default();
+    let program = lsc_models::build(&model, &a.config).map_err(|e| CliError::new(e.to_string()))?;
+    let params = match &a.weights {
+        Some(w) => {
+            let (params, warnings) = lsc_runtime::weights::load_params(w, &program)?;
+            warnings.iter().for_each(|w| eprintln!("warning: {w}"));
+            params
+        }
+        None => lsc_runtime::init::init_params(&program, seed).map_err(|e| CliError::with_fix(e, "pass --weights"))?,
+    };
+    Ok(Trained { model, config: a.config.clone(), params, tokenizer: Tokenizer::Bytes, data: None })
+}

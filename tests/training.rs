@@ -1,10 +1,11 @@
 //! Training: bit-exact resume, re-warming, checkpoints that detect corruption,
 //! and the loss going down.
 
+use lsc_passes::train::Optimizer;
 use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::data;
 use lsc_runtime::schedule::Schedule;
-use lsc_runtime::train::{OptimizerConfig, TrainConfig, Trainer};
+use lsc_runtime::train::{TrainConfig, Trainer};
 
 fn tokens(seed: u64, n: usize) -> Vec<u32> {
     data::synthetic_corpus(seed, n).into_iter().map(u32::from).collect()
@@ -19,7 +20,7 @@ fn config(model: &str, steps: u64) -> TrainConfig {
         seq: 16,
         steps,
         schedule: Schedule::Cosine { max_lr: 3e-3, min_lr: 3e-4, warmup: 2, decay_end: steps },
-        optimizer: OptimizerConfig::Adamw { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 },
+        optimizer: Optimizer::adamw(),
         clip_norm: Some(1.0),
         decay_all: false,
         seed: 5,

@@ -15,7 +15,8 @@ use crate::autodiff::{add_parameter_gradients, Emit, VjpTable};
 use lsc_ir::{DType, Op, Program, ReduceKind, TensorType, UnaryOp, ValueRef};
 
 /// The optimizer whose update the step graph contains.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Optimizer {
     /// AdamW with decoupled weight decay and bias correction.
     AdamW {

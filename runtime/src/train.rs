@@ -12,41 +12,6 @@ use lsc_ir::Program;
 use lsc_passes::train::{training_step, Optimizer, StepOptions};
 use serde::{Deserialize, Serialize};
 
-/// The optimizer, as configured on the command line.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum OptimizerConfig {
-    /// AdamW.
-    Adamw {
-        /// β1
-        beta1: f64,
-        /// β2
-        beta2: f64,
-        /// ε
-        eps: f64,
-        /// Decoupled weight decay.
-        weight_decay: f64,
-    },
-    /// SGD with momentum.
-    Sgd {
-        /// Momentum.
-        momentum: f64,
-        /// Weight decay.
-        weight_decay: f64,
-    },
-}
-
-impl OptimizerConfig {
-    fn to_pass(&self) -> Optimizer {
-        match *self {
-            OptimizerConfig::Adamw { beta1, beta2, eps, weight_decay } => {
-                Optimizer::AdamW { beta1, beta2, eps, weight_decay }
-            }
-            OptimizerConfig::Sgd { momentum, weight_decay } => Optimizer::Sgd { momentum, weight_decay },
-        }
-    }
-}
-
 /// A whole training run's configuration (saved in every checkpoint).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -65,7 +30,7 @@ pub struct TrainConfig {
     /// Learning-rate schedule.
     pub schedule: Schedule,
     /// Optimizer.
-    pub optimizer: OptimizerConfig,
+    pub optimizer: Optimizer,
     /// Global-norm gradient clipping.
     pub clip_norm: Option<f64>,
     /// Weight decay on norms, biases and embeddings too.
@@ -117,7 +82,7 @@ pub struct Trainer {
 impl Trainer {
     /// A fresh run from initial parameters.
     pub fn new(cfg: TrainConfig, forward: &Program, params: Tensors<f32>) -> Result<Trainer, RuntimeError> {
-        let optimizer = cfg.optimizer.to_pass();
+        let optimizer = cfg.optimizer;
         let state = zero_state(&params, |n| optimizer.state_names(n));
         Trainer::assemble(cfg, forward, params, state, 0, 0, 0)
     }
@@ -131,7 +96,7 @@ impl Trainer {
         rewarm: bool,
         reset_optimizer: bool,
     ) -> Result<Trainer, RuntimeError> {
-        let optimizer = cfg.optimizer.to_pass();
+        let optimizer = cfg.optimizer;
         let state = if reset_optimizer { zero_state(&ckpt.params, |n| optimizer.state_names(n)) } else { ckpt.state };
         let start = if rewarm { ckpt.meta.step } else { ckpt.meta.schedule_start };
         Trainer::assemble(cfg, forward, ckpt.params, state, ckpt.meta.step, start, ckpt.meta.data_draws)
@@ -146,7 +111,7 @@ impl Trainer {
         schedule_start: u64,
         draws: u64,
     ) -> Result<Trainer, RuntimeError> {
-        let optimizer = cfg.optimizer.to_pass();
+        let optimizer = cfg.optimizer;
         let opts = StepOptions {
             optimizer,
             clip_norm: cfg.clip_norm,

@@ -1,30 +1,18 @@
 //! `lsc eval`: mean NLL per token over non-overlapping context windows.
 
 use crate::error::{CliError, CliResult};
-use crate::source::Source;
+use crate::source::{load_trained, TrainedArgs};
 use lsc_models::GraphKind;
-use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::data::{self, Split};
 use lsc_runtime::eval::mean_nll;
 use lsc_runtime::tokenizer::Tokenizer;
 use serde_json::json;
-use std::path::PathBuf;
 
 /// Arguments of `lsc eval`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// A training checkpoint (model, config, weights and its data).
-    #[arg(long, required_unless_present = "model")]
-    pub ckpt: Option<PathBuf>,
-    /// A built-in model instead of a checkpoint.
-    #[arg(long, conflicts_with = "ckpt")]
-    pub model: Option<String>,
-    /// Config of --model.
-    #[arg(long, default_value = "tiny")]
-    pub config: String,
-    /// Weights for --model (random init from --seed if absent).
-    #[arg(long, requires = "model")]
-    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: TrainedArgs,
     /// Seed of the random initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -51,22 +39,9 @@ pub struct EvalArgs {
 /// Evaluates; for `mor` under both routing rules: expert-choice top-k (what
 /// training sees) and `σ(logit) ≥ 0.5` (what generation uses).
 pub fn run(a: &EvalArgs) -> CliResult {
-    let (model, config, params, data_spec, tokenizer) = match &a.ckpt {
-        Some(path) => {
-            let ckpt = Checkpoint::load(path)?;
-            let t = &ckpt.meta.train;
-            let s = |k: &str| t[k].as_str().unwrap_or_default().to_string();
-            let tok = match &ckpt.tokenizer {
-                Some(json) => Tokenizer::from_json(json)?,
-                None => Tokenizer::Bytes,
-            };
-            (s("model"), s("config"), Some(ckpt.params), a.data.clone().unwrap_or_else(|| s("data")), tok)
-        }
-        None => {
-            let data = a.data.clone().unwrap_or_else(|| "synthetic".into());
-            (a.model.clone().unwrap_or_default(), a.config.clone(), None, data, Tokenizer::Bytes)
-        }
-    };
+    let t = load_trained(&a.source, a.seed)?;
+    let data_spec = a.data.clone().or(t.data).unwrap_or_else(|| "synthetic".into());
+    let (model, config, params, tokenizer) = (t.model, t.config, t.params, t.tokenizer);
     let vocab = tokenizer.vocab_size();
     let build = |kind| lsc_models::build_graph(&model, &config, vocab, kind).map_err(|e| CliError::new(e.to_string()));
     let max_len = lsc_models::max_seq_len(&model, &config).map_err(|e| CliError::new(e.to_string()))?;
@@ -75,18 +50,6 @@ pub fn run(a: &EvalArgs) -> CliResult {
         graphs[0].0 = "top-k rule";
         graphs.push(("σ(logit) ≥ 0.5 rule", build(GraphKind::Inference)?));
     }
-    let params = match params {
-        Some(p) => p,
-        None => {
-            let src = Source {
-                name: model.clone(),
-                config: Some(config.clone()),
-                program: graphs[0].1.clone(),
-                max_len: Some(max_len),
-            };
-            super::run::params(&src, a.weights.as_deref(), a.seed)?.0
-        }
-    };
     if a.baselines && !matches!(tokenizer, Tokenizer::Bytes) {
         return Err(CliError::with_fix(
             "the n-gram baselines are byte-level and this model uses BPE tokens",

@@ -1,29 +1,18 @@
 //! `lsc generate`: samples text with the incremental-decoding state.
 
 use crate::error::{CliError, CliResult};
+use crate::source::{load_trained, TrainedArgs};
 use lsc_interp::Value;
-use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::generate::{softmax, Decoder};
 use lsc_runtime::init::Rng;
 use lsc_runtime::tokenizer::Tokenizer;
 use std::io::Write;
-use std::path::PathBuf;
 
 /// Arguments of `lsc generate`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenerateArgs {
-    /// A training checkpoint (model, config and weights).
-    #[arg(long, required_unless_present = "model")]
-    pub ckpt: Option<PathBuf>,
-    /// A built-in model instead of a checkpoint (random or --weights).
-    #[arg(long, conflicts_with = "ckpt")]
-    pub model: Option<String>,
-    /// Config of --model.
-    #[arg(long, default_value = "tiny")]
-    pub config: String,
-    /// Weights for --model.
-    #[arg(long, requires = "model")]
-    pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: TrainedArgs,
     /// The text to continue.
     #[arg(long)]
     pub prompt: String,
@@ -79,27 +68,8 @@ pub struct Model<'a> {
 
 /// Runs `lsc generate`.
 pub fn run(a: &GenerateArgs) -> CliResult {
-    let (name, config, params, tokenizer) = match &a.ckpt {
-        Some(path) => {
-            let ckpt = Checkpoint::load(path)?;
-            let m = ckpt.meta.train["model"].as_str().unwrap_or_default().to_string();
-            let c = ckpt.meta.train["config"].as_str().unwrap_or_default().to_string();
-            let tok = match &ckpt.tokenizer {
-                Some(json) => Tokenizer::from_json(json)?,
-                None => Tokenizer::Bytes,
-            };
-            (m, c, ckpt.params, tok)
-        }
-        None => {
-            let model = a.model.clone().unwrap_or_default();
-            let full = lsc_models::build(&model, &a.config).map_err(|e| CliError::new(e.to_string()))?;
-            let params = match &a.weights {
-                Some(w) => lsc_runtime::weights::load_params(w, &full)?.0,
-                None => lsc_runtime::init::init_params(&full, a.seed).map_err(CliError::new)?,
-            };
-            (model, a.config.clone(), params, Tokenizer::Bytes)
-        }
-    };
+    let t = load_trained(&a.source, a.seed)?;
+    let (name, config, params, tokenizer) = (t.model, t.config, t.params, t.tokenizer);
     let model =
         Model { name: &name, config: &config, vocab: tokenizer.vocab_size(), params: &params, tokenizer: &tokenizer };
     let prompt = tokenizer.encode(a.prompt.as_bytes())?;

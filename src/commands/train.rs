@@ -4,11 +4,12 @@
 use crate::error::{CliError, CliResult};
 use crate::plot::{self, Series};
 use lsc_models::GraphKind;
+use lsc_passes::train::Optimizer;
 use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::data::{self, Split};
 use lsc_runtime::schedule::Schedule;
 use lsc_runtime::tokenizer::Tokenizer;
-use lsc_runtime::train::{OptimizerConfig, StepStats, TrainConfig, Trainer};
+use lsc_runtime::train::{StepStats, TrainConfig, Trainer};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -113,8 +114,8 @@ fn config_from(a: &TrainArgs, seq: usize, vocab: usize) -> Result<TrainConfig, C
     let schedule = Schedule::from_cli(&a.schedule, a.lr, a.min_lr, a.warmup, a.steps, a.decay_steps)
         .map_err(|e| CliError::with_fix(e, "pass --schedule constant|cosine|wsd|inverse-sqrt"))?;
     let optimizer = match a.optimizer.as_str() {
-        "adamw" => OptimizerConfig::Adamw { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: a.weight_decay },
-        "sgd" => OptimizerConfig::Sgd { momentum: a.momentum, weight_decay: a.weight_decay },
+        "adamw" => Optimizer::AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: a.weight_decay },
+        "sgd" => Optimizer::Sgd { momentum: a.momentum, weight_decay: a.weight_decay },
         o => return Err(CliError::with_fix(format!("unknown optimizer `{o}`"), "pass --optimizer adamw or sgd")),
     };
     let loss_terms =
@@ -334,10 +335,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
     if a.sample_tokens > 0 {
         let prompt: Vec<u32> = valid.iter().copied().take(24).collect();
         let args = super::generate::GenerateArgs {
-            ckpt: None,
-            model: None,
-            config: a.config.clone(),
-            weights: None,
+            source: crate::source::TrainedArgs { ckpt: None, model: None, config: a.config.clone(), weights: None },
             prompt: String::new(),
             max_tokens: a.sample_tokens.min(max_len.saturating_sub(prompt.len())),
             temperature: 0.8,
