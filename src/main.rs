@@ -48,6 +48,9 @@ enum Command {
         /// Output folder (created if missing).
         #[arg(short = 'o', long = "out-dir", default_value = "out")]
         out_dir: PathBuf,
+        /// Compile the training step (forward, backward, AdamW update) instead of the forward pass.
+        #[arg(long)]
+        train: bool,
     },
     /// Parse and verify a `.lsir` file.
     Check {
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => commands::models::run(),
-        Command::Compile { model, emit, out_dir } => commands::compile::run(&model, &emit, &out_dir),
+        Command::Compile { model, emit, out_dir, train } => commands::compile::run(&model, &emit, &out_dir, train),
         Command::Check { file } => commands::check::run(&file),
         Command::Train(args) => commands::train::run(&args),
         Command::Eval(args) => commands::eval::run(&args),

@@ -309,3 +309,24 @@ fn a_diverging_run_stops_with_exit_2_and_keeps_the_last_checkpoint() {
         .expect("the last good checkpoint survives");
     assert!(ckpt.params.values().all(|v| v.as_floats().unwrap().iter().all(|x| x.is_finite())));
 }
+
+#[test]
+fn compile_train_emits_one_step_graph_with_structured_backward() {
+    let dir = scratch("compile-train");
+    let o = lsc(&["compile", "--model", "mor", "--config", "tiny", "--train", "-o", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(dir.join("mor.train.lsir")).unwrap();
+    let p = lsc_ir::parse_and_verify(&text).unwrap();
+    let names: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["block", "block__vjp"], "the shared block and its one backward function");
+    let calls = |f: &str| {
+        p.main.dag.node_weights().filter(|n| matches!(&n.op, lsc_ir::Op::Call { callee } if callee == f)).count()
+    };
+    assert_eq!((calls("block"), calls("block__vjp")), (4, 4), "four recursions forward and backward, no unrolling");
+    let outs: Vec<&str> = p.main.outputs.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        outs.contains(&"loss")
+            && outs.contains(&"param.shared.attn.q_proj.weight")
+            && outs.contains(&"adam.v.routers.3.weight")
+    );
+}

@@ -21,6 +21,8 @@
 //! | [`tensor`] | [`Tensor`] and the primitive ops, with operator overloading |
 //! | [`modules`] | Linear, Embedding, RMSNorm, LayerNorm, attention (MHSA, LS), SwiGLU, GELU MLP |
 
+#![warn(missing_docs)]
+
 pub mod builder;
 pub mod error;
 pub mod modules;

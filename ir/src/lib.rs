@@ -14,6 +14,8 @@
 //! | [`verify`] | the verifier and its named rules |
 //! | [`print`], [`parse`] | the `.lsir` text format |
 
+#![warn(missing_docs)]
+
 pub mod dim;
 pub mod dtype;
 pub mod graph;

@@ -2,6 +2,8 @@
 //! configs. `lsc models` lists this registry. Every model has a full-sequence
 //! graph ([`build`]) and an incremental-decoding graph ([`build_decode`]).
 
+#![warn(missing_docs)]
+
 pub mod decode;
 pub mod gam;
 pub mod mor;

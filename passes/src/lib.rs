@@ -1,11 +1,15 @@
-//! Graph-to-graph passes. Today: dead-code elimination and program
-//! statistics; autodiff, equality saturation, partitioning, memory planning
-//! and kernel IR lowering live here as they are built.
+//! Graph-to-graph passes: autodiff, the training-step construction,
+//! dead-code elimination and program statistics. Equality saturation,
+//! partitioning, memory planning and kernel-IR lowering come here next.
 //!
 //! | module | contents |
 //! |---|---|
+//! | [`autodiff`] | reverse-mode autodiff as a graph transformation, the open VJP table |
+//! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD |
 //! | [`dce`] | dead-code elimination |
 //! | [`stats`] | op histograms, primitive checks, parameter counts |
+
+#![warn(missing_docs)]
 
 pub mod autodiff;
 pub mod dce;

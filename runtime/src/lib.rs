@@ -13,6 +13,8 @@
 //! | [`generate`] | logits and next-token distributions |
 //! | [`error`] | [`RuntimeError`] |
 
+#![warn(missing_docs)]
+
 pub mod checkpoint;
 pub mod data;
 pub mod error;

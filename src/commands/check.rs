@@ -9,12 +9,17 @@ pub fn run(path: &Path) -> CliResult {
         .map_err(|e| CliError::with_fix(format!("{}: {e}", path.display()), "check the path"))?;
     let program = lsc_ir::parse_and_verify(&text).map_err(|e| CliError::new(format!("{}:{e}", path.display())))?;
     let nodes: usize = program.graphs().map(|g| g.dag.node_count()).sum();
+    let outputs: Vec<&str> = program.main.outputs.iter().map(|(n, _)| n.as_str()).collect();
+    let shown = if outputs.len() > 6 {
+        format!("{}, … ({} in all)", outputs[..6].join(", "), outputs.len())
+    } else {
+        outputs.join(", ")
+    };
     println!(
-        "{}: ok ({} graph(s), {nodes} nodes, {} parameters, outputs: {})",
+        "{}: ok ({} graph(s), {nodes} nodes, {} parameters, outputs: {shown})",
         path.display(),
         1 + program.functions.len(),
         program.main.params().len(),
-        program.main.outputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
     );
     Ok(())
 }

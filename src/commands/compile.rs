@@ -62,7 +62,7 @@ fn bit_accounting(src: &source::Source) -> Option<lsc_runtime::quant::BitReport>
 }
 
 /// Compiles the selected program into `out_dir`.
-pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path) -> CliResult {
+pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path, train: bool) -> CliResult {
     for e in emit {
         if !EMIT_KINDS.contains(&e.as_str()) {
             return Err(CliError::with_fix(
@@ -72,6 +72,19 @@ pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path) -> CliResult {
         }
     }
     let mut src = source::load(args, false)?;
+    if train {
+        let mut opts = lsc_passes::train::StepOptions::default();
+        if src.name == "mor" {
+            opts.loss_terms = vec![("aux_loss".into(), lsc_models::mor::AUX_LOSS_COEF)];
+        }
+        src.program = lsc_passes::train::training_step(&src.program, &opts).map_err(|e| {
+            CliError::with_fix(
+                format!("cannot build the training step: {e}"),
+                "the forward graph needs `input_ids` and `logits`",
+            )
+        })?;
+        src.name = format!("{}.train", src.name);
+    }
     lsc_passes::eliminate_dead_code(&mut src.program);
     std::fs::create_dir_all(out_dir).map_err(|e| {
         CliError::with_fix(format!("cannot create {}: {e}", out_dir.display()), "choose a writable -o folder")

@@ -10,6 +10,8 @@
 //! | [`value`] | runtime tensors |
 //! | [`math`] | the float trait, erf/GELU, round-half-even |
 
+#![warn(missing_docs)]
+
 pub mod exec;
 pub mod kernels;
 pub mod math;
