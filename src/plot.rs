@@ -91,10 +91,10 @@ pub fn svg(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Stri
 }
 
 fn tick(v: f64) -> String {
-    if v.abs() >= 1000.0 || v == v.trunc() {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.3}")
+    match v.abs() {
+        a if a >= 20.0 || v == v.trunc() => format!("{v:.0}"),
+        a if a >= 1.0 => format!("{v:.2}"),
+        _ => format!("{v:.3}"),
     }
 }
 
