@@ -23,7 +23,7 @@ fn golden(model: &str) -> (Tensors<f32>, Value<f32>, Value<f32>) {
 
 #[test]
 fn interpreter_reproduces_pytorch_golden_logits() {
-    for model in ["transformer", "ls-transformer"] {
+    for model in MODELS.iter().map(|m| m.name) {
         let p = lsc_models::build(model, "tiny").unwrap();
         let (params, ids, want) = golden(model);
         let got = logits(&p, &params, &ids);

@@ -7,7 +7,8 @@ Run once where PyTorch is installed:
     pip install torch safetensors numpy
     python bench/pytorch/make_golden.py tests/golden
 
-It writes, for each model's `tiny` config,
+It writes, for each built-in model's `tiny` config (transformer, ls-transformer,
+trilm, gam, and mor with expert-choice top-k routing),
     <model>-tiny.weights.safetensors   parameters by name
     <model>-tiny.io.safetensors        input_ids (I64 [B, T]) and logits (F32 [B, T, 256])
 """
@@ -27,7 +28,7 @@ def rms_norm(x, w, eps=1e-5):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def attention(x, p, prefix, heads, n_local, window):
+def attention(x, p, prefix, heads, n_local, window, key_ok=None):
     B, T, D = x.shape
     hd = D // heads
     q = (x @ p[f"{prefix}.q_proj.weight"].T).view(B, T, heads, hd).transpose(1, 2)
@@ -38,42 +39,117 @@ def attention(x, p, prefix, heads, n_local, window):
     causal = j <= i
     local = causal & (i - j < window)
     mask = torch.stack([local if h < n_local else causal for h in range(heads)])  # [H, T, T]
+    if key_ok is not None:  # MoR: only active tokens (or the query itself) may be attended to
+        mask = mask & (key_ok[:, None, None, :] | torch.eye(T, dtype=torch.bool))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(hd))
     out = out.transpose(1, 2).reshape(B, T, D)
     return out @ p[f"{prefix}.o_proj.weight"].T
 
 
-def forward(p, ids, cfg, n_local):
-    T = ids.shape[1]
-    x = p["embed.weight"][ids] + p["pos_embed.weight"][:T]
+def ternarize(w):
+    s = w.abs().mean().clamp(min=1e-5)
+    return torch.clamp(torch.round(w / s), -1, 1) * s  # torch.round is half-to-even
+
+
+def mlp(x, p, pre, quant=lambda w: w):
+    h = rms_norm(x, p[f"{pre}.mlp_norm.weight"])
+    gate = F.silu(h @ quant(p[f"{pre}.mlp.gate_proj.weight"]).T)
+    up = h @ quant(p[f"{pre}.mlp.up_proj.weight"]).T
+    return x + (gate * up) @ quant(p[f"{pre}.mlp.down_proj.weight"]).T
+
+
+def block(x, p, pre, cfg, n_local, quant=lambda w: w, key_ok=None):
+    h = rms_norm(x, p[f"{pre}.attn_norm.weight"])
+    q = {k: v for k, v in p.items()}
+    for n in "qkvo":
+        q[f"{pre}.attn.{n}_proj.weight"] = quant(p[f"{pre}.attn.{n}_proj.weight"])
+    x = x + attention(h, q, f"{pre}.attn", cfg["heads"], n_local, cfg["window"], key_ok)
+    return mlp(x, p, pre, quant)
+
+
+def embed(p, ids):
+    return p["embed.weight"][ids] + p["pos_embed.weight"][: ids.shape[1]]
+
+
+def forward(p, ids, cfg, n_local, quant=lambda w: w):
+    x = embed(p, ids)
     for l in range(cfg["layers"]):
-        pre = f"layers.{l}"
-        h = rms_norm(x, p[f"{pre}.attn_norm.weight"])
-        x = x + attention(h, p, f"{pre}.attn", cfg["heads"], n_local, cfg["window"])
-        h = rms_norm(x, p[f"{pre}.mlp_norm.weight"])
-        gate = F.silu(h @ p[f"{pre}.mlp.gate_proj.weight"].T)
-        up = h @ p[f"{pre}.mlp.up_proj.weight"].T
-        x = x + (gate * up) @ p[f"{pre}.mlp.down_proj.weight"].T
+        x = block(x, p, f"layers.{l}", cfg, n_local, quant)
     return rms_norm(x, p["norm_f.weight"]) @ p["lm_head.weight"].T
 
 
-def params(cfg, gen):
+def gam_forward(p, ids, cfg):
+    x = embed(p, ids)
+    D = cfg["d"]
+    for l in range(cfg["layers"]):
+        pre = f"layers.{l}"
+        h = rms_norm(x, p[f"{pre}.gam_norm.weight"])
+        conv = F.conv1d(F.pad(h.transpose(1, 2), (2, 0)), p[f"{pre}.gam.conv.weight"], p[f"{pre}.gam.conv.bias"], groups=D)
+        local = conv.transpose(1, 2)
+        mem = p[f"{pre}.gam.memory"]
+        glob = torch.softmax(h @ mem.T, dim=-1) @ mem
+        gates = torch.sigmoid(h @ p[f"{pre}.gam.gate_proj.weight"].T + p[f"{pre}.gam.gate_proj.bias"])
+        x = x + gates[..., :D] * local + gates[..., D:] * glob
+        x = mlp(x, p, pre)
+    return rms_norm(x, p["norm_f.weight"]) @ p["lm_head.weight"].T
+
+
+def mor_forward(p, ids, cfg, caps=(1.0, 0.75, 0.5, 0.25)):
+    """Expert-choice MoR: one shared block, gated residual, top-k per sequence."""
+    h = embed(p, ids)
+    B, T, D = h.shape
+    active = torch.ones(B, T, dtype=torch.bool)
+    for r, cap in enumerate(caps):
+        score = (h @ p[f"routers.{r}.weight"].T)[..., 0]
+        k = T if cap >= 1.0 else max(1, round(cap * T))  # Python's round is half-to-even
+        masked = torch.where(active, score, torch.full_like(score, float("-inf")))
+        idx = torch.sort(torch.topk(masked, k, dim=1).indices, dim=1).values
+        active = torch.zeros(B, T, dtype=torch.bool).scatter(1, idx, True)
+        rows = idx[..., None].expand(B, k, D)
+        hs = h.gather(1, rows)
+        out = block(hs, p, "shared", cfg, 0, key_ok=torch.ones(B, k, dtype=torch.bool))
+        gate = torch.sigmoid(score.gather(1, idx))[..., None]
+        h = h.scatter(1, rows, hs + gate * (out - hs))
+    return rms_norm(h, p["norm_f.weight"]) @ p["lm_head.weight"].T
+
+
+def block_shapes(pre, d, hid, mixer="attn"):
+    shapes = {}
+    if mixer == "attn":
+        shapes[f"{pre}.attn_norm.weight"] = (d,)
+        for n in "qkvo":
+            shapes[f"{pre}.attn.{n}_proj.weight"] = (d, d)
+    else:
+        shapes[f"{pre}.gam_norm.weight"] = (d,)
+        shapes[f"{pre}.gam.conv.weight"] = (d, 1, 3)
+        shapes[f"{pre}.gam.conv.bias"] = (d,)
+        shapes[f"{pre}.gam.memory"] = (64, d)
+        shapes[f"{pre}.gam.gate_proj.weight"] = (2 * d, d)
+        shapes[f"{pre}.gam.gate_proj.bias"] = (2 * d,)
+    shapes[f"{pre}.mlp_norm.weight"] = (d,)
+    shapes[f"{pre}.mlp.gate_proj.weight"] = (hid, d)
+    shapes[f"{pre}.mlp.up_proj.weight"] = (hid, d)
+    shapes[f"{pre}.mlp.down_proj.weight"] = (d, hid)
+    return shapes
+
+
+def params(cfg, gen, kind="transformer"):
     d, hid, L = cfg["d"], cfg["hidden"], cfg["layers"]
     shapes = {"embed.weight": (cfg["vocab"], d), "pos_embed.weight": (cfg["max_pos"], d)}
-    for l in range(L):
-        shapes[f"layers.{l}.attn_norm.weight"] = (d,)
-        for n in "qkvo":
-            shapes[f"layers.{l}.attn.{n}_proj.weight"] = (d, d)
-        shapes[f"layers.{l}.mlp_norm.weight"] = (d,)
-        shapes[f"layers.{l}.mlp.gate_proj.weight"] = (hid, d)
-        shapes[f"layers.{l}.mlp.up_proj.weight"] = (hid, d)
-        shapes[f"layers.{l}.mlp.down_proj.weight"] = (d, hid)
+    if kind == "mor":
+        shapes.update({f"routers.{r}.weight": (1, d) for r in range(4)})
+        shapes.update(block_shapes("shared", d, hid))
+    else:
+        for l in range(L):
+            shapes.update(block_shapes(f"layers.{l}", d, hid, "gam" if kind == "gam" else "attn"))
     shapes["norm_f.weight"] = (d,)
     shapes["lm_head.weight"] = (cfg["vocab"], d)
     p = {}
     for name, shape in shapes.items():
-        if len(shape) == 1:  # norm gains: not all ones, so the test sees them
+        if len(shape) == 1 and name.endswith(".weight"):  # norm gains: not all ones, so the test sees them
             p[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif name.startswith("routers."):  # strong routers: clear top-k choices
+            p[name] = 2.0 * torch.randn(shape, generator=gen)
         else:
             p[name] = 0.2 * torch.randn(shape, generator=gen)
     return p
@@ -83,12 +159,19 @@ def main(out_dir):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    for model, n_local in (("transformer", 0), ("ls-transformer", TINY["heads"] // 2)):
-        gen = torch.Generator().manual_seed(1234 + n_local)
-        p = params(TINY, gen)
+    models = {
+        "transformer": ("transformer", lambda p, ids: forward(p, ids, TINY, 0)),
+        "ls-transformer": ("transformer", lambda p, ids: forward(p, ids, TINY, TINY["heads"] // 2)),
+        "trilm": ("transformer", lambda p, ids: forward(p, ids, TINY, 0, ternarize)),
+        "gam": ("gam", lambda p, ids: gam_forward(p, ids, TINY)),
+        "mor": ("mor", lambda p, ids: mor_forward(p, ids, TINY)),
+    }
+    for i, (model, (kind, fwd)) in enumerate(models.items()):
+        gen = torch.Generator().manual_seed(1234 + (2 if model == "ls-transformer" else 0) + 10 * (i if i > 1 else 0))
+        p = params(TINY, gen, kind)
         ids = torch.randint(0, 256, (2, 24), generator=gen, dtype=torch.int64)
         with torch.no_grad():
-            logits = forward(p, ids, TINY, n_local)
+            logits = fwd(p, ids)
         save_file({k: v.contiguous() for k, v in p.items()}, str(out / f"{model}-tiny.weights.safetensors"))
         save_file({"input_ids": ids, "logits": logits.float().contiguous()}, str(out / f"{model}-tiny.io.safetensors"))
         print(f"{model}: logits {tuple(logits.shape)}, |logits|max {logits.abs().max():.3f}")
