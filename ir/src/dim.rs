@@ -51,16 +51,17 @@ impl Dim {
 
     /// `k · self`.
     pub fn scale(&self, k: i64) -> Dim {
-        let mut out = Dim::new(self.constant * k);
+        // Wrapping: absurd sizes in a malformed file must not panic the parser.
+        let mut out = Dim::new(self.constant.wrapping_mul(k));
         for (s, c) in &self.terms {
-            out.add_term(s, c * k);
+            out.add_term(s, c.wrapping_mul(k));
         }
         out
     }
 
     fn add_term(&mut self, sym: &str, k: i64) {
         let entry = self.terms.entry(sym.to_string()).or_insert(0);
-        *entry += k;
+        *entry = entry.wrapping_add(k);
         if *entry == 0 {
             self.terms.remove(sym);
         }
@@ -71,7 +72,10 @@ impl Dim {
         let mut v = self.constant;
         for (s, k) in &self.terms {
             let x = bindings.get(s).ok_or_else(|| format!("shape symbol `{s}` is not bound"))?;
-            v += k * x;
+            v = k
+                .checked_mul(*x)
+                .and_then(|t| v.checked_add(t))
+                .ok_or_else(|| format!("dimension {self} overflows"))?;
         }
         Ok(v)
     }
@@ -111,7 +115,7 @@ impl From<&str> for Dim {
 impl Add for Dim {
     type Output = Dim;
     fn add(mut self, rhs: Dim) -> Dim {
-        self.constant += rhs.constant;
+        self.constant = self.constant.wrapping_add(rhs.constant);
         for (s, k) in &rhs.terms {
             self.add_term(s, *k);
         }
@@ -137,7 +141,7 @@ impl fmt::Display for Dim {
             } else {
                 "+"
             };
-            let mag = k.abs();
+            let mag = k.unsigned_abs();
             if mag == 1 {
                 write!(f, "{sign}{s}")?;
             } else {
@@ -150,7 +154,7 @@ impl fmt::Display for Dim {
         } else if self.constant > 0 {
             write!(f, "+{}", self.constant)
         } else if self.constant < 0 {
-            write!(f, "-{}", -self.constant)
+            write!(f, "-{}", self.constant.unsigned_abs())
         } else {
             Ok(())
         }
@@ -176,19 +180,19 @@ impl Poly {
         for (mono, c) in &self.0 {
             let mut add = |m: Vec<String>, v: i64| {
                 let e = out.entry(m.clone()).or_insert(0);
-                *e += v;
+                *e = e.wrapping_add(v);
                 if *e == 0 {
                     out.remove(&m);
                 }
             };
             if d.constant != 0 {
-                add(mono.clone(), c * d.constant);
+                add(mono.clone(), c.wrapping_mul(d.constant));
             }
             for (s, k) in &d.terms {
                 let mut m = mono.clone();
                 m.push(s.clone());
                 m.sort();
-                add(m, c * k);
+                add(m, c.wrapping_mul(*k));
             }
         }
         Poly(out)

@@ -4,6 +4,9 @@ use crate::dim::{Bindings, Dim};
 use crate::dtype::DType;
 use std::fmt;
 
+/// The largest tensor lsc will allocate (2^34 elements, 64 GiB of f32).
+pub const MAX_ELEMENTS: usize = 1 << 34;
+
 /// The type of one tensor value.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TensorType {
@@ -34,15 +37,22 @@ impl TensorType {
         TensorType { dtype, shape: self.shape.clone() }
     }
 
-    /// Concrete dimensions under `bindings`.
+    /// Concrete dimensions under `bindings`; errors on negative sizes and on
+    /// tensors beyond [`MAX_ELEMENTS`].
     pub fn concrete_shape(&self, bindings: &Bindings) -> Result<Vec<usize>, String> {
-        self.shape
+        let shape = self
+            .shape
             .iter()
             .map(|d| {
                 let v = d.eval(bindings)?;
                 usize::try_from(v).map_err(|_| format!("dimension {d} evaluates to {v} < 0"))
             })
-            .collect()
+            .collect::<Result<Vec<usize>, String>>()?;
+        let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        match n {
+            Some(n) if n <= MAX_ELEMENTS => Ok(shape),
+            _ => Err(format!("{self} = {shape:?} has more than {MAX_ELEMENTS} elements")),
+        }
     }
 }
 

@@ -87,3 +87,29 @@ fn names_with_escapes_round_trip() {
     assert_eq!(print_program(&back).unwrap(), text);
     assert_eq!(back.main.input_types()[0].0, "we\"ird\\name\n\t\u{1}é");
 }
+
+mod mutations {
+    use super::SAMPLE;
+    use lsc_ir::parse_and_verify;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        /// Malformed text is an error, never a panic: random edits of a valid file.
+        #[test]
+        fn edited_files_never_panic(edits in prop::collection::vec((0usize..2000, 0usize..3, any::<char>()), 1..6)) {
+            let mut text: Vec<char> = SAMPLE.chars().collect();
+            for (at, kind, c) in edits {
+                let at = at % (text.len() + 1);
+                match kind {
+                    0 => text.insert(at, c),
+                    1 if at < text.len() => { text.remove(at); }
+                    _ if at < text.len() => text[at] = c,
+                    _ => {}
+                }
+            }
+            let text: String = text.into_iter().collect();
+            let _ = parse_and_verify(&text);
+        }
+    }
+}
