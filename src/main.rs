@@ -42,7 +42,7 @@ enum Command {
     Compile {
         #[command(flatten)]
         model: ModelArgs,
-        /// Comma-separated artifacts to write: ir.
+        /// Comma-separated artifacts to write: ir, opt-ir, egraph-stats.
         #[arg(long, default_value = "ir", value_delimiter = ',')]
         emit: Vec<String>,
         /// Output folder (created if missing).
@@ -51,6 +51,12 @@ enum Command {
         /// Compile the training step (forward, backward, AdamW update) instead of the forward pass.
         #[arg(long)]
         train: bool,
+        /// Only these rule groups in equality saturation (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        rules: Vec<String>,
+        /// Skip these rule groups (ablations).
+        #[arg(long, value_delimiter = ',')]
+        no_rules: Vec<String>,
     },
     /// Parse and verify a `.lsir` file.
     Check {
@@ -97,7 +103,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => commands::models::run(),
-        Command::Compile { model, emit, out_dir, train } => commands::compile::run(&model, &emit, &out_dir, train),
+        Command::Compile { model, emit, out_dir, train, rules, no_rules } => {
+            commands::compile::run(&model, &emit, &out_dir, train, &rules, &no_rules)
+        }
         Command::Check { file } => commands::check::run(&file),
         Command::Train(args) => commands::train::run(&args),
         Command::Eval(args) => commands::eval::run(&args),

@@ -330,3 +330,35 @@ fn compile_train_emits_one_step_graph_with_structured_backward() {
             && outs.contains(&"adam.v.routers.3.weight")
     );
 }
+
+#[test]
+fn compile_emits_optimised_ir_and_saturation_statistics() {
+    let dir = scratch("saturate");
+    let out = dir.to_str().unwrap();
+    let o = lsc(&["compile", "--model", "transformer", "--train", "--emit", "opt-ir,egraph-stats", "-o", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("transformer.train.egraph-stats.json")).unwrap())
+            .unwrap();
+    for k in [
+        "rules_fired",
+        "enodes",
+        "eclasses",
+        "iterations",
+        "stop_reason",
+        "op_histogram_before",
+        "op_histogram_after",
+        "estimated_seconds_before",
+        "estimated_seconds_after",
+        "saturation_seconds",
+    ] {
+        assert!(!stats[k].is_null(), "{k} missing");
+    }
+    assert!(stats["rules_fired"]["scale-through-matmul"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(lsc_ir::parse_and_verify(&std::fs::read_to_string(dir.join("transformer.train.opt.lsir")).unwrap()).is_ok());
+    let o = lsc(&["compile", "--model", "transformer", "--emit", "egraph-stats", "--no-rules", "algebra", "-o", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("transformer.egraph-stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["rules_fired"], serde_json::json!({}), "an ablated group fires nothing");
+}

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`autodiff`] | reverse-mode autodiff as a graph transformation, the open VJP table |
 //! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD |
+//! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
 //! | [`dce`] | dead-code elimination |
 //! | [`stats`] | op histograms, primitive checks, parameter counts |
 
@@ -13,6 +14,7 @@
 
 pub mod autodiff;
 pub mod dce;
+pub mod saturate;
 pub mod stats;
 pub mod train;
 

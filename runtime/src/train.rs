@@ -118,7 +118,11 @@ impl Trainer {
             decay_all: cfg.decay_all,
             loss_terms: cfg.loss_terms.clone(),
         };
-        let step_program = training_step(forward, &opts).map_err(RuntimeError::Input)?;
+        // egg(forward) → autodiff → egg(training step), as the compiler pipeline prescribes.
+        let sat = lsc_passes::saturate::Config::default();
+        let (forward, _) = lsc_passes::saturate::optimize(forward, &sat).map_err(RuntimeError::Input)?;
+        let unoptimized = training_step(&forward, &opts).map_err(RuntimeError::Input)?;
+        let (step_program, _) = lsc_passes::saturate::optimize(&unoptimized, &sat).map_err(RuntimeError::Input)?;
         let sampler = Sampler::new(cfg.seed ^ 0xda7a);
         let mut t = Trainer { cfg, step_program, params, state, step, schedule_start, sampler, optimizer };
         t.sampler.skip(draws, t.cfg.batch);

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Artifacts `--emit` accepts today.
-const EMIT_KINDS: [&str; 1] = ["ir"];
+const EMIT_KINDS: [&str; 3] = ["ir", "opt-ir", "egraph-stats"];
 
 fn describe(name: &str, t: &TensorType) -> Value {
     json!({ "name": name, "dtype": t.dtype.name(), "shape": t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>() })
@@ -62,7 +62,14 @@ fn bit_accounting(src: &source::Source) -> Option<lsc_runtime::quant::BitReport>
 }
 
 /// Compiles the selected program into `out_dir`.
-pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path, train: bool) -> CliResult {
+pub fn run(
+    args: &ModelArgs,
+    emit: &[String],
+    out_dir: &Path,
+    train: bool,
+    rules: &[String],
+    no_rules: &[String],
+) -> CliResult {
     for e in emit {
         if !EMIT_KINDS.contains(&e.as_str()) {
             return Err(CliError::with_fix(
@@ -99,6 +106,37 @@ pub fn run(args: &ModelArgs, emit: &[String], out_dir: &Path, train: bool) -> Cl
         let file = format!("{}.lsir", src.name);
         write(&file, text.as_bytes())?;
         files.push(file);
+    }
+    if emit.iter().any(|e| e == "opt-ir" || e == "egraph-stats") {
+        let cfg =
+            lsc_passes::saturate::Config { groups: rules.to_vec(), without: no_rules.to_vec(), ..Default::default() };
+        let (opt, stats) = lsc_passes::saturate::optimize(&src.program, &cfg).map_err(CliError::new)?;
+        if emit.iter().any(|e| e == "opt-ir") {
+            let file = format!("{}.opt.lsir", src.name);
+            write(&file, lsc_ir::print_program(&opt).map_err(CliError::new)?.as_bytes())?;
+            files.push(file);
+        }
+        if emit.iter().any(|e| e == "egraph-stats") {
+            let report = json!({
+                "rules_fired": stats.fired,
+                "enodes": stats.enodes,
+                "eclasses": stats.eclasses,
+                "iterations": stats.iterations,
+                "stop_reason": stats.stop,
+                "op_histogram_before": lsc_passes::op_histogram(&src.program),
+                "op_histogram_after": lsc_passes::op_histogram(&opt),
+                "estimated_seconds_before": stats.cost_before,
+                "estimated_seconds_after": stats.cost_after,
+                "saturation_seconds": stats.seconds,
+            });
+            let file = format!("{}.egraph-stats.json", src.name);
+            write(&file, serde_json::to_string_pretty(&report).map_err(|e| CliError::new(e.to_string()))?.as_bytes())?;
+            files.push(file);
+        }
+        println!(
+            "saturation: {} e-nodes, {} e-classes, {} iteration(s) in {:.3}s; estimated cost {:.3e}s -> {:.3e}s; rules fired: {:?}",
+            stats.enodes, stats.eclasses, stats.iterations, stats.seconds, stats.cost_before, stats.cost_after, stats.fired
+        );
     }
     let mut m = manifest(&src.name, src.config.as_deref(), &src.program, &files);
     if let Some(report) = bit_accounting(&src) {

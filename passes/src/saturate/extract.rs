@@ -1,0 +1,189 @@
+//! The cost model and DAG-aware extraction back to a graph.
+//!
+//! Each op costs `max(flops / peak, bytes / bandwidth) + launch`, evaluated at
+//! representative sizes (every symbol 64, `B` = 8). Extraction first picks,
+//! per class, the node of least tree cost, then improves the choice by the
+//! true DAG cost (a node shared by several users counts once).
+
+use super::analysis::LscGraph;
+use super::lang::{Key, LscNode};
+use egg::Id;
+use lsc_ir::{Bindings, Dim, Graph, Op, TensorType, ValueRef};
+use std::collections::{HashMap, HashSet};
+
+/// Machine limits of the cost model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Machine {
+    /// Peak f32 FLOP/s.
+    pub peak_flops: f64,
+    /// Memory bandwidth in bytes/s.
+    pub bandwidth: f64,
+    /// Fixed cost of one kernel launch in seconds.
+    pub launch: f64,
+}
+
+impl Default for Machine {
+    /// Documented defaults for this 2-core machine (AVX-512, ~50 GFLOP/s, ~10 GB/s).
+    fn default() -> Self {
+        Machine { peak_flops: 50e9, bandwidth: 10e9, launch: 1e-6 }
+    }
+}
+
+fn numel(t: &TensorType) -> f64 {
+    let symbol_size = |d: &Dim| -> f64 {
+        let b: Bindings = d.symbols().map(|s| (s.to_string(), if s == "B" { 8 } else { 64 })).collect();
+        d.eval(&b).unwrap_or(64).max(0) as f64
+    };
+    t.shape.iter().map(symbol_size).product()
+}
+
+/// Estimated seconds of one node.
+pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
+    let LscNode::Other(sym, ch) = n;
+    let Key::Op(op, None) = g.analysis.interner.key(*sym) else { return 0.0 };
+    let outs: f64 = g.lookup(n.clone()).map(|id| g[id].data.iter().map(numel).sum()).unwrap_or(0.0);
+    let ins: f64 = ch.iter().filter_map(|c| g[*c].data.first()).map(numel).sum();
+    let flops = match op {
+        Op::MatMul { trans_a, .. } => {
+            let a = ch.first().and_then(|c| g[*c].data.first());
+            let k = a
+                .map(|t| numel(&TensorType::new(t.dtype, [t.shape[t.rank() - if *trans_a { 2 } else { 1 }].clone()])))
+                .unwrap_or(1.0);
+            2.0 * outs * k
+        }
+        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::CrossEntropy => 5.0 * ins,
+        Op::Reshape { .. } | Op::Call { .. } | Op::Loop { .. } => 0.0,
+        _ => outs.max(ins),
+    };
+    // A reshape is free; everything else reads its inputs and writes its outputs.
+    let bytes = if matches!(op, Op::Reshape { .. }) { 0.0 } else { 4.0 * (ins + outs) };
+    (flops / m.peak_flops).max(bytes / m.bandwidth) + m.launch
+}
+
+/// The chosen node of each class.
+pub type Choice = HashMap<Id, LscNode>;
+
+fn reachable(g: &LscGraph, roots: &[Id], choice: &Choice) -> Vec<Id> {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<Id> = roots.iter().map(|r| g.find(*r)).collect();
+    let mut order = Vec::new();
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        order.push(id);
+        if let Some(LscNode::Other(_, ch)) = choice.get(&id) {
+            stack.extend(ch.iter().map(|c| g.find(*c)));
+        }
+    }
+    order
+}
+
+/// The DAG cost of a choice: every reachable class's chosen node counted once.
+pub fn dag_cost(g: &LscGraph, roots: &[Id], choice: &Choice, m: &Machine) -> f64 {
+    reachable(g, roots, choice).iter().map(|id| choice.get(id).map(|n| node_cost(g, n, m)).unwrap_or(0.0)).sum()
+}
+
+/// Tree-cost greedy choice, then single-class swaps that lower the DAG cost.
+pub fn extract(g: &LscGraph, roots: &[Id], m: &Machine) -> Choice {
+    let mut best: HashMap<Id, (f64, LscNode)> = HashMap::new();
+    loop {
+        let mut changed = false;
+        for class in g.classes() {
+            for n in &class.nodes {
+                let LscNode::Other(_, ch) = n;
+                let Some(sub) = ch.iter().map(|c| best.get(&g.find(*c)).map(|b| b.0)).sum::<Option<f64>>() else {
+                    continue;
+                };
+                let cost = node_cost(g, n, m) + sub;
+                if best.get(&class.id).is_none_or(|b| cost < b.0 - 1e-15) {
+                    best.insert(class.id, (cost, n.clone()));
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let mut choice: Choice = best.into_iter().map(|(k, v)| (k, v.1)).collect();
+    // DAG-aware refinement, bounded: try each alternative of each shared-choice class once.
+    let mut current = dag_cost(g, roots, &choice, m);
+    for id in reachable(g, roots, &choice) {
+        let class = &g[id];
+        if class.nodes.len() < 2 {
+            continue;
+        }
+        for n in &class.nodes {
+            let LscNode::Other(_, ch) = n;
+            if ch.iter().any(|c| !choice.contains_key(&g.find(*c))) {
+                continue;
+            }
+            let old = choice.insert(id, n.clone());
+            // A choice must stay acyclic.
+            let cyclic = reachable(g, &ch.iter().map(|c| g.find(*c)).collect::<Vec<_>>(), &choice).contains(&id);
+            let cost = if cyclic { f64::INFINITY } else { dag_cost(g, roots, &choice, m) };
+            if cost < current - 1e-15 {
+                current = cost;
+            } else if let Some(o) = old {
+                choice.insert(id, o);
+            }
+        }
+    }
+    choice
+}
+
+/// Builds a graph named `name` from the choice; `inputs` are the input classes
+/// in argument order (kept even if unused), `keep` further leaves to keep
+/// (parameters), `outputs` the named roots.
+pub fn to_graph(
+    g: &LscGraph,
+    choice: &Choice,
+    name: &str,
+    inputs: &[Id],
+    keep: &[Id],
+    outputs: &[(String, Id)],
+) -> Result<Graph, String> {
+    let mut out = Graph::new(name);
+    let mut built: HashMap<Id, ValueRef> = HashMap::new();
+    let mut roots: Vec<Id> = inputs.to_vec();
+    roots.extend(keep);
+    roots.extend(outputs.iter().map(|(_, id)| *id));
+    for root in roots {
+        build(g, choice, g.find(root), &mut out, &mut built)?;
+    }
+    out.outputs = outputs.iter().map(|(n, id)| (n.clone(), built[&g.find(*id)])).collect();
+    Ok(out)
+}
+
+fn build(
+    g: &LscGraph,
+    choice: &Choice,
+    id: Id,
+    out: &mut Graph,
+    built: &mut HashMap<Id, ValueRef>,
+) -> Result<ValueRef, String> {
+    if let Some(v) = built.get(&id) {
+        return Ok(*v);
+    }
+    let LscNode::Other(sym, ch) = choice.get(&id).ok_or("a class has no chosen node")?;
+    let mut args = Vec::new();
+    for c in ch {
+        args.push(build(g, choice, g.find(*c), out, built)?);
+    }
+    let v = match g.analysis.interner.key(*sym).clone() {
+        Key::Proj(i) => ValueRef { node: args[0].node, output: i },
+        Key::Op(op, declared) => {
+            let outputs = match declared {
+                Some(t) => vec![t],
+                None => g[id].data.clone(),
+            };
+            if outputs.is_empty() {
+                return Err(format!("`{}` has no known type", op.name()));
+            }
+            ValueRef::first(out.add_node(op, &args, outputs))
+        }
+    };
+    built.insert(id, v);
+    Ok(v)
+}

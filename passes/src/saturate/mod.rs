@@ -1,0 +1,214 @@
+//! Equality saturation with egg: the graph becomes an e-graph, named rule
+//! groups add equivalent forms in bounded stages, and a DAG-aware extraction
+//! under a cost model picks the cheapest program. Every rule preserves meaning;
+//! the tests run the interpreter before and after on every built-in model.
+//!
+//! Today's rules are the `algebra` group (transpose and reshape cancellation,
+//! units, transposes absorbed into matmul flags, scales moved through matmul;
+//! common subexpressions merge for free in the e-graph). The fusion groups
+//! (attention, LS-attention, routed recursion, ternary matmul, GAM, step) build
+//! on this machinery.
+
+mod analysis;
+mod extract;
+mod lang;
+mod rules;
+
+pub use extract::Machine;
+
+use analysis::{LscGraph, Types};
+use egg::Id;
+use lang::{node, Key};
+use lsc_ir::{Graph, Program, ValueRef};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Bounds and rule selection.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Rule groups to run (empty: all).
+    pub groups: Vec<String>,
+    /// Rule groups to skip.
+    pub without: Vec<String>,
+    /// Stop when the e-graph has more e-nodes than this.
+    pub node_limit: usize,
+    /// Stop after this many iterations.
+    pub iter_limit: usize,
+    /// Stop after this much time per graph.
+    pub time_limit: Duration,
+    /// The cost model's machine.
+    pub machine: Machine,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            groups: Vec::new(),
+            without: Vec::new(),
+            node_limit: 100_000,
+            iter_limit: 8,
+            time_limit: Duration::from_millis(500),
+            machine: Machine::default(),
+        }
+    }
+}
+
+/// Why saturation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// No rule added anything new.
+    Saturated,
+    /// The iteration limit.
+    IterationLimit,
+    /// The e-node limit.
+    NodeLimit,
+    /// The time limit.
+    TimeLimit,
+}
+
+/// What saturation did, summed over the program's graphs.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Rule name → times it merged something new.
+    pub fired: BTreeMap<String, usize>,
+    /// E-nodes at the end (all graphs).
+    pub enodes: usize,
+    /// E-classes at the end (all graphs).
+    pub eclasses: usize,
+    /// Iterations (the most of any graph).
+    pub iterations: usize,
+    /// Why each graph stopped.
+    pub stop: BTreeMap<String, String>,
+    /// Estimated seconds before (DAG cost of the input).
+    pub cost_before: f64,
+    /// Estimated seconds after.
+    pub cost_after: f64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// A graph loaded into an e-graph, with the classes of its interface.
+struct Loaded {
+    eg: LscGraph,
+    inputs: Vec<Id>,
+    params: Vec<Id>,
+    outputs: Vec<(String, Id)>,
+}
+
+/// Loads one graph into an e-graph.
+fn load(g: &Graph, functions: &[Graph]) -> Result<Loaded, String> {
+    let mut eg = LscGraph::new(Types { interner: Default::default(), functions: functions.to_vec() });
+    let order = g.topo_order().map_err(|_| format!("@{} has a cycle", g.name))?;
+    let mut class: HashMap<lsc_ir::NodeId, Id> = HashMap::new();
+    let value = |eg: &mut LscGraph, class: &HashMap<lsc_ir::NodeId, Id>, v: ValueRef| -> Id {
+        let id = class[&v.node];
+        if g.node(v.node).outputs.len() == 1 {
+            id
+        } else {
+            let n = node(&mut eg.analysis.interner, Key::Proj(v.output), vec![id]);
+            eg.add(n)
+        }
+    };
+    for &n in &order {
+        let nd = g.node(n);
+        let children: Vec<Id> = g.operands(n).into_iter().map(|v| value(&mut eg, &class, v)).collect();
+        let declared = nd.op.is_leaf().then(|| nd.outputs[0].clone());
+        let en = node(&mut eg.analysis.interner, Key::Op(nd.op.clone(), declared), children);
+        let id = eg.add(en);
+        class.insert(n, id);
+    }
+    let inputs = g.inputs.iter().map(|n| class[n]).collect();
+    let params = g.params().into_iter().map(|(n, _)| class[&n]).collect();
+    let outputs = g.outputs.iter().map(|(name, v)| (name.clone(), value(&mut eg, &class, *v))).collect();
+    eg.rebuild();
+    Ok(Loaded { eg, inputs, params, outputs })
+}
+
+fn add_expr(eg: &mut LscGraph, e: &rules::Expr) -> Id {
+    match e {
+        rules::Expr::Class(id) => *id,
+        rules::Expr::Node(key, children) => {
+            let ch: Vec<Id> = children.iter().map(|c| add_expr(eg, c)).collect();
+            let n = node(&mut eg.analysis.interner, key.clone(), ch);
+            eg.add(n)
+        }
+    }
+}
+
+/// Saturates and extracts one graph.
+pub fn optimize_graph(g: &Graph, functions: &[Graph], cfg: &Config, stats: &mut Stats) -> Result<Graph, String> {
+    let start = Instant::now();
+    let Loaded { mut eg, inputs, params, outputs } = load(g, functions)?;
+    let roots: Vec<Id> = inputs.iter().chain(&params).copied().chain(outputs.iter().map(|(_, id)| *id)).collect();
+    let original: extract::Choice = eg.classes().map(|c| (c.id, c.nodes[0].clone())).collect();
+    stats.cost_before += extract::dag_cost(&eg, &roots, &original, &cfg.machine);
+    let rules: Vec<rules::Rule> = rules::all()
+        .into_iter()
+        .filter(|r| {
+            (cfg.groups.is_empty() || cfg.groups.iter().any(|g| g == r.group))
+                && !cfg.without.iter().any(|g| g == r.group)
+        })
+        .collect();
+    let mut stop = StopReason::IterationLimit;
+    let mut iterations = 0;
+    for _ in 0..cfg.iter_limit {
+        iterations += 1;
+        let mut proposals: Vec<(Id, usize, rules::Expr)> = Vec::new();
+        for class in eg.classes() {
+            for n in &class.nodes {
+                for (k, r) in rules.iter().enumerate() {
+                    for e in (r.apply)(&eg, n) {
+                        proposals.push((class.id, k, e));
+                    }
+                }
+            }
+        }
+        let mut changed = false;
+        for (id, k, e) in proposals {
+            let new = add_expr(&mut eg, &e);
+            // Only a type-preserving rewrite may merge (the analysis knows both types).
+            if eg[new].data != eg[id].data {
+                continue;
+            }
+            if eg.union(id, new) {
+                changed = true;
+                *stats.fired.entry(rules[k].name.to_string()).or_insert(0) += 1;
+            }
+        }
+        eg.rebuild();
+        if !changed {
+            stop = StopReason::Saturated;
+            break;
+        }
+        if eg.total_number_of_nodes() > cfg.node_limit {
+            stop = StopReason::NodeLimit;
+            break;
+        }
+        if start.elapsed() > cfg.time_limit {
+            stop = StopReason::TimeLimit;
+            break;
+        }
+    }
+    let choice = extract::extract(&eg, &roots, &cfg.machine);
+    stats.cost_after += extract::dag_cost(&eg, &roots, &choice, &cfg.machine);
+    stats.enodes += eg.total_number_of_nodes();
+    stats.eclasses += eg.number_of_classes();
+    stats.iterations = stats.iterations.max(iterations);
+    stats.stop.insert(g.name.clone(), format!("{stop:?}"));
+    let out = extract::to_graph(&eg, &choice, &g.name, &inputs, &params, &outputs)?;
+    stats.seconds += start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Saturates every graph of `p` (functions keep their signatures).
+pub fn optimize(p: &Program, cfg: &Config) -> Result<(Program, Stats), String> {
+    let mut stats = Stats::default();
+    let main = optimize_graph(&p.main, &p.functions, cfg, &mut stats)?;
+    let mut functions = Vec::new();
+    for f in &p.functions {
+        functions.push(optimize_graph(f, &p.functions, cfg, &mut stats)?);
+    }
+    let out = Program { main, functions, symbols: p.symbols.clone() };
+    lsc_ir::verify(&out).map_err(|e| format!("saturation produced an invalid program: {e}"))?;
+    Ok((out, stats))
+}

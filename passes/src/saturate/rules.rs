@@ -1,0 +1,232 @@
+//! Rewrite rules as data: each has a name, a group, and a matcher that, given
+//! one e-node of a class, proposes equivalent expressions for that class.
+//! Shape conditions read the analysis, so a rule never fires where types differ.
+
+use super::analysis::{ty, LscGraph};
+use super::lang::{Key, LscNode};
+use egg::Id;
+use lsc_ir::{BinaryOp, Op, UnaryOp};
+
+/// An expression to add to the e-graph: an existing class or a new node.
+#[derive(Clone, Debug)]
+pub enum Expr {
+    /// An existing class.
+    Class(Id),
+    /// A new node over sub-expressions.
+    Node(Key, Vec<Expr>),
+}
+
+/// One named rewrite.
+pub struct Rule {
+    /// Name (as reported in the statistics).
+    pub name: &'static str,
+    /// Group (`--rules` / `--no-rules` select groups).
+    pub group: &'static str,
+    /// Proposals for the class of `node`.
+    pub apply: fn(&LscGraph, &LscNode) -> Vec<Expr>,
+}
+
+/// Every rule, in the order the stages run them.
+pub fn all() -> Vec<Rule> {
+    vec![
+        Rule { name: "transpose-transpose", group: "algebra", apply: transpose_transpose },
+        Rule { name: "transpose-identity", group: "algebra", apply: transpose_identity },
+        Rule { name: "reshape-reshape", group: "algebra", apply: reshape_reshape },
+        Rule { name: "reshape-identity", group: "algebra", apply: reshape_identity },
+        Rule { name: "neg-neg", group: "algebra", apply: neg_neg },
+        Rule { name: "mul-one", group: "algebra", apply: mul_one },
+        Rule { name: "add-zero", group: "algebra", apply: add_zero },
+        Rule { name: "matmul-absorb-transpose", group: "algebra", apply: matmul_absorb_transpose },
+        Rule { name: "scale-through-matmul", group: "algebra", apply: scale_through_matmul },
+    ]
+}
+
+/// The ops (with children) of a class.
+fn ops(g: &LscGraph, id: Id) -> Vec<(Op, Vec<Id>)> {
+    g[id]
+        .nodes
+        .iter()
+        .filter_map(|LscNode::Other(sym, ch)| match g.analysis.interner.key(*sym) {
+            Key::Op(op, None) => Some((op.clone(), ch.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn decode(g: &LscGraph, n: &LscNode) -> Option<(Op, Vec<Id>)> {
+    let LscNode::Other(sym, ch) = n;
+    match g.analysis.interner.key(*sym) {
+        Key::Op(op, None) => Some((op.clone(), ch.clone())),
+        _ => None,
+    }
+}
+
+/// The scalar constant a class is (directly, or broadcast), if any.
+fn constant(g: &LscGraph, id: Id) -> Option<f64> {
+    for LscNode::Other(sym, ch) in &g[id].nodes {
+        match g.analysis.interner.key(*sym) {
+            Key::Op(Op::Constant { value }, Some(t)) if t.shape.is_empty() => return Some(*value),
+            Key::Op(Op::Broadcast { .. }, None) => {
+                if let Some(v) = constant(g, ch[0]) {
+                    return Some(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn op(op: Op, children: Vec<Expr>) -> Expr {
+    Expr::Node(Key::Op(op, None), children)
+}
+
+fn transpose_transpose(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::Transpose { perm: outer }, ch)) = decode(g, n) else { return vec![] };
+    ops(g, ch[0])
+        .into_iter()
+        .filter_map(|(o, inner_ch)| match o {
+            Op::Transpose { perm: inner } => {
+                // Output axis i of the outer reads inner axis outer[i], which is x axis inner[outer[i]].
+                let perm: Vec<usize> = outer.iter().map(|&i| inner[i]).collect();
+                Some(op(Op::Transpose { perm }, vec![Expr::Class(inner_ch[0])]))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn transpose_identity(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    match decode(g, n) {
+        Some((Op::Transpose { perm }, ch)) if perm.iter().enumerate().all(|(i, &p)| i == p) => vec![Expr::Class(ch[0])],
+        _ => vec![],
+    }
+}
+
+fn reshape_reshape(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::Reshape { shape }, ch)) = decode(g, n) else { return vec![] };
+    ops(g, ch[0])
+        .into_iter()
+        .filter_map(|(o, inner)| match o {
+            Op::Reshape { .. } => Some(op(Op::Reshape { shape: shape.clone() }, vec![Expr::Class(inner[0])])),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reshape_identity(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    match decode(g, n) {
+        Some((Op::Reshape { shape } | Op::Broadcast { shape }, ch))
+            if ty(g, ch[0]).is_some_and(|t| t.shape == shape) =>
+        {
+            vec![Expr::Class(ch[0])]
+        }
+        _ => vec![],
+    }
+}
+
+fn neg_neg(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::Unary(UnaryOp::Neg), ch)) = decode(g, n) else { return vec![] };
+    ops(g, ch[0])
+        .into_iter()
+        .filter_map(|(o, inner)| matches!(o, Op::Unary(UnaryOp::Neg)).then(|| Expr::Class(inner[0])))
+        .collect()
+}
+
+/// `x ∘ c → x` when `c` is the constant `unit` (either side for commutative ops).
+fn drop_unit(g: &LscGraph, n: &LscNode, which: BinaryOp, unit: f64) -> Vec<Expr> {
+    let Some((Op::Binary(b), ch)) = decode(g, n) else { return vec![] };
+    if b != which {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    if constant(g, ch[1]) == Some(unit) {
+        out.push(Expr::Class(ch[0]));
+    }
+    if constant(g, ch[0]) == Some(unit) {
+        out.push(Expr::Class(ch[1]));
+    }
+    out
+}
+
+fn mul_one(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    drop_unit(g, n, BinaryOp::Mul, 1.0)
+}
+
+fn add_zero(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    drop_unit(g, n, BinaryOp::Add, 0.0)
+}
+
+fn is_last_two_swap(perm: &[usize]) -> bool {
+    let r = perm.len();
+    r >= 2 && perm[r - 2] == r - 1 && perm[r - 1] == r - 2 && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+}
+
+/// `matmul(a, transpose_last(b)) → matmul{trans_b flipped}(a, b)`, and the same for `a`.
+fn matmul_absorb_transpose(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::MatMul { trans_a, trans_b }, ch)) = decode(g, n) else { return vec![] };
+    let mut out = Vec::new();
+    for (o, inner) in ops(g, ch[1]) {
+        if let Op::Transpose { perm } = o {
+            if is_last_two_swap(&perm) {
+                out.push(op(
+                    Op::MatMul { trans_a, trans_b: !trans_b },
+                    vec![Expr::Class(ch[0]), Expr::Class(inner[0])],
+                ));
+            }
+        }
+    }
+    for (o, inner) in ops(g, ch[0]) {
+        if let Op::Transpose { perm } = o {
+            if is_last_two_swap(&perm) {
+                out.push(op(
+                    Op::MatMul { trans_a: !trans_a, trans_b },
+                    vec![Expr::Class(inner[0]), Expr::Class(ch[1])],
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `(x·c)·b ↔ (x·b)·c` for a scalar constant `c`: scale whichever tensor is smaller.
+fn scale_through_matmul(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((o, ch)) = decode(g, n) else { return vec![] };
+    let scalar = |c: f64, like: Id| -> Option<Expr> {
+        let t = ty(g, like)?;
+        let k = Expr::Node(Key::Op(Op::Constant { value: c }, Some(lsc_ir::TensorType::scalar(t.dtype))), vec![]);
+        Some(op(Op::Broadcast { shape: t.shape.clone() }, vec![k]))
+    };
+    let mut out = Vec::new();
+    match o {
+        Op::MatMul { trans_a, trans_b } => {
+            // matmul(mul(x, c), b) → mul(matmul(x, b), c)
+            for (inner, ich) in ops(g, ch[0]) {
+                if inner != Op::Binary(BinaryOp::Mul) {
+                    continue;
+                }
+                if let Some(c) = constant(g, ich[1]) {
+                    let mm = op(Op::MatMul { trans_a, trans_b }, vec![Expr::Class(ich[0]), Expr::Class(ch[1])]);
+                    if let Some(k) = scalar(c, g.lookup(n.clone()).unwrap_or(ch[0])) {
+                        out.push(op(Op::Binary(BinaryOp::Mul), vec![mm, k]));
+                    }
+                }
+            }
+        }
+        Op::Binary(BinaryOp::Mul) => {
+            // mul(matmul(x, b), c) → matmul(mul(x, c), b)
+            if let Some(c) = constant(g, ch[1]) {
+                for (inner, ich) in ops(g, ch[0]) {
+                    if let Op::MatMul { trans_a, trans_b } = inner {
+                        if let Some(k) = scalar(c, ich[0]) {
+                            let scaled = op(Op::Binary(BinaryOp::Mul), vec![Expr::Class(ich[0]), k]);
+                            out.push(op(Op::MatMul { trans_a, trans_b }, vec![scaled, Expr::Class(ich[1])]));
+                        }
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
