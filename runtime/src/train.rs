@@ -77,6 +77,8 @@ pub struct Trainer {
     pub schedule_start: u64,
     sampler: Sampler,
     optimizer: Optimizer,
+    /// With [`Trainer::enable_profile`]: `(op, calls, seconds)` of the last step, slowest first.
+    pub profile: Option<Vec<(String, usize, f64)>>,
 }
 
 impl Trainer {
@@ -124,9 +126,15 @@ impl Trainer {
         let unoptimized = training_step(&forward, &opts).map_err(RuntimeError::Input)?;
         let (step_program, _) = lsc_passes::saturate::optimize(&unoptimized, &sat).map_err(RuntimeError::Input)?;
         let sampler = Sampler::new(cfg.seed ^ 0xda7a);
-        let mut t = Trainer { cfg, step_program, params, state, step, schedule_start, sampler, optimizer };
+        let mut t =
+            Trainer { cfg, step_program, params, state, step, schedule_start, sampler, optimizer, profile: None };
         t.sampler.skip(draws, t.cfg.batch);
         Ok(t)
+    }
+
+    /// Records the time per op kind of each step in [`Trainer::profile`].
+    pub fn enable_profile(&mut self) {
+        self.profile = Some(Vec::new());
     }
 
     /// The training-step program (for inspection and `lsc compile --train`).
@@ -154,9 +162,15 @@ impl Trainer {
             inputs.insert("adam.bc1".into(), Value::floats(vec![], vec![(1.0 - beta1.powi(n)) as f32]));
             inputs.insert("adam.bc2".into(), Value::floats(vec![], vec![(1.0 - beta2.powi(n)) as f32]));
         }
-        let interp = Interpreter::new(&self.step_program)
+        let mut interp = Interpreter::new(&self.step_program)
             .map_err(|e| RuntimeError::Input(format!("invalid step program: {e}")))?;
+        if self.profile.is_some() {
+            interp = interp.with_profiling();
+        }
         let outs = interp.run(&inputs, &self.params)?;
+        if self.profile.is_some() {
+            self.profile = Some(interp.profile().into_iter().map(|(op, n, t)| (op.to_string(), n, t)).collect());
+        }
         let scalar =
             |name: &str| outs.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_f64_vec()[0]).unwrap_or(f64::NAN);
         let (loss, lm_loss, grad_norm) = (scalar("loss"), scalar("lm_loss"), scalar("grad_norm"));

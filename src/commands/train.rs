@@ -105,6 +105,9 @@ pub struct TrainArgs {
     /// Bytes of text to sample from the trained model at the end (0: none).
     #[arg(long, default_value_t = 160)]
     pub sample_tokens: usize,
+    /// Print the time per op kind of the last step.
+    #[arg(long)]
+    pub profile: bool,
     /// Print one final JSON line: steps, tokens_per_s, train_loss, val_loss, wall_s.
     #[arg(long)]
     pub json_summary: bool,
@@ -219,6 +222,9 @@ pub fn run(a: &TrainArgs) -> CliResult {
         a.batch,
         a.data
     );
+    if a.profile {
+        trainer.enable_profile();
+    }
     std::fs::create_dir_all(&a.out).map_err(|e| {
         CliError::with_fix(format!("cannot create {}: {e}", a.out.display()), "choose a writable --out")
     })?;
@@ -332,6 +338,13 @@ pub fn run(a: &TrainArgs) -> CliResult {
         last_val,
         a.out.display()
     );
+    if let Some(profile) = trainer.profile.as_ref().filter(|p| !p.is_empty()) {
+        let total: f64 = profile.iter().map(|p| p.2).sum();
+        println!("time per op kind in the last step (interpreter), {total:.3}s in all:");
+        for (op, calls, secs) in profile.iter().take(12) {
+            println!("  {op:<16} {calls:>5} calls {secs:>8.3}s {:>5.1}%", 100.0 * secs / total.max(1e-12));
+        }
+    }
     if a.sample_tokens > 0 {
         let prompt: Vec<u32> = valid.iter().copied().take(24).collect();
         let args = super::generate::GenerateArgs {
