@@ -143,3 +143,111 @@ fn every_model_computes_the_same_after_saturation() {
         );
     }
 }
+
+/// Builds softmax-attention over `q, k, v: [1, H, T, 8]` spelled by `scores`
+/// and masked by `mask` (`[T, T]`, or `None` for the DSL's per-head masks).
+fn attention_program(heads: usize, windows: &[usize], spelling: usize) -> Program {
+    let b = ModelBuilder::new();
+    let shape = [Dim::new(1), Dim::new(heads as i64), Dim::sym("T"), Dim::new(8)];
+    let (q, k, v) =
+        (b.input("q", DType::F32, &shape), b.input("k", DType::F32, &shape), b.input("v", DType::F32, &shape));
+    let t = Dim::sym("T");
+    let sq = [t.clone(), t.clone()];
+    let (i, j) = (b.iota(DType::I64, &sq, 0), b.iota(DType::I64, &sq, 1));
+    let mask_of = |w: usize| {
+        let causal = j.le(&i);
+        if w == 0 {
+            causal
+        } else {
+            causal.and(&(&i - &j).lt(&b.constant(w as f64, DType::I64, &[])))
+        }
+    };
+    let mask = if windows.iter().all(|&w| w == windows[0]) {
+        mask_of(windows[0])
+    } else {
+        let parts: Vec<Tensor> =
+            windows.iter().map(|&w| mask_of(w).broadcast_to(&[Dim::new(1), t.clone(), t.clone()])).collect();
+        let rest: Vec<&Tensor> = parts[1..].iter().collect();
+        parts[0].concat(&rest, 0)
+    };
+    let scale = 1.0 / 8f64.sqrt();
+    let scores = match spelling {
+        0 => &q.matmul_t(&k) * scale,                        // scale on the logits
+        1 => (&q * scale).matmul_t(&k),                      // scale on q
+        2 => &q.matmul(&k.transpose(&[0, 1, 3, 2])) * scale, // Kᵀ by transpose
+        _ => unreachable!(),
+    };
+    let masked = mask.select(&scores, &b.constant(f64::NEG_INFINITY, DType::F32, &[]));
+    b.output("out", &masked.softmax(-1).matmul(&v));
+    b.finish().unwrap()
+}
+
+fn qkv_feed(heads: usize, t: usize) -> Tensors<f32> {
+    let mut rng = init::Rng::new(9);
+    let mut r = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>();
+    let n = heads * t * 8;
+    ["q", "k", "v"].iter().map(|s| (s.to_string(), Value::floats(vec![1, heads, t, 8], r(n)))).collect()
+}
+
+fn fused_windows(p: &Program) -> Vec<Vec<usize>> {
+    p.main
+        .dag
+        .node_weights()
+        .filter_map(|n| match &n.op {
+            Op::LsAttention { windows, .. } => Some(windows.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn attention_is_recognised_however_it_is_spelled() {
+    for spelling in 0..3 {
+        for windows in [vec![0, 0], vec![3, 3], vec![3, 0], vec![2, 5, 0]] {
+            let p = attention_program(windows.len(), &windows, spelling);
+            let (q, stats) = run_both(&p, &qkv_feed(windows.len(), 11), &Tensors::new());
+            assert_eq!(
+                fused_windows(&q),
+                vec![windows.clone()],
+                "spelling {spelling}, windows {windows:?}: {:?}",
+                stats.fired
+            );
+            assert!(
+                !q.main.dag.node_weights().any(|n| matches!(n.op, Op::Softmax { .. })),
+                "the unfused chain is gone"
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_is_not_recognised_for_other_masks() {
+    // Strictly causal (j < i) is not one of the fused op's masks.
+    let b = ModelBuilder::new();
+    let shape = [Dim::new(1), Dim::new(2), Dim::sym("T"), Dim::new(8)];
+    let (q, k, v) =
+        (b.input("q", DType::F32, &shape), b.input("k", DType::F32, &shape), b.input("v", DType::F32, &shape));
+    let sq = [Dim::sym("T"), Dim::sym("T")];
+    let strict = b
+        .iota(DType::I64, &sq, 1)
+        .lt(&b.iota(DType::I64, &sq, 0))
+        .or(&b.iota(DType::I64, &sq, 0).eq(&b.constant(0.0, DType::I64, &[])));
+    let masked = strict.select(&(&q.matmul_t(&k) * 0.5), &b.constant(f64::NEG_INFINITY, DType::F32, &[]));
+    b.output("out", &masked.softmax(-1).matmul(&v));
+    let p = b.finish().unwrap();
+    let (q, stats) = run_both(&p, &qkv_feed(2, 7), &Tensors::new());
+    assert!(fused_windows(&q).is_empty() && !stats.fired.contains_key("ls-attention"));
+}
+
+#[test]
+fn built_in_attention_layers_fuse_with_their_windows_and_monitor() {
+    for (model, want) in [("transformer", vec![0, 0, 0, 0]), ("ls-transformer", vec![4, 4, 0, 0])] {
+        let p = lsc_models::build(model, "tiny").unwrap();
+        let (q, stats) = optimize(&p, &Config::default()).unwrap();
+        assert_eq!(fused_windows(&q), vec![want.clone(); 2], "{model}");
+        assert_eq!(stats.fired.get("attention-row-max"), Some(&2), "{model}: the monitor reads the fused row max");
+        let scores_left =
+            q.main.dag.node_weights().any(|n| n.outputs.iter().any(|t| t.rank() == 4 && t.shape[2] == t.shape[3]));
+        assert!(!scores_left, "{model}: no [B,H,T,T] tensor remains");
+    }
+}

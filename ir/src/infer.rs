@@ -56,7 +56,8 @@ pub fn arity(op: &Op) -> Option<usize> {
         | Op::Embedding
         | Op::CausalConv1d
         | Op::CrossEntropy => 2,
-        Op::Select | Op::Scatter { .. } | Op::ScatterAdd { .. } | Op::CacheUpdate { .. } => 3,
+        Op::Select | Op::Scatter { .. } | Op::ScatterAdd { .. } | Op::CacheUpdate { .. } | Op::LsAttention { .. } => 3,
+        Op::LsAttentionGrad { .. } => 5,
         Op::Concat { .. } | Op::Loop { .. } | Op::Call { .. } => return None,
     })
 }
@@ -385,6 +386,25 @@ pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<
                 return Err(format!("`cache_update` offset must be i64[], got {offset}"));
             }
             one(cache.clone())
+        }
+        Op::LsAttention { windows, .. } | Op::LsAttentionGrad { windows, .. } => {
+            let q = ins[0];
+            let ok = q.rank() == 4
+                && q.dtype.is_float()
+                && ins.iter().all(|t| *t == q)
+                && q.shape[1].as_const() == Some(windows.len() as i64);
+            if !ok {
+                return Err(format!(
+                    "`{}` needs q, k, v (and out, d_out) of one type [B,H,T,D] with H = {} windows, got {}",
+                    op.name(),
+                    windows.len(),
+                    shapes_str(ins)
+                ));
+            }
+            if matches!(op, Op::LsAttentionGrad { .. }) {
+                return Ok(vec![q.clone(), q.clone(), q.clone()]);
+            }
+            Ok(vec![q.clone(), TensorType::new(q.dtype, q.shape[..3].iter().cloned())])
         }
         Op::Call { callee } => {
             let sig = sigs.signature(callee).ok_or_else(|| format!("`call` refers to unknown function @{callee}"))?;

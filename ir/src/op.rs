@@ -237,6 +237,24 @@ pub enum Op {
         /// Written axis.
         axis: usize,
     },
+    /// Fused causal attention (made by the `attention` rule group, never by the
+    /// DSL): `q, k, v: [B, H, T, D]`; head `h` sees keys `i − w_h < j ≤ i`
+    /// (`w_h = 0`: all `j ≤ i`). Outputs `(out [B, H, T, D], row_max [B, H, T])`,
+    /// `row_max` being each query row's largest scaled logit (the instability monitor).
+    LsAttention {
+        /// Window per head (0: global).
+        windows: Vec<usize>,
+        /// Logit scale.
+        scale: f64,
+    },
+    /// The backward of [`Op::LsAttention`] with recomputed probabilities:
+    /// `(q, k, v, out, d_out) → (d_q, d_k, d_v)`.
+    LsAttentionGrad {
+        /// Window per head (0: global).
+        windows: Vec<usize>,
+        /// Logit scale.
+        scale: f64,
+    },
     /// Applies function `body` `trips` times. Operands: loop-carried values, then
     /// loop-invariant values. The body takes `(iteration: i64[], carried.., invariant..)`
     /// and returns the next carried values; the loop returns the final ones.
@@ -330,6 +348,8 @@ impl Op {
             Op::TopK { .. } => "topk",
             Op::CrossEntropy => "cross_entropy",
             Op::CacheUpdate { .. } => "cache_update",
+            Op::LsAttention { .. } => "ls_attention",
+            Op::LsAttentionGrad { .. } => "ls_attention_grad",
             Op::Loop { .. } => "loop",
             Op::Call { .. } => "call",
         }
@@ -376,6 +396,7 @@ impl Op {
             | Op::CacheUpdate { .. }
             | Op::Loop { .. }
             | Op::Call { .. } => true,
+            Op::LsAttention { .. } | Op::LsAttentionGrad { .. } => false,
         }
     }
 
@@ -420,6 +441,9 @@ impl Op {
             Op::TopK { k, axis } => vec![("k", dim(k)), ("axis", int(*axis))],
             Op::Loop { body, trips } => vec![("body", AttrValue::Func(body.clone())), ("trips", int(*trips as usize))],
             Op::Call { callee } => vec![("callee", AttrValue::Func(callee.clone()))],
+            Op::LsAttention { windows, scale } | Op::LsAttentionGrad { windows, scale } => {
+                vec![("windows", ints(windows)), ("scale", AttrValue::Float(*scale))]
+            }
             Op::Input { .. }
             | Op::Param { .. }
             | Op::Unary(_)
@@ -476,6 +500,8 @@ impl Op {
             "cache_update" => Op::CacheUpdate { axis: a.usize("axis")? },
             "loop" => Op::Loop { body: a.func("body")?, trips: a.usize("trips")? as u64 },
             "call" => Op::Call { callee: a.func("callee")? },
+            "ls_attention" => Op::LsAttention { windows: a.usizes("windows")?, scale: a.float("scale")? },
+            "ls_attention_grad" => Op::LsAttentionGrad { windows: a.usizes("windows")?, scale: a.float("scale")? },
             other => {
                 if let Some(u) = UnaryOp::from_name(other) {
                     Op::Unary(u)

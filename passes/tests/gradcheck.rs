@@ -232,3 +232,56 @@ fn call_and_loop_are_differentiated_structurally() {
         b.repeat("step", 3, &[&p[0]], &[&p[1], &p[2]]).remove(0)
     });
 }
+
+#[test]
+fn fused_ls_attention_gradient() {
+    use lsc_ir::infer::NoFunctions;
+    use lsc_ir::{Op, ValueRef};
+    // q, k, v as parameters of one graph; loss = Σ out·probe over a local head (w = 2) and a global one.
+    let mut p = Program::new();
+    let ty = TensorType::new(DType::F32, dims(&[1, 2, 5, 3]));
+    let g = &mut p.main;
+    let qkv: Vec<ValueRef> = ["q", "k", "v"]
+        .iter()
+        .map(|n| ValueRef::first(g.add_node(Op::Param { name: n.to_string() }, &[], vec![ty.clone()])))
+        .collect();
+    let probe = ValueRef::first(g.add_node(Op::Input { name: "probe".into() }, &[], vec![ty.clone()]));
+    let att = g.add_op(Op::LsAttention { windows: vec![2, 0], scale: 0.7 }, &qkv, &NoFunctions).unwrap();
+    let prod = g.add_op(Op::Binary(lsc_ir::BinaryOp::Mul), &[ValueRef::first(att), probe], &NoFunctions).unwrap();
+    let loss = g
+        .add_op(
+            Op::Reduce { kind: lsc_ir::ReduceKind::Sum, axes: vec![0, 1, 2, 3], keep_dims: false },
+            &[ValueRef::first(prod)],
+            &NoFunctions,
+        )
+        .unwrap();
+    g.outputs.push(("loss".into(), ValueRef::first(loss)));
+    let grads = add_parameter_gradients(&mut p, "loss", &VjpTable::standard()).unwrap();
+    for (n, gv) in &grads {
+        p.main.outputs.push((format!("grad.{n}"), *gv));
+    }
+    let mut rng = Rng(77);
+    let mut values: Tensors<f64> = Tensors::new();
+    for n in ["q", "k", "v"] {
+        values.insert(n.into(), Value::floats(vec![1, 2, 5, 3], (0..30).map(|_| rng.next()).collect()));
+    }
+    let inputs: Tensors<f64> =
+        [("probe".to_string(), Value::floats(vec![1, 2, 5, 3], (0..30).map(|_| rng.next()).collect()))].into();
+    let interp = Interpreter::new(&p).unwrap();
+    let outs = interp.run(&inputs, &values).unwrap();
+    let loss_of = |v: &Tensors<f64>| interp.run(&inputs, v).unwrap()[0].1.to_f64_vec()[0];
+    for n in ["q", "k", "v"] {
+        let analytic = outs.iter().find(|(k, _)| *k == format!("grad.{n}")).unwrap().1.to_f64_vec();
+        for i in 0..30 {
+            let (mut plus, mut minus) = (values.clone(), values.clone());
+            if let lsc_interp::Buffer::Float(x) = &mut plus.get_mut(n).unwrap().data {
+                x[i] += 1e-6;
+            }
+            if let lsc_interp::Buffer::Float(x) = &mut minus.get_mut(n).unwrap().data {
+                x[i] -= 1e-6;
+            }
+            let fd = (loss_of(&plus) - loss_of(&minus)) / 2e-6;
+            assert!((fd - analytic[i]).abs() <= 1e-6 + 1e-5 * fd.abs(), "d/d{n}[{i}]: {} vs {fd}", analytic[i]);
+        }
+    }
+}

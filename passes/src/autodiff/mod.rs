@@ -77,7 +77,7 @@ impl VjpTable {
         for c in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
             t.register(c.name(), rules::no_gradient);
         }
-        let table: [(&'static str, VjpRule); 24] = [
+        let table: [(&'static str, VjpRule); 25] = [
             ("clamp", rules::clamp),
             ("select", rules::select),
             ("stop_gradient", rules::no_gradient),
@@ -100,6 +100,7 @@ impl VjpTable {
             ("topk", rules::topk),
             ("cross_entropy", rules::cross_entropy),
             ("cache_update", rules::cache_update),
+            ("ls_attention", rules::ls_attention),
             ("call", structured::call),
             ("loop", structured::lp),
         ];

@@ -445,3 +445,14 @@ pub(super) fn cache_update(e: &mut Emit, n: &NodeGrad) -> G {
     let gupdate = e.op(Op::Gather { axis }, &[g, idx])?;
     Ok(vec![Some(gcache), Some(gupdate), None])
 }
+
+/// The fused attention's own rule: a fused backward with recomputation (the
+/// row max is a monitor and has no gradient).
+pub(super) fn ls_attention(e: &mut Emit, n: &NodeGrad) -> G {
+    let Op::LsAttention { windows, scale } = &n.op else { unreachable!() };
+    let Some(g) = n.grads[0] else { return Ok(vec![None, None, None]) };
+    let mut args = n.operands.clone();
+    args.extend([n.outputs[0], g]);
+    let grads = e.op_all(Op::LsAttentionGrad { windows: windows.clone(), scale: *scale }, &args)?;
+    Ok(grads.into_iter().map(Some).collect())
+}

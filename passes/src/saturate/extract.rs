@@ -52,6 +52,17 @@ pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
             2.0 * outs * k
         }
         Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::CrossEntropy => 5.0 * ins,
+        Op::LsAttention { windows, .. } => {
+            // q·k and p·v over the visible keys: T/2 on average for a global head, w for a local one.
+            let t = ch
+                .first()
+                .and_then(|c| g[*c].data.first())
+                .map(|q| numel(&TensorType::new(q.dtype, [q.shape[2].clone()])))
+                .unwrap_or(64.0);
+            let keys: f64 = windows.iter().map(|&w| if w == 0 { t / 2.0 } else { (w as f64).min(t) }).sum::<f64>()
+                / windows.len().max(1) as f64;
+            4.0 * ins / 3.0 * keys
+        }
         Op::Reshape { .. } | Op::Call { .. } | Op::Loop { .. } => 0.0,
         _ => outs.max(ins),
     };

@@ -38,6 +38,8 @@ pub fn all() -> Vec<Rule> {
         Rule { name: "add-zero", group: "algebra", apply: add_zero },
         Rule { name: "matmul-absorb-transpose", group: "algebra", apply: matmul_absorb_transpose },
         Rule { name: "scale-through-matmul", group: "algebra", apply: scale_through_matmul },
+        Rule { name: "ls-attention", group: "attention", apply: ls_attention },
+        Rule { name: "attention-row-max", group: "attention", apply: attention_row_max },
     ]
 }
 
@@ -229,4 +231,161 @@ fn scale_through_matmul(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
         _ => {}
     }
     out
+}
+
+/// The window of a `[T, T]` mask class: `Some(0)` for causal `j ≤ i`,
+/// `Some(w)` for `j ≤ i ∧ i − j < w`, `None` for any other mask.
+fn mask_window(g: &LscGraph, id: Id) -> Option<usize> {
+    let is_iota = |id: Id, axis: usize| {
+        g[id].nodes.iter().any(|LscNode::Other(sym, _)| matches!(g.analysis.interner.key(*sym), Key::Op(Op::Iota { axis: a }, _) if *a == axis))
+    };
+    let causal = |id: Id| {
+        ops(g, id).iter().any(|(o, ch)| *o == Op::Compare(lsc_ir::CmpOp::Le) && is_iota(ch[0], 1) && is_iota(ch[1], 0))
+    };
+    if causal(id) {
+        return Some(0);
+    }
+    for (o, ch) in ops(g, id) {
+        if o != Op::Binary(BinaryOp::And) || !causal(ch[0]) {
+            continue;
+        }
+        for (lt, lch) in ops(g, ch[1]) {
+            if lt != Op::Compare(lsc_ir::CmpOp::Lt) {
+                continue;
+            }
+            let diff = ops(g, lch[0])
+                .iter()
+                .any(|(s, sch)| *s == Op::Binary(BinaryOp::Sub) && is_iota(sch[0], 0) && is_iota(sch[1], 1));
+            if let (true, Some(w)) = (diff, constant(g, lch[1])) {
+                if w >= 1.0 && w == w.trunc() {
+                    return Some(w as usize);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Per-head windows of a `[B, H, T, T]` mask: one `[T, T]` mask broadcast to
+/// every head, or per-head groups concatenated along the head axis.
+fn head_windows(g: &LscGraph, mask: Id, heads: usize) -> Option<Vec<usize>> {
+    for (o, ch) in ops(g, mask) {
+        let Op::Broadcast { .. } = o else { continue };
+        let src = ty(g, ch[0])?;
+        if src.rank() == 2 {
+            if let Some(w) = mask_window(g, ch[0]) {
+                return Some(vec![w; heads]);
+            }
+        }
+        if src.rank() == 3 {
+            for (c, parts) in ops(g, ch[0]) {
+                if c != (Op::Concat { axis: 0 }) {
+                    continue;
+                }
+                let mut windows = Vec::new();
+                for part in parts {
+                    let n = ty(g, part)?.shape[0].as_const()? as usize;
+                    let w = ops(g, part).iter().find_map(|(b, bch)| {
+                        matches!(b, Op::Broadcast { .. }).then(|| mask_window(g, bch[0])).flatten()
+                    })?;
+                    windows.extend(std::iter::repeat_n(w, n));
+                }
+                if windows.len() == heads {
+                    return Some(windows);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// `(q, k, scale, windows)` if class `s` is masked, scaled logits `select(M, (q·kᵀ)·c, −∞)`
+/// (the scale on the logits or on `q`).
+fn masked_logits(g: &LscGraph, s: Id) -> Option<(Id, Id, f64, Vec<usize>)> {
+    for (o, ch) in ops(g, s) {
+        if o != Op::Select || constant(g, ch[2]) != Some(f64::NEG_INFINITY) {
+            continue;
+        }
+        let t = ty(g, ch[1])?;
+        if t.rank() != 4 {
+            continue;
+        }
+        let heads = t.shape[1].as_const()? as usize;
+        let Some(windows) = head_windows(g, ch[0], heads) else { continue };
+        let qk = |id: Id| -> Option<(Id, Id)> {
+            ops(g, id)
+                .into_iter()
+                .find_map(|(m, mch)| (m == Op::MatMul { trans_a: false, trans_b: true }).then_some((mch[0], mch[1])))
+        };
+        for (l, lch) in ops(g, ch[1]) {
+            if l != Op::Binary(BinaryOp::Mul) {
+                continue;
+            }
+            let Some(c) = constant(g, lch[1]) else { continue };
+            if let Some((q, k)) = qk(lch[0]) {
+                return Some((q, k, c, windows));
+            }
+        }
+        for (m, mch) in ops(g, ch[1]) {
+            if m != (Op::MatMul { trans_a: false, trans_b: true }) {
+                continue;
+            }
+            for (l, lch) in ops(g, mch[0]) {
+                if let (Op::Binary(BinaryOp::Mul), Some(c)) = (l, constant(g, lch[1])) {
+                    return Some((lch[0], mch[1], c, windows.clone()));
+                }
+            }
+            return Some((mch[0], mch[1], 1.0, windows));
+        }
+    }
+    None
+}
+
+/// `softmax(select(M, (q·kᵀ)·c, −∞))·v` with causal or banded per-head masks
+/// → one `ls_attention` (per-head windows; all-global is plain causal attention).
+fn ls_attention(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::MatMul { trans_a: false, trans_b: false }, ch)) = decode(g, n) else { return vec![] };
+    let mut out = Vec::new();
+    for (sm, sch) in ops(g, ch[0]) {
+        if sm != (Op::Softmax { axis: 3 }) {
+            continue;
+        }
+        let Some((q, k, scale, windows)) = masked_logits(g, sch[0]) else { continue };
+        let same = |a: Id, b: Id| ty(g, a).is_some() && ty(g, a) == ty(g, b);
+        if !(same(q, k) && same(k, ch[1])) {
+            continue;
+        }
+        let fused = Expr::Node(
+            Key::Op(Op::LsAttention { windows, scale }, None),
+            vec![Expr::Class(q), Expr::Class(k), Expr::Class(ch[1])],
+        );
+        out.push(Expr::Node(Key::Proj(0), vec![fused]));
+    }
+    out
+}
+
+/// The monitor `max(masked logits, axes [0,2,3])` read from the fused op's row max.
+fn attention_row_max(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::Reduce { kind: lsc_ir::ReduceKind::Max, axes, keep_dims: false }, ch)) = decode(g, n) else {
+        return vec![];
+    };
+    if axes != [0, 2, 3] {
+        return vec![];
+    }
+    let Some((q, k, scale, windows)) = masked_logits(g, ch[0]) else { return vec![] };
+    let want = Op::LsAttention { windows, scale };
+    for class in g.classes() {
+        for node in &class.nodes {
+            let LscNode::Other(sym, fch) = node;
+            if matches!(g.analysis.interner.key(*sym), Key::Op(o, None) if *o == want)
+                && g.find(fch[0]) == g.find(q)
+                && g.find(fch[1]) == g.find(k)
+            {
+                let rows = Expr::Node(Key::Proj(1), vec![Expr::Class(class.id)]);
+                let reduce = Op::Reduce { kind: lsc_ir::ReduceKind::Max, axes: vec![0, 2], keep_dims: false };
+                return vec![Expr::Node(Key::Op(reduce, None), vec![rows])];
+            }
+        }
+    }
+    vec![]
 }
