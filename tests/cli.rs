@@ -356,7 +356,17 @@ fn compile_emits_optimised_ir_and_saturation_statistics() {
     }
     assert!(stats["rules_fired"]["scale-through-matmul"].as_u64().unwrap_or(0) > 0, "{stats}");
     assert!(lsc_ir::parse_and_verify(&std::fs::read_to_string(dir.join("transformer.train.opt.lsir")).unwrap()).is_ok());
-    let o = lsc(&["compile", "--model", "transformer", "--emit", "egraph-stats", "--no-rules", "algebra,attention", "-o", out]);
+    let o = lsc(&[
+        "compile",
+        "--model",
+        "transformer",
+        "--emit",
+        "egraph-stats",
+        "--no-rules",
+        "algebra,attention",
+        "-o",
+        out,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("transformer.egraph-stats.json")).unwrap()).unwrap();

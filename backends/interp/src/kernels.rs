@@ -745,6 +745,20 @@ fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     a.iter().zip(b).fold(T::default(), |acc, (&x, &y)| acc + x * y)
 }
 
+/// Writes the scaled logits of query row `qi` against keys `lo..=i` (rows of
+/// `k`, each `d` long) into `s[lo..=i]`; returns their maximum.
+fn row_logits<T: Real>(qi: &[T], k: &[T], lo: usize, i: usize, scale: T, s: &mut [T]) -> T {
+    let d = qi.len();
+    let mut m = T::from_f64(f64::NEG_INFINITY);
+    for j in lo..=i {
+        s[j] = scale * dot(qi, &k[j * d..(j + 1) * d]);
+        if s[j] > m {
+            m = s[j];
+        }
+    }
+    m
+}
+
 /// Fused (LS-)attention, one `(batch, head)` at a time; a local head only visits
 /// its window, so its work is O(T·w).
 fn ls_attention<T: Real>(
@@ -765,14 +779,7 @@ fn ls_attention<T: Real>(
         let mut s = vec![T::default(); t];
         for i in 0..t {
             let lo = key_range(i, w);
-            let qi = &q[i * d..(i + 1) * d];
-            let mut m = T::from_f64(f64::NEG_INFINITY);
-            for j in lo..=i {
-                s[j] = scale * dot(qi, &k[j * d..(j + 1) * d]);
-                if s[j] > m {
-                    m = s[j];
-                }
-            }
+            let m = row_logits(&q[i * d..(i + 1) * d], k, lo, i, scale, &mut s);
             let mut sum = T::default();
             let oi = &mut o[i * d..(i + 1) * d];
             for j in lo..=i {
@@ -815,13 +822,7 @@ fn ls_attention_grad<T: Real>(
             for i in 0..t {
                 let lo = key_range(i, w);
                 let qi = &q[i * d..(i + 1) * d];
-                let mut m = T::from_f64(f64::NEG_INFINITY);
-                for j in lo..=i {
-                    p[j] = sc * dot(qi, &k[j * d..(j + 1) * d]);
-                    if p[j] > m {
-                        m = p[j];
-                    }
-                }
+                let m = row_logits(qi, &k, lo, i, sc, &mut p);
                 let mut sum = T::default();
                 for pj in &mut p[lo..=i] {
                     *pj = (*pj - m).exp();
