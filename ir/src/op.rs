@@ -291,6 +291,9 @@ pub enum AttrValue {
 macro_rules! name_table {
     ($ty:ident { $($variant:ident => $name:literal),* $(,)? }) => {
         impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),*];
+
             /// The `.lsir` spelling.
             pub fn name(self) -> &'static str {
                 match self { $($ty::$variant => $name),* }

@@ -53,33 +53,13 @@ fn build(steps: &[Step], names: &[String]) -> Program {
     for s in steps {
         let (op, args): (Op, Vec<ValueRef>) = match s {
             Step::Unary(a, u) => {
-                let u = [
-                    UnaryOp::Neg,
-                    UnaryOp::Abs,
-                    UnaryOp::Exp,
-                    UnaryOp::Log,
-                    UnaryOp::Sqrt,
-                    UnaryOp::Rsqrt,
-                    UnaryOp::Recip,
-                    UnaryOp::Tanh,
-                    UnaryOp::Sigmoid,
-                    UnaryOp::Silu,
-                    UnaryOp::Gelu,
-                    UnaryOp::Round,
-                ][*u];
-                (Op::Unary(u), vec![pick(&pool, *a)])
+                let float_ops: Vec<UnaryOp> = UnaryOp::ALL.iter().copied().filter(|u| *u != UnaryOp::Not).collect();
+                (Op::Unary(float_ops[*u % float_ops.len()]), vec![pick(&pool, *a)])
             }
             Step::Binary(a, b, o) => {
-                let o = [
-                    BinaryOp::Add,
-                    BinaryOp::Sub,
-                    BinaryOp::Mul,
-                    BinaryOp::Div,
-                    BinaryOp::Max,
-                    BinaryOp::Min,
-                    BinaryOp::Pow,
-                ][*o];
-                (Op::Binary(o), vec![pick(&pool, *a), pick(&pool, *b)])
+                let arithmetic: Vec<BinaryOp> =
+                    BinaryOp::ALL.iter().copied().filter(|b| !matches!(b, BinaryOp::And | BinaryOp::Or)).collect();
+                (Op::Binary(arithmetic[*o % arithmetic.len()]), vec![pick(&pool, *a), pick(&pool, *b)])
             }
             Step::Cmp(a, b) => (Op::Compare(CmpOp::Lt), vec![pick(&pool, *a), pick(&pool, *b)]),
             Step::Reduce(a, x, k) => {

@@ -41,40 +41,13 @@ impl VjpTable {
     pub fn standard() -> VjpTable {
         use lsc_ir::{BinaryOp, CmpOp, UnaryOp};
         let mut t = VjpTable { rules: HashMap::new() };
-        let unary = [
-            UnaryOp::Neg,
-            UnaryOp::Abs,
-            UnaryOp::Exp,
-            UnaryOp::Log,
-            UnaryOp::Sqrt,
-            UnaryOp::Rsqrt,
-            UnaryOp::Recip,
-            UnaryOp::Tanh,
-            UnaryOp::Sigmoid,
-            UnaryOp::Silu,
-            UnaryOp::Gelu,
-            UnaryOp::Erf,
-            UnaryOp::Round,
-            UnaryOp::Not,
-        ];
-        for u in unary {
+        for u in UnaryOp::ALL {
             t.register(u.name(), rules::unary);
         }
-        let binary = [
-            BinaryOp::Add,
-            BinaryOp::Sub,
-            BinaryOp::Mul,
-            BinaryOp::Div,
-            BinaryOp::Max,
-            BinaryOp::Min,
-            BinaryOp::Pow,
-            BinaryOp::And,
-            BinaryOp::Or,
-        ];
-        for b in binary {
+        for b in BinaryOp::ALL {
             t.register(b.name(), rules::binary);
         }
-        for c in [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge] {
+        for c in CmpOp::ALL {
             t.register(c.name(), rules::no_gradient);
         }
         let table: [(&'static str, VjpRule); 25] = [
