@@ -7,7 +7,7 @@ use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::{DType, Dim, Op, Program};
 use lsc_passes::saturate::{optimize, Config};
 use lsc_runtime::init;
-use lsc_runtime::numerics::{compare, tolerance};
+use lsc_runtime::numerics::{compare, tolerance, F64_TOLERANCE};
 
 fn dims(s: &[i64]) -> Vec<Dim> {
     s.iter().map(|&d| Dim::new(d)).collect()
@@ -28,7 +28,16 @@ fn count(p: &Program, pred: impl Fn(&Op) -> bool) -> usize {
 
 /// Optimises and checks the result computes what the input did.
 fn run_both(p: &Program, inputs: &Tensors<f32>, params: &Tensors<f32>) -> (Program, lsc_passes::saturate::Stats) {
-    let (q, stats) = optimize(p, &Config::default()).unwrap();
+    run_both_with(p, inputs, params, &Config::default())
+}
+
+fn run_both_with(
+    p: &Program,
+    inputs: &Tensors<f32>,
+    params: &Tensors<f32>,
+    cfg: &Config,
+) -> (Program, lsc_passes::saturate::Stats) {
+    let (q, stats) = optimize(p, cfg).unwrap();
     let a = Interpreter::new(p).unwrap().run(inputs, params).unwrap();
     let b = Interpreter::new(&q).unwrap().run(inputs, params).unwrap();
     for ((n, x), (_, y)) in a.iter().zip(&b) {
@@ -36,6 +45,10 @@ fn run_both(p: &Program, inputs: &Tensors<f32>, params: &Tensors<f32>) -> (Progr
         assert!(c.ok(), "output {n} changed: max |Δ| {}", c.max_abs_diff);
     }
     (q, stats)
+}
+
+fn forward_values_only() -> Config {
+    Config { keep_gradients: false, ..Config::default() }
 }
 
 fn small_feed() -> (Tensors<f32>, Tensors<f32>) {
@@ -117,7 +130,7 @@ fn every_model_computes_the_same_after_saturation() {
         let mut rng = init::Rng::new(4);
         let ids = Value::ints(vec![2, 12], (0..24).map(|_| (rng.next_u64() % 256) as i64).collect());
         let inputs = Tensors::from([("input_ids".to_string(), ids.clone())]);
-        let (_, stats) = run_both(&p, &inputs, &params);
+        let (_, stats) = run_both_with(&p, &inputs, &params, &forward_values_only());
         assert!(stats.seconds < 5.0, "{m}: saturation took {}s", stats.seconds);
         assert!(stats.cost_after <= stats.cost_before * (1.0 + 1e-9), "{m}: cost went up");
 
@@ -136,7 +149,18 @@ fn every_model_computes_the_same_after_saturation() {
             };
             feed.insert(name.to_string(), v);
         }
-        let (_, stats) = run_both(&step, &feed, &params);
+        let (q, stats) = run_both_with(&step, &feed, &params, &forward_values_only());
+        assert_eq!(count(&q, |o| matches!(o, Op::AdamW { .. })), 1, "{m}: one fused AdamW");
+        assert_eq!(count(&q, |o| matches!(o, Op::SoftmaxCrossEntropy)), 1, "{m}: fused softmax + cross-entropy");
+        assert_eq!(count(&q, |o| matches!(o, Op::CrossEntropy)), 0, "{m}: unfused loss left");
+        // The updated parameters agree tightly in f64.
+        let wide = |t: &Tensors<f32>| -> Tensors<f64> { t.iter().map(|(k, v)| (k.clone(), v.convert())).collect() };
+        let a = Interpreter::new(&step).unwrap().run(&wide(&feed), &wide(&params)).unwrap();
+        let b = Interpreter::new(&q).unwrap().run(&wide(&feed), &wide(&params)).unwrap();
+        for ((n, x), (_, y)) in a.iter().zip(&b).filter(|((n, _), _)| n.starts_with("param.")) {
+            let c = compare(&y.to_f64_vec(), &x.to_f64_vec(), F64_TOLERANCE);
+            assert!(c.ok(), "{m}: f64 {n} changed: max |Δ| {}", c.max_abs_diff);
+        }
         println!(
             "{m}: training step {:.2e}s → {:.2e}s estimated, fired {:?}",
             stats.cost_before, stats.cost_after, stats.fired

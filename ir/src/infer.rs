@@ -57,8 +57,10 @@ pub fn arity(op: &Op) -> Option<usize> {
         | Op::CausalConv1d
         | Op::CrossEntropy => 2,
         Op::Select | Op::Scatter { .. } | Op::ScatterAdd { .. } | Op::CacheUpdate { .. } | Op::LsAttention { .. } => 3,
-        Op::LsAttentionGrad { .. } => 5,
-        Op::Concat { .. } | Op::Loop { .. } | Op::Call { .. } => return None,
+        Op::LsAttentionGrad { .. } | Op::Gam => 5,
+        Op::TernaryPack => 2,
+        Op::SoftmaxCrossEntropy | Op::TernaryMatmul { .. } => 3,
+        Op::Concat { .. } | Op::Loop { .. } | Op::Call { .. } | Op::AdamW { .. } => return None,
     })
 }
 
@@ -405,6 +407,76 @@ pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<
                 return Ok(vec![q.clone(), q.clone(), q.clone()]);
             }
             Ok(vec![q.clone(), TensorType::new(q.dtype, q.shape[..3].iter().cloned())])
+        }
+        Op::SoftmaxCrossEntropy => {
+            let (logits, targets, d_loss) = (ins[0], ins[1], ins[2]);
+            let loss = infer(&Op::CrossEntropy, &[logits, targets], sigs)?.remove(0);
+            if *d_loss != loss {
+                return Err(format!("`softmax_cross_entropy` needs d_loss of type {loss}, got {d_loss}"));
+            }
+            Ok(vec![loss, logits.clone()])
+        }
+        Op::AdamW { decay, .. } => {
+            let scalar = TensorType::scalar(DType::F32);
+            if ins.len() != 4 + 4 * decay.len() || ins[..4].iter().any(|t| **t != scalar) {
+                return Err(format!(
+                    "`adamw` over {} parameters takes lr, bc1, bc2, grad_scale (f32[]) and (w, g, m, v) per parameter, got {}",
+                    decay.len(),
+                    shapes_str(ins)
+                ));
+            }
+            let mut out = Vec::new();
+            for (i, group) in ins[4..].chunks(4).enumerate() {
+                if group.iter().any(|t| *t != group[0]) || !group[0].dtype.is_float() {
+                    return Err(format!(
+                        "`adamw` parameter {i}: w, g, m, v must share one float type, got {}",
+                        shapes_str(group)
+                    ));
+                }
+                out.extend([group[0].clone(), group[0].clone(), group[0].clone()]);
+            }
+            Ok(out)
+        }
+        Op::TernaryPack => {
+            let (w, s) = (ins[0], ins[1]);
+            if w.rank() != 2 || !w.dtype.is_float() || *s != TensorType::scalar(w.dtype) {
+                return Err(format!(
+                    "`ternary_pack` needs a float matrix and its scalar scale, got {}",
+                    shapes_str(ins)
+                ));
+            }
+            one(w.with_dtype(DType::Ternary))
+        }
+        Op::TernaryMatmul { trans_b } => {
+            let (x, w, s) = (ins[0], ins[1], ins[2]);
+            if w.dtype != DType::Ternary || *s != TensorType::scalar(x.dtype) {
+                return Err(format!(
+                    "`ternary_matmul` needs x, a packed ternary matrix and x's scalar scale, got {}",
+                    shapes_str(ins)
+                ));
+            }
+            infer_matmul(x, &w.with_dtype(x.dtype), false, *trans_b)
+        }
+        Op::Gam => {
+            let (x, conv_w, conv_b, memory, gates) = (ins[0], ins[1], ins[2], ins[3], ins[4]);
+            let ok = x.rank() == 3
+                && x.dtype.is_float()
+                && ins.iter().all(|t| t.dtype == x.dtype)
+                && conv_w.rank() == 3
+                && conv_w.shape[0] == x.shape[2]
+                && conv_w.shape[1] == Dim::new(1)
+                && conv_b.shape == [x.shape[2].clone()]
+                && memory.rank() == 2
+                && memory.shape[1] == x.shape[2]
+                && gates.shape[..2] == x.shape[..2]
+                && gates.shape[2] == x.shape[2].scale(2);
+            if !ok {
+                return Err(format!(
+                    "`gam` needs x [B,T,d], conv_w [d,1,k], conv_b [d], memory [S,d], gate_logits [B,T,2d], got {}",
+                    shapes_str(ins)
+                ));
+            }
+            one(x.clone())
         }
         Op::Call { callee } => {
             let sig = sigs.signature(callee).ok_or_else(|| format!("`call` refers to unknown function @{callee}"))?;

@@ -255,6 +255,39 @@ pub enum Op {
         /// Logit scale.
         scale: f64,
     },
+    /// Fused softmax + cross-entropy with its gradient (made by the `step`
+    /// rule group from a training step): `(logits [..., V], targets [...],
+    /// d_loss [...]) → (loss [...], d_logits [..., V])`, one pass over the logits.
+    SoftmaxCrossEntropy,
+    /// One fused AdamW update of many parameters (made by the `step` rule group).
+    /// Operands: `lr`, `bc1 = 1 − β1^t`, `bc2 = 1 − β2^t`, the gradient scale
+    /// (clipping factor), all `f32[]`; then `(w, g, m, v)` per parameter.
+    /// Outputs `(w', m', v')` per parameter.
+    AdamW {
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Denominator guard.
+        eps: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+        /// Whether each parameter is decayed.
+        decay: Vec<bool>,
+    },
+    /// `(w, s: f32[]) → clamp(round(w / s), −1, 1)` as packed ternary (made by
+    /// the `ternary` rule group).
+    TernaryPack,
+    /// `(x [..., M, K], w: ternary [K, N] (or [N, K] with `trans_b`), s: f32[])
+    /// → (x · w) · s`, with adds and subtracts only.
+    TernaryMatmul {
+        /// `w` is stored `[N, K]`.
+        trans_b: bool,
+    },
+    /// The Gated Associative Memory mixer in one op (made by the `gam` rule group):
+    /// `(x [B, T, d], conv_w [d, 1, k], conv_b [d], memory [S, d], gate_logits [B, T, 2d])
+    /// → σ(g_local) · (conv(x) + conv_b) + σ(g_global) · softmax(x · memoryᵀ) · memory`.
+    Gam,
     /// Applies function `body` `trips` times. Operands: loop-carried values, then
     /// loop-invariant values. The body takes `(iteration: i64[], carried.., invariant..)`
     /// and returns the next carried values; the loop returns the final ones.
@@ -353,6 +386,11 @@ impl Op {
             Op::CacheUpdate { .. } => "cache_update",
             Op::LsAttention { .. } => "ls_attention",
             Op::LsAttentionGrad { .. } => "ls_attention_grad",
+            Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Op::AdamW { .. } => "adamw",
+            Op::TernaryPack => "ternary_pack",
+            Op::TernaryMatmul { .. } => "ternary_matmul",
+            Op::Gam => "gam",
             Op::Loop { .. } => "loop",
             Op::Call { .. } => "call",
         }
@@ -399,7 +437,13 @@ impl Op {
             | Op::CacheUpdate { .. }
             | Op::Loop { .. }
             | Op::Call { .. } => true,
-            Op::LsAttention { .. } | Op::LsAttentionGrad { .. } => false,
+            Op::LsAttention { .. }
+            | Op::LsAttentionGrad { .. }
+            | Op::SoftmaxCrossEntropy
+            | Op::AdamW { .. }
+            | Op::TernaryPack
+            | Op::TernaryMatmul { .. }
+            | Op::Gam => false,
         }
     }
 
@@ -447,6 +491,14 @@ impl Op {
             Op::LsAttention { windows, scale } | Op::LsAttentionGrad { windows, scale } => {
                 vec![("windows", ints(windows)), ("scale", AttrValue::Float(*scale))]
             }
+            Op::AdamW { beta1, beta2, eps, weight_decay, decay } => vec![
+                ("beta1", AttrValue::Float(*beta1)),
+                ("beta2", AttrValue::Float(*beta2)),
+                ("eps", AttrValue::Float(*eps)),
+                ("weight_decay", AttrValue::Float(*weight_decay)),
+                ("decay", AttrValue::List(decay.iter().map(|&d| AttrValue::Bool(d)).collect())),
+            ],
+            Op::TernaryMatmul { trans_b } => vec![("trans_b", AttrValue::Bool(*trans_b))],
             Op::Input { .. }
             | Op::Param { .. }
             | Op::Unary(_)
@@ -456,7 +508,10 @@ impl Op {
             | Op::StopGradient
             | Op::Embedding
             | Op::CausalConv1d
-            | Op::CrossEntropy => vec![],
+            | Op::CrossEntropy
+            | Op::SoftmaxCrossEntropy
+            | Op::TernaryPack
+            | Op::Gam => vec![],
         }
     }
 
@@ -505,6 +560,17 @@ impl Op {
             "call" => Op::Call { callee: a.func("callee")? },
             "ls_attention" => Op::LsAttention { windows: a.usizes("windows")?, scale: a.float("scale")? },
             "ls_attention_grad" => Op::LsAttentionGrad { windows: a.usizes("windows")?, scale: a.float("scale")? },
+            "softmax_cross_entropy" => Op::SoftmaxCrossEntropy,
+            "adamw" => Op::AdamW {
+                beta1: a.float("beta1")?,
+                beta2: a.float("beta2")?,
+                eps: a.float("eps")?,
+                weight_decay: a.float("weight_decay")?,
+                decay: a.bools("decay")?,
+            },
+            "ternary_pack" => Op::TernaryPack,
+            "ternary_matmul" => Op::TernaryMatmul { trans_b: a.bool("trans_b")? },
+            "gam" => Op::Gam,
             other => {
                 if let Some(u) = UnaryOp::from_name(other) {
                     Op::Unary(u)
@@ -574,6 +640,19 @@ impl Attrs<'_> {
     fn usize(&mut self, key: &str) -> Result<usize, String> {
         let v = self.take(key)?;
         as_usize(&v).ok_or_else(|| self.wrong(key, "a non-negative integer"))
+    }
+    fn bools(&mut self, key: &str) -> Result<Vec<bool>, String> {
+        match self.take(key)? {
+            AttrValue::List(items) => items
+                .iter()
+                .map(|v| match v {
+                    AttrValue::Bool(b) => Some(*b),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.wrong(key, "a list of true/false")),
+            _ => Err(self.wrong(key, "a list such as [true,false]")),
+        }
     }
     fn usizes(&mut self, key: &str) -> Result<Vec<usize>, String> {
         match self.take(key)? {

@@ -124,6 +124,8 @@ impl Trainer {
         let sat = lsc_passes::saturate::Config::default();
         let (forward, _) = lsc_passes::saturate::optimize(forward, &sat).map_err(RuntimeError::Input)?;
         let unoptimized = training_step(&forward, &opts).map_err(RuntimeError::Input)?;
+        // The step is never differentiated again: forward-value rules may run.
+        let sat = lsc_passes::saturate::Config { keep_gradients: false, ..sat };
         let (step_program, _) = lsc_passes::saturate::optimize(&unoptimized, &sat).map_err(RuntimeError::Input)?;
         let sampler = Sampler::new(cfg.seed ^ 0xda7a);
         let mut t =

@@ -108,8 +108,13 @@ pub fn run(
         files.push(file);
     }
     if emit.iter().any(|e| e == "opt-ir" || e == "egraph-stats") {
-        let cfg =
-            lsc_passes::saturate::Config { groups: rules.to_vec(), without: no_rules.to_vec(), ..Default::default() };
+        // What `compile` emits runs as is (it is never differentiated again).
+        let cfg = lsc_passes::saturate::Config {
+            groups: rules.to_vec(),
+            without: no_rules.to_vec(),
+            keep_gradients: false,
+            ..Default::default()
+        };
         let (opt, stats) = lsc_passes::saturate::optimize(&src.program, &cfg).map_err(CliError::new)?;
         if emit.iter().any(|e| e == "opt-ir") {
             let file = format!("{}.opt.lsir", src.name);

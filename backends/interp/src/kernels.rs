@@ -1,6 +1,7 @@
 //! One straightforward implementation per primitive op. Clarity over speed:
 //! these are the ground truth every generated kernel is checked against.
 
+use crate::fused;
 use crate::math::{erf, gelu, round_half_even, sigmoid, Real};
 use crate::value::{numel, Buffer, Value};
 use lsc_ir::{BinaryOp, Bindings, CmpOp, DType, Op, ReduceKind, UnaryOp};
@@ -364,6 +365,14 @@ pub fn eval<T: Real>(
         }
         Op::LsAttention { windows, scale } => ls_attention(args, windows, *scale, out),
         Op::LsAttentionGrad { windows, scale } => ls_attention_grad(args, windows, *scale, out),
+        Op::SoftmaxCrossEntropy => fused::softmax_cross_entropy(args, out),
+        Op::AdamW { beta1, beta2, eps, weight_decay, decay } => {
+            let h = fused::AdamW { beta1: *beta1, beta2: *beta2, eps: *eps, weight_decay: *weight_decay, decay };
+            fused::adamw(args, &h, out)
+        }
+        Op::TernaryPack => fused::ternary_pack(args, out),
+        Op::TernaryMatmul { trans_b } => fused::ternary_matmul(args, *trans_b, out),
+        Op::Gam => fused::gam(args, out),
         Op::Input { .. }
         | Op::Param { .. }
         | Op::Constant { .. }

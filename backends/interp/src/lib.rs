@@ -7,12 +7,14 @@
 //! |---|---|
 //! | [`exec`] | [`Interpreter`]: symbol binding, graph walk, control flow |
 //! | [`kernels`] | one implementation per primitive op |
+//! | [`fused`] | the fused ops of the rewrite passes (cross-entropy, AdamW, ternary, GAM) |
 //! | [`value`] | runtime tensors |
 //! | [`math`] | the float trait, erf/GELU, round-half-even |
 
 #![warn(missing_docs)]
 
 pub mod exec;
+pub mod fused;
 pub mod kernels;
 pub mod math;
 pub mod value;

@@ -8,10 +8,12 @@
 //! that accumulates the gradients of its loop-invariant (shared) values.
 
 mod emit;
+mod fused;
 mod rules;
 mod structured;
 
 pub use emit::Emit;
+pub use fused::gam_decomposed;
 
 use lsc_ir::{Graph, NodeId, Op, Program, ValueRef};
 use std::collections::HashMap;
@@ -50,7 +52,7 @@ impl VjpTable {
         for c in CmpOp::ALL {
             t.register(c.name(), rules::no_gradient);
         }
-        let table: [(&'static str, VjpRule); 25] = [
+        let table: [(&'static str, VjpRule); 28] = [
             ("clamp", rules::clamp),
             ("select", rules::select),
             ("stop_gradient", rules::no_gradient),
@@ -74,6 +76,9 @@ impl VjpTable {
             ("cross_entropy", rules::cross_entropy),
             ("cache_update", rules::cache_update),
             ("ls_attention", rules::ls_attention),
+            ("ternary_pack", rules::no_gradient),
+            ("ternary_matmul", fused::ternary_matmul),
+            ("gam", fused::gam),
             ("call", structured::call),
             ("loop", structured::lp),
         ];

@@ -41,24 +41,30 @@ fn numel(t: &TensorType) -> f64 {
 pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
     let LscNode::Other(sym, ch) = n;
     let Key::Op(op, None) = g.analysis.interner.key(*sym) else { return 0.0 };
-    let outs: f64 = g.lookup(n.clone()).map(|id| g[id].data.iter().map(numel).sum()).unwrap_or(0.0);
-    let ins: f64 = ch.iter().filter_map(|c| g[*c].data.first()).map(numel).sum();
+    let out_types: Vec<TensorType> = g.lookup(n.clone()).map(|id| g[id].data.clone()).unwrap_or_default();
+    let in_types: Vec<&TensorType> = ch.iter().filter_map(|c| g[*c].data.first()).collect();
+    let outs: f64 = out_types.iter().map(numel).sum();
+    let ins: f64 = in_types.iter().map(|t| numel(t)).sum();
+    let dim = |t: &TensorType, axis: usize| numel(&TensorType::new(t.dtype, [t.shape[axis].clone()]));
     let flops = match op {
         Op::MatMul { trans_a, .. } => {
-            let a = ch.first().and_then(|c| g[*c].data.first());
-            let k = a
-                .map(|t| numel(&TensorType::new(t.dtype, [t.shape[t.rank() - if *trans_a { 2 } else { 1 }].clone()])))
-                .unwrap_or(1.0);
+            let k = in_types.first().map(|t| dim(t, t.rank() - if *trans_a { 2 } else { 1 })).unwrap_or(1.0);
             2.0 * outs * k
         }
-        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::CrossEntropy => 5.0 * ins,
+        Op::TernaryMatmul { .. } => {
+            // Adds and subtracts, one per weight and row.
+            let k = in_types.first().map(|t| dim(t, t.rank() - 1)).unwrap_or(1.0);
+            outs * k
+        }
+        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::CrossEntropy | Op::SoftmaxCrossEntropy => 5.0 * ins,
+        Op::Gam => {
+            // Two (rows × slots × d) products for the memory read, plus the conv and gates.
+            let slots = in_types.get(3).map(|t| dim(t, 0)).unwrap_or(64.0);
+            outs * (4.0 * slots + 20.0)
+        }
         Op::LsAttention { windows, .. } => {
             // q·k and p·v over the visible keys: T/2 on average for a global head, w for a local one.
-            let t = ch
-                .first()
-                .and_then(|c| g[*c].data.first())
-                .map(|q| numel(&TensorType::new(q.dtype, [q.shape[2].clone()])))
-                .unwrap_or(64.0);
+            let t = in_types.first().map(|q| dim(q, 2)).unwrap_or(64.0);
             let keys: f64 = windows.iter().map(|&w| if w == 0 { t / 2.0 } else { (w as f64).min(t) }).sum::<f64>()
                 / windows.len().max(1) as f64;
             4.0 * ins / 3.0 * keys
@@ -67,7 +73,12 @@ pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
         _ => outs.max(ins),
     };
     // A reshape is free; everything else reads its inputs and writes its outputs.
-    let bytes = if matches!(op, Op::Reshape { .. }) { 0.0 } else { 4.0 * (ins + outs) };
+    let size = |t: &TensorType| numel(t) * t.dtype.bits() as f64 / 8.0;
+    let bytes = if matches!(op, Op::Reshape { .. }) {
+        0.0
+    } else {
+        in_types.iter().map(|t| size(t)).sum::<f64>() + out_types.iter().map(size).sum::<f64>()
+    };
     (flops / m.peak_flops).max(bytes / m.bandwidth) + m.launch
 }
 
@@ -141,7 +152,45 @@ pub fn extract(g: &LscGraph, roots: &[Id], m: &Machine) -> Choice {
             }
         }
     }
+    swap_multi_output_groups(g, roots, &mut choice, current, m);
     choice
+}
+
+/// A multi-output fusion (one AdamW for every parameter) pays only when all
+/// the classes reading its outputs switch to it at once: try each such group.
+fn swap_multi_output_groups(g: &LscGraph, roots: &[Id], choice: &mut Choice, mut current: f64, m: &Machine) {
+    let mut groups: HashMap<Id, Vec<(Id, LscNode)>> = HashMap::new();
+    for class in g.classes() {
+        for n in &class.nodes {
+            let LscNode::Other(sym, ch) = n;
+            if matches!(g.analysis.interner.key(*sym), Key::Proj(_)) {
+                groups.entry(g.find(ch[0])).or_default().push((class.id, n.clone()));
+            }
+        }
+    }
+    let mut sources: Vec<Id> = groups.keys().copied().collect();
+    sources.sort();
+    for source in sources {
+        let members = &groups[&source];
+        if members.len() < 2 || !choice.contains_key(&source) {
+            continue;
+        }
+        let old: Vec<(Id, Option<LscNode>)> =
+            members.iter().map(|(id, n)| (*id, choice.insert(*id, n.clone()))).collect();
+        let below = reachable(g, &[source], choice);
+        let cyclic = members.iter().any(|(id, _)| below.contains(id));
+        let cost = if cyclic { f64::INFINITY } else { dag_cost(g, roots, choice, m) };
+        if cost < current - 1e-15 {
+            current = cost;
+        } else {
+            for (id, o) in old {
+                match o {
+                    Some(o) => choice.insert(id, o),
+                    None => choice.remove(&id),
+                };
+            }
+        }
+    }
 }
 
 /// Builds a graph named `name` from the choice; `inputs` are the input classes

@@ -3,16 +3,23 @@
 //! under a cost model picks the cheapest program. Every rule preserves meaning;
 //! the tests run the interpreter before and after on every built-in model.
 //!
-//! Today's rules are the `algebra` group (transpose and reshape cancellation,
-//! units, transposes absorbed into matmul flags, scales moved through matmul;
-//! common subexpressions merge for free in the e-graph). The fusion groups
-//! (attention, LS-attention, routed recursion, ternary matmul, GAM, step) build
-//! on this machinery.
+//! Rule groups, run in stages (each saturates before the next starts):
+//! 1. `algebra` (transpose and reshape cancellation, units, transposes absorbed
+//!    into matmul flags, scales moved through matmul; common subexpressions
+//!    merge for free in the e-graph) and `inference` (straight-through and
+//!    `stop_gradient` are identities in value; only for graphs autodiff will
+//!    not differentiate again);
+//! 2. `attention` (causal/banded softmax attention → `ls_attention`, with its
+//!    row max for the monitor), `ternary` (→ `ternary_matmul`), `gam` (→ `gam`);
+//! 3. `step` (softmax + cross-entropy with its gradient, one AdamW over all
+//!    parameters), for training-step graphs.
 
 mod analysis;
 mod extract;
+mod fusion;
 mod lang;
 mod rules;
+mod step;
 
 pub use extract::Machine;
 
@@ -38,6 +45,9 @@ pub struct Config {
     pub time_limit: Duration,
     /// The cost model's machine.
     pub machine: Machine,
+    /// The graph will still be differentiated: rules that keep only forward
+    /// values (the `inference` group) do not run.
+    pub keep_gradients: bool,
 }
 
 impl Default for Config {
@@ -49,6 +59,7 @@ impl Default for Config {
             iter_limit: 8,
             time_limit: Duration::from_millis(500),
             machine: Machine::default(),
+            keep_gradients: true,
         }
     }
 }
@@ -75,9 +86,9 @@ pub struct Stats {
     pub enodes: usize,
     /// E-classes at the end (all graphs).
     pub eclasses: usize,
-    /// Iterations (the most of any graph).
+    /// Iterations (the most of any graph, all stages).
     pub iterations: usize,
-    /// Why each graph stopped.
+    /// Why each graph's stages stopped (`stage: reason after n iterations`).
     pub stop: BTreeMap<String, String>,
     /// Estimated seconds before (DAG cost of the input).
     pub cost_before: f64,
@@ -142,30 +153,59 @@ pub fn optimize_graph(g: &Graph, functions: &[Graph], cfg: &Config, stats: &mut 
     let roots: Vec<Id> = inputs.iter().chain(&params).copied().chain(outputs.iter().map(|(_, id)| *id)).collect();
     let original: extract::Choice = eg.classes().map(|c| (c.id, c.nodes[0].clone())).collect();
     stats.cost_before += extract::dag_cost(&eg, &roots, &original, &cfg.machine);
-    let rules: Vec<rules::Rule> = rules::all()
-        .into_iter()
-        .filter(|r| {
-            (cfg.groups.is_empty() || cfg.groups.iter().any(|g| g == r.group))
-                && !cfg.without.iter().any(|g| g == r.group)
-        })
-        .collect();
-    let mut stop = StopReason::IterationLimit;
+    let selected = |group: &str| {
+        (cfg.groups.is_empty() || cfg.groups.iter().any(|g| g == group))
+            && !cfg.without.iter().any(|g| g == group)
+            && !(cfg.keep_gradients && rules::FORWARD_ONLY.contains(&group))
+    };
+    let all = rules::all();
     let mut iterations = 0;
-    for _ in 0..cfg.iter_limit {
-        iterations += 1;
+    let mut reasons = Vec::new();
+    for stage in rules::STAGES {
+        let rules: Vec<&rules::Rule> = all.iter().filter(|r| stage.contains(&r.group) && selected(r.group)).collect();
+        if rules.is_empty() {
+            continue;
+        }
+        let (stop, n) = run_stage(&mut eg, &rules, cfg, start, stats);
+        iterations += n;
+        reasons.push(format!("{}: {stop:?} after {n}", stage.join("+")));
+    }
+    let choice = extract::extract(&eg, &roots, &cfg.machine);
+    stats.cost_after += extract::dag_cost(&eg, &roots, &choice, &cfg.machine);
+    stats.enodes += eg.total_number_of_nodes();
+    stats.eclasses += eg.number_of_classes();
+    stats.iterations = stats.iterations.max(iterations);
+    stats.stop.insert(g.name.clone(), reasons.join("; "));
+    let out = extract::to_graph(&eg, &choice, &g.name, &inputs, &params, &outputs)?;
+    stats.seconds += start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Runs one stage's rules until nothing changes or a bound is hit.
+fn run_stage(
+    eg: &mut LscGraph,
+    rules: &[&rules::Rule],
+    cfg: &Config,
+    start: Instant,
+    stats: &mut Stats,
+) -> (StopReason, usize) {
+    for iteration in 1..=cfg.iter_limit {
         let mut proposals: Vec<(Id, usize, rules::Expr)> = Vec::new();
-        for class in eg.classes() {
-            for n in &class.nodes {
-                for (k, r) in rules.iter().enumerate() {
-                    for e in (r.apply)(&eg, n) {
-                        proposals.push((class.id, k, e));
+        for (k, r) in rules.iter().enumerate() {
+            match r.apply {
+                rules::Apply::Node(f) => {
+                    for class in eg.classes() {
+                        for n in &class.nodes {
+                            proposals.extend(f(eg, n).into_iter().map(|e| (class.id, k, e)));
+                        }
                     }
                 }
+                rules::Apply::Graph(f) => proposals.extend(f(eg).into_iter().map(|(id, e)| (id, k, e))),
             }
         }
         let mut changed = false;
         for (id, k, e) in proposals {
-            let new = add_expr(&mut eg, &e);
+            let new = add_expr(eg, &e);
             // Only a type-preserving rewrite may merge (the analysis knows both types).
             if eg[new].data != eg[id].data {
                 continue;
@@ -177,27 +217,16 @@ pub fn optimize_graph(g: &Graph, functions: &[Graph], cfg: &Config, stats: &mut 
         }
         eg.rebuild();
         if !changed {
-            stop = StopReason::Saturated;
-            break;
+            return (StopReason::Saturated, iteration);
         }
         if eg.total_number_of_nodes() > cfg.node_limit {
-            stop = StopReason::NodeLimit;
-            break;
+            return (StopReason::NodeLimit, iteration);
         }
         if start.elapsed() > cfg.time_limit {
-            stop = StopReason::TimeLimit;
-            break;
+            return (StopReason::TimeLimit, iteration);
         }
     }
-    let choice = extract::extract(&eg, &roots, &cfg.machine);
-    stats.cost_after += extract::dag_cost(&eg, &roots, &choice, &cfg.machine);
-    stats.enodes += eg.total_number_of_nodes();
-    stats.eclasses += eg.number_of_classes();
-    stats.iterations = stats.iterations.max(iterations);
-    stats.stop.insert(g.name.clone(), format!("{stop:?}"));
-    let out = extract::to_graph(&eg, &choice, &g.name, &inputs, &params, &outputs)?;
-    stats.seconds += start.elapsed().as_secs_f64();
-    Ok(out)
+    (StopReason::IterationLimit, cfg.iter_limit)
 }
 
 /// Saturates every graph of `p` (functions keep their signatures).

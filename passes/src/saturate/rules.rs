@@ -16,35 +16,62 @@ pub enum Expr {
     Node(Key, Vec<Expr>),
 }
 
+/// How a rule finds its matches.
+#[derive(Clone, Copy)]
+pub enum Apply {
+    /// Proposals for the class of one e-node.
+    Node(fn(&LscGraph, &LscNode) -> Vec<Expr>),
+    /// Proposals over the whole e-graph, each for a class (horizontal fusions,
+    /// and fusions that rewrite several classes at once).
+    Graph(fn(&LscGraph) -> Vec<(Id, Expr)>),
+}
+
 /// One named rewrite.
 pub struct Rule {
     /// Name (as reported in the statistics).
     pub name: &'static str,
     /// Group (`--rules` / `--no-rules` select groups).
     pub group: &'static str,
-    /// Proposals for the class of `node`.
-    pub apply: fn(&LscGraph, &LscNode) -> Vec<Expr>,
+    /// The matcher.
+    pub apply: Apply,
 }
 
-/// Every rule, in the order the stages run them.
+/// The rule groups, in the stages they run in: cheap shape and algebra rules
+/// saturate first, then the fusions, then the training-step fusions.
+pub const STAGES: [&[&str]; 3] = [&["algebra", "inference"], &["attention", "ternary", "gam"], &["step"]];
+
+/// Groups whose rules change gradients (they keep forward values only): never
+/// run on a graph that autodiff will still differentiate.
+pub const FORWARD_ONLY: [&str; 1] = ["inference"];
+
+/// Every rule.
 pub fn all() -> Vec<Rule> {
+    use super::{fusion, step};
+    let node = |name, group, f| Rule { name, group, apply: Apply::Node(f) };
+    let graph = |name, group, f| Rule { name, group, apply: Apply::Graph(f) };
     vec![
-        Rule { name: "transpose-transpose", group: "algebra", apply: transpose_transpose },
-        Rule { name: "transpose-identity", group: "algebra", apply: transpose_identity },
-        Rule { name: "reshape-reshape", group: "algebra", apply: reshape_reshape },
-        Rule { name: "reshape-identity", group: "algebra", apply: reshape_identity },
-        Rule { name: "neg-neg", group: "algebra", apply: neg_neg },
-        Rule { name: "mul-one", group: "algebra", apply: mul_one },
-        Rule { name: "add-zero", group: "algebra", apply: add_zero },
-        Rule { name: "matmul-absorb-transpose", group: "algebra", apply: matmul_absorb_transpose },
-        Rule { name: "scale-through-matmul", group: "algebra", apply: scale_through_matmul },
-        Rule { name: "ls-attention", group: "attention", apply: ls_attention },
-        Rule { name: "attention-row-max", group: "attention", apply: attention_row_max },
+        node("transpose-transpose", "algebra", transpose_transpose),
+        node("transpose-identity", "algebra", transpose_identity),
+        node("reshape-reshape", "algebra", reshape_reshape),
+        node("reshape-identity", "algebra", reshape_identity),
+        node("neg-neg", "algebra", neg_neg),
+        node("mul-one", "algebra", mul_one),
+        node("add-zero", "algebra", add_zero),
+        node("matmul-absorb-transpose", "algebra", matmul_absorb_transpose),
+        node("scale-through-matmul", "algebra", scale_through_matmul),
+        node("drop-stop-gradient", "inference", fusion::drop_stop_gradient),
+        node("straight-through-forward", "inference", fusion::straight_through_forward),
+        node("ls-attention", "attention", ls_attention),
+        node("attention-row-max", "attention", attention_row_max),
+        node("ternary-matmul", "ternary", fusion::ternary_matmul),
+        node("gam", "gam", fusion::gam),
+        graph("softmax-cross-entropy", "step", step::softmax_cross_entropy),
+        graph("fused-adamw", "step", step::fused_adamw),
     ]
 }
 
 /// The ops (with children) of a class.
-fn ops(g: &LscGraph, id: Id) -> Vec<(Op, Vec<Id>)> {
+pub(super) fn ops(g: &LscGraph, id: Id) -> Vec<(Op, Vec<Id>)> {
     g[id]
         .nodes
         .iter()
@@ -55,7 +82,7 @@ fn ops(g: &LscGraph, id: Id) -> Vec<(Op, Vec<Id>)> {
         .collect()
 }
 
-fn decode(g: &LscGraph, n: &LscNode) -> Option<(Op, Vec<Id>)> {
+pub(super) fn decode(g: &LscGraph, n: &LscNode) -> Option<(Op, Vec<Id>)> {
     let LscNode::Other(sym, ch) = n;
     match g.analysis.interner.key(*sym) {
         Key::Op(op, None) => Some((op.clone(), ch.clone())),
@@ -64,7 +91,7 @@ fn decode(g: &LscGraph, n: &LscNode) -> Option<(Op, Vec<Id>)> {
 }
 
 /// The scalar constant a class is (directly, or broadcast), if any.
-fn constant(g: &LscGraph, id: Id) -> Option<f64> {
+pub(super) fn constant(g: &LscGraph, id: Id) -> Option<f64> {
     for LscNode::Other(sym, ch) in &g[id].nodes {
         match g.analysis.interner.key(*sym) {
             Key::Op(Op::Constant { value }, Some(t)) if t.shape.is_empty() => return Some(*value),
@@ -79,7 +106,7 @@ fn constant(g: &LscGraph, id: Id) -> Option<f64> {
     None
 }
 
-fn op(op: Op, children: Vec<Expr>) -> Expr {
+pub(super) fn op(op: Op, children: Vec<Expr>) -> Expr {
     Expr::Node(Key::Op(op, None), children)
 }
 
@@ -299,25 +326,64 @@ fn head_windows(g: &LscGraph, mask: Id, heads: usize) -> Option<Vec<usize>> {
     None
 }
 
-/// `(q, k, scale, windows)` if class `s` is masked, scaled logits `select(M, (q·kᵀ)·c, −∞)`
-/// (the scale on the logits or on `q`).
-fn masked_logits(g: &LscGraph, s: Id) -> Option<(Id, Id, f64, Vec<usize>)> {
+/// `(mask, logits)` of a masked-logits class: `select(M, logits, −∞)`, or
+/// `logits + bias` with the bias `select(M, 0, −∞)` (possibly broadcast).
+fn masked(g: &LscGraph, s: Id) -> Vec<(Id, Id)> {
+    let mut out = Vec::new();
+    let bias_mask = |id: Id| -> Option<Id> {
+        let direct = |id: Id| {
+            ops(g, id).into_iter().find_map(|(o, ch)| {
+                (o == Op::Select && constant(g, ch[1]) == Some(0.0) && constant(g, ch[2]) == Some(f64::NEG_INFINITY))
+                    .then_some(ch[0])
+            })
+        };
+        direct(id).or_else(|| {
+            ops(g, id)
+                .into_iter()
+                .find_map(|(o, ch)| matches!(o, Op::Broadcast { .. }).then(|| direct(ch[0])).flatten())
+        })
+    };
     for (o, ch) in ops(g, s) {
-        if o != Op::Select || constant(g, ch[2]) != Some(f64::NEG_INFINITY) {
-            continue;
+        match o {
+            Op::Select if constant(g, ch[2]) == Some(f64::NEG_INFINITY) => out.push((ch[0], ch[1])),
+            Op::Binary(BinaryOp::Add) => {
+                for (bias, logits) in [(ch[1], ch[0]), (ch[0], ch[1])] {
+                    if let Some(m) = bias_mask(bias) {
+                        out.push((m, logits));
+                    }
+                }
+            }
+            _ => {}
         }
-        let t = ty(g, ch[1])?;
-        if t.rank() != 4 {
-            continue;
-        }
-        let heads = t.shape[1].as_const()? as usize;
-        let Some(windows) = head_windows(g, ch[0], heads) else { continue };
+    }
+    out
+}
+
+/// The `[B, H, T, T]` mask of class `m` as per-head windows; a `[T, T]` mask
+/// (from an additive bias broadcast later) counts for every head.
+fn mask_windows(g: &LscGraph, m: Id, heads: usize) -> Option<Vec<usize>> {
+    match ty(g, m)?.rank() {
+        2 => mask_window(g, m).map(|w| vec![w; heads]),
+        _ => head_windows(g, m, heads),
+    }
+}
+
+/// `(q, k, scale, windows)` if class `s` is masked, scaled logits `(q·kᵀ)·c`
+/// (the scale on the logits or on `q`; the mask by select or added as −∞).
+fn masked_logits(g: &LscGraph, s: Id) -> Option<(Id, Id, f64, Vec<usize>)> {
+    let t = ty(g, s)?;
+    if t.rank() != 4 {
+        return None;
+    }
+    let heads = t.shape[1].as_const()? as usize;
+    for (mask, logits) in masked(g, s) {
+        let Some(windows) = mask_windows(g, mask, heads) else { continue };
         let qk = |id: Id| -> Option<(Id, Id)> {
             ops(g, id)
                 .into_iter()
                 .find_map(|(m, mch)| (m == Op::MatMul { trans_a: false, trans_b: true }).then_some((mch[0], mch[1])))
         };
-        for (l, lch) in ops(g, ch[1]) {
+        for (l, lch) in ops(g, logits) {
             if l != Op::Binary(BinaryOp::Mul) {
                 continue;
             }
@@ -326,7 +392,7 @@ fn masked_logits(g: &LscGraph, s: Id) -> Option<(Id, Id, f64, Vec<usize>)> {
                 return Some((q, k, c, windows));
             }
         }
-        for (m, mch) in ops(g, ch[1]) {
+        for (m, mch) in ops(g, logits) {
             if m != (Op::MatMul { trans_a: false, trans_b: true }) {
                 continue;
             }

@@ -1,0 +1,222 @@
+//! Kernels of the fused ops the rewrite passes make (besides attention, which
+//! lives with the other kernels): softmax + cross-entropy with its gradient,
+//! the multi-parameter AdamW update, ternary packing and matmul, and GAM.
+//! Each computes the same function as the primitive chain it replaces; the
+//! saturation tests run both and compare.
+
+use crate::math::{round_half_even, sigmoid, Real};
+use crate::value::{numel, Buffer, Value};
+use lsc_ir::DType;
+use rayon::prelude::*;
+
+type R<T> = Result<T, String>;
+
+fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
+    v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
+}
+
+fn scalar<T: Real>(v: &Value<T>) -> R<T> {
+    floats(v)?.first().copied().ok_or_else(|| "expected a scalar".to_string())
+}
+
+fn value<T: Real>((dtype, shape): &(DType, Vec<usize>), data: Vec<T>) -> Value<T> {
+    Value { dtype: *dtype, shape: shape.clone(), data: Buffer::Float(data) }
+}
+
+/// `(logits, targets, d_loss) → (loss, d_logits)`: one pass per row computes
+/// the log-sum-exp, the loss and `d_loss · (softmax − one_hot)`.
+pub fn softmax_cross_entropy<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
+    let (logits, d_loss) = (floats(args[0])?, floats(args[2])?);
+    let targets = args[1].as_ints().ok_or("softmax_cross_entropy targets must be integers")?;
+    let v = *args[0].shape.last().unwrap_or(&0);
+    if let Some(&bad) = targets.iter().find(|&&t| usize::try_from(t).map_or(true, |t| t >= v)) {
+        return Err(format!("softmax_cross_entropy target {bad} is out of range 0..{v}"));
+    }
+    let mut loss = vec![T::default(); targets.len()];
+    let mut grad = vec![T::default(); logits.len()];
+    grad.par_chunks_mut(v.max(1)).zip(loss.par_iter_mut()).enumerate().for_each(|(row, (g, l_out))| {
+        let l = &logits[row * v..(row + 1) * v];
+        let m = l.iter().copied().fold(T::from_f64(f64::NEG_INFINITY), |a, b| if b > a { b } else { a });
+        let mut s = T::default();
+        for (gi, &x) in g.iter_mut().zip(l) {
+            *gi = (x - m).exp();
+            s = s + *gi;
+        }
+        let tgt = targets[row] as usize;
+        *l_out = m + s.ln() - l[tgt];
+        let scale = d_loss[row] / s;
+        for gi in g.iter_mut() {
+            *gi = *gi * scale;
+        }
+        g[tgt] = g[tgt] - d_loss[row];
+    });
+    Ok(vec![value(&out[0], loss), value(&out[1], grad)])
+}
+
+/// The AdamW hyper-parameters of one fused update.
+pub struct AdamW<'a> {
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator guard.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Whether each parameter is decayed.
+    pub decay: &'a [bool],
+}
+
+/// One AdamW step of every parameter: `(lr, bc1, bc2, grad_scale, (w, g, m, v)…)
+/// → (w', m', v')…`, in the order of the unfused spelling's arithmetic.
+pub fn adamw<T: Real>(args: &[&Value<T>], h: &AdamW, out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
+    let [lr, bc1, bc2, gs] = [scalar(args[0])?, scalar(args[1])?, scalar(args[2])?, scalar(args[3])?];
+    let c = |x: f64| T::from_f64(x);
+    let (b1, b2, one_b1, one_b2, eps, wd) =
+        (c(h.beta1), c(h.beta2), c(1.0 - h.beta1), c(1.0 - h.beta2), c(h.eps), c(h.weight_decay));
+    let mut res = Vec::with_capacity(out.len());
+    for (i, group) in args[4..].chunks(4).enumerate() {
+        let (w, g, m, v) = (floats(group[0])?, floats(group[1])?, floats(group[2])?, floats(group[3])?);
+        let decay = h.decay.get(i).copied().unwrap_or(false) && h.weight_decay != 0.0;
+        let n = w.len();
+        let (mut w2, mut m2, mut v2) = (vec![T::default(); n], vec![T::default(); n], vec![T::default(); n]);
+        w2.par_iter_mut().zip(m2.par_iter_mut()).zip(v2.par_iter_mut()).enumerate().for_each(|(j, ((wo, mo), vo))| {
+            let gj = g[j] * gs;
+            *mo = m[j] * b1 + gj * one_b1;
+            *vo = v[j] * b2 + gj * gj * one_b2;
+            let mut step = (*mo / bc1) / ((*vo / bc2).sqrt() + eps);
+            if decay {
+                step = step + w[j] * wd;
+            }
+            *wo = w[j] - step * lr;
+        });
+        let k = 3 * i;
+        res.extend([value(&out[k], w2), value(&out[k + 1], m2), value(&out[k + 2], v2)]);
+    }
+    Ok(res)
+}
+
+/// `clamp(round(w / s), −1, 1)` (the values of a packed ternary matrix).
+pub fn ternary_pack<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
+    let (w, s) = (floats(args[0])?, scalar(args[1])?);
+    let t = w.iter().map(|&x| T::from_f64(round_half_even((x / s).to_f64()).clamp(-1.0, 1.0))).collect();
+    Ok(vec![value(&out[0], t)])
+}
+
+/// `(x · w) · s` for ternary `w`: every product is an add, a subtract or nothing.
+pub fn ternary_matmul<T: Real>(args: &[&Value<T>], trans_b: bool, out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
+    let (x, w, s) = (floats(args[0])?, floats(args[1])?, scalar(args[2])?);
+    let k = *args[0].shape.last().unwrap_or(&0);
+    let n = *out[0].1.last().unwrap_or(&0);
+    let rows = numel(&out[0].1) / n.max(1);
+    let signs: Vec<i8> = w
+        .iter()
+        .map(|&v| {
+            if v > T::default() {
+                1
+            } else if v < T::default() {
+                -1
+            } else {
+                0
+            }
+        })
+        .collect();
+    let at = |kk: usize, nn: usize| if trans_b { signs[nn * k + kk] } else { signs[kk * n + nn] };
+    let mut y = vec![T::default(); rows * n];
+    y.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, yr)| {
+        let xr = &x[r * k..(r + 1) * k];
+        for (nn, yo) in yr.iter_mut().enumerate() {
+            let mut acc = T::default();
+            for (kk, &xv) in xr.iter().enumerate() {
+                match at(kk, nn) {
+                    1 => acc = acc + xv,
+                    -1 => acc = acc - xv,
+                    _ => {}
+                }
+            }
+            *yo = acc * s;
+        }
+    });
+    Ok(vec![value(&out[0], y)])
+}
+
+/// Rows of GAM processed together (their memory scores go through one GEMM).
+const GAM_ROWS: usize = 64;
+
+/// The GAM mixer: per position, the causal depthwise convolution, the memory
+/// read `softmax(x · memoryᵀ) · memory`, and the sigmoid gates, in one pass.
+pub fn gam<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
+    let (x, cw, cb, mem, gl) =
+        (floats(args[0])?, floats(args[1])?, floats(args[2])?, floats(args[3])?, floats(args[4])?);
+    let [_, t, d] = args[0].shape[..] else { return Err("gam needs x [B,T,d]".into()) };
+    let (k, slots) = (args[1].shape[2], args[3].shape[0]);
+    let mut y = vec![T::default(); x.len()];
+    y.par_chunks_mut(GAM_ROWS * d.max(1)).enumerate().for_each(|(chunk, yc)| {
+        let rows = yc.len() / d.max(1);
+        let row0 = chunk * GAM_ROWS;
+        let xc = &x[row0 * d..(row0 + rows) * d];
+        let mut p = vec![T::default(); rows * slots];
+        let mut glob = vec![T::default(); rows * d];
+        // SAFETY: xc is rows×d, mem is slots×d (read transposed), p is rows×slots, glob rows×d.
+        unsafe {
+            T::gemm(
+                rows,
+                d,
+                slots,
+                xc.as_ptr(),
+                d as isize,
+                1,
+                mem.as_ptr(),
+                1,
+                d as isize,
+                p.as_mut_ptr(),
+                slots as isize,
+                1,
+            );
+        }
+        for pr in p.chunks_mut(slots.max(1)) {
+            let m = pr.iter().copied().fold(T::from_f64(f64::NEG_INFINITY), |a, b| if b > a { b } else { a });
+            let mut s = T::default();
+            for v in pr.iter_mut() {
+                *v = (*v - m).exp();
+                s = s + *v;
+            }
+            for v in pr.iter_mut() {
+                *v = *v / s;
+            }
+        }
+        // SAFETY: p is rows×slots, mem slots×d, glob rows×d.
+        unsafe {
+            T::gemm(
+                rows,
+                slots,
+                d,
+                p.as_ptr(),
+                slots as isize,
+                1,
+                mem.as_ptr(),
+                d as isize,
+                1,
+                glob.as_mut_ptr(),
+                d as isize,
+                1,
+            );
+        }
+        for r in 0..rows {
+            let row = row0 + r;
+            let ti = row % t;
+            let gates = &gl[row * 2 * d..(row + 1) * 2 * d];
+            for c in 0..d {
+                let mut local = cb[c];
+                for ki in 0..k {
+                    // Output t reads inputs t−(k−1)..=t (left zero padding k−1).
+                    if let Some(src) = (ti + ki).checked_sub(k - 1) {
+                        local = local + cw[c * k + ki] * x[(row - ti + src) * d + c];
+                    }
+                }
+                yc[r * d + c] = sigmoid(gates[c]) * local + sigmoid(gates[d + c]) * glob[r * d + c];
+            }
+        }
+    });
+    Ok(vec![value(&out[0], y)])
+}
