@@ -199,9 +199,17 @@ fn attention_program(heads: usize, windows: &[usize], spelling: usize) -> Progra
         0 => &q.matmul_t(&k) * scale,                        // scale on the logits
         1 => (&q * scale).matmul_t(&k),                      // scale on q
         2 => &q.matmul(&k.transpose(&[0, 1, 3, 2])) * scale, // Kᵀ by transpose
+        3 => &q.matmul_t(&k) * scale,                        // (masked by an additive bias below)
         _ => unreachable!(),
     };
-    let masked = mask.select(&scores, &b.constant(f64::NEG_INFINITY, DType::F32, &[]));
+    let neg_inf = b.constant(f64::NEG_INFINITY, DType::F32, &[]);
+    let masked = if spelling == 3 {
+        // The mask added as a bias of 0 / −∞.
+        let bias = mask.select(&b.constant(0.0, DType::F32, &[]), &neg_inf);
+        &scores + &bias.broadcast_to(&scores.shape())
+    } else {
+        mask.select(&scores, &neg_inf)
+    };
     b.output("out", &masked.softmax(-1).matmul(&v));
     b.finish().unwrap()
 }
@@ -226,7 +234,7 @@ fn fused_windows(p: &Program) -> Vec<Vec<usize>> {
 
 #[test]
 fn attention_is_recognised_however_it_is_spelled() {
-    for spelling in 0..3 {
+    for spelling in 0..4 {
         for windows in [vec![0, 0], vec![3, 3], vec![3, 0], vec![2, 5, 0]] {
             let p = attention_program(windows.len(), &windows, spelling);
             let (q, stats) = run_both(&p, &qkv_feed(windows.len(), 11), &Tensors::new());

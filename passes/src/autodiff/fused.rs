@@ -52,11 +52,8 @@ pub(super) fn gam(e: &mut Emit, n: &NodeGrad) -> G {
 /// recomputes the forward's intermediates instead of keeping them alive).
 fn by_decomposition(e: &mut Emit, n: &NodeGrad, decompose: fn(&mut Emit, &[ValueRef]) -> R<Vec<ValueRef>>) -> G {
     let mut scratch = Graph::new("decomposition");
-    let input = |g: &mut Graph, name: String, ty: TensorType| {
-        let id = g.add_node(Op::Input { name }, &[], vec![ty]);
-        g.inputs.push(id);
-        ValueRef::first(id)
-    };
+    let input =
+        |g: &mut Graph, name: String, ty: TensorType| ValueRef::first(g.add_node(Op::Input { name }, &[], vec![ty]));
     let args: Vec<ValueRef> =
         n.operands.iter().enumerate().map(|(i, v)| input(&mut scratch, format!("x{i}"), e.ty(*v))).collect();
     let seeds: Vec<(usize, ValueRef)> = n

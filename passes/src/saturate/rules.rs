@@ -293,33 +293,40 @@ fn mask_window(g: &LscGraph, id: Id) -> Option<usize> {
     None
 }
 
-/// Per-head windows of a `[B, H, T, T]` mask: one `[T, T]` mask broadcast to
-/// every head, or per-head groups concatenated along the head axis.
-fn head_windows(g: &LscGraph, mask: Id, heads: usize) -> Option<Vec<usize>> {
-    for (o, ch) in ops(g, mask) {
-        let Op::Broadcast { .. } = o else { continue };
-        let src = ty(g, ch[0])?;
-        if src.rank() == 2 {
-            if let Some(w) = mask_window(g, ch[0]) {
-                return Some(vec![w; heads]);
-            }
+/// Per-head windows of a `[H, T, T]` mask made of per-head groups
+/// (`[n, T, T]` broadcasts of `[T, T]` masks) concatenated along the head axis.
+fn concat_windows(g: &LscGraph, mask: Id, heads: usize) -> Option<Vec<usize>> {
+    for (c, parts) in ops(g, mask) {
+        if c != (Op::Concat { axis: 0 }) {
+            continue;
         }
-        if src.rank() == 3 {
-            for (c, parts) in ops(g, ch[0]) {
-                if c != (Op::Concat { axis: 0 }) {
-                    continue;
-                }
-                let mut windows = Vec::new();
-                for part in parts {
-                    let n = ty(g, part)?.shape[0].as_const()? as usize;
-                    let w = ops(g, part).iter().find_map(|(b, bch)| {
-                        matches!(b, Op::Broadcast { .. }).then(|| mask_window(g, bch[0])).flatten()
-                    })?;
-                    windows.extend(std::iter::repeat_n(w, n));
-                }
-                if windows.len() == heads {
-                    return Some(windows);
-                }
+        let mut windows = Vec::new();
+        for part in parts {
+            let n = ty(g, part)?.shape[0].as_const()? as usize;
+            let w = ops(g, part)
+                .iter()
+                .find_map(|(b, bch)| matches!(b, Op::Broadcast { .. }).then(|| mask_window(g, bch[0])).flatten())?;
+            windows.extend(std::iter::repeat_n(w, n));
+        }
+        if windows.len() == heads {
+            return Some(windows);
+        }
+    }
+    None
+}
+
+/// Per-head windows of a `[T, T]`, `[H, T, T]` or `[B, H, T, T]` mask: one
+/// `[T, T]` mask for every head, or per-head groups (possibly broadcast).
+fn mask_windows(g: &LscGraph, mask: Id, heads: usize) -> Option<Vec<usize>> {
+    match ty(g, mask)?.rank() {
+        2 => return mask_window(g, mask).map(|w| vec![w; heads]),
+        3 => return concat_windows(g, mask, heads),
+        _ => {}
+    }
+    for (o, ch) in ops(g, mask) {
+        if matches!(o, Op::Broadcast { .. }) && ty(g, ch[0]).is_some_and(|t| t.rank() < 4) {
+            if let Some(w) = mask_windows(g, ch[0], heads) {
+                return Some(w);
             }
         }
     }
@@ -357,15 +364,6 @@ fn masked(g: &LscGraph, s: Id) -> Vec<(Id, Id)> {
         }
     }
     out
-}
-
-/// The `[B, H, T, T]` mask of class `m` as per-head windows; a `[T, T]` mask
-/// (from an additive bias broadcast later) counts for every head.
-fn mask_windows(g: &LscGraph, m: Id, heads: usize) -> Option<Vec<usize>> {
-    match ty(g, m)?.rank() {
-        2 => mask_window(g, m).map(|w| vec![w; heads]),
-        _ => head_windows(g, m, heads),
-    }
 }
 
 /// `(q, k, scale, windows)` if class `s` is masked, scaled logits `(q·kᵀ)·c`
