@@ -58,6 +58,8 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         no_rules: Vec<String>,
     },
+    /// Benchmarks against a baseline timed in the same run; `--calibrate` measures the machine.
+    Bench(commands::bench::BenchArgs),
     /// Parse and verify a `.lsir` file.
     Check {
         /// The file to check.
@@ -107,6 +109,7 @@ fn main() -> ExitCode {
             commands::compile::run(&model, &emit, &out_dir, train, &rules, &no_rules)
         }
         Command::Check { file } => commands::check::run(&file),
+        Command::Bench(args) => commands::bench::run(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Generate(args) => commands::generate::run(&args),

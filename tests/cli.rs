@@ -363,7 +363,7 @@ fn compile_emits_optimised_ir_and_saturation_statistics() {
         "--emit",
         "egraph-stats",
         "--no-rules",
-        "algebra,attention",
+        "algebra,inference,attention",
         "-o",
         out,
     ]);

@@ -27,6 +27,7 @@ fn config(model: &str, steps: u64) -> TrainConfig {
         loss_terms: if model == "mor" { vec![("aux_loss".into(), 0.001)] } else { vec![] },
         tokenizer: "bytes".into(),
         vocab: 256,
+        fuse: true,
     }
 }
 

@@ -8,12 +8,14 @@
 //! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD |
 //! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
 //! | [`dce`] | dead-code elimination |
+//! | [`hoist`] | parameter-only work split out, computed once per set of weights |
 //! | [`stats`] | op histograms, primitive checks, parameter counts |
 
 #![warn(missing_docs)]
 
 pub mod autodiff;
 pub mod dce;
+pub mod hoist;
 pub mod saturate;
 pub mod stats;
 pub mod train;

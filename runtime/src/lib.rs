@@ -3,11 +3,13 @@
 //!
 //! | module | contents |
 //! |---|---|
+//! | [`calibrate`] | FMA peak, bandwidth and op cost of this machine for the cost model |
 //! | [`data`] | byte-token text splits |
 //! | [`eval`] | mean NLL over non-overlapping context windows |
 //! | [`tokenizer`] | bytes or BPE (`bpe` feature) |
 //! | [`init`] | seeded, per-name parameter initialisation |
 //! | [`weights`] | safetensors load/save by name, atomic writes |
+//! | [`prepare`] | inference programs: saturated, parameter-only work done once |
 //! | [`numerics`] | the project-wide `allclose` and its tolerances |
 //! | [`quant`] | packed ternary and group-wise k-bit formats, bit accounting |
 //! | [`generate`] | logits and next-token distributions |
@@ -15,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod calibrate;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
@@ -23,6 +26,7 @@ pub mod generate;
 pub mod init;
 pub mod ngram;
 pub mod numerics;
+pub mod prepare;
 pub mod quant;
 pub mod schedule;
 pub mod tokenizer;

@@ -9,7 +9,7 @@ use crate::error::RuntimeError;
 use crate::schedule::Schedule;
 use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::Program;
-use lsc_passes::train::{training_step, Optimizer, StepOptions};
+use lsc_passes::train::{Optimizer, StepOptions};
 use serde::{Deserialize, Serialize};
 
 /// A whole training run's configuration (saved in every checkpoint).
@@ -43,6 +43,13 @@ pub struct TrainConfig {
     pub tokenizer: String,
     /// Vocabulary size the model was built with.
     pub vocab: usize,
+    /// Equality saturation of the step (off: the primitive graph, for ablations).
+    #[serde(default = "fuse_by_default")]
+    pub fuse: bool,
+}
+
+fn fuse_by_default() -> bool {
+    true
 }
 
 /// What one step reports.
@@ -121,12 +128,13 @@ impl Trainer {
             loss_terms: cfg.loss_terms.clone(),
         };
         // egg(forward) → autodiff → egg(training step), as the compiler pipeline prescribes.
-        let sat = lsc_passes::saturate::Config::default();
-        let (forward, _) = lsc_passes::saturate::optimize(forward, &sat).map_err(RuntimeError::Input)?;
-        let unoptimized = training_step(&forward, &opts).map_err(RuntimeError::Input)?;
-        // The step is never differentiated again: forward-value rules may run.
-        let sat = lsc_passes::saturate::Config { keep_gradients: false, ..sat };
-        let (step_program, _) = lsc_passes::saturate::optimize(&unoptimized, &sat).map_err(RuntimeError::Input)?;
+        let step_program = if cfg.fuse {
+            let (machine, _) = crate::calibrate::machine()?;
+            let sat = lsc_passes::saturate::Config { machine, ..Default::default() };
+            lsc_passes::saturate::optimize_training_step(forward, &opts, &sat).map_err(RuntimeError::Input)?.0
+        } else {
+            lsc_passes::train::training_step(forward, &opts).map_err(RuntimeError::Input)?
+        };
         let sampler = Sampler::new(cfg.seed ^ 0xda7a);
         let mut t =
             Trainer { cfg, step_program, params, state, step, schedule_start, sampler, optimizer, profile: None };

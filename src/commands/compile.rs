@@ -78,12 +78,20 @@ pub fn run(
             ));
         }
     }
+    let known = lsc_passes::saturate::groups();
+    if let Some(bad) = rules.iter().chain(no_rules).find(|g| !known.contains(&g.as_str())) {
+        return Err(CliError::with_fix(
+            format!("unknown rule group `{bad}`"),
+            format!("use one of: {}", known.join(", ")),
+        ));
+    }
     let mut src = source::load(args, false)?;
+    let forward = src.program.clone();
+    let mut opts = lsc_passes::train::StepOptions::default();
+    if src.name == "mor" {
+        opts.loss_terms = vec![("aux_loss".into(), lsc_models::mor::AUX_LOSS_COEF)];
+    }
     if train {
-        let mut opts = lsc_passes::train::StepOptions::default();
-        if src.name == "mor" {
-            opts.loss_terms = vec![("aux_loss".into(), lsc_models::mor::AUX_LOSS_COEF)];
-        }
         src.program = lsc_passes::train::training_step(&src.program, &opts).map_err(|e| {
             CliError::with_fix(
                 format!("cannot build the training step: {e}"),
@@ -109,13 +117,21 @@ pub fn run(
     }
     if emit.iter().any(|e| e == "opt-ir" || e == "egraph-stats") {
         // What `compile` emits runs as is (it is never differentiated again).
+        let (machine, machine_source) = lsc_runtime::calibrate::machine()?;
         let cfg = lsc_passes::saturate::Config {
             groups: rules.to_vec(),
             without: no_rules.to_vec(),
             keep_gradients: false,
+            machine,
             ..Default::default()
         };
-        let (opt, stats) = lsc_passes::saturate::optimize(&src.program, &cfg).map_err(CliError::new)?;
+        // The training step goes through the trainer's pipeline: egg(forward) → autodiff → egg(step).
+        let (opt, stats) = if train {
+            lsc_passes::saturate::optimize_training_step(&forward, &opts, &cfg)
+        } else {
+            lsc_passes::saturate::optimize(&src.program, &cfg)
+        }
+        .map_err(CliError::new)?;
         if emit.iter().any(|e| e == "opt-ir") {
             let file = format!("{}.opt.lsir", src.name);
             write(&file, lsc_ir::print_program(&opt).map_err(CliError::new)?.as_bytes())?;
@@ -133,6 +149,7 @@ pub fn run(
                 "estimated_seconds_before": stats.cost_before,
                 "estimated_seconds_after": stats.cost_after,
                 "saturation_seconds": stats.seconds,
+                "machine": { "figures": cfg.machine, "source": machine_source },
             });
             let file = format!("{}.egraph-stats.json", src.name);
             write(&file, serde_json::to_string_pretty(&report).map_err(|e| CliError::new(e.to_string()))?.as_bytes())?;

@@ -52,7 +52,8 @@ pub fn run(
     }
     let prompt = prompt.unwrap_or_default();
     let max_len = src.max_len.unwrap_or(usize::MAX);
-    let top = generate::top_next(&src.program, &params, prompt.as_bytes(), 5, max_len)?;
+    let prepared = lsc_runtime::prepare::prepare(&src.program, &params)?;
+    let top = generate::top_next(&prepared.program, &prepared.params, prompt.as_bytes(), 5, max_len)?;
     let nodes: usize = src.program.graphs().map(|g| g.dag.node_count()).sum();
     let n_params = lsc_passes::parameter_count(&src.program).unwrap_or(0);
     println!("{label}: {nodes} IR nodes, {n_params} parameters ({origin}), interpreter on CPU");
@@ -83,7 +84,8 @@ fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path) -> CliR
             "use a shorter sequence or the `long` config",
         ));
     }
-    let logits = generate::logits(&src.program, params, ids)?;
+    let prepared = lsc_runtime::prepare::prepare(&src.program, params)?;
+    let logits = generate::logits(&prepared.program, &prepared.params, ids)?;
     let mut result = Tensors::new();
     result.insert(
         "logits".to_string(),

@@ -108,6 +108,9 @@ pub struct TrainArgs {
     /// Print the time per op kind of the last step.
     #[arg(long)]
     pub profile: bool,
+    /// Train the primitive step graph, without equality saturation (an ablation).
+    #[arg(long)]
+    pub no_fuse: bool,
     /// Print one final JSON line: steps, tokens_per_s, train_loss, val_loss, wall_s.
     #[arg(long)]
     pub json_summary: bool,
@@ -138,6 +141,7 @@ fn config_from(a: &TrainArgs, seq: usize, vocab: usize) -> Result<TrainConfig, C
         loss_terms,
         tokenizer: a.tokenizer.clone(),
         vocab,
+        fuse: !a.no_fuse,
     })
 }
 
@@ -188,7 +192,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
     let graph =
         |kind| lsc_models::build_graph(&a.model, &a.config, vocab, kind).map_err(|e| CliError::new(e.to_string()));
     let forward = graph(GraphKind::Forward)?;
-    let inference = graph(GraphKind::Inference)?;
+    let inference = lsc_runtime::prepare::optimize_for_inference(&graph(GraphKind::Inference)?)?;
     let train = tokenizer.encode(data::split(&text, Split::Train))?;
     let valid = tokenizer.encode(data::split(&text, Split::Validation))?;
     let tokenizer_json = tokenizer.to_json()?;
@@ -238,8 +242,10 @@ pub fn run(a: &TrainArgs) -> CliResult {
         .open(&metrics_path)
         .map_err(|e| CliError::new(format!("{}: {e}", metrics_path.display())))?;
     let n_local = lsc_models::transformer_config(&a.model, &a.config).map(|c| c.n_local_heads).unwrap_or(0);
-    let eval =
-        |t: &Trainer| lsc_runtime::eval::mean_nll(&inference, &t.params, &valid, seq, Some(a.eval_windows), a.batch);
+    let eval = |t: &Trainer| {
+        let p = lsc_runtime::prepare::bind_weights(&inference, &t.params)?;
+        lsc_runtime::eval::mean_nll(&p.program, &p.params, &valid, seq, Some(a.eval_windows), a.batch)
+    };
 
     let bar = indicatif::ProgressBar::new(a.steps);
     bar.set_style(

@@ -4,8 +4,9 @@
 //! Each computes the same function as the primitive chain it replaces; the
 //! saturation tests run both and compare.
 
+use crate::kernels::matmul;
 use crate::math::{round_half_even, sigmoid, Real};
-use crate::value::{numel, Buffer, Value};
+use crate::value::{Buffer, Value};
 use lsc_ir::DType;
 use rayon::prelude::*;
 
@@ -103,41 +104,13 @@ pub fn ternary_pack<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>)]) ->
     Ok(vec![value(&out[0], t)])
 }
 
-/// `(x · w) · s` for ternary `w`: every product is an add, a subtract or nothing.
+/// `(x · w) · s` for ternary `w`. The interpreter holds ternary values
+/// unpacked as floats in {−1, 0, 1}, so the product is the GEMM's; the
+/// add/subtract-only kernel over 2-bit packing belongs to the code generators.
 pub fn ternary_matmul<T: Real>(args: &[&Value<T>], trans_b: bool, out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
-    let (x, w, s) = (floats(args[0])?, floats(args[1])?, scalar(args[2])?);
-    let k = *args[0].shape.last().unwrap_or(&0);
-    let n = *out[0].1.last().unwrap_or(&0);
-    let rows = numel(&out[0].1) / n.max(1);
-    let signs: Vec<i8> = w
-        .iter()
-        .map(|&v| {
-            if v > T::default() {
-                1
-            } else if v < T::default() {
-                -1
-            } else {
-                0
-            }
-        })
-        .collect();
-    let at = |kk: usize, nn: usize| if trans_b { signs[nn * k + kk] } else { signs[kk * n + nn] };
-    let mut y = vec![T::default(); rows * n];
-    y.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, yr)| {
-        let xr = &x[r * k..(r + 1) * k];
-        for (nn, yo) in yr.iter_mut().enumerate() {
-            let mut acc = T::default();
-            for (kk, &xv) in xr.iter().enumerate() {
-                match at(kk, nn) {
-                    1 => acc = acc + xv,
-                    -1 => acc = acc - xv,
-                    _ => {}
-                }
-            }
-            *yo = acc * s;
-        }
-    });
-    Ok(vec![value(&out[0], y)])
+    let s = scalar(args[2])?;
+    let y = matmul(args[0], args[1], false, trans_b, &out[0].1)?;
+    Ok(vec![value(&out[0], y.into_iter().map(|v| v * s).collect())])
 }
 
 /// Rows of GAM processed together (their memory scores go through one GEMM).

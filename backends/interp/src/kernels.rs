@@ -648,7 +648,8 @@ fn softmax<T: Real>(v: &[T], shape: &[usize], axis: usize, log: bool) -> Vec<T> 
     out
 }
 
-fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool, out_shape: &[usize]) -> R<Vec<T>> {
+/// `a · b` (batched, either operand transposed) through the GEMM.
+pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool, out_shape: &[usize]) -> R<Vec<T>> {
     let (av, bv) = (floats(a)?, floats(b)?);
     let (ra, rb) = (a.shape.len(), b.shape.len());
     let (m, k) = if trans_a { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };

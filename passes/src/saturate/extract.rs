@@ -12,7 +12,7 @@ use lsc_ir::{Bindings, Dim, Graph, Op, TensorType, ValueRef};
 use std::collections::{HashMap, HashSet};
 
 /// Machine limits of the cost model.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     /// Peak f32 FLOP/s.
     pub peak_flops: f64,

@@ -1,0 +1,42 @@
+//! Programs prepared for inference on fixed weights: equality saturation
+//! with the forward-value rules (fused attention, ternary matmul, GAM), then
+//! the parameter-only work (ternary packing, weight scales) computed once,
+//! when the weights are bound, instead of on every call.
+
+use crate::RuntimeError;
+use lsc_interp::{Interpreter, Tensors, Value};
+use lsc_ir::Program;
+
+/// Saturates `program` for inference (it is never differentiated).
+pub fn optimize_for_inference(program: &Program) -> Result<Program, RuntimeError> {
+    let (machine, _) = crate::calibrate::machine()?;
+    let cfg = lsc_passes::saturate::Config { keep_gradients: false, machine, ..Default::default() };
+    let (p, _) = lsc_passes::saturate::optimize(program, &cfg).map_err(RuntimeError::Input)?;
+    Ok(p)
+}
+
+/// A program and the weights it runs on, with parameter-only work done.
+pub struct Prepared {
+    /// The program (reading hoisted values as parameters `hoisted.{i}`).
+    pub program: Program,
+    /// The weights plus the hoisted values.
+    pub params: Tensors<f32>,
+}
+
+/// Computes `program`'s parameter-only work on `params` once.
+pub fn bind_weights(program: &Program, params: &Tensors<f32>) -> Result<Prepared, RuntimeError> {
+    let Some(split) = lsc_passes::hoist::hoist_parameter_work(program).map_err(RuntimeError::Input)? else {
+        return Ok(Prepared { program: program.clone(), params: params.clone() });
+    };
+    let interp =
+        Interpreter::new(&split.prologue).map_err(|e| RuntimeError::Input(format!("invalid prologue: {e}")))?;
+    let hoisted: Vec<(String, Value<f32>)> = interp.run(&Tensors::new(), params)?;
+    let mut all = params.clone();
+    all.extend(hoisted);
+    Ok(Prepared { program: split.main, params: all })
+}
+
+/// [`optimize_for_inference`] then [`bind_weights`].
+pub fn prepare(program: &Program, params: &Tensors<f32>) -> Result<Prepared, RuntimeError> {
+    bind_weights(&optimize_for_inference(program)?, params)
+}

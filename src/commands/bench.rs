@@ -1,0 +1,194 @@
+//! `lsc bench`: measured figures, each next to a baseline timed in the same run.
+//!
+//! - `--calibrate`: the machine (FMA peak, bandwidth, op cost) for the cost
+//!   model, saved where `lsc compile` and `lsc train` read it;
+//! - default: training-step tokens/s per model with equality saturation
+//!   against the primitive step (the baseline), the saturation time, and the
+//!   cost model's estimate of the same ratio.
+
+use crate::error::{CliError, CliResult};
+use lsc_runtime::calibrate;
+use lsc_runtime::data::load_text;
+use lsc_runtime::schedule::Schedule;
+use lsc_runtime::train::{TrainConfig, Trainer};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Options of `lsc bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Measure this machine for the cost model and save it (see `--machine-file`).
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Where the calibration is saved (default `$LSC_MACHINE` or `~/.cache/lsc/machine.json`).
+    #[arg(long)]
+    pub machine_file: Option<PathBuf>,
+    /// Models whose training step to time (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Config of every model.
+    #[arg(long, default_value = "small")]
+    pub config: String,
+    /// Sequences per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// Timed steps per variant (after one untimed warm-up step).
+    #[arg(long, default_value_t = 2)]
+    pub steps: u64,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark.
+pub fn run(a: &BenchArgs) -> CliResult {
+    if a.calibrate {
+        return run_calibrate(a);
+    }
+    if a.steps == 0 || a.batch == 0 || a.seq == 0 {
+        return Err(CliError::with_fix(
+            "--steps, --batch and --seq must be positive",
+            "e.g. --steps 2 --batch 8 --seq 256",
+        ));
+    }
+    let models: Vec<String> = if a.models.is_empty() {
+        lsc_models::MODELS.iter().map(|m| m.name.to_string()).collect()
+    } else {
+        a.models.clone()
+    };
+    let tokens: Vec<u32> = load_text("synthetic", 0).map_err(CliError::from)?.into_iter().map(u32::from).collect();
+    let (machine, source) = calibrate::machine()?;
+    let mut rows = Vec::new();
+    let bar = indicatif::ProgressBar::new(models.len() as u64 * 2);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    for m in &models {
+        let max = lsc_models::max_seq_len(m, &a.config).map_err(|e| {
+            CliError::with_fix(e.to_string(), "see `lsc models` for the built-in models and their configs")
+        })?;
+        if a.seq > max {
+            return Err(CliError::with_fix(
+                format!("--seq {} exceeds {m}/{}'s context {max}", a.seq, a.config),
+                format!("pass --seq {max} or less"),
+            ));
+        }
+        let forward = lsc_models::build(m, &a.config).map_err(|e| CliError::new(e.to_string()))?;
+        let cfg = config(a, m);
+        let start = Instant::now();
+        let opts = lsc_passes::train::StepOptions {
+            optimizer: cfg.optimizer,
+            clip_norm: cfg.clip_norm,
+            decay_all: cfg.decay_all,
+            loss_terms: cfg.loss_terms.clone(),
+        };
+        let sat = lsc_passes::saturate::Config { machine, ..Default::default() };
+        let (_, stats) = lsc_passes::saturate::optimize_training_step(&forward, &opts, &sat).map_err(CliError::new)?;
+        let compile_s = start.elapsed().as_secs_f64();
+        let mut speed = [0.0; 2];
+        for (i, fuse) in [false, true].into_iter().enumerate() {
+            bar.set_message(format!("{m} ({})", if fuse { "saturated" } else { "primitive" }));
+            speed[i] = tokens_per_s(a, &forward, TrainConfig { fuse, ..cfg.clone() }, &tokens)?;
+            bar.inc(1);
+        }
+        rows.push(json!({
+            "model": m,
+            "config": a.config,
+            "primitive_tokens_per_s": speed[0],
+            "saturated_tokens_per_s": speed[1],
+            "measured_speedup": speed[1] / speed[0],
+            "estimated_speedup": stats.cost_before / stats.cost_after,
+            "saturation_s": stats.seconds,
+            "compile_s": compile_s,
+        }));
+    }
+    bar.finish_and_clear();
+    if a.json {
+        let doc = json!({ "batch": a.batch, "seq": a.seq, "steps": a.steps, "machine": source, "training_step": rows });
+        println!("{doc}");
+        return Ok(());
+    }
+    println!(
+        "training step, interpreter, batch {} × seq {}, {} timed steps; cost model: {source}",
+        a.batch, a.seq, a.steps
+    );
+    println!(
+        "{:<16} {:>14} {:>14} {:>9} {:>10} {:>12} {:>10}",
+        "model", "primitive t/s", "saturated t/s", "speedup", "estimated", "saturation", "compile"
+    );
+    for r in &rows {
+        println!(
+            "{:<16} {:>14.0} {:>14.0} {:>8.2}× {:>9.2}× {:>11.3}s {:>9.3}s",
+            r["model"].as_str().unwrap_or("?"),
+            r["primitive_tokens_per_s"].as_f64().unwrap_or(0.0),
+            r["saturated_tokens_per_s"].as_f64().unwrap_or(0.0),
+            r["measured_speedup"].as_f64().unwrap_or(0.0),
+            r["estimated_speedup"].as_f64().unwrap_or(0.0),
+            r["saturation_s"].as_f64().unwrap_or(0.0),
+            r["compile_s"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(())
+}
+
+fn config(a: &BenchArgs, model: &str) -> TrainConfig {
+    let loss_terms =
+        if model == "mor" { vec![("aux_loss".to_string(), lsc_models::mor::AUX_LOSS_COEF)] } else { vec![] };
+    TrainConfig {
+        model: model.to_string(),
+        config: a.config.clone(),
+        data: "synthetic".into(),
+        batch: a.batch,
+        seq: a.seq,
+        steps: a.steps + 1,
+        schedule: Schedule::Constant { lr: 1e-3 },
+        optimizer: lsc_passes::train::Optimizer::adamw(),
+        clip_norm: Some(1.0),
+        decay_all: false,
+        seed: 0,
+        loss_terms,
+        tokenizer: "bytes".into(),
+        vocab: 256,
+        fuse: true,
+    }
+}
+
+/// Tokens per second of `a.steps` steps after one warm-up step.
+fn tokens_per_s(a: &BenchArgs, forward: &lsc_ir::Program, cfg: TrainConfig, tokens: &[u32]) -> Result<f64, CliError> {
+    let params = lsc_runtime::init::init_params(forward, cfg.seed).map_err(CliError::new)?;
+    let mut t = Trainer::new(cfg, forward, params).map_err(CliError::from)?;
+    t.step(tokens).map_err(CliError::from)?;
+    let start = Instant::now();
+    for _ in 0..a.steps {
+        t.step(tokens).map_err(CliError::from)?;
+    }
+    Ok((a.steps as usize * a.batch * a.seq) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn run_calibrate(a: &BenchArgs) -> CliResult {
+    let path = a.machine_file.clone().or_else(calibrate::default_path).ok_or_else(|| {
+        CliError::with_fix("no place to save the calibration (HOME is not set)", "pass --machine-file PATH")
+    })?;
+    eprintln!("calibrating (FMA loop, memory triad, op cost)…");
+    let c = calibrate::calibrate();
+    calibrate::save(&path, &c)?;
+    let defaults = lsc_passes::saturate::Machine::default();
+    if a.json {
+        println!("{}", json!({ "calibration": c, "defaults": defaults, "path": path }));
+        return Ok(());
+    }
+    println!("{:<22} {:>14} {:>14} {:>8}", "", "measured", "default", "ratio");
+    let row = |what: &str, unit: &str, m: f64, d: f64, scale: f64| {
+        println!("{what:<22} {:>10.2} {unit:<3} {:>10.2} {unit:<3} {:>7.2}×", m / scale, d / scale, m / d);
+    };
+    row("f32 FMA peak", "GF", c.machine.peak_flops, defaults.peak_flops, 1e9);
+    row("memory bandwidth", "GB", c.machine.bandwidth, defaults.bandwidth, 1e9);
+    row("op launch", "µs", c.machine.launch, defaults.launch, 1e-6);
+    println!("isa {}, {} threads; saved to {}", c.isa, c.threads, path.display());
+    Ok(())
+}
