@@ -271,11 +271,10 @@ pub fn eval<T: Real>(
             one(swap_last_two(&args[0].data, numel(&shape[..r - 2]), args[0].shape[r - 2], args[0].shape[r - 1]))
         }
         Op::Transpose { perm } => {
+            // A strided view: output axis d walks input axis perm[d].
             let xs = strides(&args[0].shape);
-            let os = strides(&shape);
-            let src = (0..numel(&shape))
-                .map(|p| perm.iter().enumerate().map(|(d, &pd)| ((p / os[d]) % shape[d]) * xs[pd]).sum());
-            one(take(&args[0].data, src))
+            let st: Vec<usize> = perm.iter().map(|&p| xs[p]).collect();
+            one(strided(&args[0].data, &shape, &st))
         }
         Op::Slice { axis, start, .. } => {
             let (outer, n, inner) = split(&args[0].shape, *axis);
