@@ -4,6 +4,8 @@
 //! graphs, the trainer's pipeline (egg(forward) → autodiff → egg(step)), and
 //! snapshots of every built-in model's optimised IR.
 
+mod common;
+
 use lsc_frontend::modules::quant::{quantized_weight, WeightQuant};
 use lsc_frontend::{ModelBuilder, Tensor};
 use lsc_interp::{Interpreter, Tensors, Value};
@@ -59,6 +61,32 @@ fn feed(p: &Program, b: &[(&str, i64)], seed: u64) -> (Tensors<f32>, Tensors<f32
     let params =
         p.main.params().into_iter().map(|(n, name)| (name.to_string(), value(&p.main.node(n).outputs[0]))).collect();
     (inputs, params)
+}
+
+/// `p` with the loss `Σ y²` of its first output and the loss's gradient
+/// with respect to every parameter as outputs `grad.{name}`.
+fn with_gradients(p: &Program) -> Program {
+    let mut p = p.clone();
+    let table = lsc_passes::autodiff::VjpTable::standard();
+    let y = p.main.outputs[0].1;
+    let mut e = lsc_passes::autodiff::Emit { g: &mut p.main, functions: &mut Vec::new(), table: &table };
+    let t = e.ty(y);
+    let sq = e.mul(y, y).unwrap();
+    let loss = e.sum(sq, (0..t.rank()).collect()).unwrap();
+    p.main.outputs = vec![("loss".into(), loss)];
+    let g = lsc_passes::autodiff::add_parameter_gradients(&mut p, "loss", &table).unwrap();
+    p.main.outputs.extend(g.into_iter().map(|(n, v)| (format!("grad.{n}"), v)));
+    p
+}
+
+#[test]
+fn fused_attention_and_its_backward_match_primitives_across_query_blocks() {
+    // T spans several 64-row blocks; windows inside a block, across blocks, and global.
+    let p = common::attention_program(3, &[5, 70, 0], 0, true);
+    let (inputs, params) = feed(&p, &[("T", 150)], 9);
+    let (q, _) = optimize(&p, &Config::default()).unwrap();
+    assert_eq!(count(&q, |o| matches!(o, Op::LsAttention { .. })), 1);
+    assert_same(&with_gradients(&p), &with_gradients(&q), &inputs, &params);
 }
 
 /// `y = x · quant(w)ᵀ` over `x [2, 3, 8]`, `w [4, 8]`.
@@ -130,25 +158,7 @@ fn gam_fuses_its_mixer_and_differentiates_through_the_fused_op() {
     assert_eq!(count(&q, |o| matches!(o, Op::Softmax { .. } | Op::CausalConv1d)), 0);
 
     // Its VJP (through the decomposition) gives the unfused gradients.
-    let grads = |p: &Program| {
-        let mut p = p.clone();
-        let y = p.main.outputs[0].1;
-        let mut e = lsc_passes::autodiff::Emit {
-            g: &mut p.main,
-            functions: &mut Vec::new(),
-            table: &lsc_passes::autodiff::VjpTable::standard(),
-        };
-        let t = e.ty(y);
-        let sq = e.mul(y, y).unwrap();
-        let loss = e.sum(sq, (0..t.rank()).collect()).unwrap();
-        p.main.outputs = vec![("loss".into(), loss)];
-        let g =
-            lsc_passes::autodiff::add_parameter_gradients(&mut p, "loss", &lsc_passes::autodiff::VjpTable::standard())
-                .unwrap();
-        p.main.outputs.extend(g.into_iter().map(|(n, v)| (format!("grad.{n}"), v)));
-        p
-    };
-    assert_same(&grads(&p), &grads(&q), &inputs, &params);
+    assert_same(&with_gradients(&p), &with_gradients(&q), &inputs, &params);
 }
 
 #[test]

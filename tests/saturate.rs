@@ -2,6 +2,9 @@
 //! not, and every built-in model computes the same before and after (proof by
 //! execution on the interpreter), forward pass and training step.
 
+mod common;
+
+use common::attention_program;
 use lsc_frontend::{ModelBuilder, Tensor};
 use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::{DType, Dim, Op, Program};
@@ -168,52 +171,6 @@ fn every_model_computes_the_same_after_saturation() {
     }
 }
 
-/// Builds softmax-attention over `q, k, v: [1, H, T, 8]` spelled by `scores`
-/// and masked by `mask` (`[T, T]`, or `None` for the DSL's per-head masks).
-fn attention_program(heads: usize, windows: &[usize], spelling: usize) -> Program {
-    let b = ModelBuilder::new();
-    let shape = [Dim::new(1), Dim::new(heads as i64), Dim::sym("T"), Dim::new(8)];
-    let (q, k, v) =
-        (b.input("q", DType::F32, &shape), b.input("k", DType::F32, &shape), b.input("v", DType::F32, &shape));
-    let t = Dim::sym("T");
-    let sq = [t.clone(), t.clone()];
-    let (i, j) = (b.iota(DType::I64, &sq, 0), b.iota(DType::I64, &sq, 1));
-    let mask_of = |w: usize| {
-        let causal = j.le(&i);
-        if w == 0 {
-            causal
-        } else {
-            causal.and(&(&i - &j).lt(&b.constant(w as f64, DType::I64, &[])))
-        }
-    };
-    let mask = if windows.iter().all(|&w| w == windows[0]) {
-        mask_of(windows[0])
-    } else {
-        let parts: Vec<Tensor> =
-            windows.iter().map(|&w| mask_of(w).broadcast_to(&[Dim::new(1), t.clone(), t.clone()])).collect();
-        let rest: Vec<&Tensor> = parts[1..].iter().collect();
-        parts[0].concat(&rest, 0)
-    };
-    let scale = 1.0 / 8f64.sqrt();
-    let scores = match spelling {
-        0 => &q.matmul_t(&k) * scale,                        // scale on the logits
-        1 => (&q * scale).matmul_t(&k),                      // scale on q
-        2 => &q.matmul(&k.transpose(&[0, 1, 3, 2])) * scale, // Kᵀ by transpose
-        3 => &q.matmul_t(&k) * scale,                        // (masked by an additive bias below)
-        _ => unreachable!(),
-    };
-    let neg_inf = b.constant(f64::NEG_INFINITY, DType::F32, &[]);
-    let masked = if spelling == 3 {
-        // The mask added as a bias of 0 / −∞.
-        let bias = mask.select(&b.constant(0.0, DType::F32, &[]), &neg_inf);
-        &scores + &bias.broadcast_to(&scores.shape())
-    } else {
-        mask.select(&scores, &neg_inf)
-    };
-    b.output("out", &masked.softmax(-1).matmul(&v));
-    b.finish().unwrap()
-}
-
 fn qkv_feed(heads: usize, t: usize) -> Tensors<f32> {
     let mut rng = init::Rng::new(9);
     let mut r = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<_>>();
@@ -236,7 +193,7 @@ fn fused_windows(p: &Program) -> Vec<Vec<usize>> {
 fn attention_is_recognised_however_it_is_spelled() {
     for spelling in 0..4 {
         for windows in [vec![0, 0], vec![3, 3], vec![3, 0], vec![2, 5, 0]] {
-            let p = attention_program(windows.len(), &windows, spelling);
+            let p = attention_program(windows.len(), &windows, spelling, false);
             let (q, stats) = run_both(&p, &qkv_feed(windows.len(), 11), &Tensors::new());
             assert_eq!(
                 fused_windows(&q),

@@ -1,9 +1,9 @@
 //! One straightforward implementation per primitive op. Clarity over speed:
 //! these are the ground truth every generated kernel is checked against.
 
-use crate::fused;
 use crate::math::{erf, gelu, round_half_even, sigmoid, Real};
 use crate::value::{numel, Buffer, Value};
+use crate::{attention, fused};
 use lsc_ir::{BinaryOp, Bindings, CmpOp, DType, Op, ReduceKind, UnaryOp};
 use rayon::prelude::*;
 use std::cmp::Ordering;
@@ -362,8 +362,8 @@ pub fn eval<T: Real>(
             let parts = [&cache.data, &update.data];
             one(same_kind_concat(&parts, src.map(|(which, at)| (which, at, 1)))?)
         }
-        Op::LsAttention { windows, scale } => ls_attention(args, windows, *scale, out),
-        Op::LsAttentionGrad { windows, scale } => ls_attention_grad(args, windows, *scale, out),
+        Op::LsAttention { windows, scale } => attention::ls_attention(args, windows, *scale, out),
+        Op::LsAttentionGrad { windows, scale } => attention::ls_attention_grad(args, windows, *scale, out),
         Op::SoftmaxCrossEntropy => fused::softmax_cross_entropy(args, out),
         Op::AdamW { beta1, beta2, eps, weight_decay, decay } => {
             let h = fused::AdamW { beta1: *beta1, beta2: *beta2, eps: *eps, weight_decay: *weight_decay, decay };
@@ -739,118 +739,4 @@ fn topk<T: Real>(x: &Value<T>, axis: usize, k: usize, out: &[(DType, Vec<usize>)
         data: Buffer::Int(picks.iter().map(|&j| j as i64).collect()),
     };
     Ok(vec![values, indices])
-}
-
-/// The keys query `i` of a head with window `w` sees: `lo..=i`.
-fn key_range(i: usize, w: usize) -> usize {
-    if w == 0 {
-        0
-    } else {
-        (i + 1).saturating_sub(w)
-    }
-}
-
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-    a.iter().zip(b).fold(T::default(), |acc, (&x, &y)| acc + x * y)
-}
-
-/// Writes the scaled logits of query row `qi` against keys `lo..=i` (rows of
-/// `k`, each `d` long) into `s[lo..=i]`; returns their maximum.
-fn row_logits<T: Real>(qi: &[T], k: &[T], lo: usize, i: usize, scale: T, s: &mut [T]) -> T {
-    let d = qi.len();
-    let mut m = T::from_f64(f64::NEG_INFINITY);
-    for j in lo..=i {
-        s[j] = scale * dot(qi, &k[j * d..(j + 1) * d]);
-        if s[j] > m {
-            m = s[j];
-        }
-    }
-    m
-}
-
-/// Fused (LS-)attention, one `(batch, head)` at a time; a local head only visits
-/// its window, so its work is O(T·w).
-fn ls_attention<T: Real>(
-    args: &[&Value<T>],
-    windows: &[usize],
-    scale: f64,
-    out: &[(DType, Vec<usize>)],
-) -> R<Vec<Value<T>>> {
-    let (q, k, v) = (floats(args[0])?, floats(args[1])?, floats(args[2])?);
-    let [b, h, t, d] = args[0].shape[..] else { return Err("ls_attention needs [B,H,T,D] operands".into()) };
-    let scale = T::from_f64(scale);
-    let mut o = vec![T::default(); b * h * t * d];
-    let mut row_max = vec![T::default(); b * h * t];
-    o.par_chunks_mut(t * d).zip(row_max.par_chunks_mut(t)).enumerate().for_each(|(bh, (o, m_out))| {
-        let w = windows[bh % h];
-        let base = bh * t * d;
-        let (q, k, v) = (&q[base..base + t * d], &k[base..base + t * d], &v[base..base + t * d]);
-        let mut s = vec![T::default(); t];
-        for i in 0..t {
-            let lo = key_range(i, w);
-            let m = row_logits(&q[i * d..(i + 1) * d], k, lo, i, scale, &mut s);
-            let mut sum = T::default();
-            let oi = &mut o[i * d..(i + 1) * d];
-            for j in lo..=i {
-                let e = (s[j] - m).exp();
-                sum = sum + e;
-                for (acc, &x) in oi.iter_mut().zip(&v[j * d..(j + 1) * d]) {
-                    *acc = *acc + e * x;
-                }
-            }
-            oi.iter_mut().for_each(|x| *x = *x / sum);
-            m_out[i] = m;
-        }
-    });
-    Ok(vec![
-        Value { dtype: out[0].0, shape: out[0].1.clone(), data: Buffer::Float(o) },
-        Value { dtype: out[1].0, shape: out[1].1.clone(), data: Buffer::Float(row_max) },
-    ])
-}
-
-/// Backward of [`ls_attention`], recomputing the probabilities.
-fn ls_attention_grad<T: Real>(
-    args: &[&Value<T>],
-    windows: &[usize],
-    scale: f64,
-    out: &[(DType, Vec<usize>)],
-) -> R<Vec<Value<T>>> {
-    let f = |i: usize| floats(args[i]);
-    let (q, k, v, o, g) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
-    let [b, h, t, d] = args[0].shape[..] else { return Err("ls_attention_grad needs [B,H,T,D] operands".into()) };
-    let sc = T::from_f64(scale);
-    let n = b * h * t * d;
-    let (mut dq, mut dk, mut dv) = (vec![T::default(); n], vec![T::default(); n], vec![T::default(); n]);
-    dq.par_chunks_mut(t * d).zip(dk.par_chunks_mut(t * d)).zip(dv.par_chunks_mut(t * d)).enumerate().for_each(
-        |(bh, ((dq, dk), dv))| {
-            let w = windows[bh % h];
-            let base = bh * t * d;
-            let r = |x: &[T]| x[base..base + t * d].to_vec();
-            let (q, k, v, o, g) = (r(q), r(k), r(v), r(o), r(g));
-            let mut p = vec![T::default(); t];
-            for i in 0..t {
-                let lo = key_range(i, w);
-                let qi = &q[i * d..(i + 1) * d];
-                let m = row_logits(qi, &k, lo, i, sc, &mut p);
-                let mut sum = T::default();
-                for pj in &mut p[lo..=i] {
-                    *pj = (*pj - m).exp();
-                    sum = sum + *pj;
-                }
-                let gi = &g[i * d..(i + 1) * d];
-                let di = dot(gi, &o[i * d..(i + 1) * d]);
-                for j in lo..=i {
-                    let pij = p[j] / sum;
-                    let ds = pij * (dot(gi, &v[j * d..(j + 1) * d]) - di) * sc;
-                    for c in 0..d {
-                        dq[i * d + c] = dq[i * d + c] + ds * k[j * d + c];
-                        dk[j * d + c] = dk[j * d + c] + ds * qi[c];
-                        dv[j * d + c] = dv[j * d + c] + pij * gi[c];
-                    }
-                }
-            }
-        },
-    );
-    let val = |data: Vec<T>, i: usize| Value { dtype: out[i].0, shape: out[i].1.clone(), data: Buffer::Float(data) };
-    Ok(vec![val(dq, 0), val(dk, 1), val(dv, 2)])
 }

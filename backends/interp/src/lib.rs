@@ -7,12 +7,14 @@
 //! |---|---|
 //! | [`exec`] | [`Interpreter`]: symbol binding, graph walk, control flow |
 //! | [`kernels`] | one implementation per primitive op |
+//! | [`attention`] | fused (LS-)attention forward and backward, blocked over query rows with GEMMs |
 //! | [`fused`] | the fused ops of the rewrite passes (cross-entropy, AdamW, ternary, GAM) |
 //! | [`value`] | runtime tensors |
 //! | [`math`] | the float trait, erf/GELU, round-half-even |
 
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod exec;
 pub mod fused;
 pub mod kernels;

@@ -1,0 +1,186 @@
+//! The fused (LS-)attention kernels, forward and backward with recomputation.
+//!
+//! Each `(batch, head)` is processed in blocks of query rows; a block's
+//! logits against the keys any of its rows can see are one GEMM, and so are
+//! the products with `v` (and, backwards, with `dO`, `k`, `q`). A local head's
+//! block only reaches `BLOCK + w` keys back, so its work is O(T·(BLOCK + w));
+//! the `[T, T]` score matrix never exists.
+
+use crate::math::Real;
+use crate::value::{Buffer, Value};
+use lsc_ir::DType;
+use rayon::prelude::*;
+
+type R<T> = Result<T, String>;
+
+/// Query rows per block.
+const BLOCK: usize = 64;
+
+/// The first key query `i` of a head with window `w` sees (`w = 0`: global).
+fn first_key(i: usize, w: usize) -> usize {
+    if w == 0 {
+        0
+    } else {
+        (i + 1).saturating_sub(w)
+    }
+}
+
+/// `c = a · b` with explicit row/column strides (`c` row-major, `n` wide).
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: Real>(m: usize, k: usize, n: usize, a: &[T], sa: (usize, usize), b: &[T], sb: (usize, usize), c: &mut [T]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + cols.saturating_sub(1) * cs;
+    assert!(k == 0 || (last(m, k, sa) < a.len() && last(k, n, sb) < b.len()), "attention GEMM operands out of bounds");
+    assert!(m * n <= c.len(), "attention GEMM output out of bounds");
+    if k == 0 {
+        c[..m * n].iter_mut().for_each(|x| *x = T::default());
+        return;
+    }
+    // SAFETY: every index the GEMM reads or writes is within the slices (checked above).
+    unsafe {
+        T::gemm(
+            m,
+            k,
+            n,
+            a.as_ptr(),
+            sa.0 as isize,
+            sa.1 as isize,
+            b.as_ptr(),
+            sb.0 as isize,
+            sb.1 as isize,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
+        );
+    }
+}
+
+/// One block of query rows `i0..i1` against keys `lo..i1`: the normalised
+/// probabilities `p [rows, nk]` (zero outside each row's visible keys) and
+/// each row's largest scaled logit.
+struct Probs<T> {
+    lo: usize,
+    nk: usize,
+    p: Vec<T>,
+    row_max: Vec<T>,
+}
+
+fn block_probs<T: Real>(q: &[T], k: &[T], d: usize, i0: usize, i1: usize, w: usize, scale: T) -> Probs<T> {
+    let (lo, rows) = (first_key(i0, w), i1 - i0);
+    let nk = i1 - lo;
+    let mut p = vec![T::default(); rows * nk];
+    gemm(rows, d, nk, &q[i0 * d..], (d, 1), &k[lo * d..], (1, d), &mut p);
+    let mut row_max = vec![T::default(); rows];
+    for (r, row) in p.chunks_mut(nk).enumerate() {
+        let i = i0 + r;
+        let (a, b) = (first_key(i, w) - lo, i + 1 - lo);
+        let mut m = T::from_f64(f64::NEG_INFINITY);
+        for s in &mut row[a..b] {
+            *s = *s * scale;
+            if *s > m {
+                m = *s;
+            }
+        }
+        let mut sum = T::default();
+        for s in &mut row[a..b] {
+            *s = (*s - m).exp();
+            sum = sum + *s;
+        }
+        row[..a].iter_mut().for_each(|s| *s = T::default());
+        row[b..].iter_mut().for_each(|s| *s = T::default());
+        row[a..b].iter_mut().for_each(|s| *s = *s / sum);
+        row_max[r] = m;
+    }
+    Probs { lo, nk, p, row_max }
+}
+
+fn dims(args: &[&Value<impl Real>], what: &str) -> R<[usize; 4]> {
+    match args[0].shape[..] {
+        [b, h, t, d] => Ok([b, h, t, d]),
+        _ => Err(format!("{what} needs [B,H,T,D] operands")),
+    }
+}
+
+fn floats<'a, T: Real>(v: &'a Value<T>) -> R<&'a [T]> {
+    v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
+}
+
+/// `(out, row_max)` of causal attention with per-head windows.
+pub fn ls_attention<T: Real>(
+    args: &[&Value<T>],
+    windows: &[usize],
+    scale: f64,
+    out: &[(DType, Vec<usize>)],
+) -> R<Vec<Value<T>>> {
+    let (q, k, v) = (floats(args[0])?, floats(args[1])?, floats(args[2])?);
+    let [b, h, t, d] = dims(args, "ls_attention")?;
+    let scale = T::from_f64(scale);
+    let mut o = vec![T::default(); b * h * t * d];
+    let mut row_max = vec![T::default(); b * h * t];
+    o.par_chunks_mut((t * d).max(1)).zip(row_max.par_chunks_mut(t.max(1))).enumerate().for_each(|(bh, (o, m_out))| {
+        let w = windows[bh % h];
+        let base = bh * t * d;
+        let (q, k, v) = (&q[base..base + t * d], &k[base..base + t * d], &v[base..base + t * d]);
+        for i0 in (0..t).step_by(BLOCK) {
+            let i1 = (i0 + BLOCK).min(t);
+            let pr = block_probs(q, k, d, i0, i1, w, scale);
+            gemm(i1 - i0, pr.nk, d, &pr.p, (pr.nk, 1), &v[pr.lo * d..], (d, 1), &mut o[i0 * d..i1 * d]);
+            m_out[i0..i1].copy_from_slice(&pr.row_max);
+        }
+    });
+    let val = |data: Vec<T>, i: usize| Value { dtype: out[i].0, shape: out[i].1.clone(), data: Buffer::Float(data) };
+    Ok(vec![val(o, 0), val(row_max, 1)])
+}
+
+/// `(d_q, d_k, d_v)` of [`ls_attention`] from `(q, k, v, out, d_out)`, recomputing the probabilities.
+pub fn ls_attention_grad<T: Real>(
+    args: &[&Value<T>],
+    windows: &[usize],
+    scale: f64,
+    out: &[(DType, Vec<usize>)],
+) -> R<Vec<Value<T>>> {
+    let f = |i: usize| floats(args[i]);
+    let (q, k, v, o, g) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
+    let [b, h, t, d] = dims(args, "ls_attention_grad")?;
+    let sc = T::from_f64(scale);
+    let n = b * h * t * d;
+    let (mut dq, mut dk, mut dv) = (vec![T::default(); n], vec![T::default(); n], vec![T::default(); n]);
+    let chunk = (t * d).max(1);
+    dq.par_chunks_mut(chunk).zip(dk.par_chunks_mut(chunk)).zip(dv.par_chunks_mut(chunk)).enumerate().for_each(
+        |(bh, ((dq, dk), dv))| {
+            let w = windows[bh % h];
+            let base = bh * t * d;
+            let span = base..base + t * d;
+            let (q, k, v) = (&q[span.clone()], &k[span.clone()], &v[span.clone()]);
+            let (o, g) = (&o[span.clone()], &g[span]);
+            for i0 in (0..t).step_by(BLOCK) {
+                let i1 = (i0 + BLOCK).min(t);
+                let rows = i1 - i0;
+                let Probs { lo, nk, p, .. } = block_probs(q, k, d, i0, i1, w, sc);
+                // dP = dO · Vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)) · scale.
+                let mut ds = vec![T::default(); rows * nk];
+                gemm(rows, d, nk, &g[i0 * d..], (d, 1), &v[lo * d..], (1, d), &mut ds);
+                for r in 0..rows {
+                    let i = i0 + r;
+                    let di = g[i * d..(i + 1) * d]
+                        .iter()
+                        .zip(&o[i * d..(i + 1) * d])
+                        .fold(T::default(), |a, (&x, &y)| a + x * y);
+                    for (x, &pij) in ds[r * nk..(r + 1) * nk].iter_mut().zip(&p[r * nk..(r + 1) * nk]) {
+                        *x = pij * (*x - di) * sc;
+                    }
+                }
+                gemm(rows, nk, d, &ds, (nk, 1), &k[lo * d..], (d, 1), &mut dq[i0 * d..i1 * d]);
+                let mut acc = vec![T::default(); nk * d];
+                gemm(nk, rows, d, &ds, (1, nk), &q[i0 * d..], (d, 1), &mut acc);
+                dk[lo * d..i1 * d].iter_mut().zip(&acc).for_each(|(x, &y)| *x = *x + y);
+                gemm(nk, rows, d, &p, (1, nk), &g[i0 * d..], (d, 1), &mut acc);
+                dv[lo * d..i1 * d].iter_mut().zip(&acc).for_each(|(x, &y)| *x = *x + y);
+            }
+        },
+    );
+    let val = |data: Vec<T>, i: usize| Value { dtype: out[i].0, shape: out[i].1.clone(), data: Buffer::Float(data) };
+    Ok(vec![val(dq, 0), val(dk, 1), val(dv, 2)])
+}

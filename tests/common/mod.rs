@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests.
+
+use lsc_frontend::{ModelBuilder, Tensor};
+use lsc_ir::{DType, Dim, Program};
+
+/// Builds softmax-attention over `q, k, v: [1, H, T, 8]` spelled by `scores`
+/// with causal (`0`) or banded (`w`) masks per head; `q, k, v` are inputs, or
+/// parameters with `as_params` (for gradients).
+pub fn attention_program(heads: usize, windows: &[usize], spelling: usize, as_params: bool) -> Program {
+    let b = ModelBuilder::new();
+    let shape = [Dim::new(1), Dim::new(heads as i64), Dim::sym("T"), Dim::new(8)];
+    let leaf =
+        |name: &str| if as_params { b.param(name, DType::F32, &shape) } else { b.input(name, DType::F32, &shape) };
+    let (q, k, v) = (leaf("q"), leaf("k"), leaf("v"));
+    let t = Dim::sym("T");
+    let sq = [t.clone(), t.clone()];
+    let (i, j) = (b.iota(DType::I64, &sq, 0), b.iota(DType::I64, &sq, 1));
+    let mask_of = |w: usize| {
+        let causal = j.le(&i);
+        if w == 0 {
+            causal
+        } else {
+            causal.and(&(&i - &j).lt(&b.constant(w as f64, DType::I64, &[])))
+        }
+    };
+    let mask = if windows.iter().all(|&w| w == windows[0]) {
+        mask_of(windows[0])
+    } else {
+        let parts: Vec<Tensor> =
+            windows.iter().map(|&w| mask_of(w).broadcast_to(&[Dim::new(1), t.clone(), t.clone()])).collect();
+        let rest: Vec<&Tensor> = parts[1..].iter().collect();
+        parts[0].concat(&rest, 0)
+    };
+    let scale = 1.0 / 8f64.sqrt();
+    let scores = match spelling {
+        0 => &q.matmul_t(&k) * scale,                        // scale on the logits
+        1 => (&q * scale).matmul_t(&k),                      // scale on q
+        2 => &q.matmul(&k.transpose(&[0, 1, 3, 2])) * scale, // Kᵀ by transpose
+        3 => &q.matmul_t(&k) * scale,                        // (masked by an additive bias below)
+        _ => unreachable!(),
+    };
+    let neg_inf = b.constant(f64::NEG_INFINITY, DType::F32, &[]);
+    let masked = if spelling == 3 {
+        // The mask added as a bias of 0 / −∞.
+        let bias = mask.select(&b.constant(0.0, DType::F32, &[]), &neg_inf);
+        &scores + &bias.broadcast_to(&scores.shape())
+    } else {
+        mask.select(&scores, &neg_inf)
+    };
+    b.output("out", &masked.softmax(-1).matmul(&v));
+    b.finish().unwrap()
+}
