@@ -57,6 +57,9 @@ enum Command {
         /// Skip these rule groups (ablations).
         #[arg(long, value_delimiter = ',')]
         no_rules: Vec<String>,
+        /// Saturation bounds per graph: e-nodes, iterations per stage, milliseconds.
+        #[command(flatten)]
+        bounds: commands::compile::Bounds,
     },
     /// Benchmarks against a baseline timed in the same run; `--calibrate` measures the machine.
     Bench(commands::bench::BenchArgs),
@@ -105,8 +108,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => commands::models::run(),
-        Command::Compile { model, emit, out_dir, train, rules, no_rules } => {
-            commands::compile::run(&model, &emit, &out_dir, train, &rules, &no_rules)
+        Command::Compile { model, emit, out_dir, train, rules, no_rules, bounds } => {
+            commands::compile::run(&model, &emit, &out_dir, train, &rules, &no_rules, &bounds)
         }
         Command::Check { file } => commands::check::run(&file),
         Command::Bench(args) => commands::bench::run(&args),

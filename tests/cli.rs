@@ -371,4 +371,14 @@ fn compile_emits_optimised_ir_and_saturation_statistics() {
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("transformer.egraph-stats.json")).unwrap()).unwrap();
     assert_eq!(stats["rules_fired"], serde_json::json!({}), "an ablated group fires nothing");
+    // Bounds: one iteration per stage cannot saturate the attention stage.
+    let o =
+        lsc(&["compile", "--model", "ls-transformer", "--emit", "egraph-stats", "--egg-iter-limit", "1", "-o", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ls-transformer.egraph-stats.json")).unwrap()).unwrap();
+    assert!(stats["stop_reason"]["main"].as_str().unwrap_or("").contains("IterationLimit"), "{stats}");
+    let o = lsc(&["compile", "--model", "transformer", "--emit", "egraph-stats", "--rules", "atention", "-o", out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown rule group `atention`") && stderr(&o).contains("attention"), "{}", stderr(&o));
 }

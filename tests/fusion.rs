@@ -298,3 +298,20 @@ fn inference_packs_ternary_weights_once_when_they_are_bound() {
         }
     }
 }
+
+#[test]
+fn constant_arguments_let_mors_shared_block_fuse_its_attention() {
+    // Training (top-k routing): every call passes an all-true `active`, so @block is
+    // specialised, its mask is plain causal, and its attention fuses.
+    let train = lsc_models::build("mor", "tiny").unwrap();
+    let (inputs, params) = feed(&train, &[("B", 2), ("T", 12)], 10);
+    let (q, stats) = run_both(&train, &inputs, &params, &Config::default());
+    assert_eq!(stats.fired.get("constant-argument"), Some(&1), "{:?}", stats.fired);
+    let block = q.function("block").unwrap();
+    assert_eq!(block.dag.node_weights().filter(|n| matches!(n.op, Op::LsAttention { .. })).count(), 1);
+    // Inference (σ ≥ 0.5 rule): `active` depends on the data; nothing to specialise.
+    let infer = lsc_models::build_inference("mor", "tiny").unwrap();
+    let (q, stats) = run_both(&infer, &inputs, &params, &forward_values_only());
+    assert_eq!(stats.fired.get("constant-argument"), None);
+    assert_eq!(count(&q, |o| matches!(o, Op::LsAttention { .. })), 0);
+}

@@ -7,6 +7,7 @@
 //! | [`autodiff`] | reverse-mode autodiff as a graph transformation, the open VJP table |
 //! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD |
 //! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
+//! | [`specialize`] | functions specialised on the constant arguments all their calls pass |
 //! | [`dce`] | dead-code elimination |
 //! | [`hoist`] | parameter-only work split out, computed once per set of weights |
 //! | [`stats`] | op histograms, primitive checks, parameter counts |
@@ -17,6 +18,7 @@ pub mod autodiff;
 pub mod dce;
 pub mod hoist;
 pub mod saturate;
+pub mod specialize;
 pub mod stats;
 pub mod train;
 

@@ -61,6 +61,20 @@ fn bit_accounting(src: &source::Source) -> Option<lsc_runtime::quant::BitReport>
     Some(lsc_runtime::quant::bit_report(&sizes, &packed))
 }
 
+/// The saturation bounds of `lsc compile`.
+#[derive(clap::Args, Debug)]
+pub struct Bounds {
+    /// Stop saturating a graph beyond this many e-nodes.
+    #[arg(long, default_value_t = 100_000)]
+    pub egg_node_limit: usize,
+    /// Iterations per rule stage.
+    #[arg(long, default_value_t = 8)]
+    pub egg_iter_limit: usize,
+    /// Time per graph, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub egg_time_limit_ms: u64,
+}
+
 /// Compiles the selected program into `out_dir`.
 pub fn run(
     args: &ModelArgs,
@@ -69,6 +83,7 @@ pub fn run(
     train: bool,
     rules: &[String],
     no_rules: &[String],
+    bounds: &Bounds,
 ) -> CliResult {
     for e in emit {
         if !EMIT_KINDS.contains(&e.as_str()) {
@@ -123,7 +138,9 @@ pub fn run(
             without: no_rules.to_vec(),
             keep_gradients: false,
             machine,
-            ..Default::default()
+            node_limit: bounds.egg_node_limit,
+            iter_limit: bounds.egg_iter_limit,
+            time_limit: std::time::Duration::from_millis(bounds.egg_time_limit_ms),
         };
         // The training step goes through the trainer's pipeline: egg(forward) → autodiff → egg(step).
         let (opt, stats) = if train {

@@ -39,7 +39,7 @@ pub struct Config {
     pub without: Vec<String>,
     /// Stop when the e-graph has more e-nodes than this.
     pub node_limit: usize,
-    /// Stop after this many iterations.
+    /// Stop a stage after this many iterations.
     pub iter_limit: usize,
     /// Stop after this much time per graph.
     pub time_limit: Duration,
@@ -281,6 +281,12 @@ pub fn optimize_training_step(
 /// Saturates every graph of `p` (functions keep their signatures).
 pub fn optimize(p: &Program, cfg: &Config) -> Result<(Program, Stats), String> {
     let mut stats = Stats::default();
+    let mut specialized = p.clone();
+    let p = &mut specialized;
+    let n = crate::specialize::specialize_constant_arguments(p);
+    if n > 0 {
+        stats.fired.insert("constant-argument".into(), n);
+    }
     let main = optimize_graph(&p.main, &p.functions, cfg, &mut stats)?;
     let mut functions = Vec::new();
     for f in &p.functions {

@@ -57,6 +57,9 @@ pub fn all() -> Vec<Rule> {
         node("neg-neg", "algebra", neg_neg),
         node("mul-one", "algebra", mul_one),
         node("add-zero", "algebra", add_zero),
+        node("broadcast-broadcast", "algebra", broadcast_broadcast),
+        node("reshape-broadcast-scalar", "algebra", reshape_broadcast_scalar),
+        node("boolean-constant", "algebra", boolean_constant),
         node("matmul-absorb-transpose", "algebra", matmul_absorb_transpose),
         node("scale-through-matmul", "algebra", scale_through_matmul),
         node("drop-stop-gradient", "inference", fusion::drop_stop_gradient),
@@ -152,6 +155,52 @@ fn reshape_identity(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
         }
         _ => vec![],
     }
+}
+
+/// `broadcast(broadcast(x)) → broadcast(x)` (NumPy broadcasting composes).
+fn broadcast_broadcast(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::Broadcast { shape }, ch)) = decode(g, n) else { return vec![] };
+    ops(g, ch[0])
+        .into_iter()
+        .filter(|(o, _)| matches!(o, Op::Broadcast { .. }))
+        .map(|(_, inner)| op(Op::Broadcast { shape: shape.clone() }, vec![Expr::Class(inner[0])]))
+        .collect()
+}
+
+/// `reshape(broadcast(s)) → broadcast(s)` for a scalar `s`.
+fn reshape_broadcast_scalar(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::Reshape { shape }, ch)) = decode(g, n) else { return vec![] };
+    ops(g, ch[0])
+        .into_iter()
+        .filter(|(o, inner)| matches!(o, Op::Broadcast { .. }) && ty(g, inner[0]).is_some_and(|t| t.rank() == 0))
+        .map(|(_, inner)| op(Op::Broadcast { shape: shape.clone() }, vec![Expr::Class(inner[0])]))
+        .collect()
+}
+
+/// Boolean units and absorbing elements: `x ∧ true → x`, `x ∧ false → false`,
+/// `x ∨ false → x`, `x ∨ true → true`, `select(true, a, b) → a`, `select(false, a, b) → b`.
+fn boolean_constant(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((o, ch)) = decode(g, n) else { return vec![] };
+    let truth = |id: Id| constant(g, id).map(|c| c != 0.0);
+    let mut out = Vec::new();
+    match o {
+        Op::Binary(b @ (BinaryOp::And | BinaryOp::Or)) => {
+            for (x, c) in [(ch[0], ch[1]), (ch[1], ch[0])] {
+                match (b, truth(c)) {
+                    (BinaryOp::And, Some(true)) | (BinaryOp::Or, Some(false)) => out.push(Expr::Class(x)),
+                    (BinaryOp::And, Some(false)) | (BinaryOp::Or, Some(true)) => out.push(Expr::Class(c)),
+                    _ => {}
+                }
+            }
+        }
+        Op::Select => match truth(ch[0]) {
+            Some(true) => out.push(Expr::Class(ch[1])),
+            Some(false) => out.push(Expr::Class(ch[2])),
+            None => {}
+        },
+        _ => {}
+    }
+    out
 }
 
 fn neg_neg(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
