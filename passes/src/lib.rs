@@ -9,6 +9,7 @@
 //! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
 //! | [`specialize`] | functions specialised on the constant arguments all their calls pass |
 //! | [`dce`] | dead-code elimination |
+//! | [`partition`] | the optimised graph grouped into kernels (fused elementwise chains, library ops) |
 //! | [`hoist`] | parameter-only work split out, computed once per set of weights |
 //! | [`stats`] | op histograms, primitive checks, parameter counts |
 
@@ -17,6 +18,7 @@
 pub mod autodiff;
 pub mod dce;
 pub mod hoist;
+pub mod partition;
 pub mod saturate;
 pub mod specialize;
 pub mod stats;

@@ -103,7 +103,7 @@ fn dims(args: &[&Value<impl Real>], what: &str) -> R<[usize; 4]> {
     }
 }
 
-fn floats<'a, T: Real>(v: &'a Value<T>) -> R<&'a [T]> {
+fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
     v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
 }
 

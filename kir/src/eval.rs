@@ -1,0 +1,167 @@
+//! The reference evaluator of kernel IR: the semantics every backend must
+//! reproduce bit for bit (min/max propagate NaN and order −0 < +0, `ToInt`
+//! truncates and saturates with NaN → 0, integer arithmetic wraps).
+
+use crate::{Binary, Compare, Expr, Index, Kernel, Stmt, Unary};
+
+/// A scalar value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum V {
+    F(f32),
+    I(i32),
+    B(bool),
+}
+
+impl V {
+    fn f(self) -> f32 {
+        match self {
+            V::F(x) => x,
+            V::I(x) => x as f32,
+            V::B(x) => x as u8 as f32,
+        }
+    }
+    fn i(self) -> i32 {
+        match self {
+            V::I(x) => x,
+            V::F(x) => x as i32,
+            V::B(x) => x as i32,
+        }
+    }
+}
+
+/// IEEE `minimum`: NaN if either is NaN, and −0 < +0.
+pub fn fmin(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a < b || (a == b && a.is_sign_negative()) {
+        a
+    } else {
+        b
+    }
+}
+
+/// IEEE `maximum`: NaN if either is NaN, and +0 > −0.
+pub fn fmax(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a > b || (a == b && a.is_sign_positive()) {
+        a
+    } else {
+        b
+    }
+}
+
+struct State<'a> {
+    vars: Vec<V>,
+    bufs: &'a mut [Vec<f32>],
+}
+
+fn index(s: &State, ix: &Index) -> usize {
+    let at = ix.terms.iter().fold(ix.offset, |acc, &(v, stride)| acc + s.vars[v].i() as i64 * stride);
+    at as usize
+}
+
+fn expr(s: &State, e: &Expr) -> V {
+    match e {
+        Expr::F32(x) => V::F(*x),
+        Expr::I32(x) => V::I(*x),
+        Expr::Var(v) => s.vars[*v],
+        Expr::Load { buf, index: ix } => V::F(s.bufs[*buf][index(s, ix)]),
+        Expr::Unary(op, x) => {
+            let x = expr(s, x).f();
+            V::F(match op {
+                Unary::Neg => -x,
+                Unary::Abs => x.abs(),
+                Unary::Sqrt => x.sqrt(),
+                Unary::Floor => x.floor(),
+                Unary::Nearest => x.round_ties_even(),
+            })
+        }
+        Expr::Binary(op, a, b) => {
+            let (a, b) = (expr(s, a), expr(s, b));
+            match op {
+                Binary::Add => V::F(a.f() + b.f()),
+                Binary::Sub => V::F(a.f() - b.f()),
+                Binary::Mul => V::F(a.f() * b.f()),
+                Binary::Div => V::F(a.f() / b.f()),
+                Binary::Min => V::F(fmin(a.f(), b.f())),
+                Binary::Max => V::F(fmax(a.f(), b.f())),
+                Binary::IAdd => V::I(a.i().wrapping_add(b.i())),
+                Binary::ISub => V::I(a.i().wrapping_sub(b.i())),
+                Binary::Shl => V::I(a.i().wrapping_shl(b.i() as u32)),
+                Binary::ShrU => V::I(((a.i() as u32).wrapping_shr(b.i() as u32)) as i32),
+                Binary::And => V::I(a.i() & b.i()),
+                Binary::Or => V::I(a.i() | b.i()),
+            }
+        }
+        Expr::Compare(op, a, b) => {
+            let (a, b) = (expr(s, a), expr(s, b));
+            V::B(match (a, b) {
+                (V::I(x), V::I(y)) => cmp(*op, x, y),
+                _ => cmp(*op, a.f(), b.f()),
+            })
+        }
+        Expr::Select(c, a, b) => {
+            let c = matches!(expr(s, c), V::B(true));
+            if c {
+                expr(s, a)
+            } else {
+                expr(s, b)
+            }
+        }
+        Expr::FromBits(x) => V::F(f32::from_bits(expr(s, x).i() as u32)),
+        Expr::ToBits(x) => V::I(expr(s, x).f().to_bits() as i32),
+        Expr::ToInt(x) => V::I(expr(s, x).f() as i32),
+        Expr::ToFloat(x) => V::F(expr(s, x).i() as f32),
+    }
+}
+
+fn cmp<T: PartialOrd>(op: Compare, a: T, b: T) -> bool {
+    match op {
+        Compare::Eq => a == b,
+        Compare::Ne => a != b,
+        Compare::Lt => a < b,
+        Compare::Le => a <= b,
+        Compare::Gt => a > b,
+        Compare::Ge => a >= b,
+    }
+}
+
+fn stmts(s: &mut State, body: &[Stmt], outer: Option<(u64, u64)>) {
+    for st in body {
+        match st {
+            Stmt::Loop { var, extent, body } => {
+                let (lo, hi) = outer.unwrap_or((0, *extent));
+                for it in lo..hi.min(*extent) {
+                    s.vars[*var] = V::I(it as i32);
+                    stmts(s, body, None);
+                }
+            }
+            Stmt::Let { var, value } => s.vars[*var] = expr(s, value),
+            Stmt::Accumulate { var, op, value } => {
+                let (a, b) = (s.vars[*var].f(), expr(s, value).f());
+                s.vars[*var] = V::F(match op {
+                    Binary::Max => fmax(a, b),
+                    Binary::Min => fmin(a, b),
+                    Binary::Mul => a * b,
+                    _ => a + b,
+                });
+            }
+            Stmt::Store { buf, index: ix, value } => {
+                let (at, v) = (index(s, ix), expr(s, value).f());
+                s.bufs[*buf][at] = v;
+            }
+        }
+    }
+}
+
+/// Runs `k` over iterations `begin..end` of its outermost loop.
+pub fn run_range(k: &Kernel, bufs: &mut [Vec<f32>], begin: u64, end: u64) {
+    let mut s = State { vars: vec![V::I(0); k.vars], bufs };
+    stmts(&mut s, &k.body, Some((begin, end)));
+}
+
+/// Runs `k` on `bufs` (one per buffer, outputs overwritten).
+pub fn run(k: &Kernel, bufs: &mut [Vec<f32>]) {
+    run_range(k, bufs, 0, k.outer_extent());
+}

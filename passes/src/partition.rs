@@ -1,0 +1,203 @@
+//! Partitioning of an optimised graph into kernels: chains of elementwise ops
+//! of one shape fuse into one kernel (a producer joins its consumer's kernel
+//! when every use of it is inside that kernel, and broadcasts of external
+//! values become strided reads); every other op is a library kernel of its
+//! own (GEMM, fused attention, gathers, …).
+
+use lsc_ir::{Bindings, Graph, NodeId, Op, ValueRef};
+use lsc_kir::lower::{Group, Node};
+use std::collections::{HashMap, HashSet};
+
+/// One kernel of a partition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part {
+    /// The nodes it computes, in topological order.
+    pub nodes: Vec<NodeId>,
+    /// Its values read by other kernels or returned.
+    pub outputs: Vec<ValueRef>,
+    /// Fused elementwise code (`true`) or a library op.
+    pub elementwise: bool,
+}
+
+/// Whether `op` can be part of an elementwise kernel (what the kernel IR's lowering covers).
+pub fn is_elementwise(op: &Op) -> bool {
+    match op {
+        Op::Unary(u) => lsc_kir::lower::supports_unary(*u),
+        Op::Binary(b) => lsc_kir::lower::supports_binary(*b),
+        Op::Compare(_) | Op::Select | Op::Clamp { .. } => true,
+        _ => false,
+    }
+}
+
+/// Partitions `g` (leaves belong to no kernel).
+pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
+    let order = g.topo_order().map_err(|_| format!("@{} has a cycle", g.name))?;
+    let mut users: HashMap<NodeId, Vec<NodeId>> = HashMap::new();
+    for &n in &order {
+        for v in g.operands(n) {
+            users.entry(v.node).or_default().push(n);
+        }
+    }
+    let returned: HashSet<NodeId> = g.outputs.iter().map(|(_, v)| v.node).collect();
+    let float_elementwise = |n: NodeId| {
+        let node = g.node(n);
+        is_elementwise(&node.op) && node.outputs.len() == 1
+    };
+    let mut owner: HashMap<NodeId, usize> = HashMap::new();
+    let mut parts: Vec<Part> = Vec::new();
+    for &n in order.iter().rev() {
+        if owner.contains_key(&n) || g.node(n).op.is_leaf() {
+            continue;
+        }
+        let id = parts.len();
+        owner.insert(n, id);
+        let mut members = vec![n];
+        if float_elementwise(n) {
+            let shape = &g.node(n).outputs[0].shape;
+            // Grow towards producers whose every use is already inside.
+            let mut frontier = vec![n];
+            while let Some(m) = frontier.pop() {
+                for v in g.operands(m) {
+                    let p = v.node;
+                    let joins = !owner.contains_key(&p)
+                        && !returned.contains(&p)
+                        && (float_elementwise(p) || matches!(g.node(p).op, Op::Broadcast { .. }))
+                        && g.node(p).outputs[0].shape == *shape
+                        && users[&p].iter().all(|u| owner.get(u) == Some(&id));
+                    if joins {
+                        owner.insert(p, id);
+                        members.push(p);
+                        if float_elementwise(p) {
+                            frontier.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        let member_set: HashSet<NodeId> = members.iter().copied().collect();
+        let nodes: Vec<NodeId> = order.iter().copied().filter(|x| member_set.contains(x)).collect();
+        let mut outputs: Vec<ValueRef> = Vec::new();
+        for &m in &nodes {
+            for o in 0..g.node(m).outputs.len() as u32 {
+                let v = ValueRef { node: m, output: o };
+                let outside = users.get(&m).is_some_and(|us| us.iter().any(|u| !member_set.contains(u)));
+                if outside || g.outputs.iter().any(|(_, r)| *r == v) {
+                    outputs.push(v);
+                }
+            }
+        }
+        let elementwise = float_elementwise(n) && nodes.len() > 1;
+        parts.push(Part { nodes, outputs, elementwise });
+    }
+    parts.reverse();
+    Ok(parts)
+}
+
+/// The elementwise kernel description of `part` at concrete `bindings`.
+/// External operands become input buffers (read through broadcast strides);
+/// scalar constants are inlined.
+pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Result<Group, String> {
+    let root = *part.nodes.last().ok_or("an empty kernel")?;
+    let shape = g.node(root).outputs[0].concrete_shape(bindings)?;
+    let members: HashSet<NodeId> = part.nodes.iter().copied().collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut inputs: Vec<(String, u64)> = Vec::new();
+    let mut at: HashMap<ValueRef, usize> = HashMap::new();
+    let mut external: HashMap<(ValueRef, Vec<i64>), usize> = HashMap::new();
+    // A value from outside the kernel, read with `strides`.
+    let mut read = |v: ValueRef, nodes: &mut Vec<Node>, inputs: &mut Vec<(String, u64)>| -> Result<usize, String> {
+        let node = g.node(v.node);
+        if let (Op::Constant { value }, true) = (&node.op, node.outputs[0].rank() == 0) {
+            nodes.push(Node::Const(*value as f32));
+            return Ok(nodes.len() - 1);
+        }
+        if !g.value_type(v).dtype.is_float() {
+            return Err(format!("reads {} `%{}` (kernels read float buffers)", g.value_type(v), v.node.index()));
+        }
+        let src = g.value_type(v).concrete_shape(bindings)?;
+        let strides = broadcast_strides(&src, &shape)?;
+        if let Some(&k) = external.get(&(v, strides.clone())) {
+            return Ok(k);
+        }
+        let buf = inputs.len();
+        inputs.push((format!("%{}", v.node.index()), src.iter().product::<usize>() as u64));
+        nodes.push(Node::Input { buf, strides: strides.clone() });
+        external.insert((v, strides), nodes.len() - 1);
+        Ok(nodes.len() - 1)
+    };
+    for &n in &part.nodes {
+        let node = g.node(n);
+        let ops = g.operands(n);
+        let mut arg = |i: usize, nodes: &mut Vec<Node>, inputs: &mut Vec<(String, u64)>| -> Result<usize, String> {
+            match at.get(&ops[i]) {
+                Some(&k) => Ok(k),
+                None => read(ops[i], nodes, inputs),
+            }
+        };
+        let made = match &node.op {
+            Op::Broadcast { .. } => {
+                // A broadcast member reads its operand through strides of the kernel's shape.
+                let src = ops[0];
+                if members.contains(&src.node) {
+                    return Err("a broadcast of a value computed in the same kernel".into());
+                }
+                read(src, &mut nodes, &mut inputs)?
+            }
+            Op::Unary(u) => {
+                let x = arg(0, &mut nodes, &mut inputs)?;
+                nodes.push(Node::Unary(*u, x));
+                nodes.len() - 1
+            }
+            Op::Binary(b) => {
+                let (x, y) = (arg(0, &mut nodes, &mut inputs)?, arg(1, &mut nodes, &mut inputs)?);
+                nodes.push(Node::Binary(*b, x, y));
+                nodes.len() - 1
+            }
+            Op::Compare(c) => {
+                let (x, y) = (arg(0, &mut nodes, &mut inputs)?, arg(1, &mut nodes, &mut inputs)?);
+                nodes.push(Node::Compare(*c, x, y));
+                nodes.len() - 1
+            }
+            Op::Select => {
+                let c = arg(0, &mut nodes, &mut inputs)?;
+                let (x, y) = (arg(1, &mut nodes, &mut inputs)?, arg(2, &mut nodes, &mut inputs)?);
+                nodes.push(Node::Select(c, x, y));
+                nodes.len() - 1
+            }
+            Op::Clamp { min, max } => {
+                let x = arg(0, &mut nodes, &mut inputs)?;
+                nodes.push(Node::Clamp(x, *min as f32, *max as f32));
+                nodes.len() - 1
+            }
+            other => return Err(format!("`{}` is not elementwise", other.name())),
+        };
+        at.insert(ValueRef::first(n), made);
+    }
+    for v in &part.outputs {
+        if !g.value_type(*v).dtype.is_float() {
+            return Err("a kernel output must be a float tensor".into());
+        }
+    }
+    let outputs = part.outputs.iter().map(|v| (format!("%{}", v.node.index()), at[v])).collect();
+    Ok(Group { name: name.to_string(), shape, inputs, nodes, outputs })
+}
+
+/// Per-axis element strides reading `src` broadcast (NumPy, right-aligned) to `out`.
+fn broadcast_strides(src: &[usize], out: &[usize]) -> Result<Vec<i64>, String> {
+    if src.len() > out.len() {
+        return Err(format!("cannot broadcast {src:?} to {out:?}"));
+    }
+    let lead = out.len() - src.len();
+    let mut strides = vec![0i64; out.len()];
+    let mut step = 1i64;
+    for a in (0..src.len()).rev() {
+        if src[a] != 1 {
+            if src[a] != out[lead + a] {
+                return Err(format!("cannot broadcast {src:?} to {out:?}"));
+            }
+            strides[lead + a] = step;
+        }
+        step *= src[a] as i64;
+    }
+    Ok(strides)
+}
