@@ -60,6 +60,9 @@ fn coalesce(shape: &[usize], inputs: &[Vec<i64>]) -> (Vec<usize>, Vec<Vec<i64>>)
     let mut extents: Vec<usize> = Vec::new();
     let mut strides: Vec<Vec<i64>> = vec![Vec::new(); inputs.len()];
     for (axis, &n) in shape.iter().enumerate() {
+        if n == 1 {
+            continue; // a unit axis moves no index
+        }
         let mergeable = !extents.is_empty()
             && inputs.iter().zip(&strides).all(|(s, merged)| merged.last() == Some(&(s[axis] * n as i64)));
         if mergeable {
@@ -74,6 +77,10 @@ fn coalesce(shape: &[usize], inputs: &[Vec<i64>]) -> (Vec<usize>, Vec<Vec<i64>>)
                 merged.push(s[axis]);
             }
         }
+    }
+    if extents.is_empty() {
+        extents.push(1);
+        strides.iter_mut().for_each(|s| s.push(0));
     }
     (extents, strides)
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Artifacts `--emit` accepts today.
-const EMIT_KINDS: [&str; 3] = ["ir", "opt-ir", "egraph-stats"];
+const EMIT_KINDS: [&str; 6] = ["ir", "opt-ir", "egraph-stats", "kernels", "kir", "clif"];
 
 fn describe(name: &str, t: &TensorType) -> Value {
     json!({ "name": name, "dtype": t.dtype.name(), "shape": t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>() })
@@ -61,9 +61,12 @@ fn bit_accounting(src: &source::Source) -> Option<lsc_runtime::quant::BitReport>
     Some(lsc_runtime::quant::bit_report(&sizes, &packed))
 }
 
-/// The saturation bounds of `lsc compile`.
+/// Saturation bounds and the shapes kernels are lowered at.
 #[derive(clap::Args, Debug)]
 pub struct Bounds {
+    /// Shape symbols for `--emit kir,clif`, e.g. `B=8,T=256` (default: B=1 and the model's context).
+    #[arg(long, value_delimiter = ',')]
+    pub bind: Vec<String>,
     /// Stop saturating a graph beyond this many e-nodes.
     #[arg(long, default_value_t = 100_000)]
     pub egg_node_limit: usize,
@@ -130,7 +133,8 @@ pub fn run(
         write(&file, text.as_bytes())?;
         files.push(file);
     }
-    if emit.iter().any(|e| e == "opt-ir" || e == "egraph-stats") {
+    let mut kernel_manifest = None;
+    if emit.iter().any(|e| matches!(e.as_str(), "opt-ir" | "egraph-stats" | "kernels" | "kir" | "clif")) {
         // What `compile` emits runs as is (it is never differentiated again).
         let (machine, machine_source) = lsc_runtime::calibrate::machine()?;
         let cfg = lsc_passes::saturate::Config {
@@ -153,6 +157,16 @@ pub fn run(
             let file = format!("{}.opt.lsir", src.name);
             write(&file, lsc_ir::print_program(&opt).map_err(CliError::new)?.as_bytes())?;
             files.push(file);
+        }
+        if emit.iter().any(|e| matches!(e.as_str(), "kernels" | "kir" | "clif")) {
+            let mut bindings = super::kernels::parse_bindings(&bounds.bind)?;
+            if let Some(t) = src.max_len {
+                bindings.entry("T".into()).or_insert(t as i64);
+            }
+            bindings.entry("B".into()).or_insert(1);
+            let artifacts = super::kernels::build(&opt, &bindings, emit.iter().any(|e| e == "clif"))?;
+            files.extend(super::kernels::write(&src.name, &artifacts, emit, &write)?);
+            kernel_manifest = Some(artifacts.manifest);
         }
         if emit.iter().any(|e| e == "egraph-stats") {
             let report = json!({
@@ -178,6 +192,9 @@ pub fn run(
         );
     }
     let mut m = manifest(&src.name, src.config.as_deref(), &src.program, &files);
+    if let Some(k) = kernel_manifest {
+        m["kernels"] = k;
+    }
     if let Some(report) = bit_accounting(&src) {
         println!(
             "packed storage: {:.3} bits/parameter ({} of {} parameters packed)",

@@ -5,6 +5,7 @@ pub mod check;
 pub mod compile;
 pub mod eval;
 pub mod generate;
+pub mod kernels;
 pub mod models;
 pub mod run;
 pub mod train;
