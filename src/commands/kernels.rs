@@ -15,7 +15,9 @@ pub fn parse_bindings(specs: &[String]) -> Result<Bindings, CliError> {
             Some((k, v)) if v > 0 => {
                 b.insert(k, v);
             }
-            _ => return Err(CliError::with_fix(format!("bad --bind `{s}`"), "write SYMBOL=SIZE, e.g. --bind B=8,T=256")),
+            _ => {
+                return Err(CliError::with_fix(format!("bad --bind `{s}`"), "write SYMBOL=SIZE, e.g. --bind B=8,T=256"))
+            }
         }
     }
     Ok(b)
@@ -63,7 +65,11 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
                         "vector_width": k.schedule.vector_width,
                         "outer_extent": k.outer_extent(),
                     });
-                    entry["buffers"] = json!(k.buffers.iter().map(|b| json!({"name": b.name, "elements": b.len, "output": b.output})).collect::<Vec<_>>());
+                    entry["buffers"] = json!(k
+                        .buffers
+                        .iter()
+                        .map(|b| json!({"name": b.name, "elements": b.len, "output": b.output}))
+                        .collect::<Vec<_>>());
                     "elementwise".to_string()
                 }
             };
@@ -89,7 +95,8 @@ pub fn write(
     write: &dyn Fn(&str, &[u8]) -> CliResult,
 ) -> Result<Vec<String>, CliError> {
     let mut files = Vec::new();
-    for (kind, ext, text) in [("kernels", "kernels.txt", &a.kernels), ("kir", "kir", &a.kir), ("clif", "clif", &a.clif)] {
+    for (kind, ext, text) in [("kernels", "kernels.txt", &a.kernels), ("kir", "kir", &a.kir), ("clif", "clif", &a.clif)]
+    {
         if emit.iter().any(|e| e == kind) {
             let file = format!("{name}.{ext}");
             write(&file, text.as_bytes())?;
