@@ -77,22 +77,9 @@ pub enum Binary {
     Or,
 }
 
-/// Float comparisons (ordered: false if either side is NaN, except `Ne`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compare {
-    /// `==`
-    Eq,
-    /// `!=`
-    Ne,
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-}
+/// Comparisons: the IR's own (on f32 they are ordered, false if either side
+/// is NaN, except `Ne`; on i32 they are signed).
+pub use lsc_ir::CmpOp as Compare;
 
 /// An affine element index `offset + Σ stride · var` into a buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! they are broadcast along); the loop nest runs over the shape with adjacent
 //! axes merged wherever every access is contiguous across them.
 
-use crate::{math, Binary, Body, Buffer, Compare, Expr, Index, Kernel, Schedule, Stmt, Unary};
+use crate::{math, Binary, Body, Buffer, Expr, Index, Kernel, Schedule, Stmt, Unary};
 use lsc_ir::{BinaryOp, CmpOp, UnaryOp};
 
 /// A value of an elementwise group, defined from earlier ones (by position).
@@ -129,17 +129,7 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
                 };
                 b.bind(vals[*x].clone().bin(op, vals[*y].clone()))
             }
-            Node::Compare(c, x, y) => {
-                let c = match c {
-                    CmpOp::Eq => Compare::Eq,
-                    CmpOp::Ne => Compare::Ne,
-                    CmpOp::Lt => Compare::Lt,
-                    CmpOp::Le => Compare::Le,
-                    CmpOp::Gt => Compare::Gt,
-                    CmpOp::Ge => Compare::Ge,
-                };
-                b.bind(vals[*x].clone().cmp(c, vals[*y].clone()))
-            }
+            Node::Compare(c, x, y) => b.bind(vals[*x].clone().cmp(*c, vals[*y].clone())),
             Node::Select(c, x, y) => b.bind(Expr::select(vals[*c].clone(), vals[*x].clone(), vals[*y].clone())),
             Node::Clamp(x, lo, hi) => {
                 // The interpreter's clamp keeps NaN; so do min/max here.
