@@ -93,6 +93,9 @@ enum Command {
         /// Where batch inference writes `logits` (F32 [B, T, V]).
         #[arg(long, requires = "inputs")]
         out: Option<PathBuf>,
+        /// What runs the model: `cranelift` (generated fused kernels; the default) or `interp`.
+        #[arg(long, default_value = "cranelift")]
+        backend: String,
     },
 }
 
@@ -116,9 +119,15 @@ fn main() -> ExitCode {
         Command::Train(args) => commands::train::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Generate(args) => commands::generate::run(&args),
-        Command::Run { model, weights, seed, prompt, inputs, out } => {
-            commands::run::run(&model, weights.as_deref(), seed, prompt.as_deref(), inputs.as_deref(), out.as_deref())
-        }
+        Command::Run { model, weights, seed, prompt, inputs, out, backend } => commands::run::run(
+            &model,
+            weights.as_deref(),
+            seed,
+            prompt.as_deref(),
+            inputs.as_deref(),
+            out.as_deref(),
+            &backend,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,6 +54,14 @@ pub struct TrainedArgs {
     /// Weights for --model (random init from --seed if absent).
     #[arg(long, requires = "model")]
     pub weights: Option<std::path::PathBuf>,
+    /// What runs the model: `cranelift` (generated fused kernels; the default) or `interp`.
+    #[arg(long, default_value = "cranelift")]
+    pub backend: String,
+}
+
+/// Parses `--backend`.
+pub fn backend(name: &str) -> Result<lsc_runtime::backend::Backend, CliError> {
+    name.parse().map_err(|e: String| CliError::with_fix(e, "pass --backend interp or cranelift"))
 }
 
 /// A model with its parameters and tokenizer.

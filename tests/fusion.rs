@@ -284,15 +284,15 @@ fn inference_packs_ternary_weights_once_when_they_are_bound() {
         let params = init::init_params(&p, 8).unwrap();
         let ids = Value::ints(vec![2, 9], (0..18).map(|i| (i * 29 % 256) as i64).collect());
         let inputs = Tensors::from([("input_ids".to_string(), ids)]);
-        let prepared = lsc_runtime::prepare::prepare(&p, &params).unwrap();
+        let prepared = lsc_runtime::prepare::prepare(&p, &params, lsc_runtime::backend::Backend::Interp).unwrap();
         let x = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
-        let y = Interpreter::new(&prepared.program).unwrap().run(&inputs, &prepared.params).unwrap();
+        let y = Interpreter::new(prepared.exe.program()).unwrap().run(&inputs, &prepared.params).unwrap();
         let c = compare(&y[0].1.to_f64_vec(), &x[0].1.to_f64_vec(), tolerance(DType::F32));
         assert!(c.ok(), "{m}: logits changed: max |Δ| {}", c.max_abs_diff);
         if m == "trilm" {
             let per_call = |o: &Op| matches!(o, Op::TernaryPack | Op::Unary(lsc_ir::UnaryOp::Round));
-            assert_eq!(count(&prepared.program, per_call), 0, "packing left in the per-call program");
-            assert!(count(&prepared.program, |o| matches!(o, Op::TernaryMatmul { .. })) > 0);
+            assert_eq!(count(prepared.exe.program(), per_call), 0, "packing left in the per-call program");
+            assert!(count(prepared.exe.program(), |o| matches!(o, Op::TernaryMatmul { .. })) > 0);
             let packed = prepared.params.iter().filter(|(k, v)| k.starts_with("hoisted.") && v.dtype == DType::Ternary);
             assert!(packed.count() > 0, "packed weights are bound once");
         }

@@ -28,6 +28,7 @@ fn config(model: &str, steps: u64) -> TrainConfig {
         tokenizer: "bytes".into(),
         vocab: 256,
         fuse: true,
+        backend: lsc_runtime::backend::Backend::Cranelift,
     }
 }
 
@@ -43,6 +44,7 @@ fn resuming_continues_bit_exactly() {
     let n = 6;
     for model in ["ls-transformer", "mor"] {
         let (mut straight, forward) = fresh(model, n);
+        assert!(straight.generated_kernels() > 0, "{model}: the step runs generated kernels");
         let losses: Vec<f64> = (0..n).map(|_| straight.step(&text).unwrap().loss).collect();
 
         let (mut first, _) = fresh(model, n);

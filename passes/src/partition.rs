@@ -4,7 +4,7 @@
 //! values become strided reads); every other op is a library kernel of its
 //! own (GEMM, fused attention, gathers, …).
 
-use lsc_ir::{Bindings, Graph, NodeId, Op, ValueRef};
+use lsc_ir::{Bindings, DType, Graph, NodeId, Op, ValueRef};
 use lsc_kir::lower::{Group, Node};
 use std::collections::{HashMap, HashSet};
 
@@ -86,17 +86,52 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
                 }
             }
         }
-        let elementwise = float_elementwise(n) && nodes.len() > 1;
+        // A lone op is worth generated code when it is a transcendental (one pass instead of libm calls).
+        let lone_unary = matches!(g.node(n).op, Op::Unary(_));
+        let elementwise = float_elementwise(n) && (nodes.len() > 1 || lone_unary);
         parts.push(Part { nodes, outputs, elementwise });
     }
     parts.reverse();
     Ok(parts)
 }
 
-/// The elementwise kernel description of `part` at concrete `bindings`.
+/// Whether `part` can become a generated elementwise kernel, at any shapes:
+/// it reads float tensors from outside, broadcasts only outside values, and
+/// returns one float value (its last node's).
+pub fn lowerable(g: &Graph, part: &Part) -> Result<(), String> {
+    let members: HashSet<NodeId> = part.nodes.iter().copied().collect();
+    let root = *part.nodes.last().ok_or("an empty kernel")?;
+    if !part.elementwise || part.outputs != [ValueRef::first(root)] {
+        return Err("not a single-output elementwise kernel".into());
+    }
+    for &n in &part.nodes {
+        let node = g.node(n);
+        if !is_elementwise(&node.op) && !matches!(node.op, Op::Broadcast { .. }) {
+            return Err(format!("`{}` is not elementwise", node.op.name()));
+        }
+        for v in g.operands(n) {
+            let inside = members.contains(&v.node);
+            if matches!(node.op, Op::Broadcast { .. }) && inside {
+                return Err("a broadcast of a value computed in the same kernel".into());
+            }
+            let scalar_constant = matches!(g.node(v.node).op, Op::Constant { .. }) && g.value_type(v).rank() == 0;
+            if !inside && !scalar_constant && g.value_type(v).dtype != DType::F32 {
+                return Err(format!("reads {} `%{}` (kernels read f32 buffers)", g.value_type(v), v.node.index()));
+            }
+        }
+    }
+    if g.node(root).outputs[0].dtype != DType::F32 {
+        return Err("a kernel output must be an f32 tensor".into());
+    }
+    Ok(())
+}
+
+/// The elementwise kernel description of `part` at concrete `bindings`, and
+/// the outside value each of its input buffers reads.
 /// External operands become input buffers (read through broadcast strides);
 /// scalar constants are inlined.
-pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Result<Group, String> {
+pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Result<(Group, Vec<ValueRef>), String> {
+    lowerable(g, part)?;
     let root = *part.nodes.last().ok_or("an empty kernel")?;
     let shape = g.node(root).outputs[0].concrete_shape(bindings)?;
     let members: HashSet<NodeId> = part.nodes.iter().copied().collect();
@@ -104,15 +139,13 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
     let mut inputs: Vec<(String, u64)> = Vec::new();
     let mut at: HashMap<ValueRef, usize> = HashMap::new();
     let mut external: HashMap<(ValueRef, Vec<i64>), usize> = HashMap::new();
+    let mut sources: Vec<ValueRef> = Vec::new();
     // A value from outside the kernel, read with `strides`.
     let mut read = |v: ValueRef, nodes: &mut Vec<Node>, inputs: &mut Vec<(String, u64)>| -> Result<usize, String> {
         let node = g.node(v.node);
         if let (Op::Constant { value }, true) = (&node.op, node.outputs[0].rank() == 0) {
             nodes.push(Node::Const(*value as f32));
             return Ok(nodes.len() - 1);
-        }
-        if !g.value_type(v).dtype.is_float() {
-            return Err(format!("reads {} `%{}` (kernels read float buffers)", g.value_type(v), v.node.index()));
         }
         let src = g.value_type(v).concrete_shape(bindings)?;
         let strides = broadcast_strides(&src, &shape)?;
@@ -121,6 +154,7 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
         }
         let buf = inputs.len();
         inputs.push((format!("%{}", v.node.index()), src.iter().product::<usize>() as u64));
+        sources.push(v);
         nodes.push(Node::Input { buf, strides: strides.clone() });
         external.insert((v, strides), nodes.len() - 1);
         Ok(nodes.len() - 1)
@@ -173,13 +207,8 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
         };
         at.insert(ValueRef::first(n), made);
     }
-    for v in &part.outputs {
-        if !g.value_type(*v).dtype.is_float() {
-            return Err("a kernel output must be a float tensor".into());
-        }
-    }
     let outputs = part.outputs.iter().map(|v| (format!("%{}", v.node.index()), at[v])).collect();
-    Ok(Group { name: name.to_string(), shape, inputs, nodes, outputs })
+    Ok((Group { name: name.to_string(), shape, inputs, nodes, outputs }, sources))
 }
 
 /// Per-axis element strides reading `src` broadcast (NumPy, right-aligned) to `out`.

@@ -1,10 +1,10 @@
 //! Evaluation: mean negative log-likelihood per token over non-overlapping
 //! windows of the model's context.
 
+use crate::backend::Executable;
 use crate::error::RuntimeError;
-use crate::generate::logits;
+use crate::generate::logits_on;
 use lsc_interp::{Tensors, Value};
-use lsc_ir::Program;
 
 /// Mean NLL (nats per token) and how many tokens it averages.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -20,7 +20,7 @@ pub struct Loss {
 /// Splits `tokens` into non-overlapping windows of `window` inputs (each with
 /// its next-token targets), at most `max_windows` of them, batched `batch` at a time.
 pub fn mean_nll(
-    program: &Program,
+    exe: &Executable,
     params: &Tensors<f32>,
     tokens: &[u32],
     window: usize,
@@ -36,6 +36,7 @@ pub fn mean_nll(
     // Window i covers inputs [i·w, i·w + w) and targets shifted by one; the last
     // window may be shorter so that every token but the first is predicted once.
     let starts: Vec<usize> = (0..tokens.len() - 1).step_by(window).take(max_windows.unwrap_or(usize::MAX)).collect();
+    let interp = exe.interpreter()?;
     let mut total = 0.0f64;
     let mut count = 0usize;
     for group in starts.chunks(batch.max(1)) {
@@ -47,7 +48,7 @@ pub fn mean_nll(
             let same: Vec<usize> = group[i..].iter().copied().take_while(|&s| len_of(s) == len).collect();
             i += same.len();
             let ids: Vec<i64> = same.iter().flat_map(|&s| tokens[s..s + len].iter().map(|&b| b as i64)).collect();
-            let out = logits(program, params, &Value::ints(vec![same.len(), len], ids))?;
+            let out = logits_on(&interp, params, &Value::ints(vec![same.len(), len], ids))?;
             let v = *out.shape.last().unwrap_or(&0);
             let data = out.as_floats().ok_or_else(|| RuntimeError::Input("logits are not floats".into()))?;
             for (row, &s) in same.iter().enumerate() {

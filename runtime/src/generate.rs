@@ -1,5 +1,6 @@
 //! Inference helpers: byte prompts, logits, next-token distributions.
 
+use crate::backend::Executable;
 use crate::error::RuntimeError;
 use lsc_interp::{Buffer, Interpreter, Tensors, Value};
 use lsc_ir::{DType, Program};
@@ -8,6 +9,11 @@ use lsc_ir::{DType, Program};
 /// the `logits` output `[B, T, V]`.
 pub fn logits(program: &Program, params: &Tensors<f32>, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
     let interp = Interpreter::new(program).map_err(|e| RuntimeError::Input(format!("invalid program: {e}")))?;
+    logits_on(&interp, params, ids)
+}
+
+/// [`logits`] on an interpreter already set up (e.g. with generated kernels).
+pub fn logits_on(interp: &Interpreter, params: &Tensors<f32>, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
     let mut inputs = Tensors::new();
     inputs.insert("input_ids".to_string(), ids.clone());
     let outs = interp.run(&inputs, params)?;
@@ -27,7 +33,7 @@ pub fn softmax(row: &[f32]) -> Vec<f64> {
 
 /// The `k` most likely next tokens after `prompt` (byte tokens), with probabilities.
 pub fn top_next(
-    program: &Program,
+    exe: &Executable,
     params: &Tensors<f32>,
     prompt: &[u8],
     k: usize,
@@ -43,7 +49,7 @@ pub fn top_next(
         )));
     }
     let ids = Value::ints(vec![1, prompt.len()], prompt.iter().map(|&b| b as i64).collect());
-    let out = logits(program, params, &ids)?;
+    let out = logits_on(&exe.interpreter()?, params, &ids)?;
     let v = *out.shape.last().unwrap_or(&0);
     let data = out.as_floats().ok_or_else(|| RuntimeError::Input("logits are not floats".into()))?;
     let last = &data[data.len() - v..];
@@ -66,6 +72,20 @@ impl<'p> Decoder<'p> {
     /// Zero-filled caches for a batch of `batch` sequences.
     pub fn new(program: &'p Program, params: &'p Tensors<f32>, batch: usize) -> Result<Decoder<'p>, RuntimeError> {
         let interp = Interpreter::new(program).map_err(|e| RuntimeError::Input(format!("invalid program: {e}")))?;
+        Decoder::with_interpreter(interp, program, params, batch)
+    }
+
+    /// A decoder whose program runs on `exe`'s backend.
+    pub fn on(exe: &'p Executable, params: &'p Tensors<f32>, batch: usize) -> Result<Decoder<'p>, RuntimeError> {
+        Decoder::with_interpreter(exe.interpreter()?, exe.program(), params, batch)
+    }
+
+    fn with_interpreter(
+        interp: Interpreter<'p>,
+        program: &'p Program,
+        params: &'p Tensors<f32>,
+        batch: usize,
+    ) -> Result<Decoder<'p>, RuntimeError> {
         let bindings: lsc_ir::Bindings = [("B".to_string(), batch as i64)].into();
         let mut state = Tensors::new();
         for (name, ty) in program.main.input_types() {

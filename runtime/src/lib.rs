@@ -3,6 +3,7 @@
 //!
 //! | module | contents |
 //! |---|---|
+//! | [`backend`] | interpreter or generated code (Cranelift) for a program |
 //! | [`calibrate`] | FMA peak, bandwidth and op cost of this machine for the cost model |
 //! | [`data`] | byte-token text splits |
 //! | [`eval`] | mean NLL over non-overlapping context windows |
@@ -17,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod data;

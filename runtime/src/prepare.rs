@@ -3,6 +3,7 @@
 //! the parameter-only work (ternary packing, weight scales) computed once,
 //! when the weights are bound, instead of on every call.
 
+use crate::backend::{Backend, Executable};
 use crate::RuntimeError;
 use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::Program;
@@ -17,26 +18,26 @@ pub fn optimize_for_inference(program: &Program) -> Result<Program, RuntimeError
 
 /// A program and the weights it runs on, with parameter-only work done.
 pub struct Prepared {
-    /// The program (reading hoisted values as parameters `hoisted.{i}`).
-    pub program: Program,
+    /// The program (reading hoisted values as parameters `hoisted.{i}`) on its backend.
+    pub exe: Executable,
     /// The weights plus the hoisted values.
     pub params: Tensors<f32>,
 }
 
 /// Computes `program`'s parameter-only work on `params` once.
-pub fn bind_weights(program: &Program, params: &Tensors<f32>) -> Result<Prepared, RuntimeError> {
+pub fn bind_weights(program: &Program, params: &Tensors<f32>, backend: Backend) -> Result<Prepared, RuntimeError> {
     let Some(split) = lsc_passes::hoist::hoist_parameter_work(program).map_err(RuntimeError::Input)? else {
-        return Ok(Prepared { program: program.clone(), params: params.clone() });
+        return Ok(Prepared { exe: Executable::new(program.clone(), backend)?, params: params.clone() });
     };
     let interp =
         Interpreter::new(&split.prologue).map_err(|e| RuntimeError::Input(format!("invalid prologue: {e}")))?;
     let hoisted: Vec<(String, Value<f32>)> = interp.run(&Tensors::new(), params)?;
     let mut all = params.clone();
     all.extend(hoisted);
-    Ok(Prepared { program: split.main, params: all })
+    Ok(Prepared { exe: Executable::new(split.main, backend)?, params: all })
 }
 
 /// [`optimize_for_inference`] then [`bind_weights`].
-pub fn prepare(program: &Program, params: &Tensors<f32>) -> Result<Prepared, RuntimeError> {
-    bind_weights(&optimize_for_inference(program)?, params)
+pub fn prepare(program: &Program, params: &Tensors<f32>, backend: Backend) -> Result<Prepared, RuntimeError> {
+    bind_weights(&optimize_for_inference(program)?, params, backend)
 }

@@ -7,7 +7,7 @@ use crate::checkpoint::{zero_state, Checkpoint, CheckpointMeta};
 use crate::data::Sampler;
 use crate::error::RuntimeError;
 use crate::schedule::Schedule;
-use lsc_interp::{Interpreter, Tensors, Value};
+use lsc_interp::{Tensors, Value};
 use lsc_ir::Program;
 use lsc_passes::train::{Optimizer, StepOptions};
 use serde::{Deserialize, Serialize};
@@ -46,6 +46,9 @@ pub struct TrainConfig {
     /// Equality saturation of the step (off: the primitive graph, for ablations).
     #[serde(default = "fuse_by_default")]
     pub fuse: bool,
+    /// What runs the step.
+    #[serde(default)]
+    pub backend: crate::backend::Backend,
 }
 
 fn fuse_by_default() -> bool {
@@ -73,7 +76,7 @@ pub struct StepStats {
 pub struct Trainer {
     /// The configuration.
     pub cfg: TrainConfig,
-    step_program: Program,
+    step_program: crate::backend::Executable,
     /// Parameters.
     pub params: Tensors<f32>,
     /// Optimizer state.
@@ -135,6 +138,7 @@ impl Trainer {
         } else {
             lsc_passes::train::training_step(forward, &opts).map_err(RuntimeError::Input)?
         };
+        let step_program = crate::backend::Executable::new(step_program, cfg.backend)?;
         let sampler = Sampler::new(cfg.seed ^ 0xda7a);
         let mut t =
             Trainer { cfg, step_program, params, state, step, schedule_start, sampler, optimizer, profile: None };
@@ -149,7 +153,12 @@ impl Trainer {
 
     /// The training-step program (for inspection and `lsc compile --train`).
     pub fn step_program(&self) -> &Program {
-        &self.step_program
+        self.step_program.program()
+    }
+
+    /// How many fused kernels of the step run as generated code.
+    pub fn generated_kernels(&self) -> usize {
+        self.step_program.generated_kernels()
     }
 
     /// The learning rate of the next step.
@@ -172,8 +181,7 @@ impl Trainer {
             inputs.insert("adam.bc1".into(), Value::floats(vec![], vec![(1.0 - beta1.powi(n)) as f32]));
             inputs.insert("adam.bc2".into(), Value::floats(vec![], vec![(1.0 - beta2.powi(n)) as f32]));
         }
-        let mut interp = Interpreter::new(&self.step_program)
-            .map_err(|e| RuntimeError::Input(format!("invalid step program: {e}")))?;
+        let mut interp = self.step_program.interpreter()?;
         if self.profile.is_some() {
             interp = interp.with_profiling();
         }

@@ -7,6 +7,7 @@
 //!   cost model's estimate of the same ratio.
 
 use crate::error::{CliError, CliResult};
+use lsc_runtime::backend::Backend;
 use lsc_runtime::calibrate;
 use lsc_runtime::data::load_text;
 use lsc_runtime::schedule::Schedule;
@@ -63,7 +64,7 @@ pub fn run(a: &BenchArgs) -> CliResult {
     let tokens: Vec<u32> = load_text("synthetic", 0).map_err(CliError::from)?.into_iter().map(u32::from).collect();
     let (machine, source) = calibrate::machine()?;
     let mut rows = Vec::new();
-    let bar = indicatif::ProgressBar::new(models.len() as u64 * 2);
+    let bar = indicatif::ProgressBar::new(models.len() as u64 * 3);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -90,10 +91,15 @@ pub fn run(a: &BenchArgs) -> CliResult {
         let sat = lsc_passes::saturate::Config { machine, ..Default::default() };
         let (_, stats) = lsc_passes::saturate::optimize_training_step(&forward, &opts, &sat).map_err(CliError::new)?;
         let compile_s = start.elapsed().as_secs_f64();
-        let mut speed = [0.0; 2];
-        for (i, fuse) in [false, true].into_iter().enumerate() {
-            bar.set_message(format!("{m} ({})", if fuse { "saturated" } else { "primitive" }));
-            speed[i] = tokens_per_s(a, &forward, TrainConfig { fuse, ..cfg.clone() }, &tokens)?;
+        let mut speed = [0.0; 3];
+        let variants = [
+            (false, Backend::Interp, "primitive"),
+            (true, Backend::Interp, "saturated"),
+            (true, Backend::Cranelift, "cranelift"),
+        ];
+        for (i, (fuse, backend, what)) in variants.into_iter().enumerate() {
+            bar.set_message(format!("{m} ({what})"));
+            speed[i] = tokens_per_s(a, &forward, TrainConfig { fuse, backend, ..cfg.clone() }, &tokens)?;
             bar.inc(1);
         }
         rows.push(json!({
@@ -102,6 +108,8 @@ pub fn run(a: &BenchArgs) -> CliResult {
             "primitive_tokens_per_s": speed[0],
             "saturated_tokens_per_s": speed[1],
             "measured_speedup": speed[1] / speed[0],
+            "cranelift_tokens_per_s": speed[2],
+            "cranelift_speedup": speed[2] / speed[1],
             "estimated_speedup": stats.cost_before / stats.cost_after,
             "saturation_s": stats.seconds,
             "compile_s": compile_s,
@@ -118,17 +126,27 @@ pub fn run(a: &BenchArgs) -> CliResult {
         a.batch, a.seq, a.steps
     );
     println!(
-        "{:<16} {:>14} {:>14} {:>9} {:>10} {:>12} {:>10}",
-        "model", "primitive t/s", "saturated t/s", "speedup", "estimated", "saturation", "compile"
+        "{:<16} {:>14} {:>14} {:>9} {:>10} {:>14} {:>10} {:>12} {:>10}",
+        "model",
+        "primitive t/s",
+        "saturated t/s",
+        "speedup",
+        "estimated",
+        "cranelift t/s",
+        "vs interp",
+        "saturation",
+        "compile"
     );
     for r in &rows {
         println!(
-            "{:<16} {:>14.0} {:>14.0} {:>8.2}× {:>9.2}× {:>11.3}s {:>9.3}s",
+            "{:<16} {:>14.0} {:>14.0} {:>8.2}× {:>9.2}× {:>14.0} {:>9.2}× {:>11.3}s {:>9.3}s",
             r["model"].as_str().unwrap_or("?"),
             r["primitive_tokens_per_s"].as_f64().unwrap_or(0.0),
             r["saturated_tokens_per_s"].as_f64().unwrap_or(0.0),
             r["measured_speedup"].as_f64().unwrap_or(0.0),
             r["estimated_speedup"].as_f64().unwrap_or(0.0),
+            r["cranelift_tokens_per_s"].as_f64().unwrap_or(0.0),
+            r["cranelift_speedup"].as_f64().unwrap_or(0.0),
             r["saturation_s"].as_f64().unwrap_or(0.0),
             r["compile_s"].as_f64().unwrap_or(0.0),
         );
@@ -155,6 +173,7 @@ fn config(a: &BenchArgs, model: &str) -> TrainConfig {
         tokenizer: "bytes".into(),
         vocab: 256,
         fuse: true,
+        backend: lsc_runtime::backend::Backend::Interp,
     }
 }
 

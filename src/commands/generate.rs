@@ -94,8 +94,8 @@ pub fn continue_text(m: &Model, prompt: &[u32], a: &GenerateArgs, emit: &mut dyn
             "shorten --prompt",
         ));
     }
-    let prepared = lsc_runtime::prepare::prepare(&program, m.params)?;
-    let mut dec = Decoder::new(&prepared.program, &prepared.params, 1)?;
+    let prepared = lsc_runtime::prepare::prepare(&program, m.params, crate::source::backend(&a.source.backend)?)?;
+    let mut dec = Decoder::on(&prepared.exe, &prepared.params, 1)?;
     let mut rng = Rng::new(a.seed);
     let mut logits = dec.feed(&Value::ints(vec![1, prompt.len()], prompt.iter().map(|&b| b as i64).collect()))?;
     emit(&m.tokenizer.decode(prompt)?);

@@ -48,7 +48,7 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
             let mut entry = json!({ "graph": g.name, "name": name, "ops": ops });
             let lowered = part.elementwise.then(|| {
                 lsc_passes::partition::to_group(g, part, bindings, &name)
-                    .and_then(|group| lsc_kir::lower::lower_elementwise(&group))
+                    .and_then(|(group, _)| lsc_kir::lower::lower_elementwise(&group))
             });
             let kind = match lowered {
                 None => "library".to_string(),

@@ -4,6 +4,7 @@ use crate::error::{CliError, CliResult};
 use crate::source::{self, Source};
 use crate::ModelArgs;
 use lsc_interp::{Tensors, Value};
+use lsc_runtime::backend::Backend;
 use lsc_runtime::{generate, init, weights};
 use std::path::Path;
 
@@ -40,7 +41,9 @@ pub fn run(
     prompt: Option<&str>,
     inputs: Option<&Path>,
     out: Option<&Path>,
+    backend: &str,
 ) -> CliResult {
+    let backend = source::backend(backend)?;
     let src = source::load(args, true)?;
     let (params, origin) = params(&src, weights_path, seed)?;
     let label = match &src.config {
@@ -48,15 +51,21 @@ pub fn run(
         None => src.name.clone(),
     };
     if let (Some(inputs), Some(out)) = (inputs, out) {
-        return batch(&src, &params, inputs, out);
+        return batch(&src, &params, inputs, out, backend);
     }
     let prompt = prompt.unwrap_or_default();
     let max_len = src.max_len.unwrap_or(usize::MAX);
-    let prepared = lsc_runtime::prepare::prepare(&src.program, &params)?;
-    let top = generate::top_next(&prepared.program, &prepared.params, prompt.as_bytes(), 5, max_len)?;
+    let prepared = lsc_runtime::prepare::prepare(&src.program, &params, backend)?;
+    let top = generate::top_next(&prepared.exe, &prepared.params, prompt.as_bytes(), 5, max_len)?;
     let nodes: usize = src.program.graphs().map(|g| g.dag.node_count()).sum();
     let n_params = lsc_passes::parameter_count(&src.program).unwrap_or(0);
-    println!("{label}: {nodes} IR nodes, {n_params} parameters ({origin}), interpreter on CPU");
+    let on = match backend {
+        Backend::Interp => "interpreter".to_string(),
+        Backend::Cranelift => {
+            format!("{} generated kernels (Cranelift) + interpreter", prepared.exe.generated_kernels())
+        }
+    };
+    println!("{label}: {nodes} IR nodes, {n_params} parameters ({origin}), {on} on CPU");
     println!("top-5 next bytes after {prompt:?}:");
     for (i, (b, p)) in top.iter().enumerate() {
         println!("  {}. {:<8} (0x{b:02x})  p = {p:.4}", i + 1, show_byte(*b));
@@ -64,7 +73,7 @@ pub fn run(
     Ok(())
 }
 
-fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path) -> CliResult {
+fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path, backend: Backend) -> CliResult {
     let tensors = weights::load_tensors(inputs)?;
     let ids = tensors.get("input_ids").ok_or_else(|| {
         CliError::with_fix(
@@ -84,8 +93,8 @@ fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path) -> CliR
             "use a shorter sequence or the `long` config",
         ));
     }
-    let prepared = lsc_runtime::prepare::prepare(&src.program, params)?;
-    let logits = generate::logits(&prepared.program, &prepared.params, ids)?;
+    let prepared = lsc_runtime::prepare::prepare(&src.program, params, backend)?;
+    let logits = generate::logits_on(&prepared.exe.interpreter()?, &prepared.params, ids)?;
     let mut result = Tensors::new();
     result.insert(
         "logits".to_string(),

@@ -111,6 +111,9 @@ pub struct TrainArgs {
     /// Train the primitive step graph, without equality saturation (an ablation).
     #[arg(long)]
     pub no_fuse: bool,
+    /// What runs the step: `cranelift` (generated fused kernels; the default) or `interp`.
+    #[arg(long, default_value = "cranelift")]
+    pub backend: String,
     /// Print one final JSON line: steps, tokens_per_s, train_loss, val_loss, wall_s.
     #[arg(long)]
     pub json_summary: bool,
@@ -142,6 +145,7 @@ fn config_from(a: &TrainArgs, seq: usize, vocab: usize) -> Result<TrainConfig, C
         tokenizer: a.tokenizer.clone(),
         vocab,
         fuse: !a.no_fuse,
+        backend: a.backend.parse().map_err(|e: String| CliError::with_fix(e, "pass --backend interp or cranelift"))?,
     })
 }
 
@@ -243,8 +247,8 @@ pub fn run(a: &TrainArgs) -> CliResult {
         .map_err(|e| CliError::new(format!("{}: {e}", metrics_path.display())))?;
     let n_local = lsc_models::transformer_config(&a.model, &a.config).map(|c| c.n_local_heads).unwrap_or(0);
     let eval = |t: &Trainer| {
-        let p = lsc_runtime::prepare::bind_weights(&inference, &t.params)?;
-        lsc_runtime::eval::mean_nll(&p.program, &p.params, &valid, seq, Some(a.eval_windows), a.batch)
+        let p = lsc_runtime::prepare::bind_weights(&inference, &t.params, t.cfg.backend)?;
+        lsc_runtime::eval::mean_nll(&p.exe, &p.params, &valid, seq, Some(a.eval_windows), a.batch)
     };
 
     let bar = indicatif::ProgressBar::new(a.steps);
@@ -354,7 +358,13 @@ pub fn run(a: &TrainArgs) -> CliResult {
     if a.sample_tokens > 0 {
         let prompt: Vec<u32> = valid.iter().copied().take(24).collect();
         let args = super::generate::GenerateArgs {
-            source: crate::source::TrainedArgs { ckpt: None, model: None, config: a.config.clone(), weights: None },
+            source: crate::source::TrainedArgs {
+                ckpt: None,
+                model: None,
+                config: a.config.clone(),
+                weights: None,
+                backend: a.backend.clone(),
+            },
             prompt: String::new(),
             max_tokens: a.sample_tokens.min(max_len.saturating_sub(prompt.len())),
             temperature: 0.8,

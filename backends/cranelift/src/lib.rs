@@ -10,6 +10,9 @@
 
 #![warn(missing_docs)]
 
+mod accelerate;
+pub use accelerate::Accelerated;
+
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value};
 use cranelift_codegen::settings::{self, Configurable};
@@ -112,12 +115,57 @@ impl Jit {
         Ok(())
     }
 
+    /// Runs kernel `name` reading `inputs` and writing `outputs` (in buffer
+    /// order), splitting its outer loop between `threads` threads when its
+    /// schedule says the loop is parallel.
+    pub fn run_parallel(
+        &self,
+        name: &str,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        threads: usize,
+    ) -> Result<(), String> {
+        let (f, k) = self.kernels.get(name).ok_or_else(|| format!("no compiled kernel `{name}`"))?;
+        if inputs.len() + outputs.len() != k.buffers.len() || k.buffers.iter().take(inputs.len()).any(|b| b.output) {
+            return Err(format!("kernel {name} takes {} buffers (inputs first)", k.buffers.len()));
+        }
+        let lens = inputs.iter().map(|b| b.len()).chain(outputs.iter().map(|b| b.len()));
+        for (len, decl) in lens.zip(&k.buffers) {
+            if (len as u64) < decl.len {
+                return Err(format!("kernel {name}: buffer {} has {len} elements, needs {}", decl.name, decl.len));
+            }
+        }
+        // Inputs are only read: the bounds check refuses kernels that store to them.
+        let mut ptrs: Vec<*mut f32> = inputs.iter().map(|b| b.as_ptr() as *mut f32).collect();
+        ptrs.extend(outputs.iter_mut().map(|b| b.as_mut_ptr()));
+        let n = k.outer_extent() as i64;
+        let threads = if k.schedule.parallel { threads.clamp(1, n.max(1) as usize) } else { 1 };
+        let chunk = (n + threads as i64 - 1) / threads as i64;
+        let table = Pointers(ptrs);
+        let f = *f;
+        std::thread::scope(|s| {
+            for t in 1..threads as i64 {
+                let table = &table;
+                // SAFETY: bounds were checked; iterations of a parallel outer loop write disjoint elements.
+                s.spawn(move || unsafe { f(table.0.as_ptr(), (t * chunk).min(n), ((t + 1) * chunk).min(n)) });
+            }
+            // SAFETY: as above, for the first chunk on this thread.
+            unsafe { f(table.0.as_ptr(), 0, chunk.min(n)) };
+        });
+        Ok(())
+    }
+
     /// Runs kernel `name` over its whole index space.
     pub fn run(&self, name: &str, bufs: &mut [&mut [f32]]) -> Result<(), String> {
         let n = self.kernels.get(name).map(|(_, k)| k.outer_extent()).unwrap_or(0);
         self.run_range(name, bufs, 0, n)
     }
 }
+
+/// Buffer pointers shared by the threads of one parallel kernel run.
+struct Pointers(Vec<*mut f32>);
+// SAFETY: the threads read inputs and write disjoint parts of the outputs.
+unsafe impl Sync for Pointers {}
 
 struct Codegen<'a> {
     b: FunctionBuilder<'a>,

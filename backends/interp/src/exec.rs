@@ -4,7 +4,8 @@
 use crate::kernels;
 use crate::math::Real;
 use crate::value::{numel, Buffer, Value};
-use lsc_ir::{verify, Bindings, DType, DerivedSymbol, Graph, NodeId, Op, Program, TensorType, VerifyError};
+use lsc_ir::{verify, Bindings, DType, DerivedSymbol, Graph, NodeId, Op, Program, TensorType, ValueRef, VerifyError};
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -31,12 +32,30 @@ impl fmt::Display for InterpError {
 
 impl std::error::Error for InterpError {}
 
+/// A code-generating backend the interpreter hands groups of nodes to. Each
+/// group (its members in topological order) has one value used outside it,
+/// its last member's, and is computed in f32 by one kernel; the interpreter
+/// runs everything else (and everything in f64 mode).
+pub trait Accelerator: Sync {
+    /// The groups of the graph named `graph`.
+    fn groups(&self, graph: &str) -> &[Vec<NodeId>];
+    /// Computes group `index` of `g`; `value` gives the operands from outside the group.
+    fn run<'v>(
+        &self,
+        g: &Graph,
+        index: usize,
+        value: &dyn Fn(ValueRef) -> Option<&'v Value<f32>>,
+        bindings: &Bindings,
+    ) -> Result<Value<f32>, String>;
+}
+
 /// Named tensors (inputs, parameters, outputs).
 pub type Tensors<T> = BTreeMap<String, Value<T>>;
 
 /// A verified program ready to run.
 pub struct Interpreter<'p> {
     program: &'p Program,
+    accelerator: Option<&'p dyn Accelerator>,
     orders: HashMap<String, Vec<NodeId>>,
     profile: Option<std::cell::RefCell<BTreeMap<&'static str, (usize, f64)>>>,
 }
@@ -46,7 +65,13 @@ impl<'p> Interpreter<'p> {
     pub fn new(program: &'p Program) -> Result<Interpreter<'p>, VerifyError> {
         verify(program)?;
         let orders = program.graphs().map(|g| (g.name.clone(), g.topo_order().unwrap_or_default())).collect();
-        Ok(Interpreter { program, orders, profile: None })
+        Ok(Interpreter { program, accelerator: None, orders, profile: None })
+    }
+
+    /// Hands the groups of `a` to it (f32 runs only).
+    pub fn with_accelerator(mut self, a: &'p dyn Accelerator) -> Self {
+        self.accelerator = Some(a);
+        self
     }
 
     /// Records the time spent in each op kind (see [`Interpreter::profile`]).
@@ -131,7 +156,50 @@ impl<'p> Interpreter<'p> {
         let mut args = args.into_iter().map(Some).collect::<Vec<_>>();
         let input_pos: HashMap<NodeId, usize> = g.inputs.iter().enumerate().map(|(i, &n)| (n, i)).collect();
 
+        // Group membership: (group, whether this node is its last member).
+        let accelerator = self.accelerator.filter(|_| T::NAME == "f32");
+        let groups = accelerator.map(|a| a.groups(&g.name)).unwrap_or(&[]);
+        let mut member: HashMap<NodeId, (usize, bool)> = HashMap::new();
+        for (i, grp) in groups.iter().enumerate() {
+            for (k, &m) in grp.iter().enumerate() {
+                member.insert(m, (i, k + 1 == grp.len()));
+            }
+        }
+
         for &n in order {
+            if let (Some(&(gi, last)), Some(a)) = (member.get(&n), accelerator) {
+                if !last {
+                    continue; // computed with the group
+                }
+                let start = self.profile.as_ref().map(|_| std::time::Instant::now());
+                let fetch = |v: ValueRef| -> Option<&Value<f32>> {
+                    let x = values[v.node.index()].as_ref()?.get(v.output as usize)?;
+                    (x as &dyn Any).downcast_ref::<Value<f32>>()
+                };
+                let out = a.run(g, gi, &fetch, &bindings).map_err(|m| err_at(n, m))?;
+                let out: Value<T> = *(Box::new(out) as Box<dyn Any>)
+                    .downcast::<Value<T>>()
+                    .map_err(|_| err_at(n, "accelerated groups run in f32 only".into()))?;
+                let want = g.node(n).outputs[0].concrete_shape(&bindings).map_err(|m| err_at(n, m))?;
+                if out.shape != want {
+                    return Err(err_at(n, format!("kernel produced shape {:?}, expected {want:?}", out.shape)));
+                }
+                if let (Some(p), Some(t)) = (&self.profile, start) {
+                    let e = p.borrow_mut().entry("fused kernel").or_insert((0, 0.0)).to_owned();
+                    p.borrow_mut().insert("fused kernel", (e.0 + 1, e.1 + t.elapsed().as_secs_f64()));
+                }
+                values[n.index()] = Some(vec![out]);
+                for &m in &groups[gi] {
+                    for v in g.operands(m) {
+                        let u = &mut uses[v.node.index()];
+                        *u -= 1;
+                        if *u == 0 {
+                            values[v.node.index()] = None;
+                        }
+                    }
+                }
+                continue;
+            }
             let node = g.node(n);
             let out_types: Vec<(DType, Vec<usize>)> = node
                 .outputs

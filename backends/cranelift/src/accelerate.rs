@@ -1,0 +1,88 @@
+//! The interpreter's [`Accelerator`] on generated code: every fused
+//! elementwise kernel of a partitioned program runs as Cranelift machine
+//! code, compiled once per shape it meets; everything else stays with the
+//! interpreter's kernels (GEMM, fused attention, …).
+
+use crate::Jit;
+use lsc_interp::{Accelerator, Value};
+use lsc_ir::{Bindings, Graph, NodeId, Program, ValueRef};
+use lsc_passes::partition::{lowerable, partition, to_group, Part};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Generated kernels for one program.
+pub struct Accelerated {
+    groups: HashMap<String, Vec<Vec<NodeId>>>,
+    parts: HashMap<String, Vec<Part>>,
+    jit: Mutex<Jit>,
+    /// (graph, group, shapes) → kernel name.
+    compiled: Mutex<HashMap<String, String>>,
+    threads: usize,
+}
+
+impl Accelerated {
+    /// Partitions every graph of `p` and keeps the kernels Cranelift can generate.
+    pub fn new(p: &Program) -> Result<Accelerated, String> {
+        let (mut groups, mut parts) = (HashMap::new(), HashMap::new());
+        for g in p.graphs() {
+            let kept: Vec<Part> = partition(g)?.into_iter().filter(|part| lowerable(g, part).is_ok()).collect();
+            groups.insert(g.name.clone(), kept.iter().map(|part| part.nodes.clone()).collect());
+            parts.insert(g.name.clone(), kept);
+        }
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Ok(Accelerated { groups, parts, jit: Mutex::new(Jit::new()?), compiled: Mutex::new(HashMap::new()), threads })
+    }
+
+    /// How many fused kernels the program has.
+    pub fn kernel_count(&self) -> usize {
+        self.groups.values().map(Vec::len).sum()
+    }
+}
+
+impl Accelerator for Accelerated {
+    fn groups(&self, graph: &str) -> &[Vec<NodeId>] {
+        self.groups.get(graph).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn run<'v>(
+        &self,
+        g: &Graph,
+        index: usize,
+        value: &dyn Fn(ValueRef) -> Option<&'v Value<f32>>,
+        bindings: &Bindings,
+    ) -> Result<Value<f32>, String> {
+        let part = &self.parts[&g.name][index];
+        let (group, sources) = to_group(g, part, bindings, "")?;
+        let key = format!("{}:{index}:{:?}:{:?}", g.name, group.shape, group.inputs);
+        let mut jit = self.jit.lock().map_err(|_| "the JIT lock is poisoned".to_string())?;
+        let name = {
+            let mut compiled = self.compiled.lock().map_err(|_| "the kernel cache lock is poisoned".to_string())?;
+            match compiled.get(&key) {
+                Some(name) => name.clone(),
+                None => {
+                    let name = format!("{}_k{index}_{}", g.name, compiled.len());
+                    let kernel = lsc_kir::lower::lower_elementwise(&lsc_kir::lower::Group {
+                        name: name.clone(),
+                        ..group.clone()
+                    })?;
+                    jit.compile(&kernel)?;
+                    compiled.insert(key, name.clone());
+                    name
+                }
+            }
+        };
+        let inputs: Vec<&[f32]> = sources
+            .iter()
+            .map(|v| {
+                value(*v)
+                    .and_then(Value::as_floats)
+                    .ok_or_else(|| format!("kernel input %{} is not available", v.node.index()))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out = vec![0.0f32; group.shape.iter().product()];
+        jit.run_parallel(&name, &inputs, &mut [&mut out], self.threads)?;
+        let root = *part.nodes.last().ok_or("an empty kernel")?;
+        let dtype = g.node(root).outputs[0].dtype;
+        Ok(Value { dtype, shape: group.shape, data: lsc_interp::Buffer::Float(out) })
+    }
+}
