@@ -4,7 +4,7 @@
 //! axes merged wherever every access is contiguous across them.
 
 use crate::{math, Binary, Body, Buffer, Expr, Index, Kernel, Schedule, Stmt, Unary};
-use lsc_ir::{BinaryOp, CmpOp, UnaryOp};
+use lsc_ir::{BinaryOp, CmpOp, ReduceKind, UnaryOp};
 
 /// A value of an elementwise group, defined from earlier ones (by position).
 #[derive(Clone, Debug, PartialEq)]
@@ -30,13 +30,16 @@ pub enum Node {
     Clamp(usize, f32, f32),
 }
 
-/// A fused elementwise group.
+/// A fused elementwise group, optionally ending in a reduction over its
+/// trailing axes (norms, softmax denominators, losses).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Group {
     /// Kernel name.
     pub name: String,
     /// The shape every value has.
     pub shape: Vec<usize>,
+    /// Reduce the (single) output over the last `n` axes of `shape`.
+    pub reduce: Option<(ReduceKind, usize)>,
     /// Input buffers: `(name, elements)`.
     pub inputs: Vec<(String, u64)>,
     /// The values, in order.
@@ -87,6 +90,21 @@ fn coalesce(shape: &[usize], inputs: &[Vec<i64>]) -> (Vec<usize>, Vec<Vec<i64>>)
 
 /// The kernel computing `g`.
 pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
+    if let Some((name, _)) = g.outputs.iter().find(|(_, v)| matches!(g.nodes[*v], Node::Compare(..))) {
+        return Err(format!("kernel {}: output {name} is a comparison (kernels store f32)", g.name));
+    }
+    let reduced = match g.reduce {
+        Some((_, n)) if g.outputs.len() != 1 || n == 0 || n > g.shape.len() => {
+            return Err(format!(
+                "kernel {}: a reduction kernel has one output and reduces 1..={} axes",
+                g.name,
+                g.shape.len()
+            ))
+        }
+        Some((_, n)) => n,
+        None => 0,
+    };
+    let split = g.shape.len() - reduced;
     let input_strides: Vec<Vec<i64>> = g
         .nodes
         .iter()
@@ -95,23 +113,46 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
             _ => None,
         })
         .collect();
-    // Outputs are contiguous: their strides join the coalescing.
-    let mut all = input_strides.clone();
-    let contiguous: Vec<i64> = (0..g.shape.len()).map(|a| g.shape[a + 1..].iter().product::<usize>() as i64).collect();
-    all.push(contiguous);
-    let (extents, strides) = coalesce(&g.shape, &all);
+    // Outputs are contiguous over the kept axes (and do not move along reduced ones).
+    let kept = &g.shape[..split];
+    let mut out_strides: Vec<i64> = (0..split).map(|a| kept[a + 1..].iter().product::<usize>() as i64).collect();
+    out_strides.extend(std::iter::repeat_n(0, reduced));
+    let mut all = input_strides;
+    all.push(out_strides);
+    let outer_strides: Vec<Vec<i64>> = all.iter().map(|s| s[..split].to_vec()).collect();
+    let inner_strides: Vec<Vec<i64>> = all.iter().map(|s| s[split..].to_vec()).collect();
+    let (outer_ext, outer) = coalesce(&g.shape[..split], &outer_strides);
+    let (inner_ext, inner) =
+        if reduced > 0 { coalesce(&g.shape[split..], &inner_strides) } else { (vec![], vec![vec![]; all.len()]) };
     let mut b = Body::default();
-    let loop_vars: Vec<usize> = extents.iter().map(|_| b.fresh()).collect();
-    let index = |s: &[i64]| Index {
-        terms: loop_vars.iter().zip(s).filter(|(_, &st)| st != 0).map(|(&v, &st)| (v, st)).collect(),
+    let outer_vars: Vec<usize> = outer_ext.iter().map(|_| b.fresh()).collect();
+    let inner_vars: Vec<usize> = inner_ext.iter().map(|_| b.fresh()).collect();
+    let index = |k: usize| Index {
+        terms: outer_vars
+            .iter()
+            .zip(&outer[k])
+            .chain(inner_vars.iter().zip(&inner[k]))
+            .filter(|(_, &st)| st != 0)
+            .map(|(&v, &st)| (v, st))
+            .collect(),
         offset: 0,
     };
+    // The accumulator is declared before the reduction loop (its body goes in `inner_body`).
+    let acc = g.reduce.map(|(kind, _)| {
+        let var = b.fresh();
+        let init = match kind {
+            ReduceKind::Max => f32::NEG_INFINITY,
+            ReduceKind::Min => f32::INFINITY,
+            ReduceKind::Sum | ReduceKind::Mean => 0.0,
+        };
+        (var, kind, init)
+    });
     let mut vals: Vec<Expr> = Vec::new();
     let mut next_input = 0;
     for n in &g.nodes {
         let v = match n {
             Node::Input { buf, .. } => {
-                let e = Expr::Load { buf: *buf, index: index(&strides[next_input]) };
+                let e = Expr::Load { buf: *buf, index: index(next_input) };
                 next_input += 1;
                 b.bind(e)
             }
@@ -139,28 +180,52 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
         };
         vals.push(v);
     }
-    if let Some((name, _)) = g.outputs.iter().find(|(_, v)| matches!(g.nodes[*v], Node::Compare(..))) {
-        return Err(format!("kernel {}: output {name} is a comparison (kernels store f32)", g.name));
-    }
     let n_in = g.inputs.len();
-    let out_index = index(strides.last().expect("the output strides were added"));
-    for (k, (_, v)) in g.outputs.iter().enumerate() {
-        b.stmts.push(Stmt::Store { buf: n_in + k, index: out_index.clone(), value: vals[*v].clone() });
-    }
-    let mut body = b.stmts;
-    for (&var, &extent) in loop_vars.iter().zip(&extents).rev() {
+    let out_index = index(next_input);
+    let body = match acc {
+        None => {
+            for (k, (_, v)) in g.outputs.iter().enumerate() {
+                b.stmts.push(Stmt::Store { buf: n_in + k, index: out_index.clone(), value: vals[*v].clone() });
+            }
+            std::mem::take(&mut b.stmts)
+        }
+        Some((var, kind, init)) => {
+            let op = match kind {
+                ReduceKind::Max => Binary::Max,
+                ReduceKind::Min => Binary::Min,
+                ReduceKind::Sum | ReduceKind::Mean => Binary::Add,
+            };
+            let mut inner_body = std::mem::take(&mut b.stmts);
+            inner_body.push(Stmt::Accumulate { var, op, value: vals[g.outputs[0].1].clone() });
+            for (&v, &e) in inner_vars.iter().zip(&inner_ext).rev() {
+                inner_body = vec![Stmt::Loop { var: v, extent: e as u64, body: inner_body }];
+            }
+            let count: usize = g.shape[split..].iter().product();
+            let result = match kind {
+                ReduceKind::Mean => Expr::Var(var).bin(Binary::Div, Expr::F32(count as f32)),
+                _ => Expr::Var(var),
+            };
+            let mut body = vec![Stmt::Let { var, value: Expr::F32(init) }];
+            body.extend(inner_body);
+            body.push(Stmt::Store { buf: n_in, index: out_index.clone(), value: result });
+            body
+        }
+    };
+    let mut body = body;
+    for (&var, &extent) in outer_vars.iter().zip(&outer_ext).rev() {
         body = vec![Stmt::Loop { var, extent: extent as u64, body }];
     }
-    let numel: u64 = g.shape.iter().product::<usize>() as u64;
+    let out_len: u64 = g.shape[..split].iter().product::<usize>() as u64;
     let mut buffers: Vec<Buffer> =
         g.inputs.iter().map(|(name, len)| Buffer { name: name.clone(), len: *len, output: false }).collect();
-    buffers.extend(g.outputs.iter().map(|(name, _)| Buffer { name: name.clone(), len: numel, output: true }));
+    buffers.extend(g.outputs.iter().map(|(name, _)| Buffer { name: name.clone(), len: out_len, output: true }));
+    let work: u64 = g.shape.iter().product::<usize>() as u64;
     Ok(Kernel {
         name: g.name.clone(),
         buffers,
         body,
         vars: b.next_var,
-        schedule: Schedule { parallel: numel >= 1 << 14, vector_width: 1 },
+        schedule: Schedule { parallel: work >= 1 << 14 && outer_ext.first().is_some_and(|&e| e > 1), vector_width: 1 },
     })
 }
 

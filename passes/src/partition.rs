@@ -52,8 +52,15 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
         let id = parts.len();
         owner.insert(n, id);
         let mut members = vec![n];
-        if float_elementwise(n) {
-            let shape = &g.node(n).outputs[0].shape;
+        let reduction = trailing_reduction(g, n).is_some();
+        if float_elementwise(n) || reduction {
+            // A reduction's producers have its operand's shape.
+            let shape = if reduction {
+                g.value_type(g.operands(n)[0]).shape.clone()
+            } else {
+                g.node(n).outputs[0].shape.clone()
+            };
+            let shape = &shape;
             // Grow towards producers whose every use is already inside.
             let mut frontier = vec![n];
             while let Some(m) = frontier.pop() {
@@ -88,11 +95,19 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
         }
         // A lone op is worth generated code when it is a transcendental (one pass instead of libm calls).
         let lone_unary = matches!(g.node(n).op, Op::Unary(_));
-        let elementwise = float_elementwise(n) && (nodes.len() > 1 || lone_unary);
+        let elementwise = (float_elementwise(n) && (nodes.len() > 1 || lone_unary)) || reduction;
         parts.push(Part { nodes, outputs, elementwise });
     }
     parts.reverse();
     Ok(parts)
+}
+
+/// `(kind, reduced axes)` if `n` is a sum/mean/max/min over a trailing run of axes.
+fn trailing_reduction(g: &Graph, n: NodeId) -> Option<(lsc_ir::ReduceKind, usize)> {
+    let Op::Reduce { kind, axes, .. } = &g.node(n).op else { return None };
+    let rank = g.value_type(g.operands(n)[0]).rank();
+    let trailing = !axes.is_empty() && axes.iter().enumerate().all(|(i, &a)| a == rank - axes.len() + i);
+    trailing.then_some((*kind, axes.len()))
 }
 
 /// Whether `part` can become a generated elementwise kernel, at any shapes:
@@ -106,7 +121,8 @@ pub fn lowerable(g: &Graph, part: &Part) -> Result<(), String> {
     }
     for &n in &part.nodes {
         let node = g.node(n);
-        if !is_elementwise(&node.op) && !matches!(node.op, Op::Broadcast { .. }) {
+        let reduction_root = n == root && trailing_reduction(g, n).is_some();
+        if !is_elementwise(&node.op) && !matches!(node.op, Op::Broadcast { .. }) && !reduction_root {
             return Err(format!("`{}` is not elementwise", node.op.name()));
         }
         for v in g.operands(n) {
@@ -133,7 +149,11 @@ pub fn lowerable(g: &Graph, part: &Part) -> Result<(), String> {
 pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Result<(Group, Vec<ValueRef>), String> {
     lowerable(g, part)?;
     let root = *part.nodes.last().ok_or("an empty kernel")?;
-    let shape = g.node(root).outputs[0].concrete_shape(bindings)?;
+    let reduce = trailing_reduction(g, root);
+    let shape = match reduce {
+        Some(_) => g.value_type(g.operands(root)[0]).concrete_shape(bindings)?,
+        None => g.node(root).outputs[0].concrete_shape(bindings)?,
+    };
     let members: HashSet<NodeId> = part.nodes.iter().copied().collect();
     let mut nodes: Vec<Node> = Vec::new();
     let mut inputs: Vec<(String, u64)> = Vec::new();
@@ -162,6 +182,15 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
     for &n in &part.nodes {
         let node = g.node(n);
         let ops = g.operands(n);
+        if reduce.is_some() && n == root {
+            // The reduction itself is the kernel's accumulation of its operand.
+            let x = match at.get(&ops[0]) {
+                Some(&k) => k,
+                None => read(ops[0], &mut nodes, &mut inputs)?,
+            };
+            at.insert(ValueRef::first(n), x);
+            continue;
+        }
         let mut arg = |i: usize, nodes: &mut Vec<Node>, inputs: &mut Vec<(String, u64)>| -> Result<usize, String> {
             match at.get(&ops[i]) {
                 Some(&k) => Ok(k),
@@ -208,7 +237,7 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
         at.insert(ValueRef::first(n), made);
     }
     let outputs = part.outputs.iter().map(|v| (format!("%{}", v.node.index()), at[v])).collect();
-    Ok((Group { name: name.to_string(), shape, inputs, nodes, outputs }, sources))
+    Ok((Group { name: name.to_string(), shape, reduce, inputs, nodes, outputs }, sources))
 }
 
 /// Per-axis element strides reading `src` broadcast (NumPy, right-aligned) to `out`.

@@ -122,7 +122,7 @@ pub fn run(a: &BenchArgs) -> CliResult {
         return Ok(());
     }
     println!(
-        "training step, interpreter, batch {} × seq {}, {} timed steps; cost model: {source}",
+        "training step, batch {} × seq {}, {} timed steps (primitive and saturated on the interpreter, then saturated with Cranelift kernels); cost model: {source}",
         a.batch, a.seq, a.steps
     );
     println!(

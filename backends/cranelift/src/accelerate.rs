@@ -79,10 +79,11 @@ impl Accelerator for Accelerated {
                     .ok_or_else(|| format!("kernel input %{} is not available", v.node.index()))
             })
             .collect::<Result<_, _>>()?;
-        let mut out = vec![0.0f32; group.shape.iter().product()];
-        jit.run_parallel(&name, &inputs, &mut [&mut out], self.threads)?;
         let root = *part.nodes.last().ok_or("an empty kernel")?;
+        let shape = g.node(root).outputs[0].concrete_shape(bindings)?;
+        let mut out = vec![0.0f32; shape.iter().product()];
+        jit.run_parallel(&name, &inputs, &mut [&mut out], self.threads)?;
         let dtype = g.node(root).outputs[0].dtype;
-        Ok(Value { dtype, shape: group.shape, data: lsc_interp::Buffer::Float(out) })
+        Ok(Value { dtype, shape, data: lsc_interp::Buffer::Float(out) })
     }
 }

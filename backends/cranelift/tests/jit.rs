@@ -2,7 +2,7 @@
 //! the transcendentals against f64 references over the whole f32 range.
 
 use lsc_cranelift::Jit;
-use lsc_ir::{BinaryOp, CmpOp, UnaryOp};
+use lsc_ir::{BinaryOp, CmpOp, ReduceKind, UnaryOp};
 use lsc_kir::lower::{lower_elementwise, Group, Node};
 use lsc_kir::{eval, math, Body, Buffer, Expr, Index, Kernel, Schedule, Stmt};
 use proptest::prelude::*;
@@ -114,6 +114,7 @@ fn random_group(shape: &[usize], ops: &[u8]) -> Group {
     Group {
         name: "g".into(),
         shape: shape.to_vec(),
+        reduce: None,
         inputs: vec![("a".into(), numel as u64), ("b".into(), rest as u64)],
         outputs: vec![("y".into(), nodes.len() - 1), ("first".into(), first_float)],
         nodes,
@@ -122,6 +123,32 @@ fn random_group(shape: &[usize], ops: &[u8]) -> Group {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn reductions_match_the_evaluator_bit_for_bit(
+        shape in proptest::collection::vec(1usize..6, 1..4),
+        ops in proptest::collection::vec(any::<u8>(), 1..8),
+        kind in 0usize..4,
+        axes in 1usize..4,
+    ) {
+        let mut g = random_group(&shape, &ops);
+        let kinds = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min];
+        g.reduce = Some((kinds[kind], axes.min(shape.len())));
+        g.outputs.truncate(1);
+        let k = lower_elementwise(&g).unwrap();
+        let mut jit = Jit::new().unwrap();
+        jit.compile(&k).unwrap();
+        let a: Vec<f32> = (0..g.inputs[0].1 as usize).map(|i| (i % 13) as f32 / 4.0 - 1.5).collect();
+        let b: Vec<f32> = (0..g.inputs[1].1 as usize).map(|i| (i % 7) as f32 / 3.0 - 1.0).collect();
+        let n = k.buffers[2].len as usize;
+        let mut want = vec![a.clone(), b.clone(), vec![0.0; n]];
+        eval::run(&k, &mut want);
+        let mut y = vec![0.0f32; n];
+        jit.run_parallel("g", &[&a, &b], &mut [&mut y], 2).unwrap();
+        for (w, got) in want[2].iter().zip(&y) {
+            prop_assert!(w.to_bits() == got.to_bits() || (w.is_nan() && got.is_nan()), "{w} vs {got}\n{}", lsc_kir::print::print(&k));
+        }
+    }
 
     #[test]
     fn jit_matches_the_evaluator_bit_for_bit(
