@@ -394,6 +394,10 @@ fn compile_emits_kernels_kernel_ir_and_cranelift_ir() {
     let launch = manifest["kernels"]["launch_order"].as_array().unwrap();
     assert!(launch.iter().any(|k| k["kind"] == "elementwise" && k["schedule"].is_object()), "{manifest}");
     assert!(launch.iter().any(|k| k["ops"] == serde_json::json!(["matmul"])), "GEMMs are library kernels");
+    let memory = &manifest["kernels"]["memory"]["main"];
+    let (peak, unshared) = (memory["peak_bytes"].as_u64().unwrap(), memory["unshared_bytes"].as_u64().unwrap());
+    assert!(peak > 0 && peak < unshared, "slots are reused: {memory}");
+    assert!(stdout(&o).contains("memory plan (@main"), "{}", stdout(&o));
     let kir = std::fs::read_to_string(dir.join("transformer.kir")).unwrap();
     let clif = std::fs::read_to_string(dir.join("transformer.clif")).unwrap();
     assert!(clif.contains("fadd") && clif.contains("load.f32"), "{clif}");

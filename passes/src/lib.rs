@@ -9,6 +9,7 @@
 //! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
 //! | [`specialize`] | functions specialised on the constant arguments all their calls pass |
 //! | [`dce`] | dead-code elimination |
+//! | [`memory`] | buffer slots for kernel outputs, reused by liveness; peak bytes |
 //! | [`partition`] | the optimised graph grouped into kernels (fused elementwise chains, library ops) |
 //! | [`hoist`] | parameter-only work split out, computed once per set of weights |
 //! | [`stats`] | op histograms, primitive checks, parameter counts |
@@ -18,6 +19,7 @@
 pub mod autodiff;
 pub mod dce;
 pub mod hoist;
+pub mod memory;
 pub mod partition;
 pub mod saturate;
 pub mod specialize;

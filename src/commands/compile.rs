@@ -166,6 +166,15 @@ pub fn run(
             bindings.entry("B".into()).or_insert(1);
             let artifacts = super::kernels::build(&opt, &bindings, emit.iter().any(|e| e == "clif"))?;
             files.extend(super::kernels::write(&src.name, &artifacts, emit, &write)?);
+            if let Some(main) = artifacts.manifest["memory"]["main"]["peak_bytes"].as_u64() {
+                let unshared = artifacts.manifest["memory"]["main"]["unshared_bytes"].as_u64().unwrap_or(0);
+                println!(
+                    "memory plan (@main, {:?}): {:.2} MiB of intermediates at peak ({:.2} MiB without reuse)",
+                    bindings,
+                    main as f64 / (1 << 20) as f64,
+                    unshared as f64 / (1 << 20) as f64
+                );
+            }
             kernel_manifest = Some(artifacts.manifest);
         }
         if emit.iter().any(|e| e == "egraph-stats") {

@@ -40,8 +40,25 @@ pub struct Artifacts {
 pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifacts, CliError> {
     let mut jit = if with_clif { Some(lsc_cranelift::Jit::new().map_err(CliError::new)?) } else { None };
     let (mut list, mut kernels, mut kir, mut clif) = (Vec::new(), String::new(), String::new(), String::new());
+    let mut memory = serde_json::Map::new();
+    let mut bindings = bindings.clone();
+    // MoR's capacities and the like follow from the bound symbols.
+    let _ = lsc_ir::DerivedSymbol::bind_all(&p.symbols, &mut bindings);
+    let bindings = &bindings;
     for g in p.graphs() {
         let parts = lsc_passes::partition::partition(g).map_err(CliError::new)?;
+        memory.insert(
+            g.name.clone(),
+            match lsc_passes::memory::plan(g, &parts, bindings) {
+                Ok(plan) => json!({
+                    "peak_bytes": plan.peak_bytes,
+                    "unshared_bytes": plan.unshared_bytes,
+                    "slots": plan.slots.len(),
+                    "values": plan.assignment.len(),
+                }),
+                Err(why) => json!({ "unplanned": why }),
+            },
+        );
         for (i, part) in parts.iter().enumerate() {
             let name = format!("{}_k{i}", g.name);
             let ops: Vec<&str> = part.nodes.iter().map(|&n| g.node(n).op.name()).collect();
@@ -80,7 +97,7 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
     }
     let fused = list.iter().filter(|e| e["kind"] == "elementwise").count();
     Ok(Artifacts {
-        manifest: json!({ "bindings": bindings, "launch_order": list, "fused_kernels": fused }),
+        manifest: json!({ "bindings": bindings, "launch_order": list, "fused_kernels": fused, "memory": memory }),
         kernels,
         kir,
         clif,
