@@ -225,7 +225,11 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
         buffers,
         body,
         vars: b.next_var,
-        schedule: Schedule { parallel: work >= 1 << 14 && outer_ext.first().is_some_and(|&e| e > 1), vector_width: 1 },
+        schedule: Schedule {
+            parallel: work >= 1 << 14 && outer_ext.first().is_some_and(|&e| e > 1),
+            // Elementwise kernels run 4 lanes at a time; a reduction keeps its sequential order.
+            vector_width: if g.reduce.is_some() { 1 } else { 4 },
+        },
     })
 }
 

@@ -11,15 +11,16 @@
 #![warn(missing_docs)]
 
 mod accelerate;
+mod simd;
 pub use accelerate::Accelerated;
 
-use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
-use lsc_kir::{Binary, Compare, Expr, Index, Kernel, Stmt, Unary};
+use lsc_kir::{Binary, Expr, Index, Kernel, Stmt, Unary};
 use std::collections::HashMap;
 
 /// The machine code of one kernel.
@@ -69,7 +70,15 @@ impl Jit {
             let target = self.module.target_config();
             let bufs: Vec<Value> =
                 (0..k.buffers.len()).map(|i| b.ins().load(ptr, flags, params[0], (i * 8) as i32)).collect();
-            let mut cg = Codegen { b, bufs, vars: HashMap::new(), range: Some((params[1], params[2])) };
+            let mut cg = Codegen {
+                b,
+                bufs,
+                vars: HashMap::new(),
+                vvars: HashMap::new(),
+                vector_var: None,
+                simd: k.schedule.vector_width == simd::LANES as u32,
+                range: Some((params[1], params[2])),
+            };
             cg.stmts(&k.body)?;
             cg.b.ins().return_(&[]);
             cg.b.seal_all_blocks();
@@ -171,6 +180,11 @@ struct Codegen<'a> {
     b: FunctionBuilder<'a>,
     bufs: Vec<Value>,
     vars: HashMap<usize, Variable>,
+    /// Variables of the f32x4 loop being emitted, and its loop variable.
+    vvars: HashMap<usize, Variable>,
+    vector_var: Option<usize>,
+    /// The kernel's schedule asks for 4 lanes.
+    simd: bool,
     /// The `(begin, end)` of the outermost loop, until it is emitted.
     range: Option<(Value, Value)>,
 }
@@ -195,6 +209,12 @@ impl Codegen<'_> {
                     };
                     let i = self.var(*var, types::I64);
                     self.b.def_var(i, lo);
+                    if self.simd && simd::vectorizable(*var, body) {
+                        self.vector_var = Some(*var);
+                        self.vector_loop(*var, body, hi)?;
+                        self.vector_var = None;
+                    }
+                    // The scalar loop (the remainder, after a vector loop).
                     let (header, inner, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
                     self.b.ins().jump(header, &[]);
                     self.b.switch_to_block(header);
@@ -290,25 +310,9 @@ impl Codegen<'_> {
             Expr::Compare(op, a, b) => {
                 let (a, b) = (self.expr(a)?, self.expr(b)?);
                 if self.b.func.dfg.value_type(a) == types::F32 {
-                    let cc = match op {
-                        Compare::Eq => FloatCC::Equal,
-                        Compare::Ne => FloatCC::NotEqual,
-                        Compare::Lt => FloatCC::LessThan,
-                        Compare::Le => FloatCC::LessThanOrEqual,
-                        Compare::Gt => FloatCC::GreaterThan,
-                        Compare::Ge => FloatCC::GreaterThanOrEqual,
-                    };
-                    self.b.ins().fcmp(cc, a, b)
+                    self.b.ins().fcmp(simd::float_cc(*op), a, b)
                 } else {
-                    let cc = match op {
-                        Compare::Eq => IntCC::Equal,
-                        Compare::Ne => IntCC::NotEqual,
-                        Compare::Lt => IntCC::SignedLessThan,
-                        Compare::Le => IntCC::SignedLessThanOrEqual,
-                        Compare::Gt => IntCC::SignedGreaterThan,
-                        Compare::Ge => IntCC::SignedGreaterThanOrEqual,
-                    };
-                    self.b.ins().icmp(cc, a, b)
+                    self.b.ins().icmp(simd::int_cc(*op), a, b)
                 }
             }
             Expr::Select(c, a, b) => {

@@ -23,7 +23,7 @@ fn unary_kernel(name: &str, n: u64, f: fn(&mut Body, Expr) -> Expr) -> Kernel {
         ],
         body: vec![Stmt::Loop { var: i, extent: n, body: b.stmts }],
         vars: b.next_var,
-        schedule: Schedule { parallel: false, vector_width: 1 },
+        schedule: Schedule { parallel: false, vector_width: 4 },
     }
 }
 
@@ -54,6 +54,7 @@ fn max_ulps(name: &str, f: fn(&mut Body, Expr) -> Expr, reference: fn(f64) -> f6
     let k = unary_kernel(name, n, f);
     let mut jit = Jit::new().unwrap();
     jit.compile(&k).unwrap();
+    assert!(jit.clif(name).unwrap().contains("f32x4"), "{name} runs 4 lanes at a time");
     let mut y = vec![0.0f32; xs.len()];
     let mut x = xs.clone();
     jit.run(name, &mut [&mut x, &mut y]).unwrap();

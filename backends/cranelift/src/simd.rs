@@ -1,0 +1,220 @@
+//! f32x4 code for innermost loops whose accesses are contiguous (stride 1)
+//! or broadcast (stride 0) in the loop variable: the body runs four lanes at
+//! a time, then the scalar loop finishes the remainder. Every lane computes
+//! exactly what the scalar code computes (same operations, same order), so
+//! the result is bit-identical to the evaluator's.
+
+use super::Codegen;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
+use lsc_kir::{Binary, Compare, Expr, Index, Stmt, Unary};
+
+/// Lanes of the vector loop.
+pub(super) const LANES: i64 = 4;
+
+fn lane_flags() -> MemFlagsData {
+    MemFlagsData::new().with_endianness(Endianness::Little)
+}
+
+/// Whether the innermost loop over `var` with `body` can run four lanes at a time.
+pub(super) fn vectorizable(var: usize, body: &[Stmt]) -> bool {
+    fn index_ok(ix: &Index, var: usize, must_move: bool) -> bool {
+        match ix.terms.iter().find(|(v, _)| *v == var) {
+            Some(&(_, stride)) => stride == 1,
+            None => !must_move,
+        }
+    }
+    fn expr_ok(e: &Expr, var: usize) -> bool {
+        match e {
+            Expr::Var(v) => *v != var,
+            Expr::F32(_) | Expr::I32(_) => true,
+            Expr::Load { index, .. } => index_ok(index, var, false),
+            Expr::Binary(Binary::Shl | Binary::ShrU, a, b) => expr_ok(a, var) && matches!(**b, Expr::I32(_)),
+            Expr::Unary(_, x) | Expr::FromBits(x) | Expr::ToBits(x) | Expr::ToInt(x) | Expr::ToFloat(x) => {
+                expr_ok(x, var)
+            }
+            Expr::Binary(_, a, b) | Expr::Compare(_, a, b) => expr_ok(a, var) && expr_ok(b, var),
+            Expr::Select(c, a, b) => expr_ok(c, var) && expr_ok(a, var) && expr_ok(b, var),
+        }
+    }
+    body.iter().all(|s| match s {
+        Stmt::Let { value, .. } => expr_ok(value, var),
+        Stmt::Store { index, value, .. } => index_ok(index, var, true) && expr_ok(value, var),
+        Stmt::Loop { .. } | Stmt::Accumulate { .. } => false,
+    })
+}
+
+fn vector_of(t: types::Type) -> types::Type {
+    if t == types::F32 {
+        types::F32X4
+    } else {
+        types::I32X4
+    }
+}
+
+impl Codegen<'_> {
+    /// The vector loop over `i` (already at the range's start) while four lanes fit below `hi`.
+    pub(super) fn vector_loop(&mut self, var: usize, body: &[Stmt], hi: Value) -> Result<(), String> {
+        let i = self.var(var, types::I64);
+        let (header, inner, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let at = self.b.use_var(i);
+        let end = self.b.ins().iadd_imm_s(at, LANES);
+        let fits = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, hi);
+        self.b.ins().brif(fits, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        for s in body {
+            match s {
+                Stmt::Let { var, value } => {
+                    let v = self.vexpr(value)?;
+                    let ty = self.b.func.dfg.value_type(v);
+                    let x = match self.vvars.get(var) {
+                        Some(&x) => x,
+                        None => {
+                            let x = self.b.declare_var(ty);
+                            self.vvars.insert(*var, x);
+                            x
+                        }
+                    };
+                    self.b.def_var(x, v);
+                }
+                Stmt::Store { buf, index, value } => {
+                    let v = self.vexpr(value)?;
+                    let addr = self.address(*buf, index);
+                    self.b.ins().store(MemFlagsData::new().with_notrap(), v, addr, 0);
+                }
+                Stmt::Loop { .. } | Stmt::Accumulate { .. } => return Err("not a vectorizable loop body".into()),
+            }
+        }
+        let at = self.b.use_var(i);
+        let next = self.b.ins().iadd_imm_s(at, LANES);
+        self.b.def_var(i, next);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(exit);
+        self.vvars.clear();
+        Ok(())
+    }
+
+    fn vexpr(&mut self, e: &Expr) -> Result<Value, String> {
+        Ok(match e {
+            Expr::F32(x) => {
+                let c = self.b.ins().f32const(*x);
+                self.b.ins().splat(types::F32X4, c)
+            }
+            Expr::I32(x) => {
+                let c = self.b.ins().iconst(types::I32, *x as i64);
+                self.b.ins().splat(types::I32X4, c)
+            }
+            Expr::Var(v) => match self.vvars.get(v) {
+                Some(&x) => self.b.use_var(x),
+                None => {
+                    // A scalar bound outside the loop, the same in every lane.
+                    let s = self.expr(e)?;
+                    let ty = vector_of(self.b.func.dfg.value_type(s));
+                    self.b.ins().splat(ty, s)
+                }
+            },
+            Expr::Load { buf, index } => {
+                let addr = self.address(*buf, index);
+                if index.terms.iter().any(|(v, _)| self.vector_var == Some(*v)) {
+                    self.b.ins().load(types::F32X4, MemFlagsData::new().with_notrap(), addr, 0)
+                } else {
+                    let s = self.b.ins().load(types::F32, MemFlagsData::trusted(), addr, 0);
+                    self.b.ins().splat(types::F32X4, s)
+                }
+            }
+            Expr::Unary(op, x) => {
+                let x = self.vexpr(x)?;
+                let ins = self.b.ins();
+                match op {
+                    Unary::Neg => ins.fneg(x),
+                    Unary::Abs => ins.fabs(x),
+                    Unary::Sqrt => ins.sqrt(x),
+                    Unary::Floor => ins.floor(x),
+                    Unary::Nearest => ins.nearest(x),
+                }
+            }
+            Expr::Binary(op @ (Binary::Shl | Binary::ShrU), a, b) => {
+                let Expr::I32(amount) = **b else { return Err("vector shifts take constant amounts".into()) };
+                let a = self.vexpr(a)?;
+                match op {
+                    Binary::Shl => self.b.ins().ishl_imm_u(a, amount as i64),
+                    _ => self.b.ins().ushr_imm_u(a, amount as i64),
+                }
+            }
+            Expr::Binary(op, a, b) => {
+                let (a, b) = (self.vexpr(a)?, self.vexpr(b)?);
+                let ins = self.b.ins();
+                match op {
+                    Binary::Add => ins.fadd(a, b),
+                    Binary::Sub => ins.fsub(a, b),
+                    Binary::Mul => ins.fmul(a, b),
+                    Binary::Div => ins.fdiv(a, b),
+                    Binary::Min => ins.fmin(a, b),
+                    Binary::Max => ins.fmax(a, b),
+                    Binary::IAdd => ins.iadd(a, b),
+                    Binary::ISub => ins.isub(a, b),
+                    Binary::And => ins.band(a, b),
+                    Binary::Or => ins.bor(a, b),
+                    Binary::Shl | Binary::ShrU => unreachable!("handled above"),
+                }
+            }
+            Expr::Compare(op, a, b) => {
+                let (a, b) = (self.vexpr(a)?, self.vexpr(b)?);
+                if self.b.func.dfg.value_type(a) == types::F32X4 {
+                    self.b.ins().fcmp(float_cc(*op), a, b)
+                } else {
+                    self.b.ins().icmp(int_cc(*op), a, b)
+                }
+            }
+            Expr::Select(c, a, b) => {
+                let (c, a, b) = (self.vexpr(c)?, self.vexpr(a)?, self.vexpr(b)?);
+                let ty = self.b.func.dfg.value_type(a);
+                let mask =
+                    if self.b.func.dfg.value_type(c) == ty { c } else { self.b.ins().bitcast(ty, lane_flags(), c) };
+                self.b.ins().bitselect(mask, a, b)
+            }
+            Expr::FromBits(x) => {
+                let x = self.vexpr(x)?;
+                self.b.ins().bitcast(types::F32X4, lane_flags(), x)
+            }
+            Expr::ToBits(x) => {
+                let x = self.vexpr(x)?;
+                self.b.ins().bitcast(types::I32X4, lane_flags(), x)
+            }
+            Expr::ToInt(x) => {
+                let x = self.vexpr(x)?;
+                self.b.ins().fcvt_to_sint_sat(types::I32X4, x)
+            }
+            Expr::ToFloat(x) => {
+                let x = self.vexpr(x)?;
+                self.b.ins().fcvt_from_sint(types::F32X4, x)
+            }
+        })
+    }
+}
+
+/// The float condition of a comparison (ordered, except `Ne`).
+pub(super) fn float_cc(op: Compare) -> FloatCC {
+    match op {
+        Compare::Eq => FloatCC::Equal,
+        Compare::Ne => FloatCC::NotEqual,
+        Compare::Lt => FloatCC::LessThan,
+        Compare::Le => FloatCC::LessThanOrEqual,
+        Compare::Gt => FloatCC::GreaterThan,
+        Compare::Ge => FloatCC::GreaterThanOrEqual,
+    }
+}
+
+/// The signed integer condition of a comparison.
+pub(super) fn int_cc(op: Compare) -> IntCC {
+    match op {
+        Compare::Eq => IntCC::Equal,
+        Compare::Ne => IntCC::NotEqual,
+        Compare::Lt => IntCC::SignedLessThan,
+        Compare::Le => IntCC::SignedLessThanOrEqual,
+        Compare::Gt => IntCC::SignedGreaterThan,
+        Compare::Ge => IntCC::SignedGreaterThanOrEqual,
+    }
+}
