@@ -166,6 +166,10 @@ pub fn run(
             bindings.entry("B".into()).or_insert(1);
             let artifacts = super::kernels::build(&opt, &bindings, emit.iter().any(|e| e == "clif"))?;
             files.extend(super::kernels::write(&src.name, &artifacts, emit, &write)?);
+            if let Some(t) = artifacts.manifest["cranelift_seconds"].as_f64() {
+                let n = artifacts.manifest["fused_kernels"].as_u64().unwrap_or(0);
+                println!("cranelift: {n} kernels compiled in {t:.3}s");
+            }
             if let Some(main) = artifacts.manifest["memory"]["main"]["peak_bytes"].as_u64() {
                 let unshared = artifacts.manifest["memory"]["main"]["unshared_bytes"].as_u64().unwrap_or(0);
                 println!(

@@ -41,6 +41,7 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
     let mut jit = if with_clif { Some(lsc_cranelift::Jit::new().map_err(CliError::new)?) } else { None };
     let (mut list, mut kernels, mut kir, mut clif) = (Vec::new(), String::new(), String::new(), String::new());
     let mut memory = serde_json::Map::new();
+    let mut codegen_seconds = 0.0;
     let mut bindings = bindings.clone();
     // MoR's capacities and the like follow from the bound symbols.
     let _ = lsc_ir::DerivedSymbol::bind_all(&p.symbols, &mut bindings);
@@ -74,7 +75,9 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
                     kir.push_str(&lsc_kir::print::print(&k));
                     kir.push('\n');
                     if let Some(jit) = jit.as_mut() {
+                        let start = std::time::Instant::now();
                         jit.compile(&k).map_err(CliError::new)?;
+                        codegen_seconds += start.elapsed().as_secs_f64();
                         clif.push_str(&format!("; kernel @{name}\n{}\n", jit.clif(&name).unwrap_or_default()));
                     }
                     entry["schedule"] = json!({
@@ -97,7 +100,13 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
     }
     let fused = list.iter().filter(|e| e["kind"] == "elementwise").count();
     Ok(Artifacts {
-        manifest: json!({ "bindings": bindings, "launch_order": list, "fused_kernels": fused, "memory": memory }),
+        manifest: json!({
+            "bindings": bindings,
+            "launch_order": list,
+            "fused_kernels": fused,
+            "memory": memory,
+            "cranelift_seconds": with_clif.then_some(codegen_seconds),
+        }),
         kernels,
         kir,
         clif,
