@@ -3,6 +3,8 @@
 //! kernels run as Cranelift machine code, and training on generated code
 //! resumes bit-exactly.
 
+mod common;
+
 use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::DType;
 use lsc_runtime::backend::{Backend, Executable};
@@ -38,19 +40,7 @@ fn every_model_runs_the_same_on_generated_code() {
             &lsc_passes::saturate::Config::default(),
         )
         .unwrap();
-        let mut feed = Tensors::new();
-        for (name, t) in step.main.input_types() {
-            let b: lsc_ir::Bindings = [("B".to_string(), 2), ("T".to_string(), 12)].into();
-            let shape = t.concrete_shape(&b).unwrap();
-            let n: usize = shape.iter().product();
-            let v = match (name, t.dtype) {
-                ("lr", _) => Value::floats(shape, vec![1e-3]),
-                ("adam.bc1", _) | ("adam.bc2", _) => Value::floats(shape, vec![0.1]),
-                (_, DType::I64) => Value::ints(shape, (0..n).map(|i| (i * 37 % 256) as i64).collect()),
-                _ => Value::floats(shape, vec![0.01; n]),
-            };
-            feed.insert(name.to_string(), v);
-        }
+        let feed = common::step_feed(&step, 0.01);
         let params = init::init_params(&forward, 12).unwrap();
         let want = Interpreter::new(&step).unwrap().run(&feed, &params).unwrap();
         let exe = Executable::new(step, Backend::Cranelift).unwrap();

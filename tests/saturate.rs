@@ -140,18 +140,7 @@ fn every_model_computes_the_same_after_saturation() {
         // The training step too (one graph of forward, backward and update).
         let step =
             lsc_passes::train::training_step(&lsc_models::build(m, "tiny").unwrap(), &Default::default()).unwrap();
-        let mut feed = Tensors::new();
-        for (name, t) in step.main.input_types() {
-            let b: lsc_ir::Bindings = [("B".to_string(), 2), ("T".to_string(), 12)].into();
-            let shape = t.concrete_shape(&b).unwrap();
-            let n: usize = shape.iter().product();
-            let v = match (name, t.dtype) {
-                ("lr", _) => Value::floats(shape, vec![1e-3]),
-                (_, DType::I64) => Value::ints(shape, (0..n).map(|i| (i * 37 % 256) as i64).collect()),
-                _ => Value::floats(shape, vec![0.5; n]),
-            };
-            feed.insert(name.to_string(), v);
-        }
+        let feed = common::step_feed(&step, 0.5);
         let (q, stats) = run_both_with(&step, &feed, &params, &forward_values_only());
         assert_eq!(count(&q, |o| matches!(o, Op::AdamW { .. })), 1, "{m}: one fused AdamW");
         assert_eq!(count(&q, |o| matches!(o, Op::SoftmaxCrossEntropy)), 1, "{m}: fused softmax + cross-entropy");

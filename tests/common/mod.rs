@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests.
 
 use lsc_frontend::{ModelBuilder, Tensor};
+use lsc_interp::{Tensors, Value};
 use lsc_ir::{DType, Dim, Program};
 
 /// Builds softmax-attention over `q, k, v: [1, H, T, 8]` spelled by `scores`
 /// with causal (`0`) or banded (`w`) masks per head; `q, k, v` are inputs, or
 /// parameters with `as_params` (for gradients).
+#[allow(dead_code)]
 pub fn attention_program(heads: usize, windows: &[usize], spelling: usize, as_params: bool) -> Program {
     let b = ModelBuilder::new();
     let shape = [Dim::new(1), Dim::new(heads as i64), Dim::sym("T"), Dim::new(8)];
@@ -49,4 +51,24 @@ pub fn attention_program(heads: usize, windows: &[usize], spelling: usize, as_pa
     };
     b.output("out", &masked.softmax(-1).matmul(&v));
     b.finish().unwrap()
+}
+
+/// Inputs of a training-step program at B = 2, T = 12: token ids, the learning
+/// rate, and `fill` for every float state (moments must stay non-negative).
+#[allow(dead_code)]
+pub fn step_feed(step: &Program, fill: f32) -> Tensors<f32> {
+    let b: lsc_ir::Bindings = [("B".to_string(), 2), ("T".to_string(), 12)].into();
+    let mut feed = Tensors::new();
+    for (name, t) in step.main.input_types() {
+        let shape = t.concrete_shape(&b).unwrap();
+        let n: usize = shape.iter().product();
+        let v = match (name, t.dtype) {
+            ("lr", _) => Value::floats(shape, vec![1e-3]),
+            ("adam.bc1", _) | ("adam.bc2", _) => Value::floats(shape, vec![0.1]),
+            (_, DType::I64) => Value::ints(shape, (0..n).map(|i| (i * 37 % 256) as i64).collect()),
+            _ => Value::floats(shape, vec![fill; n]),
+        };
+        feed.insert(name.to_string(), v);
+    }
+    feed
 }
