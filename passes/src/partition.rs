@@ -54,14 +54,9 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
         let mut members = vec![n];
         let reduction = trailing_reduction(g, n).is_some();
         if float_elementwise(n) || reduction {
-            // A reduction's producers have its operand's shape.
-            let shape = if reduction {
-                g.value_type(g.operands(n)[0]).shape.clone()
-            } else {
-                g.node(n).outputs[0].shape.clone()
-            };
-            let shape = &shape;
-            // Grow towards producers whose every use is already inside.
+            // Grow towards producers whose every use is already inside. A producer under a
+            // broadcast joins too: elementwise ops commute with broadcasting, so it is
+            // evaluated at the kernel's shape, reading its own inputs broadcast.
             let mut frontier = vec![n];
             while let Some(m) = frontier.pop() {
                 for v in g.operands(m) {
@@ -69,14 +64,11 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
                     let joins = !owner.contains_key(&p)
                         && !returned.contains(&p)
                         && (float_elementwise(p) || matches!(g.node(p).op, Op::Broadcast { .. }))
-                        && g.node(p).outputs[0].shape == *shape
                         && users[&p].iter().all(|u| owner.get(u) == Some(&id));
                     if joins {
                         owner.insert(p, id);
                         members.push(p);
-                        if float_elementwise(p) {
-                            frontier.push(p);
-                        }
+                        frontier.push(p);
                     }
                 }
             }
@@ -110,6 +102,16 @@ fn trailing_reduction(g: &Graph, n: NodeId) -> Option<(lsc_ir::ReduceKind, usize
     trailing.then_some((*kind, axes.len()))
 }
 
+/// The value of `v` if it is a scalar constant, directly or broadcast.
+fn scalar_constant(g: &Graph, v: ValueRef) -> Option<f64> {
+    let node = g.node(v.node);
+    match &node.op {
+        Op::Constant { value } if node.outputs[0].rank() == 0 => Some(*value),
+        Op::Broadcast { .. } => scalar_constant(g, g.operands(v.node)[0]),
+        _ => None,
+    }
+}
+
 /// Whether `part` can become a generated elementwise kernel, at any shapes:
 /// it reads float tensors from outside, broadcasts only outside values, and
 /// returns one float value (its last node's).
@@ -127,11 +129,7 @@ pub fn lowerable(g: &Graph, part: &Part) -> Result<(), String> {
         }
         for v in g.operands(n) {
             let inside = members.contains(&v.node);
-            if matches!(node.op, Op::Broadcast { .. }) && inside {
-                return Err("a broadcast of a value computed in the same kernel".into());
-            }
-            let scalar_constant = matches!(g.node(v.node).op, Op::Constant { .. }) && g.value_type(v).rank() == 0;
-            if !inside && !scalar_constant && g.value_type(v).dtype != DType::F32 {
+            if !inside && scalar_constant(g, v).is_none() && g.value_type(v).dtype != DType::F32 {
                 return Err(format!("reads {} `%{}` (kernels read f32 buffers)", g.value_type(v), v.node.index()));
             }
         }
@@ -154,7 +152,6 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
         Some(_) => g.value_type(g.operands(root)[0]).concrete_shape(bindings)?,
         None => g.node(root).outputs[0].concrete_shape(bindings)?,
     };
-    let members: HashSet<NodeId> = part.nodes.iter().copied().collect();
     let mut nodes: Vec<Node> = Vec::new();
     let mut inputs: Vec<(String, u64)> = Vec::new();
     let mut at: HashMap<ValueRef, usize> = HashMap::new();
@@ -162,9 +159,8 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
     let mut sources: Vec<ValueRef> = Vec::new();
     // A value from outside the kernel, read with `strides`.
     let mut read = |v: ValueRef, nodes: &mut Vec<Node>, inputs: &mut Vec<(String, u64)>| -> Result<usize, String> {
-        let node = g.node(v.node);
-        if let (Op::Constant { value }, true) = (&node.op, node.outputs[0].rank() == 0) {
-            nodes.push(Node::Const(*value as f32));
+        if let Some(value) = scalar_constant(g, v) {
+            nodes.push(Node::Const(value as f32));
             return Ok(nodes.len() - 1);
         }
         let src = g.value_type(v).concrete_shape(bindings)?;
@@ -201,10 +197,11 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
             Op::Broadcast { .. } => {
                 // A broadcast member reads its operand through strides of the kernel's shape.
                 let src = ops[0];
-                if members.contains(&src.node) {
-                    return Err("a broadcast of a value computed in the same kernel".into());
+                match at.get(&src) {
+                    // Computed in this kernel at the kernel's shape already.
+                    Some(&k) => k,
+                    None => read(src, &mut nodes, &mut inputs)?,
                 }
-                read(src, &mut nodes, &mut inputs)?
             }
             Op::Unary(u) => {
                 let x = arg(0, &mut nodes, &mut inputs)?;
