@@ -103,7 +103,7 @@ pub fn hoist_parameter_work(p: &Program) -> Result<Option<Hoisted>, String> {
 
 /// Copies the nodes of `src` that `keep` selects into `dst` (operands mapped;
 /// values in `replaced` read their replacement); returns where every value went.
-fn copy_nodes(
+pub(crate) fn copy_nodes(
     src: &Graph,
     order: &[NodeId],
     dst: &mut Graph,

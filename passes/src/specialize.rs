@@ -81,27 +81,27 @@ fn is_unused(f: &Graph, n: NodeId) -> bool {
 /// `f` with each listed input's uses reading `broadcast(constant)` of its type.
 fn rebuild_with_constants(f: &Graph, constants: &[(usize, f64, TensorType)]) -> Graph {
     let mut out = Graph::new(&f.name);
-    let mut map: HashMap<ValueRef, ValueRef> = HashMap::new();
+    // Inputs first, in order (the signature stays); the constants stand in for their uses.
+    let mut replaced: HashMap<ValueRef, ValueRef> = HashMap::new();
     for (i, &n) in f.inputs.iter().enumerate() {
         let node = f.node(n);
-        let id = out.add_node(node.op.clone(), &[], node.outputs.clone());
-        map.insert(ValueRef::first(n), ValueRef::first(id));
-        if let Some((_, value, scalar)) = constants.iter().find(|(k, _, _)| *k == i) {
-            let c = out.add_node(Op::Constant { value: *value }, &[], vec![scalar.clone()]);
-            let ty = node.outputs[0].clone();
-            let b = out.add_node(Op::Broadcast { shape: ty.shape.clone() }, &[ValueRef::first(c)], vec![ty]);
-            map.insert(ValueRef::first(n), ValueRef::first(b));
-        }
+        let id = ValueRef::first(out.add_node(node.op.clone(), &[], node.outputs.clone()));
+        let stand_in = match constants.iter().find(|(k, _, _)| *k == i) {
+            Some((_, value, scalar)) => {
+                let c = out.add_node(Op::Constant { value: *value }, &[], vec![scalar.clone()]);
+                let ty = node.outputs[0].clone();
+                ValueRef::first(out.add_node(
+                    Op::Broadcast { shape: ty.shape.clone() },
+                    &[ValueRef::first(c)],
+                    vec![ty],
+                ))
+            }
+            None => id,
+        };
+        replaced.insert(ValueRef::first(n), stand_in);
     }
     let order = f.topo_order().unwrap_or_else(|_| f.dag.node_indices().collect());
-    for n in order.into_iter().filter(|n| !f.inputs.contains(n)) {
-        let node = f.node(n);
-        let operands: Vec<ValueRef> = f.operands(n).iter().map(|v| map[v]).collect();
-        let id = out.add_node(node.op.clone(), &operands, node.outputs.clone());
-        for output in 0..node.outputs.len() as u32 {
-            map.insert(ValueRef { node: n, output }, ValueRef { node: id, output });
-        }
-    }
+    let map = crate::hoist::copy_nodes(f, &order, &mut out, |n| !f.inputs.contains(&n), &replaced);
     out.outputs = f.outputs.iter().map(|(name, v)| (name.clone(), map[v])).collect();
     out
 }

@@ -147,12 +147,17 @@ pub fn run(
             time_limit: std::time::Duration::from_millis(bounds.egg_time_limit_ms),
         };
         // The training step goes through the trainer's pipeline: egg(forward) → autodiff → egg(step).
-        let (opt, stats) = if train {
+        let (opt, mut stats) = if train {
             lsc_passes::saturate::optimize_training_step(&forward, &opts, &cfg)
         } else {
             lsc_passes::saturate::optimize(&src.program, &cfg)
         }
         .map_err(CliError::new)?;
+        if train {
+            // "Before" is the step built from the primitive forward, which `src.program` holds.
+            stats.cost_before =
+                lsc_passes::saturate::estimated_cost(&src.program, &cfg.machine).map_err(CliError::new)?;
+        }
         if emit.iter().any(|e| e == "opt-ir") {
             let file = format!("{}.opt.lsir", src.name);
             write(&file, lsc_ir::print_program(&opt).map_err(CliError::new)?.as_bytes())?;

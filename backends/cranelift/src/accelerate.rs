@@ -14,9 +14,8 @@ use std::sync::Mutex;
 pub struct Accelerated {
     groups: HashMap<String, Vec<Vec<NodeId>>>,
     parts: HashMap<String, Vec<Part>>,
-    jit: Mutex<Jit>,
-    /// (graph, group, shapes) → kernel name.
-    compiled: Mutex<HashMap<String, String>>,
+    /// The JIT, and (graph, group, shapes) → kernel name of what it compiled.
+    state: Mutex<(Jit, HashMap<String, String>)>,
     threads: usize,
 }
 
@@ -30,7 +29,7 @@ impl Accelerated {
             parts.insert(g.name.clone(), kept);
         }
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Ok(Accelerated { groups, parts, jit: Mutex::new(Jit::new()?), compiled: Mutex::new(HashMap::new()), threads })
+        Ok(Accelerated { groups, parts, state: Mutex::new((Jit::new()?, HashMap::new())), threads })
     }
 
     /// How many fused kernels the program has.
@@ -52,23 +51,17 @@ impl Accelerator for Accelerated {
         bindings: &Bindings,
     ) -> Result<Value<f32>, String> {
         let part = &self.parts[&g.name][index];
-        let (group, sources) = to_group(g, part, bindings, "")?;
+        let mut state = self.state.lock().map_err(|_| "the JIT lock is poisoned".to_string())?;
+        let (jit, compiled) = &mut *state;
+        let fresh = format!("{}_k{index}_{}", g.name, compiled.len());
+        let (group, sources) = to_group(g, part, bindings, &fresh)?;
         let key = format!("{}:{index}:{:?}:{:?}", g.name, group.shape, group.inputs);
-        let mut jit = self.jit.lock().map_err(|_| "the JIT lock is poisoned".to_string())?;
-        let name = {
-            let mut compiled = self.compiled.lock().map_err(|_| "the kernel cache lock is poisoned".to_string())?;
-            match compiled.get(&key) {
-                Some(name) => name.clone(),
-                None => {
-                    let name = format!("{}_k{index}_{}", g.name, compiled.len());
-                    let kernel = lsc_kir::lower::lower_elementwise(&lsc_kir::lower::Group {
-                        name: name.clone(),
-                        ..group.clone()
-                    })?;
-                    jit.compile(&kernel)?;
-                    compiled.insert(key, name.clone());
-                    name
-                }
+        let name = match compiled.get(&key) {
+            Some(name) => name.clone(),
+            None => {
+                jit.compile(&lsc_kir::lower::lower_elementwise(&group)?)?;
+                compiled.insert(key, fresh.clone());
+                fresh
             }
         };
         let inputs: Vec<&[f32]> = sources

@@ -100,23 +100,25 @@ impl Jit {
         self.clif.get(name).map(String::as_str)
     }
 
+    /// Kernel `name`, once the given buffer lengths match its buffers (count) and cover them.
+    fn checked(&self, name: &str, lens: &[usize]) -> Result<(KernelFn, &Kernel), String> {
+        let (f, k) = self.kernels.get(name).ok_or_else(|| format!("no compiled kernel `{name}`"))?;
+        if lens.len() != k.buffers.len() {
+            return Err(format!("kernel {name} takes {} buffers, got {}", k.buffers.len(), lens.len()));
+        }
+        for (&len, decl) in lens.iter().zip(&k.buffers) {
+            if (len as u64) < decl.len {
+                return Err(format!("kernel {name}: buffer {} has {len} elements, needs {}", decl.name, decl.len));
+            }
+        }
+        Ok((*f, k))
+    }
+
     /// Runs iterations `begin..end` of kernel `name`'s outer loop on `bufs`
     /// (one slice per buffer, each at least as long as declared).
     pub fn run_range(&self, name: &str, bufs: &mut [&mut [f32]], begin: u64, end: u64) -> Result<(), String> {
-        let (f, k) = self.kernels.get(name).ok_or_else(|| format!("no compiled kernel `{name}`"))?;
-        if bufs.len() != k.buffers.len() {
-            return Err(format!("kernel {name} takes {} buffers, got {}", k.buffers.len(), bufs.len()));
-        }
-        for (b, decl) in bufs.iter().zip(&k.buffers) {
-            if (b.len() as u64) < decl.len {
-                return Err(format!(
-                    "kernel {name}: buffer {} has {} elements, needs {}",
-                    decl.name,
-                    b.len(),
-                    decl.len
-                ));
-            }
-        }
+        let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+        let (f, k) = self.checked(name, &lens)?;
         let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
         let end = end.min(k.outer_extent());
         // SAFETY: every access was checked in bounds for the declared lengths, which the slices cover.
@@ -134,15 +136,13 @@ impl Jit {
         outputs: &mut [&mut [f32]],
         threads: usize,
     ) -> Result<(), String> {
-        let (f, k) = self.kernels.get(name).ok_or_else(|| format!("no compiled kernel `{name}`"))?;
-        if inputs.len() + outputs.len() != k.buffers.len() || k.buffers.iter().take(inputs.len()).any(|b| b.output) {
-            return Err(format!("kernel {name} takes {} buffers (inputs first)", k.buffers.len()));
-        }
-        let lens = inputs.iter().map(|b| b.len()).chain(outputs.iter().map(|b| b.len()));
-        for (len, decl) in lens.zip(&k.buffers) {
-            if (len as u64) < decl.len {
-                return Err(format!("kernel {name}: buffer {} has {len} elements, needs {}", decl.name, decl.len));
-            }
+        let lens: Vec<usize> = inputs.iter().map(|b| b.len()).chain(outputs.iter().map(|b| b.len())).collect();
+        let (f, k) = self.checked(name, &lens)?;
+        if k.buffers.iter().take(inputs.len()).any(|b| b.output) {
+            return Err(format!(
+                "kernel {name} takes its {} inputs first",
+                k.buffers.iter().filter(|b| !b.output).count()
+            ));
         }
         // Inputs are only read: the bounds check refuses kernels that store to them.
         let mut ptrs: Vec<*mut f32> = inputs.iter().map(|b| b.as_ptr() as *mut f32).collect();
@@ -151,7 +151,6 @@ impl Jit {
         let threads = if k.schedule.parallel { threads.clamp(1, n.max(1) as usize) } else { 1 };
         let chunk = (n + threads as i64 - 1) / threads as i64;
         let table = Pointers(ptrs);
-        let f = *f;
         std::thread::scope(|s| {
             for t in 1..threads as i64 {
                 let table = &table;

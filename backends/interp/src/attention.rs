@@ -6,8 +6,10 @@
 //! block only reaches `BLOCK + w` keys back, so its work is O(T·(BLOCK + w));
 //! the `[T, T]` score matrix never exists.
 
+use crate::fused::value;
+use crate::kernels::floats;
 use crate::math::Real;
-use crate::value::{Buffer, Value};
+use crate::value::Value;
 use lsc_ir::DType;
 use rayon::prelude::*;
 
@@ -103,10 +105,6 @@ fn dims(args: &[&Value<impl Real>], what: &str) -> R<[usize; 4]> {
     }
 }
 
-fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
-    v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
-}
-
 /// `(out, row_max)` of causal attention with per-head windows.
 pub fn ls_attention<T: Real>(
     args: &[&Value<T>],
@@ -130,8 +128,7 @@ pub fn ls_attention<T: Real>(
             m_out[i0..i1].copy_from_slice(&pr.row_max);
         }
     });
-    let val = |data: Vec<T>, i: usize| Value { dtype: out[i].0, shape: out[i].1.clone(), data: Buffer::Float(data) };
-    Ok(vec![val(o, 0), val(row_max, 1)])
+    Ok(vec![value(&out[0], o), value(&out[1], row_max)])
 }
 
 /// `(d_q, d_k, d_v)` of [`ls_attention`] from `(q, k, v, out, d_out)`, recomputing the probabilities.
@@ -181,6 +178,5 @@ pub fn ls_attention_grad<T: Real>(
             }
         },
     );
-    let val = |data: Vec<T>, i: usize| Value { dtype: out[i].0, shape: out[i].1.clone(), data: Buffer::Float(data) };
-    Ok(vec![val(dq, 0), val(dk, 1), val(dv, 2)])
+    Ok(vec![value(&out[0], dq), value(&out[1], dk), value(&out[2], dv)])
 }

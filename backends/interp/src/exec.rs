@@ -190,13 +190,7 @@ impl<'p> Interpreter<'p> {
                 }
                 values[n.index()] = Some(vec![out]);
                 for &m in &groups[gi] {
-                    for v in g.operands(m) {
-                        let u = &mut uses[v.node.index()];
-                        *u -= 1;
-                        if *u == 0 {
-                            values[v.node.index()] = None;
-                        }
-                    }
+                    release(&g.operands(m), &mut uses, &mut values);
                 }
                 continue;
             }
@@ -264,18 +258,23 @@ impl<'p> Interpreter<'p> {
                 }
             }
             values[n.index()] = Some(result);
-            for v in operands {
-                let u = &mut uses[v.node.index()];
-                *u -= 1;
-                if *u == 0 {
-                    values[v.node.index()] = None;
-                }
-            }
+            release(&operands, &mut uses, &mut values);
         }
         Ok(g.outputs
             .iter()
             .map(|(_, v)| values[v.node.index()].as_ref().expect("outputs are computed")[v.output as usize].clone())
             .collect())
+    }
+}
+
+/// Counts one use of each operand, freeing a value after its last use.
+fn release<V>(operands: &[ValueRef], uses: &mut [usize], values: &mut [Option<V>]) {
+    for v in operands {
+        let u = &mut uses[v.node.index()];
+        *u -= 1;
+        if *u == 0 {
+            values[v.node.index()] = None;
+        }
     }
 }
 

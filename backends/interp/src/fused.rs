@@ -4,7 +4,7 @@
 //! Each computes the same function as the primitive chain it replaces; the
 //! saturation tests run both and compare.
 
-use crate::kernels::matmul;
+use crate::kernels::{floats, matmul};
 use crate::math::{round_half_even, sigmoid, Real};
 use crate::value::{Buffer, Value};
 use lsc_ir::DType;
@@ -12,15 +12,12 @@ use rayon::prelude::*;
 
 type R<T> = Result<T, String>;
 
-fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
-    v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
-}
-
 fn scalar<T: Real>(v: &Value<T>) -> R<T> {
     floats(v)?.first().copied().ok_or_else(|| "expected a scalar".to_string())
 }
 
-fn value<T: Real>((dtype, shape): &(DType, Vec<usize>), data: Vec<T>) -> Value<T> {
+/// A float value of the concrete output type `(dtype, shape)`.
+pub(crate) fn value<T: Real>((dtype, shape): &(DType, Vec<usize>), data: Vec<T>) -> Value<T> {
     Value { dtype: *dtype, shape: shape.clone(), data: Buffer::Float(data) }
 }
 

@@ -43,7 +43,8 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
+/// The float elements of `v`, or an error naming its dtype.
+pub(crate) fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
     v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
 }
 

@@ -9,18 +9,9 @@
 
 use super::analysis::{ty, LscGraph};
 use super::lang::LscNode;
-use super::rules::{decode, op, ops, Expr};
+use super::rules::{broadcast_of, decode, find, is, op, ops, Expr};
 use egg::Id;
 use lsc_ir::{BinaryOp, Dim, Op, UnaryOp};
-
-/// The children of the first node of class `id` whose op satisfies `want`.
-fn find(g: &LscGraph, id: Id, want: impl Fn(&Op) -> bool) -> Option<Vec<Id>> {
-    ops(g, id).into_iter().find_map(|(o, ch)| want(&o).then_some(ch))
-}
-
-fn is(g: &LscGraph, id: Id, want: &Op) -> Option<Vec<Id>> {
-    find(g, id, |o| o == want)
-}
 
 pub(super) fn drop_stop_gradient(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
     match decode(g, n) {
@@ -42,8 +33,8 @@ pub(super) fn straight_through_forward(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
 
 /// The scalar `s` of a class that is `broadcast(s)`.
 fn broadcast_scalar(g: &LscGraph, id: Id) -> Option<Id> {
-    let ch = find(g, id, |o| matches!(o, Op::Broadcast { .. }))?;
-    ty(g, ch[0]).is_some_and(|t| t.rank() == 0).then_some(ch[0])
+    let s = broadcast_of(g, id)?;
+    ty(g, s).is_some_and(|t| t.rank() == 0).then_some(s)
 }
 
 /// `(w, s)` if class `id` is `clamp(round(w / s), −1, 1) · s` with a scalar `s`.

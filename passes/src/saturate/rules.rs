@@ -85,6 +85,21 @@ pub(super) fn ops(g: &LscGraph, id: Id) -> Vec<(Op, Vec<Id>)> {
         .collect()
 }
 
+/// The children of the first node of class `id` whose op satisfies `want`.
+pub(super) fn find(g: &LscGraph, id: Id, want: impl Fn(&Op) -> bool) -> Option<Vec<Id>> {
+    ops(g, id).into_iter().find_map(|(o, ch)| want(&o).then_some(ch))
+}
+
+/// The children of the first `want` node of class `id`.
+pub(super) fn is(g: &LscGraph, id: Id, want: &Op) -> Option<Vec<Id>> {
+    find(g, id, |o| o == want)
+}
+
+/// The operand of a `broadcast` node of class `id`.
+pub(super) fn broadcast_of(g: &LscGraph, id: Id) -> Option<Id> {
+    find(g, id, |o| matches!(o, Op::Broadcast { .. })).map(|ch| ch[0])
+}
+
 pub(super) fn decode(g: &LscGraph, n: &LscNode) -> Option<(Op, Vec<Id>)> {
     let LscNode::Other(sym, ch) = n;
     match g.analysis.interner.key(*sym) {

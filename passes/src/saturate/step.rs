@@ -8,18 +8,10 @@
 
 use super::analysis::{ty, LscGraph};
 use super::lang::{Key, LscNode};
-use super::rules::{constant, op, ops, Expr};
+use super::rules::{broadcast_of, constant, is, op, ops, Expr};
 use egg::Id;
 use lsc_ir::{BinaryOp, CmpOp, DType, Op, TensorType, UnaryOp};
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-fn is(g: &LscGraph, id: Id, want: &Op) -> Option<Vec<Id>> {
-    ops(g, id).into_iter().find_map(|(o, ch)| (o == *want).then_some(ch))
-}
-
-fn broadcast_of(g: &LscGraph, id: Id) -> Option<Id> {
-    ops(g, id).into_iter().find_map(|(o, ch)| matches!(o, Op::Broadcast { .. }).then_some(ch[0]))
-}
 
 /// The scalar constant `c` of a class `broadcast(c)`.
 fn broadcast_constant(g: &LscGraph, id: Id) -> Option<f64> {
