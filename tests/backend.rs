@@ -5,8 +5,9 @@
 
 mod common;
 
+use lsc_frontend::{ModelBuilder, Tensor};
 use lsc_interp::{Interpreter, Tensors, Value};
-use lsc_ir::DType;
+use lsc_ir::{DType, Dim, Program};
 use lsc_runtime::backend::{Backend, Executable};
 use lsc_runtime::init;
 use lsc_runtime::numerics::{compare, tolerance};
@@ -47,4 +48,70 @@ fn every_model_runs_the_same_on_generated_code() {
         let got = exe.interpreter().unwrap().run(&feed, &params).unwrap();
         same(&want, &got, &format!("{m} training step"));
     }
+}
+
+/// A random chain of row-wise ops over `x [B, T, D]` spelled in primitives,
+/// each of which becomes one row kernel: norms, centring, softmax and
+/// log-softmax, and normalisation over the last two axes.
+fn row_program(d: usize, choices: &[u8]) -> Program {
+    let b = ModelBuilder::new();
+    let mut x = b.input("x", DType::F32, &[Dim::sym("B"), Dim::sym("T"), Dim::new(d as i64)]);
+    let w = b.param("w", DType::F32, &[Dim::new(d as i64)]);
+    let keep = |t: &Tensor, f: fn(&Tensor, &[isize], bool) -> Tensor| f(t, &[-1], true);
+    for &c in choices {
+        x = match c % 6 {
+            0 => &(&x * &(&keep(&(&x * &x), Tensor::mean) + 1e-5).rsqrt()) * &w,
+            1 => &x - &keep(&x, Tensor::mean),
+            2 => {
+                let e = (&x - &keep(&x, Tensor::max)).exp();
+                &e / &keep(&e, Tensor::sum)
+            }
+            3 => {
+                let m = keep(&x, Tensor::max);
+                &(&x - &m) - &keep(&(&x - &m).exp(), Tensor::sum).log()
+            }
+            4 => &x / &(&x.abs().sum(&[-2, -1], true) + 1.0),
+            _ => &x.silu() + &x,
+        };
+    }
+    b.output("y", &x);
+    b.output("total", &x.sum(&[-1], false));
+    b.finish().unwrap()
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    #[test]
+    fn row_kernels_compute_what_the_interpreter_computes(
+        (bsz, t, d) in (1usize..3, 1usize..7, 1usize..40),
+        choices in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..6),
+        seed in 0u64..1000,
+    ) {
+        let p = row_program(d, &choices);
+        let mut rng = init::Rng::new(seed);
+        let x = Value::floats(vec![bsz, t, d], (0..bsz * t * d).map(|_| 2.0 * rng.normal() as f32).collect());
+        let w = Value::floats(vec![d], (0..d).map(|_| rng.normal() as f32).collect());
+        let inputs = Tensors::from([("x".to_string(), x)]);
+        let params = Tensors::from([("w".to_string(), w)]);
+        let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
+        let exe = Executable::new(p, Backend::Cranelift).unwrap();
+        proptest::prop_assert!(exe.generated_kernels() > 0);
+        let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
+        same(&want, &got, &format!("{choices:?}"));
+    }
+}
+
+#[test]
+fn a_norm_and_its_consumers_are_one_kernel() {
+    let p = row_program(16, &[0]);
+    let parts = lsc_passes::partition::partition(&p.main).unwrap();
+    let fused: Vec<_> = parts.iter().filter(|part| part.elementwise).collect();
+    let ops = |part: &lsc_passes::partition::Part| -> Vec<&str> {
+        part.nodes.iter().map(|&n| p.main.node(n).op.name()).collect()
+    };
+    // mul → mean → add ε → rsqrt → scale → weight: one row kernel (plus the `total` reduction).
+    let norm = fused.iter().find(|part| ops(part).contains(&"rsqrt")).expect("a norm kernel");
+    assert!(ops(norm).contains(&"reduce") && ops(norm).ends_with(&["mul"]), "{:?}", ops(norm));
+    assert!(lsc_passes::partition::lowerable(&p.main, norm).is_ok());
 }

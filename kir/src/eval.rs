@@ -1,7 +1,9 @@
 //! The reference evaluator of kernel IR: the semantics every backend must
 //! reproduce bit for bit (min/max propagate NaN and order −0 < +0, `ToInt`
-//! truncates and saturates with NaN → 0, integer arithmetic wraps).
+//! truncates and saturates with NaN → 0, integer arithmetic wraps), including
+//! the order in which vector loops accumulate ([`crate::vector`]).
 
+use crate::vector::{accumulators, combine_lanes, identity, vectorizable, LANES};
 use crate::{Binary, Compare, Expr, Index, Kernel, Stmt, Unary};
 
 /// A scalar value.
@@ -54,6 +56,18 @@ pub fn fmax(a: f32, b: f32) -> f32 {
 struct State<'a> {
     vars: Vec<V>,
     bufs: &'a mut [Vec<f32>],
+    /// The schedule asks for vector loops.
+    vector: bool,
+}
+
+/// `a ∘ b` for an accumulation op.
+fn fold(op: Binary, a: f32, b: f32) -> f32 {
+    match op {
+        Binary::Max => fmax(a, b),
+        Binary::Min => fmin(a, b),
+        Binary::Mul => a * b,
+        _ => a + b,
+    }
 }
 
 fn index(s: &State, ix: &Index) -> usize {
@@ -132,7 +146,14 @@ fn stmts(s: &mut State, body: &[Stmt], outer: Option<(u64, u64)>) {
         match st {
             Stmt::Loop { var, extent, body } => {
                 let (lo, hi) = outer.unwrap_or((0, *extent));
-                for it in lo..hi.min(*extent) {
+                let hi = hi.min(*extent).max(lo);
+                let accs = accumulators(body);
+                let mut start = lo;
+                if s.vector && !accs.is_empty() && vectorizable(*var, body) {
+                    start = lo + (hi - lo) / LANES * LANES;
+                    vector_accumulate(s, *var, body, &accs, lo, start);
+                }
+                for it in start..hi {
                     s.vars[*var] = V::I(it as i32);
                     stmts(s, body, None);
                 }
@@ -140,12 +161,7 @@ fn stmts(s: &mut State, body: &[Stmt], outer: Option<(u64, u64)>) {
             Stmt::Let { var, value } => s.vars[*var] = expr(s, value),
             Stmt::Accumulate { var, op, value } => {
                 let (a, b) = (s.vars[*var].f(), expr(s, value).f());
-                s.vars[*var] = V::F(match op {
-                    Binary::Max => fmax(a, b),
-                    Binary::Min => fmin(a, b),
-                    Binary::Mul => a * b,
-                    _ => a + b,
-                });
+                s.vars[*var] = V::F(fold(*op, a, b));
             }
             Stmt::Store { buf, index: ix, value } => {
                 let (at, v) = (index(s, ix), expr(s, value).f());
@@ -155,9 +171,33 @@ fn stmts(s: &mut State, body: &[Stmt], outer: Option<(u64, u64)>) {
     }
 }
 
+/// The vector part `lo..end` of a loop that accumulates: one partial result
+/// per lane, combined and folded in as [`crate::vector`] specifies.
+fn vector_accumulate(s: &mut State, var: usize, body: &[Stmt], accs: &[(usize, Binary)], lo: u64, end: u64) {
+    let before: Vec<f32> = accs.iter().map(|&(a, _)| s.vars[a].f()).collect();
+    let mut partials = vec![[0.0f32; LANES as usize]; accs.len()];
+    for lane in 0..LANES {
+        for &(a, op) in accs {
+            s.vars[a] = V::F(identity(op));
+        }
+        for it in (lo + lane..end).step_by(LANES as usize) {
+            s.vars[var] = V::I(it as i32);
+            stmts(s, body, None);
+        }
+        for (k, &(a, _)) in accs.iter().enumerate() {
+            partials[k][lane as usize] = s.vars[a].f();
+        }
+    }
+    for (k, &(a, op)) in accs.iter().enumerate() {
+        let combined = combine_lanes(partials[k], |x, y| fold(op, x, y));
+        s.vars[a] = V::F(fold(op, before[k], combined));
+    }
+}
+
 /// Runs `k` over iterations `begin..end` of its outermost loop.
 pub fn run_range(k: &Kernel, bufs: &mut [Vec<f32>], begin: u64, end: u64) {
-    let mut s = State { vars: vec![V::I(0); k.vars], bufs };
+    let vector = u64::from(k.schedule.vector_width) == LANES;
+    let mut s = State { vars: vec![V::I(0); k.vars], bufs, vector };
     stmts(&mut s, &k.body, Some((begin, end)));
 }
 

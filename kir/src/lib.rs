@@ -10,6 +10,7 @@
 //! | [`lower`] | fused elementwise/reduction groups of a graph → kernels |
 //! | [`math`] | exp, log, tanh, sigmoid as polynomials in kernel IR (one definition for every backend) |
 //! | [`print`] | the text form (`lsc compile --emit kir`) |
+//! | [`vector`] | which loops run 4 lanes at a time, and the order they accumulate in |
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod eval;
 pub mod lower;
 pub mod math;
 pub mod print;
+pub mod vector;
 
 /// A scalar variable (loop index, bound value or accumulator), numbered per kernel.
 pub type Var = usize;

@@ -1,12 +1,18 @@
-//! Lowering of a fused elementwise group to a kernel: every value of the
-//! group has the group's shape; inputs are read through strides (0 on the axes
-//! they are broadcast along); the loop nest runs over the shape with adjacent
-//! axes merged wherever every access is contiguous across them.
+//! Lowering of a fused group to a kernel. Every value of the group lives at
+//! the group's shape, or, after a reduction over its trailing axes, once per
+//! *row* (an index of the other axes). Inputs are read through strides (0 on
+//! the axes they are broadcast along). The kernel loops over rows; within a
+//! row, each reduction is one inner loop (recomputing the element values it
+//! needs from the inputs), and one last inner loop stores the element-wise
+//! outputs, so a norm or a softmax and its consumer are one pass per phase
+//! over one row instead of kernels that round-trip through memory. Adjacent
+//! axes are merged wherever every access is contiguous across them.
 
-use crate::{math, Binary, Body, Buffer, Expr, Index, Kernel, Schedule, Stmt, Unary};
+use crate::{math, Binary, Body, Buffer, Expr, Index, Kernel, Schedule, Stmt, Unary, Var};
 use lsc_ir::{BinaryOp, CmpOp, ReduceKind, UnaryOp};
+use std::collections::HashMap;
 
-/// A value of an elementwise group, defined from earlier ones (by position).
+/// A value of a group, defined from earlier ones (by position).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
     /// Input buffer `buf`, read with per-axis `strides` (0: broadcast).
@@ -28,24 +34,47 @@ pub enum Node {
     Select(usize, usize, usize),
     /// `min(max(x, lo), hi)`.
     Clamp(usize, f32, f32),
+    /// A reduction of a value over the group's reduced axes: one value per row.
+    Reduce(ReduceKind, usize),
 }
 
-/// A fused elementwise group, optionally ending in a reduction over its
-/// trailing axes (norms, softmax denominators, losses).
+/// A fused group: elementwise ops at one shape, and reductions over its
+/// trailing axes whose per-row results the other ops may use (norms,
+/// softmax, losses).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Group {
     /// Kernel name.
     pub name: String,
-    /// The shape every value has.
+    /// The shape every element value has.
     pub shape: Vec<usize>,
-    /// Reduce the (single) output over the last `n` axes of `shape`.
-    pub reduce: Option<(ReduceKind, usize)>,
+    /// How many trailing axes of `shape` the [`Node::Reduce`] nodes reduce (0 if none).
+    pub reduced_axes: usize,
     /// Input buffers: `(name, elements)`.
     pub inputs: Vec<(String, u64)>,
     /// The values, in order.
     pub nodes: Vec<Node>,
-    /// Outputs: `(name, value)`; each is stored contiguously.
+    /// Outputs: `(name, value)`, each stored contiguously: a [`Node::Reduce`]
+    /// once per row, any other value once per element of `shape`.
     pub outputs: Vec<(String, usize)>,
+}
+
+impl Group {
+    /// Whether each value is the same along the reduced axes (one value per row).
+    pub fn per_row(&self) -> Vec<bool> {
+        let split = self.shape.len() - self.reduced_axes;
+        let mut row = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let r = match n {
+                Node::Input { strides, .. } => strides[split..].iter().all(|&s| s == 0),
+                Node::Const(_) | Node::Reduce(..) => true,
+                Node::Unary(_, x) | Node::Clamp(x, ..) => row[*x],
+                Node::Binary(_, x, y) | Node::Compare(_, x, y) => row[*x] && row[*y],
+                Node::Select(c, x, y) => row[*c] && row[*x] && row[*y],
+            };
+            row.push(r);
+        }
+        row
+    }
 }
 
 /// Whether [`lower_elementwise`] handles this unary op.
@@ -88,76 +117,243 @@ fn coalesce(shape: &[usize], inputs: &[Vec<i64>]) -> (Vec<usize>, Vec<Vec<i64>>)
     (extents, strides)
 }
 
+/// Strides of one access after merging axes: `[outer..., inner...]` per loop.
+struct Access {
+    outer: Vec<i64>,
+    inner: Vec<i64>,
+}
+
+/// The state of lowering one group.
+struct Lowering<'g> {
+    g: &'g Group,
+    per_row: Vec<bool>,
+    body: Body,
+    outer_vars: Vec<Var>,
+    inner_extents: Vec<usize>,
+    /// Merged strides of each input node (by node number), and of the two output layouts.
+    inputs: HashMap<usize, Access>,
+    element_out: Access,
+    row_out: Access,
+    /// Per-row values computed so far (in the row's scope).
+    row_values: HashMap<usize, Expr>,
+}
+
 /// The kernel computing `g`.
 pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
+    let rank = g.shape.len();
+    let reduces = g.nodes.iter().any(|n| matches!(n, Node::Reduce(..)));
+    if g.reduced_axes > rank || (reduces && g.reduced_axes == 0) {
+        return Err(format!("kernel {}: reductions over {} of {rank} axes", g.name, g.reduced_axes));
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        let operands: &[usize] = match n {
+            Node::Input { strides, .. } if strides.len() != rank => {
+                return Err(format!("kernel {}: input strides {strides:?} for a rank-{rank} shape", g.name))
+            }
+            Node::Unary(_, x) | Node::Clamp(x, ..) | Node::Reduce(_, x) => &[*x],
+            Node::Binary(_, x, y) | Node::Compare(_, x, y) => &[*x, *y],
+            Node::Select(c, x, y) => &[*c, *x, *y],
+            _ => &[],
+        };
+        if operands.iter().any(|&o| o >= i) {
+            return Err(format!("kernel {}: node {i} uses a later value", g.name));
+        }
+    }
     if let Some((name, _)) = g.outputs.iter().find(|(_, v)| matches!(g.nodes[*v], Node::Compare(..))) {
         return Err(format!("kernel {}: output {name} is a comparison (kernels store f32)", g.name));
     }
-    let reduced = match g.reduce {
-        Some((_, n)) if g.outputs.len() != 1 || n == 0 || n > g.shape.len() => {
-            return Err(format!(
-                "kernel {}: a reduction kernel has one output and reduces 1..={} axes",
-                g.name,
-                g.shape.len()
-            ))
-        }
-        Some((_, n)) => n,
-        None => 0,
-    };
-    let split = g.shape.len() - reduced;
-    let input_strides: Vec<Vec<i64>> = g
-        .nodes
+    let per_row = g.per_row();
+    let split = rank - g.reduced_axes;
+    // Accesses: every input node, then element outputs (contiguous), then row outputs.
+    let input_nodes: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i], Node::Input { .. })).collect();
+    let mut all: Vec<Vec<i64>> = input_nodes
         .iter()
-        .filter_map(|n| match n {
-            Node::Input { strides, .. } => Some(strides.clone()),
-            _ => None,
+        .map(|&i| match &g.nodes[i] {
+            Node::Input { strides, .. } => strides.clone(),
+            _ => unreachable!("filtered to inputs"),
         })
         .collect();
-    // Outputs are contiguous over the kept axes (and do not move along reduced ones).
-    let kept = &g.shape[..split];
-    let mut out_strides: Vec<i64> = (0..split).map(|a| kept[a + 1..].iter().product::<usize>() as i64).collect();
-    out_strides.extend(std::iter::repeat_n(0, reduced));
-    let mut all = input_strides;
-    all.push(out_strides);
+    let contiguous = |dims: &[usize]| -> Vec<i64> {
+        (0..dims.len()).map(|a| dims[a + 1..].iter().product::<usize>() as i64).collect()
+    };
+    all.push(contiguous(&g.shape));
+    let mut row_strides = contiguous(&g.shape[..split]);
+    row_strides.extend(std::iter::repeat_n(0, g.reduced_axes));
+    all.push(row_strides);
     let outer_strides: Vec<Vec<i64>> = all.iter().map(|s| s[..split].to_vec()).collect();
     let inner_strides: Vec<Vec<i64>> = all.iter().map(|s| s[split..].to_vec()).collect();
     let (outer_ext, outer) = coalesce(&g.shape[..split], &outer_strides);
-    let (inner_ext, inner) =
-        if reduced > 0 { coalesce(&g.shape[split..], &inner_strides) } else { (vec![], vec![vec![]; all.len()]) };
-    let mut b = Body::default();
-    let outer_vars: Vec<usize> = outer_ext.iter().map(|_| b.fresh()).collect();
-    let inner_vars: Vec<usize> = inner_ext.iter().map(|_| b.fresh()).collect();
-    let index = |k: usize| Index {
-        terms: outer_vars
-            .iter()
-            .zip(&outer[k])
-            .chain(inner_vars.iter().zip(&inner[k]))
-            .filter(|(_, &st)| st != 0)
-            .map(|(&v, &st)| (v, st))
-            .collect(),
-        offset: 0,
+    let (inner_ext, inner) = if g.reduced_axes > 0 {
+        coalesce(&g.shape[split..], &inner_strides)
+    } else {
+        (vec![], vec![vec![]; all.len()])
     };
-    // The accumulator is declared before the reduction loop (its body goes in `inner_body`).
-    let acc = g.reduce.map(|(kind, _)| {
-        let var = b.fresh();
-        let init = match kind {
-            ReduceKind::Max => f32::NEG_INFINITY,
-            ReduceKind::Min => f32::INFINITY,
-            ReduceKind::Sum | ReduceKind::Mean => 0.0,
+    let mut accesses = outer.into_iter().zip(inner).map(|(outer, inner)| Access { outer, inner });
+    let inputs: HashMap<usize, Access> =
+        input_nodes.iter().map(|&i| (i, accesses.next().expect("one per input"))).collect();
+    let element_out = accesses.next().expect("element layout");
+    let row_out = accesses.next().expect("row layout");
+    let mut body = Body::default();
+    let outer_vars: Vec<Var> = outer_ext.iter().map(|_| body.fresh()).collect();
+    let mut l = Lowering {
+        g,
+        per_row,
+        body,
+        outer_vars,
+        inner_extents: inner_ext,
+        inputs,
+        element_out,
+        row_out,
+        row_values: HashMap::new(),
+    };
+    let n_in = g.inputs.len();
+    let stored_per_row = |v: usize| matches!(g.nodes[v], Node::Reduce(..));
+    let element_outputs: Vec<(usize, usize)> = g
+        .outputs
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, v))| !stored_per_row(*v))
+        .map(|(k, (_, v))| (n_in + k, *v))
+        .collect();
+    for (k, (_, v)) in g.outputs.iter().enumerate() {
+        if stored_per_row(*v) {
+            let value = l.row_value(*v)?;
+            let index = index(&l.outer_vars, &l.row_out, &[]);
+            l.body.stmts.push(Stmt::Store { buf: n_in + k, index, value });
+        }
+    }
+    if !element_outputs.is_empty() {
+        let roots: Vec<usize> = element_outputs.iter().map(|&(_, v)| v).collect();
+        let stmts = l.inner_loop(&roots, |l, vars, values| {
+            let index = index(&l.outer_vars, &l.element_out, vars);
+            for &(buf, v) in &element_outputs {
+                l.body.stmts.push(Stmt::Store { buf, index: index.clone(), value: values[&v].clone() });
+            }
+            Ok(())
+        })?;
+        l.body.stmts.extend(stmts);
+    }
+    let mut body = std::mem::take(&mut l.body.stmts);
+    for (&var, &extent) in l.outer_vars.iter().zip(&outer_ext).rev() {
+        body = vec![Stmt::Loop { var, extent: extent as u64, body }];
+    }
+    let row_len: u64 = g.shape[..split].iter().product::<usize>() as u64;
+    let numel: u64 = g.shape.iter().product::<usize>() as u64;
+    let mut buffers: Vec<Buffer> =
+        g.inputs.iter().map(|(name, len)| Buffer { name: name.clone(), len: *len, output: false }).collect();
+    buffers.extend(g.outputs.iter().map(|(name, v)| Buffer {
+        name: name.clone(),
+        len: if stored_per_row(*v) { row_len } else { numel },
+        output: true,
+    }));
+    Ok(Kernel {
+        name: g.name.clone(),
+        buffers,
+        body,
+        vars: l.body.next_var,
+        schedule: Schedule {
+            parallel: numel >= 1 << 14 && outer_ext.first().is_some_and(|&e| e > 1),
+            vector_width: crate::vector::LANES as u32,
+        },
+    })
+}
+
+impl Lowering<'_> {
+    /// The per-row value of node `n`, computed once in the row's scope.
+    fn row_value(&mut self, n: usize) -> Result<Expr, String> {
+        if let Some(v) = self.row_values.get(&n) {
+            return Ok(v.clone());
+        }
+        let value = match self.g.nodes[n] {
+            Node::Reduce(kind, x) => self.reduction(kind, x)?,
+            _ => {
+                let mut operands = HashMap::new();
+                for o in operands_of(&self.g.nodes[n]) {
+                    operands.insert(o, self.row_value(o)?);
+                }
+                let vars = vec![];
+                self.op(n, &vars, &operands)?
+            }
         };
-        (var, kind, init)
-    });
-    let mut vals: Vec<Expr> = Vec::new();
-    let mut next_input = 0;
-    for n in &g.nodes {
-        let v = match n {
+        self.row_values.insert(n, value.clone());
+        Ok(value)
+    }
+
+    /// One reduction of element value `x` over the row.
+    fn reduction(&mut self, kind: ReduceKind, x: usize) -> Result<Expr, String> {
+        let (op, init) = match kind {
+            ReduceKind::Max => (Binary::Max, f32::NEG_INFINITY),
+            ReduceKind::Min => (Binary::Min, f32::INFINITY),
+            ReduceKind::Sum | ReduceKind::Mean => (Binary::Add, 0.0),
+        };
+        let acc = self.body.fresh();
+        self.body.stmts.push(Stmt::Let { var: acc, value: Expr::F32(init) });
+        let stmts = self.inner_loop(&[x], |l, _, values| {
+            l.body.stmts.push(Stmt::Accumulate { var: acc, op, value: values[&x].clone() });
+            Ok(())
+        })?;
+        self.body.stmts.extend(stmts);
+        let count: usize = self.g.shape[self.g.shape.len() - self.g.reduced_axes..].iter().product();
+        Ok(match kind {
+            ReduceKind::Mean => self.body.bind(Expr::Var(acc).bin(Binary::Div, Expr::F32(count as f32))),
+            _ => Expr::Var(acc),
+        })
+    }
+
+    /// A loop nest over the row's elements computing `roots`, then running
+    /// `finish` (which appends the statements that use them). Per-row values
+    /// the loop needs are computed before it, in the row's scope.
+    fn inner_loop(
+        &mut self,
+        roots: &[usize],
+        finish: impl FnOnce(&mut Self, &[Var], &HashMap<usize, Expr>) -> Result<(), String>,
+    ) -> Result<Vec<Stmt>, String> {
+        let needed = self.element_closure(roots)?;
+        let outside = std::mem::take(&mut self.body.stmts);
+        let vars: Vec<Var> = self.inner_extents.iter().map(|_| self.body.fresh()).collect();
+        let mut values: HashMap<usize, Expr> = HashMap::new();
+        for n in needed {
+            let v = if self.per_row[n] { self.row_values[&n].clone() } else { self.op(n, &vars, &values)? };
+            values.insert(n, v);
+        }
+        finish(self, &vars, &values)?;
+        let mut stmts = std::mem::replace(&mut self.body.stmts, outside);
+        for (&v, &e) in vars.iter().zip(&self.inner_extents).rev() {
+            stmts = vec![Stmt::Loop { var: v, extent: e as u64, body: stmts }];
+        }
+        Ok(stmts)
+    }
+
+    /// The nodes `roots` depend on, in order, stopping at per-row values
+    /// (which are computed here, in the row's scope).
+    fn element_closure(&mut self, roots: &[usize]) -> Result<Vec<usize>, String> {
+        let mut needed = vec![false; self.g.nodes.len()];
+        let mut stack: Vec<usize> = roots.to_vec();
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut needed[n], true) || self.per_row[n] {
+                continue;
+            }
+            stack.extend(operands_of(&self.g.nodes[n]));
+        }
+        let needed: Vec<usize> = (0..needed.len()).filter(|&n| needed[n]).collect();
+        for &n in &needed {
+            if self.per_row[n] {
+                self.row_value(n)?;
+            }
+        }
+        Ok(needed)
+    }
+
+    /// Node `n` (not a reduction) from its operands' `values`, at inner loop variables `vars`.
+    fn op(&mut self, n: usize, vars: &[Var], values: &HashMap<usize, Expr>) -> Result<Expr, String> {
+        let v = |i: &usize| values[i].clone();
+        let b = &mut self.body;
+        Ok(match &self.g.nodes[n] {
             Node::Input { buf, .. } => {
-                let e = Expr::Load { buf: *buf, index: index(next_input) };
-                next_input += 1;
-                b.bind(e)
+                b.bind(Expr::Load { buf: *buf, index: index(&self.outer_vars, &self.inputs[&n], vars) })
             }
             Node::Const(c) => Expr::F32(*c),
-            Node::Unary(u, x) => unary(&mut b, *u, vals[*x].clone())?,
+            Node::Unary(u, x) => unary(b, *u, v(x))?,
             Node::Binary(op, x, y) => {
                 let op = match op {
                     BinaryOp::Add => Binary::Add,
@@ -168,69 +364,37 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
                     BinaryOp::Min => Binary::Min,
                     other => return Err(format!("`{}` is not an elementwise kernel op", other.name())),
                 };
-                b.bind(vals[*x].clone().bin(op, vals[*y].clone()))
+                b.bind(v(x).bin(op, v(y)))
             }
-            Node::Compare(c, x, y) => b.bind(vals[*x].clone().cmp(*c, vals[*y].clone())),
-            Node::Select(c, x, y) => b.bind(Expr::select(vals[*c].clone(), vals[*x].clone(), vals[*y].clone())),
-            Node::Clamp(x, lo, hi) => {
-                // The interpreter's clamp keeps NaN; so do min/max here.
-                let x = vals[*x].clone();
-                b.bind(x.bin(Binary::Max, Expr::F32(*lo)).bin(Binary::Min, Expr::F32(*hi)))
-            }
-        };
-        vals.push(v);
+            Node::Compare(c, x, y) => b.bind(v(x).cmp(*c, v(y))),
+            Node::Select(c, x, y) => b.bind(Expr::select(v(c), v(x), v(y))),
+            // The interpreter's clamp keeps NaN; so do min/max here.
+            Node::Clamp(x, lo, hi) => b.bind(v(x).bin(Binary::Max, Expr::F32(*lo)).bin(Binary::Min, Expr::F32(*hi))),
+            Node::Reduce(..) => return Err("a reduction is computed per row".into()),
+        })
     }
-    let n_in = g.inputs.len();
-    let out_index = index(next_input);
-    let body = match acc {
-        None => {
-            for (k, (_, v)) in g.outputs.iter().enumerate() {
-                b.stmts.push(Stmt::Store { buf: n_in + k, index: out_index.clone(), value: vals[*v].clone() });
-            }
-            std::mem::take(&mut b.stmts)
-        }
-        Some((var, kind, init)) => {
-            let op = match kind {
-                ReduceKind::Max => Binary::Max,
-                ReduceKind::Min => Binary::Min,
-                ReduceKind::Sum | ReduceKind::Mean => Binary::Add,
-            };
-            let mut inner_body = std::mem::take(&mut b.stmts);
-            inner_body.push(Stmt::Accumulate { var, op, value: vals[g.outputs[0].1].clone() });
-            for (&v, &e) in inner_vars.iter().zip(&inner_ext).rev() {
-                inner_body = vec![Stmt::Loop { var: v, extent: e as u64, body: inner_body }];
-            }
-            let count: usize = g.shape[split..].iter().product();
-            let result = match kind {
-                ReduceKind::Mean => Expr::Var(var).bin(Binary::Div, Expr::F32(count as f32)),
-                _ => Expr::Var(var),
-            };
-            let mut body = vec![Stmt::Let { var, value: Expr::F32(init) }];
-            body.extend(inner_body);
-            body.push(Stmt::Store { buf: n_in, index: out_index.clone(), value: result });
-            body
-        }
-    };
-    let mut body = body;
-    for (&var, &extent) in outer_vars.iter().zip(&outer_ext).rev() {
-        body = vec![Stmt::Loop { var, extent: extent as u64, body }];
+}
+
+/// The element index of `access` at the row's loop variables `outer` and the inner ones.
+fn index(outer: &[Var], access: &Access, inner: &[Var]) -> Index {
+    let terms = outer
+        .iter()
+        .zip(&access.outer)
+        .chain(inner.iter().zip(&access.inner))
+        .filter(|(_, &st)| st != 0)
+        .map(|(&v, &st)| (v, st))
+        .collect();
+    Index { terms, offset: 0 }
+}
+
+/// The values node `n` reads.
+fn operands_of(n: &Node) -> Vec<usize> {
+    match n {
+        Node::Input { .. } | Node::Const(_) => vec![],
+        Node::Unary(_, x) | Node::Clamp(x, ..) | Node::Reduce(_, x) => vec![*x],
+        Node::Binary(_, x, y) | Node::Compare(_, x, y) => vec![*x, *y],
+        Node::Select(c, x, y) => vec![*c, *x, *y],
     }
-    let out_len: u64 = g.shape[..split].iter().product::<usize>() as u64;
-    let mut buffers: Vec<Buffer> =
-        g.inputs.iter().map(|(name, len)| Buffer { name: name.clone(), len: *len, output: false }).collect();
-    buffers.extend(g.outputs.iter().map(|(name, _)| Buffer { name: name.clone(), len: out_len, output: true }));
-    let work: u64 = g.shape.iter().product::<usize>() as u64;
-    Ok(Kernel {
-        name: g.name.clone(),
-        buffers,
-        body,
-        vars: b.next_var,
-        schedule: Schedule {
-            parallel: work >= 1 << 14 && outer_ext.first().is_some_and(|&e| e > 1),
-            // Elementwise kernels run 4 lanes at a time; a reduction keeps its sequential order.
-            vector_width: if g.reduce.is_some() { 1 } else { 4 },
-        },
-    })
 }
 
 fn unary(b: &mut Body, u: UnaryOp, x: Expr) -> Result<Expr, String> {

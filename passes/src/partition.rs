@@ -1,10 +1,13 @@
 //! Partitioning of an optimised graph into kernels: chains of elementwise ops
 //! of one shape fuse into one kernel (a producer joins its consumer's kernel
 //! when every use of it is inside that kernel, and broadcasts of external
-//! values become strided reads); every other op is a library kernel of its
-//! own (GEMM, fused attention, gathers, …).
+//! values become strided reads). Reductions over trailing axes join too, with
+//! their producers, and with their consumers when the result is broadcast
+//! back over the reduced axes: a norm or a softmax and what uses it become one
+//! row kernel. Every other op is a library kernel of its own (GEMM, fused
+//! attention, gathers, …).
 
-use lsc_ir::{Bindings, DType, Graph, NodeId, Op, ValueRef};
+use lsc_ir::{Bindings, DType, Graph, NodeId, Op, TensorType, ValueRef};
 use lsc_kir::lower::{Group, Node};
 use std::collections::{HashMap, HashSet};
 
@@ -52,19 +55,35 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
         let id = parts.len();
         owner.insert(n, id);
         let mut members = vec![n];
-        let reduction = trailing_reduction(g, n).is_some();
+        let root_reduction = trailing_reduction(g, n);
+        let reduction = root_reduction.is_some();
         if float_elementwise(n) || reduction {
+            // Every element value of the kernel has this type; reductions run over its trailing axes.
+            let full = match root_reduction {
+                Some(_) => g.value_type(g.operands(n)[0]).clone(),
+                None => g.node(n).outputs[0].clone(),
+            };
+            let mut reduced_axes = root_reduction.map(|(_, axes)| axes);
             // Grow towards producers whose every use is already inside. A producer under a
             // broadcast joins too: elementwise ops commute with broadcasting, so it is
-            // evaluated at the kernel's shape, reading its own inputs broadcast.
+            // evaluated at the kernel's shape, reading its own inputs broadcast. So does a
+            // reduction of a value of the kernel's type over the kernel's reduced axes.
             let mut frontier = vec![n];
             while let Some(m) = frontier.pop() {
                 for v in g.operands(m) {
                     let p = v.node;
+                    let row_reduction = row_reduction(g, p).filter(|&axes| {
+                        *g.value_type(g.operands(p)[0]) == full && reduced_axes.is_none_or(|r| r == axes)
+                    });
                     let joins = !owner.contains_key(&p)
                         && !returned.contains(&p)
-                        && (float_elementwise(p) || matches!(g.node(p).op, Op::Broadcast { .. }))
+                        && (float_elementwise(p)
+                            || matches!(g.node(p).op, Op::Broadcast { .. })
+                            || row_reduction.is_some())
                         && users[&p].iter().all(|u| owner.get(u) == Some(&id));
+                    if joins && row_reduction.is_some() {
+                        reduced_axes = row_reduction;
+                    }
                     if joins {
                         owner.insert(p, id);
                         members.push(p);
@@ -102,6 +121,34 @@ fn trailing_reduction(g: &Graph, n: NodeId) -> Option<(lsc_ir::ReduceKind, usize
     trailing.then_some((*kind, axes.len()))
 }
 
+/// The reduced axes of a trailing reduction that keeps them (as size 1): its
+/// result can be broadcast back over the row it reduced.
+fn row_reduction(g: &Graph, n: NodeId) -> Option<usize> {
+    let keeps = matches!(g.node(n).op, Op::Reduce { keep_dims: true, .. });
+    trailing_reduction(g, n).filter(|_| keeps).map(|(_, axes)| axes)
+}
+
+/// `(kernel element type, reduced axes)` of a part: the type its element values have.
+fn element_type(g: &Graph, part: &Part) -> Result<(TensorType, usize), String> {
+    let root = *part.nodes.last().ok_or("an empty kernel")?;
+    let reductions: Vec<NodeId> =
+        part.nodes.iter().copied().filter(|&n| matches!(g.node(n).op, Op::Reduce { .. })).collect();
+    let full = match trailing_reduction(g, root) {
+        Some(_) => g.value_type(g.operands(root)[0]).clone(),
+        None => g.node(root).outputs[0].clone(),
+    };
+    let mut axes = None;
+    for &r in &reductions {
+        let here = if r == root { trailing_reduction(g, r).map(|(_, a)| a) } else { row_reduction(g, r) };
+        let Some(here) = here else { return Err("a reduction that is not over the row's trailing axes".into()) };
+        if *g.value_type(g.operands(r)[0]) != full || axes.is_some_and(|a| a != here) {
+            return Err("reductions of different rows".into());
+        }
+        axes = Some(here);
+    }
+    Ok((full, axes.unwrap_or(0)))
+}
+
 /// The value of `v` if it is a scalar constant, directly or broadcast.
 fn scalar_constant(g: &Graph, v: ValueRef) -> Option<f64> {
     let node = g.node(v.node);
@@ -121,10 +168,11 @@ pub fn lowerable(g: &Graph, part: &Part) -> Result<(), String> {
     if !part.elementwise || part.outputs != [ValueRef::first(root)] {
         return Err("not a single-output elementwise kernel".into());
     }
+    element_type(g, part)?;
     for &n in &part.nodes {
         let node = g.node(n);
-        let reduction_root = n == root && trailing_reduction(g, n).is_some();
-        if !is_elementwise(&node.op) && !matches!(node.op, Op::Broadcast { .. }) && !reduction_root {
+        let reduction = matches!(node.op, Op::Reduce { .. });
+        if !is_elementwise(&node.op) && !matches!(node.op, Op::Broadcast { .. }) && !reduction {
             return Err(format!("`{}` is not elementwise", node.op.name()));
         }
         for v in g.operands(n) {
@@ -146,12 +194,8 @@ pub fn lowerable(g: &Graph, part: &Part) -> Result<(), String> {
 /// scalar constants are inlined.
 pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Result<(Group, Vec<ValueRef>), String> {
     lowerable(g, part)?;
-    let root = *part.nodes.last().ok_or("an empty kernel")?;
-    let reduce = trailing_reduction(g, root);
-    let shape = match reduce {
-        Some(_) => g.value_type(g.operands(root)[0]).concrete_shape(bindings)?,
-        None => g.node(root).outputs[0].concrete_shape(bindings)?,
-    };
+    let (full, reduced_axes) = element_type(g, part)?;
+    let shape = full.concrete_shape(bindings)?;
     let mut nodes: Vec<Node> = Vec::new();
     let mut inputs: Vec<(String, u64)> = Vec::new();
     let mut at: HashMap<ValueRef, usize> = HashMap::new();
@@ -178,15 +222,6 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
     for &n in &part.nodes {
         let node = g.node(n);
         let ops = g.operands(n);
-        if reduce.is_some() && n == root {
-            // The reduction itself is the kernel's accumulation of its operand.
-            let x = match at.get(&ops[0]) {
-                Some(&k) => k,
-                None => read(ops[0], &mut nodes, &mut inputs)?,
-            };
-            at.insert(ValueRef::first(n), x);
-            continue;
-        }
         let mut arg = |i: usize, nodes: &mut Vec<Node>, inputs: &mut Vec<(String, u64)>| -> Result<usize, String> {
             match at.get(&ops[i]) {
                 Some(&k) => Ok(k),
@@ -229,12 +264,17 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
                 nodes.push(Node::Clamp(x, *min as f32, *max as f32));
                 nodes.len() - 1
             }
+            Op::Reduce { kind, .. } => {
+                let x = arg(0, &mut nodes, &mut inputs)?;
+                nodes.push(Node::Reduce(*kind, x));
+                nodes.len() - 1
+            }
             other => return Err(format!("`{}` is not elementwise", other.name())),
         };
         at.insert(ValueRef::first(n), made);
     }
     let outputs = part.outputs.iter().map(|v| (format!("%{}", v.node.index()), at[v])).collect();
-    Ok((Group { name: name.to_string(), shape, reduce, inputs, nodes, outputs }, sources))
+    Ok((Group { name: name.to_string(), shape, reduced_axes, inputs, nodes, outputs }, sources))
 }
 
 /// Per-axis element strides reading `src` broadcast (NumPy, right-aligned) to `out`.

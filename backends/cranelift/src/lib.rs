@@ -76,7 +76,7 @@ impl Jit {
                 vars: HashMap::new(),
                 vvars: HashMap::new(),
                 vector_var: None,
-                simd: k.schedule.vector_width == simd::LANES as u32,
+                simd: u64::from(k.schedule.vector_width) == lsc_kir::vector::LANES,
                 range: Some((params[1], params[2])),
             };
             cg.stmts(&k.body)?;
@@ -208,7 +208,7 @@ impl Codegen<'_> {
                     };
                     let i = self.var(*var, types::I64);
                     self.b.def_var(i, lo);
-                    if self.simd && simd::vectorizable(*var, body) {
+                    if self.simd && lsc_kir::vector::vectorizable(*var, body) {
                         self.vector_var = Some(*var);
                         self.vector_loop(*var, body, hi)?;
                         self.vector_var = None;
@@ -238,12 +238,7 @@ impl Codegen<'_> {
                     let v = self.expr(value)?;
                     let x = self.var(*var, types::F32);
                     let acc = self.b.use_var(x);
-                    let r = match op {
-                        Binary::Max => self.b.ins().fmax(acc, v),
-                        Binary::Min => self.b.ins().fmin(acc, v),
-                        Binary::Mul => self.b.ins().fmul(acc, v),
-                        _ => self.b.ins().fadd(acc, v),
-                    };
+                    let r = self.fold(*op, acc, v);
                     self.b.def_var(x, r);
                 }
                 Stmt::Store { buf, index, value } => {
@@ -254,6 +249,16 @@ impl Codegen<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `a ∘ b` for an accumulation op (scalars or vectors alike).
+    fn fold(&mut self, op: Binary, a: Value, b: Value) -> Value {
+        match op {
+            Binary::Max => self.b.ins().fmax(a, b),
+            Binary::Min => self.b.ins().fmin(a, b),
+            Binary::Mul => self.b.ins().fmul(a, b),
+            _ => self.b.ins().fadd(a, b),
+        }
     }
 
     fn address(&mut self, buf: usize, ix: &Index) -> Value {

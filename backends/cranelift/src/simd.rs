@@ -1,47 +1,18 @@
-//! f32x4 code for innermost loops whose accesses are contiguous (stride 1)
-//! or broadcast (stride 0) in the loop variable: the body runs four lanes at
-//! a time, then the scalar loop finishes the remainder. Every lane computes
-//! exactly what the scalar code computes (same operations, same order), so
-//! the result is bit-identical to the evaluator's.
+//! f32x4 code for the vector loops of [`lsc_kir::vector`]: the body runs
+//! four lanes at a time, then the scalar loop finishes the remainder. Every
+//! lane computes exactly what the scalar code computes, and accumulators
+//! keep four partial results combined in the kernel IR's fixed order, so the
+//! result is bit-identical to the evaluator's.
 
 use super::Codegen;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
-use lsc_kir::{Binary, Compare, Expr, Index, Stmt, Unary};
-
-/// Lanes of the vector loop.
-pub(super) const LANES: i64 = 4;
+use cranelift_frontend::Variable;
+use lsc_kir::vector::{accumulators, combine_lanes, identity, LANES};
+use lsc_kir::{Binary, Compare, Expr, Stmt, Unary};
 
 fn lane_flags() -> MemFlagsData {
     MemFlagsData::new().with_endianness(Endianness::Little)
-}
-
-/// Whether the innermost loop over `var` with `body` can run four lanes at a time.
-pub(super) fn vectorizable(var: usize, body: &[Stmt]) -> bool {
-    fn index_ok(ix: &Index, var: usize, must_move: bool) -> bool {
-        match ix.terms.iter().find(|(v, _)| *v == var) {
-            Some(&(_, stride)) => stride == 1,
-            None => !must_move,
-        }
-    }
-    fn expr_ok(e: &Expr, var: usize) -> bool {
-        match e {
-            Expr::Var(v) => *v != var,
-            Expr::F32(_) | Expr::I32(_) => true,
-            Expr::Load { index, .. } => index_ok(index, var, false),
-            Expr::Binary(Binary::Shl | Binary::ShrU, a, b) => expr_ok(a, var) && matches!(**b, Expr::I32(_)),
-            Expr::Unary(_, x) | Expr::FromBits(x) | Expr::ToBits(x) | Expr::ToInt(x) | Expr::ToFloat(x) => {
-                expr_ok(x, var)
-            }
-            Expr::Binary(_, a, b) | Expr::Compare(_, a, b) => expr_ok(a, var) && expr_ok(b, var),
-            Expr::Select(c, a, b) => expr_ok(c, var) && expr_ok(a, var) && expr_ok(b, var),
-        }
-    }
-    body.iter().all(|s| match s {
-        Stmt::Let { value, .. } => expr_ok(value, var),
-        Stmt::Store { index, value, .. } => index_ok(index, var, true) && expr_ok(value, var),
-        Stmt::Loop { .. } | Stmt::Accumulate { .. } => false,
-    })
 }
 
 fn vector_of(t: types::Type) -> types::Type {
@@ -56,11 +27,20 @@ impl Codegen<'_> {
     /// The vector loop over `i` (already at the range's start) while four lanes fit below `hi`.
     pub(super) fn vector_loop(&mut self, var: usize, body: &[Stmt], hi: Value) -> Result<(), String> {
         let i = self.var(var, types::I64);
+        // Four partial results per accumulator, each starting at its op's identity.
+        let mut partials: Vec<(usize, Binary, Variable)> = Vec::new();
+        for (acc, op) in accumulators(body) {
+            let start = self.b.ins().f32const(identity(op));
+            let lanes = self.b.ins().splat(types::F32X4, start);
+            let x = self.b.declare_var(types::F32X4);
+            self.b.def_var(x, lanes);
+            partials.push((acc, op, x));
+        }
         let (header, inner, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
         self.b.ins().jump(header, &[]);
         self.b.switch_to_block(header);
         let at = self.b.use_var(i);
-        let end = self.b.ins().iadd_imm_s(at, LANES);
+        let end = self.b.ins().iadd_imm_s(at, LANES as i64);
         let fits = self.b.ins().icmp(IntCC::SignedLessThanOrEqual, end, hi);
         self.b.ins().brif(fits, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
@@ -84,14 +64,30 @@ impl Codegen<'_> {
                     let addr = self.address(*buf, index);
                     self.b.ins().store(MemFlagsData::new().with_notrap(), v, addr, 0);
                 }
-                Stmt::Loop { .. } | Stmt::Accumulate { .. } => return Err("not a vectorizable loop body".into()),
+                Stmt::Accumulate { var, value, .. } => {
+                    let v = self.vexpr(value)?;
+                    let &(_, op, x) = partials.iter().find(|(a, ..)| a == var).ok_or("an unknown accumulator")?;
+                    let lanes = self.b.use_var(x);
+                    let folded = self.fold(op, lanes, v);
+                    self.b.def_var(x, folded);
+                }
+                Stmt::Loop { .. } => return Err("not a vectorizable loop body".into()),
             }
         }
         let at = self.b.use_var(i);
-        let next = self.b.ins().iadd_imm_s(at, LANES);
+        let next = self.b.ins().iadd_imm_s(at, LANES as i64);
         self.b.def_var(i, next);
         self.b.ins().jump(header, &[]);
         self.b.switch_to_block(exit);
+        for (acc, op, x) in partials {
+            let lanes = self.b.use_var(x);
+            let each: Vec<Value> = (0..LANES as u8).map(|l| self.b.ins().extractlane(lanes, l)).collect();
+            let combined = combine_lanes([each[0], each[1], each[2], each[3]], |a, b| self.fold(op, a, b));
+            let scalar = *self.vars.get(&acc).ok_or_else(|| format!("accumulator v{acc} is not declared"))?;
+            let before = self.b.use_var(scalar);
+            let after = self.fold(op, before, combined);
+            self.b.def_var(scalar, after);
+        }
         self.vvars.clear();
         Ok(())
     }

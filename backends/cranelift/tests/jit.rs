@@ -115,7 +115,7 @@ fn random_group(shape: &[usize], ops: &[u8]) -> Group {
     Group {
         name: "g".into(),
         shape: shape.to_vec(),
-        reduce: None,
+        reduced_axes: 0,
         inputs: vec![("a".into(), numel as u64), ("b".into(), rest as u64)],
         outputs: vec![("y".into(), nodes.len() - 1), ("first".into(), first_float)],
         nodes,
@@ -134,8 +134,9 @@ proptest! {
     ) {
         let mut g = random_group(&shape, &ops);
         let kinds = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min];
-        g.reduce = Some((kinds[kind], axes.min(shape.len())));
-        g.outputs.truncate(1);
+        g.reduced_axes = axes.min(shape.len());
+        g.nodes.push(Node::Reduce(kinds[kind], g.outputs[0].1));
+        g.outputs = vec![("y".into(), g.nodes.len() - 1)];
         let k = lower_elementwise(&g).unwrap();
         let mut jit = Jit::new().unwrap();
         jit.compile(&k).unwrap();
@@ -147,6 +148,39 @@ proptest! {
         let mut y = vec![0.0f32; n];
         jit.run_parallel("g", &[&a, &b], &mut [&mut y], 2).unwrap();
         for (w, got) in want[2].iter().zip(&y) {
+            prop_assert!(w.to_bits() == got.to_bits() || (w.is_nan() && got.is_nan()), "{w} vs {got}\n{}", lsc_kir::print::print(&k));
+        }
+    }
+
+    #[test]
+    fn row_kernels_match_the_evaluator_bit_for_bit(
+        shape in proptest::collection::vec(1usize..9, 1..4),
+        ops in proptest::collection::vec(any::<u8>(), 1..8),
+        kind in 0usize..4,
+        axes in 1usize..3,
+    ) {
+        // A norm-like row kernel: reduce a random value over the row, then use
+        // the per-row result with the row's elements (and output both).
+        let mut g = random_group(&shape, &ops);
+        let kinds = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min];
+        g.reduced_axes = axes.min(shape.len());
+        let y = g.outputs[0].1;
+        g.nodes.push(Node::Reduce(kinds[kind], y));
+        let r = g.nodes.len() - 1;
+        g.nodes.push(Node::Binary(BinaryOp::Sub, 0, r));
+        g.nodes.push(Node::Unary(UnaryOp::Exp, g.nodes.len() - 1));
+        g.outputs = vec![("normed".into(), g.nodes.len() - 1), ("row".into(), r)];
+        let k = lower_elementwise(&g).unwrap();
+        let mut jit = Jit::new().unwrap();
+        jit.compile(&k).unwrap();
+        let a: Vec<f32> = (0..g.inputs[0].1 as usize).map(|i| (i % 13) as f32 / 4.0 - 1.5).collect();
+        let b: Vec<f32> = (0..g.inputs[1].1 as usize).map(|i| (i % 7) as f32 / 3.0 - 1.0).collect();
+        let (n, rows) = (k.buffers[2].len as usize, k.buffers[3].len as usize);
+        let mut want = vec![a.clone(), b.clone(), vec![0.0; n], vec![0.0; rows]];
+        eval::run(&k, &mut want);
+        let (mut out, mut row) = (vec![0.0f32; n], vec![0.0f32; rows]);
+        jit.run_parallel("g", &[&a, &b], &mut [&mut out, &mut row], 2).unwrap();
+        for (w, got) in want[2].iter().chain(&want[3]).zip(out.iter().chain(&row)) {
             prop_assert!(w.to_bits() == got.to_bits() || (w.is_nan() && got.is_nan()), "{w} vs {got}\n{}", lsc_kir::print::print(&k));
         }
     }
@@ -174,6 +208,55 @@ proptest! {
         jit.run_range("g", &mut [&mut a2, &mut b2, &mut y, &mut first], outer / 2, outer).unwrap();
         for (w, got) in want[2].iter().chain(&want[3]).zip(y.iter().chain(&first)) {
             prop_assert!(w.to_bits() == got.to_bits() || (w.is_nan() && got.is_nan()), "{w} vs {got}\n{}", lsc_kir::print::print(&k));
+        }
+    }
+}
+
+/// RMSNorm as one row kernel: `x · rsqrt(mean(x²) + ε) · w` over rows of `d`.
+fn rms_norm(rows: usize, d: usize) -> Group {
+    let contiguous = vec![d as i64, 1];
+    Group {
+        name: "rms".into(),
+        shape: vec![rows, d],
+        reduced_axes: 1,
+        inputs: vec![("x".into(), (rows * d) as u64), ("w".into(), d as u64)],
+        nodes: vec![
+            Node::Input { buf: 0, strides: contiguous },
+            Node::Binary(BinaryOp::Mul, 0, 0),
+            Node::Reduce(ReduceKind::Mean, 1),
+            Node::Const(1e-5),
+            Node::Binary(BinaryOp::Add, 2, 3),
+            Node::Unary(UnaryOp::Rsqrt, 4),
+            Node::Binary(BinaryOp::Mul, 0, 5),
+            Node::Input { buf: 1, strides: vec![0, 1] },
+            Node::Binary(BinaryOp::Mul, 6, 7),
+        ],
+        outputs: vec![("y".into(), 8)],
+    }
+}
+
+#[test]
+fn a_norm_is_one_kernel_with_vector_reductions_and_matches_f64() {
+    let (rows, d) = (5, 37);
+    let k = lower_elementwise(&rms_norm(rows, d)).unwrap();
+    let mut jit = Jit::new().unwrap();
+    jit.compile(&k).unwrap();
+    let clif = jit.clif("rms").unwrap();
+    // The mean of squares runs 4 lanes at a time (partial sums), and so does the scaling loop.
+    assert!(clif.matches("f32x4").count() >= 2 && clif.contains("extractlane"), "{clif}");
+    let x: Vec<f32> = (0..rows * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+    let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 / d as f32).collect();
+    let mut y = vec![0.0f32; rows * d];
+    jit.run("rms", &mut [&mut x.clone(), &mut w.clone(), &mut y]).unwrap();
+    let mut want = vec![x.clone(), w.clone(), vec![0.0; rows * d]];
+    eval::run(&k, &mut want);
+    assert!(want[2].iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()));
+    for r in 0..rows {
+        let row = &x[r * d..(r + 1) * d];
+        let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / d as f64;
+        for j in 0..d {
+            let exact = row[j] as f64 / (ms + 1e-5).sqrt() * w[j] as f64;
+            assert!((y[r * d + j] as f64 - exact).abs() <= 1e-5 * exact.abs().max(1.0), "row {r} col {j}");
         }
     }
 }
