@@ -402,6 +402,14 @@ fn compile_emits_kernels_kernel_ir_and_cranelift_ir() {
     let clif = std::fs::read_to_string(dir.join("transformer.clif")).unwrap();
     assert!(clif.contains("fadd") && clif.contains("load.f32"), "{clif}");
     insta::assert_snapshot!("transformer-tiny-kir", kir);
+    for m in ["ls-transformer", "gam", "trilm", "mor"] {
+        let o = lsc(&["compile", "--model", m, "--emit", "kir", "--bind", "B=2", "-o", out]);
+        assert!(o.status.success(), "{m}: {}", stderr(&o));
+        insta::assert_snapshot!(
+            format!("{m}-tiny-kir"),
+            std::fs::read_to_string(dir.join(format!("{m}.kir"))).unwrap()
+        );
+    }
     let o = lsc(&["compile", "--model", "transformer", "--emit", "kir", "--bind", "B=two", "-o", out]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bad --bind `B=two`"), "{}", stderr(&o));

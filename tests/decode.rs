@@ -2,6 +2,7 @@
 
 use lsc_interp::Value;
 use lsc_ir::DType;
+use lsc_runtime::backend::{Backend, Executable};
 use lsc_runtime::generate::{logits, Decoder};
 use lsc_runtime::init;
 use lsc_runtime::numerics::{compare, tolerance};
@@ -11,9 +12,14 @@ fn ids(b: usize, t: usize, seed: u64) -> Vec<i64> {
     (0..b * t).map(|_| (rng.next_u64() % 256) as i64).collect()
 }
 
-/// Decodes `seq` (`[B, T]`) in chunks of the given sizes and compares every
-/// position's logits with the full forward pass; returns the max |Δ|.
+/// Decodes `seq` (`[B, T]`) in chunks of the given sizes on the interpreter
+/// and compares every position's logits with the full forward pass; returns the max |Δ|.
 fn decode_matches_full(model: &str, b: usize, t: usize, chunks: &[usize]) -> f64 {
+    decode_on(Backend::Interp, model, b, t, chunks)
+}
+
+/// [`decode_matches_full`] with the decoding step run by `backend`.
+fn decode_on(backend: Backend, model: &str, b: usize, t: usize, chunks: &[usize]) -> f64 {
     let full = lsc_models::build_inference(model, "tiny").unwrap();
     let step = lsc_models::build_decode(model, "tiny").unwrap();
     let mut params = init::init_params(&full, 11).unwrap();
@@ -27,7 +33,9 @@ fn decode_matches_full(model: &str, b: usize, t: usize, chunks: &[usize]) -> f64
     let want = logits(&full, &params, &Value::ints(vec![b, t], seq.clone())).unwrap();
     let v = *want.shape.last().unwrap();
     let want = want.to_f64_vec();
-    let mut dec = Decoder::new(&step, &params, b).unwrap();
+    let exe = Executable::new(step, backend).unwrap();
+    assert!(backend == Backend::Interp || exe.generated_kernels() > 0, "{model}: no generated kernels");
+    let mut dec = Decoder::on(&exe, &params, b).unwrap();
     let mut start = 0;
     let mut worst = 0.0f64;
     for &len in chunks.iter().cycle() {
@@ -55,6 +63,14 @@ fn token_by_token_decoding_matches_the_full_pass() {
     for model in lsc_models::MODELS.iter().map(|m| m.name) {
         let d = decode_matches_full(model, 2, 20, &[1]);
         println!("{model}: decode vs full max |Δ| = {d:.3e}");
+    }
+}
+
+#[test]
+fn decoding_on_generated_code_matches_the_full_pass() {
+    for model in lsc_models::MODELS.iter().map(|m| m.name) {
+        let d = decode_on(Backend::Cranelift, model, 2, 12, &[5, 1]);
+        println!("{model}: Cranelift decode vs full max |Δ| = {d:.3e}");
     }
 }
 
