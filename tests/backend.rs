@@ -115,3 +115,28 @@ fn a_norm_and_its_consumers_are_one_kernel() {
     assert!(ops(norm).contains(&"reduce") && ops(norm).ends_with(&["mul"]), "{:?}", ops(norm));
     assert!(lsc_passes::partition::lowerable(&p.main, norm).is_ok());
 }
+
+#[test]
+fn the_training_steps_norm_is_one_kernel_with_its_saved_values_as_outputs() {
+    // Forward RMSNorm in a step: the residual add, the mean of squares, the
+    // rsqrt and the scaled output fuse; the values backward needs are extra outputs.
+    let forward = lsc_models::build("transformer", "tiny").unwrap();
+    let (step, _) = lsc_passes::saturate::optimize_training_step(
+        &forward,
+        &Default::default(),
+        &lsc_passes::saturate::Config::default(),
+    )
+    .unwrap();
+    let step = lsc_passes::partition::unshare_broadcasts(&step);
+    let parts = lsc_passes::partition::partition(&step.main).unwrap();
+    let g = &step.main;
+    let norm = parts
+        .iter()
+        .find(|part| {
+            let ops: Vec<&str> = part.nodes.iter().map(|&n| g.node(n).op.name()).collect();
+            ops.contains(&"reduce") && ops.contains(&"rsqrt") && ops.ends_with(&["mul"])
+        })
+        .expect("a fused forward norm");
+    assert!(norm.outputs.len() > 1, "saved values are outputs: {:?}", norm.outputs);
+    lsc_passes::partition::lowerable(g, norm).unwrap();
+}

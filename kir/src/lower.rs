@@ -53,9 +53,30 @@ pub struct Group {
     pub inputs: Vec<(String, u64)>,
     /// The values, in order.
     pub nodes: Vec<Node>,
-    /// Outputs: `(name, value)`, each stored contiguously: a [`Node::Reduce`]
-    /// once per row, any other value once per element of `shape`.
-    pub outputs: Vec<(String, usize)>,
+    /// Outputs, each stored contiguously.
+    pub outputs: Vec<Output>,
+}
+
+/// An output of a group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// Buffer name.
+    pub name: String,
+    /// The value stored.
+    pub value: usize,
+    /// Stored once per row (the value must be per row), not once per element of the shape.
+    pub per_row: bool,
+}
+
+impl Output {
+    /// An output stored once per element.
+    pub fn element(name: &str, value: usize) -> Output {
+        Output { name: name.to_string(), value, per_row: false }
+    }
+    /// An output stored once per row.
+    pub fn row(name: &str, value: usize) -> Output {
+        Output { name: name.to_string(), value, per_row: true }
+    }
 }
 
 impl Group {
@@ -159,10 +180,15 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
             return Err(format!("kernel {}: node {i} uses a later value", g.name));
         }
     }
-    if let Some((name, _)) = g.outputs.iter().find(|(_, v)| matches!(g.nodes[*v], Node::Compare(..))) {
-        return Err(format!("kernel {}: output {name} is a comparison (kernels store f32)", g.name));
-    }
     let per_row = g.per_row();
+    for o in &g.outputs {
+        if matches!(g.nodes.get(o.value), Some(Node::Compare(..)) | None) {
+            return Err(format!("kernel {}: output {} is not an f32 value of the group", g.name, o.name));
+        }
+        if o.per_row && !per_row[o.value] {
+            return Err(format!("kernel {}: output {} varies along the reduced axes", g.name, o.name));
+        }
+    }
     let split = rank - g.reduced_axes;
     // Accesses: every input node, then element outputs (contiguous), then row outputs.
     let input_nodes: Vec<usize> = (0..g.nodes.len()).filter(|&i| matches!(g.nodes[i], Node::Input { .. })).collect();
@@ -207,17 +233,11 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
         row_values: HashMap::new(),
     };
     let n_in = g.inputs.len();
-    let stored_per_row = |v: usize| matches!(g.nodes[v], Node::Reduce(..));
-    let element_outputs: Vec<(usize, usize)> = g
-        .outputs
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, v))| !stored_per_row(*v))
-        .map(|(k, (_, v))| (n_in + k, *v))
-        .collect();
-    for (k, (_, v)) in g.outputs.iter().enumerate() {
-        if stored_per_row(*v) {
-            let value = l.row_value(*v)?;
+    let element_outputs: Vec<(usize, usize)> =
+        g.outputs.iter().enumerate().filter(|(_, o)| !o.per_row).map(|(k, o)| (n_in + k, o.value)).collect();
+    for (k, o) in g.outputs.iter().enumerate() {
+        if o.per_row {
+            let value = l.row_value(o.value)?;
             let index = index(&l.outer_vars, &l.row_out, &[]);
             l.body.stmts.push(Stmt::Store { buf: n_in + k, index, value });
         }
@@ -241,9 +261,9 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
     let numel: u64 = g.shape.iter().product::<usize>() as u64;
     let mut buffers: Vec<Buffer> =
         g.inputs.iter().map(|(name, len)| Buffer { name: name.clone(), len: *len, output: false }).collect();
-    buffers.extend(g.outputs.iter().map(|(name, v)| Buffer {
-        name: name.clone(),
-        len: if stored_per_row(*v) { row_len } else { numel },
+    buffers.extend(g.outputs.iter().map(|o| Buffer {
+        name: o.name.clone(),
+        len: if o.per_row { row_len } else { numel },
         output: true,
     }));
     Ok(Kernel {

@@ -7,8 +7,9 @@
 //! row kernel. Every other op is a library kernel of its own (GEMM, fused
 //! attention, gathers, …).
 
-use lsc_ir::{Bindings, DType, Graph, NodeId, Op, TensorType, ValueRef};
-use lsc_kir::lower::{Group, Node};
+use lsc_ir::{Bindings, DType, Graph, NodeId, Op, Program, TensorType, ValueRef};
+use lsc_kir::lower::{Group, Node, Output};
+use petgraph::Direction;
 use std::collections::{HashMap, HashSet};
 
 /// One kernel of a partition.
@@ -42,6 +43,7 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
         }
     }
     let returned: HashSet<NodeId> = g.outputs.iter().map(|(_, v)| v.node).collect();
+    let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let float_elementwise = |n: NodeId| {
         let node = g.node(n);
         is_elementwise(&node.op) && node.outputs.len() == 1
@@ -68,6 +70,8 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
             // broadcast joins too: elementwise ops commute with broadcasting, so it is
             // evaluated at the kernel's shape, reading its own inputs broadcast. So does a
             // reduction of a value of the kernel's type over the kernel's reduced axes.
+            // A producer also used by later kernels joins as an extra output when it can
+            // be stored (per element or per row) and every such use comes after this kernel.
             let mut frontier = vec![n];
             while let Some(m) = frontier.pop() {
                 for v in g.operands(m) {
@@ -75,14 +79,22 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
                     let row_reduction = row_reduction(g, p).filter(|&axes| {
                         *g.value_type(g.operands(p)[0]) == full && reduced_axes.is_none_or(|r| r == axes)
                     });
+                    let outside: Vec<NodeId> =
+                        users[&p].iter().copied().filter(|u| owner.get(u) != Some(&id)).collect();
+                    // The reduced axes if `p` is stored per row.
+                    let axes = row_reduction.or(reduced_axes).or_else(|| row_axes(&g.node(p).outputs[0], &full));
+                    let stored = stored_as(&g.node(p).outputs[0], &full, axes.unwrap_or(0));
+                    let escapes = outside.iter().all(|u| position[u] > position[&n])
+                        && !matches!(g.node(p).op, Op::Broadcast { .. })
+                        && (row_reduction.is_some() || stored.is_some());
                     let joins = !owner.contains_key(&p)
                         && !returned.contains(&p)
                         && (float_elementwise(p)
                             || matches!(g.node(p).op, Op::Broadcast { .. })
                             || row_reduction.is_some())
-                        && users[&p].iter().all(|u| owner.get(u) == Some(&id));
-                    if joins && row_reduction.is_some() {
-                        reduced_axes = row_reduction;
+                        && (outside.is_empty() || escapes);
+                    if joins && (row_reduction.is_some() || (!outside.is_empty() && stored == Some(true))) {
+                        reduced_axes = axes;
                     }
                     if joins {
                         owner.insert(p, id);
@@ -113,6 +125,39 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
     Ok(parts)
 }
 
+/// `p` with every broadcast used by several ops copied once per user, so each
+/// kernel can read the broadcast's source through strides instead of a
+/// materialised tensor, and a norm's per-row scale can join every kernel
+/// that uses it. Values are unchanged; the copies cost nothing in a kernel.
+pub fn unshare_broadcasts(p: &Program) -> Program {
+    let mut q = p.clone();
+    for g in std::iter::once(&mut q.main).chain(q.functions.iter_mut()) {
+        let shared: Vec<NodeId> = g
+            .dag
+            .node_indices()
+            .filter(|&n| matches!(g.node(n).op, Op::Broadcast { .. }))
+            .filter(|&n| g.dag.neighbors_directed(n, Direction::Outgoing).collect::<HashSet<_>>().len() > 1)
+            .collect();
+        for b in shared {
+            let mut users: Vec<NodeId> = g.dag.neighbors_directed(b, Direction::Outgoing).collect();
+            users.sort();
+            users.dedup();
+            let node = g.node(b).clone();
+            let source = g.operands(b);
+            // The first user keeps the original (as do the graph's outputs).
+            for &u in &users[1..] {
+                let copy = g.add_node(node.op.clone(), &source, node.outputs.clone());
+                while let Some(e) = g.dag.find_edge(b, u) {
+                    let w = *g.dag.edge_weight(e).expect("found edge");
+                    g.dag.remove_edge(e);
+                    g.dag.add_edge(copy, u, w);
+                }
+            }
+        }
+    }
+    q
+}
+
 /// `(kind, reduced axes)` if `n` is a sum/mean/max/min over a trailing run of axes.
 fn trailing_reduction(g: &Graph, n: NodeId) -> Option<(lsc_ir::ReduceKind, usize)> {
     let Op::Reduce { kind, axes, .. } = &g.node(n).op else { return None };
@@ -128,7 +173,34 @@ fn row_reduction(g: &Graph, n: NodeId) -> Option<usize> {
     trailing_reduction(g, n).filter(|_| keeps).map(|(_, axes)| axes)
 }
 
-/// `(kernel element type, reduced axes)` of a part: the type its element values have.
+/// How a value of type `t` is stored by a kernel whose element values have
+/// type `full`: per element (`false`) or, with `reduced_axes` trailing axes
+/// of size 1, per row (`true`).
+fn stored_as(t: &TensorType, full: &TensorType, reduced_axes: usize) -> Option<bool> {
+    if t == full {
+        return Some(false);
+    }
+    let split = full.rank().checked_sub(reduced_axes)?;
+    let row = reduced_axes > 0
+        && t.dtype == full.dtype
+        && t.rank() == full.rank()
+        && t.shape[..split] == full.shape[..split]
+        && t.shape[split..].iter().all(|d| *d == lsc_ir::Dim::new(1));
+    row.then_some(true)
+}
+
+/// The trailing axes a value of type `t` has reduced to size 1 relative to
+/// `full` (`t` is one value per row of `full` over those axes).
+fn row_axes(t: &TensorType, full: &TensorType) -> Option<usize> {
+    if t.rank() != full.rank() || t == full {
+        return None;
+    }
+    let ones = t.shape.iter().rev().take_while(|d| **d == lsc_ir::Dim::new(1)).count();
+    stored_as(t, full, ones).filter(|&per_row| per_row).map(|_| ones)
+}
+
+/// `(kernel element type, reduced axes)` of a part: the type its element
+/// values have, and the trailing axes its reductions and per-row outputs span.
 fn element_type(g: &Graph, part: &Part) -> Result<(TensorType, usize), String> {
     let root = *part.nodes.last().ok_or("an empty kernel")?;
     let reductions: Vec<NodeId> =
@@ -146,6 +218,17 @@ fn element_type(g: &Graph, part: &Part) -> Result<(TensorType, usize), String> {
         }
         axes = Some(here);
     }
+    for v in &part.outputs {
+        let t = g.value_type(*v);
+        if matches!(g.node(v.node).op, Op::Reduce { .. }) || *t == full {
+            continue;
+        }
+        let here = row_axes(t, &full).ok_or_else(|| format!("output {t} is neither {full} nor a row of it"))?;
+        if axes.is_some_and(|a| a != here) {
+            return Err("outputs of different rows".into());
+        }
+        axes = Some(here);
+    }
     Ok((full, axes.unwrap_or(0)))
 }
 
@@ -159,16 +242,38 @@ fn scalar_constant(g: &Graph, v: ValueRef) -> Option<f64> {
     }
 }
 
-/// Whether `part` can become a generated elementwise kernel, at any shapes:
-/// it reads float tensors from outside, broadcasts only outside values, and
-/// returns one float value (its last node's).
+/// Whether each output of `part` is stored per row (`true`) or per element.
+fn output_layouts(g: &Graph, part: &Part) -> Result<Vec<bool>, String> {
+    let (full, reduced_axes) = element_type(g, part)?;
+    part.outputs
+        .iter()
+        .map(|v| {
+            if matches!(g.node(v.node).op, Op::Reduce { .. }) {
+                return Ok(true);
+            }
+            let t = g.value_type(*v);
+            if t.dtype != DType::F32 {
+                return Err(format!("output %{} is {t} (kernels store f32)", v.node.index()));
+            }
+            stored_as(t, &full, reduced_axes)
+                .ok_or_else(|| format!("output %{} is {t}, neither {full} nor a row of it", v.node.index()))
+        })
+        .collect()
+}
+
+/// Whether `part` can become a generated kernel, at any shapes: it reads
+/// float tensors from outside, broadcasts only outside values, and stores f32
+/// values per element or per row.
 pub fn lowerable(g: &Graph, part: &Part) -> Result<(), String> {
     let members: HashSet<NodeId> = part.nodes.iter().copied().collect();
     let root = *part.nodes.last().ok_or("an empty kernel")?;
-    if !part.elementwise || part.outputs != [ValueRef::first(root)] {
-        return Err("not a single-output elementwise kernel".into());
+    if !part.elementwise || !part.outputs.contains(&ValueRef::first(root)) {
+        return Err("not a fused kernel".into());
     }
-    element_type(g, part)?;
+    if part.outputs.iter().any(|v| v.output != 0 || g.node(v.node).outputs.len() != 1) {
+        return Err("a multi-output op in a fused kernel".into());
+    }
+    output_layouts(g, part)?;
     for &n in &part.nodes {
         let node = g.node(n);
         let reduction = matches!(node.op, Op::Reduce { .. });
@@ -181,9 +286,6 @@ pub fn lowerable(g: &Graph, part: &Part) -> Result<(), String> {
                 return Err(format!("reads {} `%{}` (kernels read f32 buffers)", g.value_type(v), v.node.index()));
             }
         }
-    }
-    if g.node(root).outputs[0].dtype != DType::F32 {
-        return Err("a kernel output must be an f32 tensor".into());
     }
     Ok(())
 }
@@ -273,7 +375,13 @@ pub fn to_group(g: &Graph, part: &Part, bindings: &Bindings, name: &str) -> Resu
         };
         at.insert(ValueRef::first(n), made);
     }
-    let outputs = part.outputs.iter().map(|v| (format!("%{}", v.node.index()), at[v])).collect();
+    let layouts = output_layouts(g, part)?;
+    let outputs = part
+        .outputs
+        .iter()
+        .zip(layouts)
+        .map(|(v, per_row)| Output { name: format!("%{}", v.node.index()), value: at[v], per_row })
+        .collect();
     Ok((Group { name: name.to_string(), shape, reduced_axes, inputs, nodes, outputs }, sources))
 }
 

@@ -37,9 +37,13 @@ pub struct Executable {
 impl Executable {
     /// Compiles `program` for `backend` (kernels are generated at first use, per shape).
     pub fn new(program: Program, backend: Backend) -> Result<Executable, RuntimeError> {
-        let kernels = match backend {
-            Backend::Interp => None,
-            Backend::Cranelift => Some(lsc_cranelift::Accelerated::new(&program).map_err(RuntimeError::Input)?),
+        let (program, kernels) = match backend {
+            Backend::Interp => (program, None),
+            Backend::Cranelift => {
+                let program = lsc_passes::partition::unshare_broadcasts(&program);
+                let kernels = lsc_cranelift::Accelerated::new(&program).map_err(RuntimeError::Input)?;
+                (program, Some(kernels))
+            }
         };
         Ok(Executable { program, kernels })
     }

@@ -46,6 +46,8 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
     // MoR's capacities and the like follow from the bound symbols.
     let _ = lsc_ir::DerivedSymbol::bind_all(&p.symbols, &mut bindings);
     let bindings = &bindings;
+    // As `Executable` runs it: each kernel reads broadcasts from their source.
+    let p = &lsc_passes::partition::unshare_broadcasts(p);
     for g in p.graphs() {
         let parts = lsc_passes::partition::partition(g).map_err(CliError::new)?;
         memory.insert(

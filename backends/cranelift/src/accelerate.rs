@@ -4,15 +4,15 @@
 //! interpreter's kernels (GEMM, fused attention, …).
 
 use crate::Jit;
-use lsc_interp::{Accelerator, Value};
-use lsc_ir::{Bindings, Graph, NodeId, Program, ValueRef};
+use lsc_interp::{Accelerator, FusedGroup, Value};
+use lsc_ir::{Bindings, Graph, Program, ValueRef};
 use lsc_passes::partition::{lowerable, partition, to_group, Part};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 /// Generated kernels for one program.
 pub struct Accelerated {
-    groups: HashMap<String, Vec<Vec<NodeId>>>,
+    groups: HashMap<String, Vec<FusedGroup>>,
     parts: HashMap<String, Vec<Part>>,
     /// The JIT, and (graph, group, shapes) → kernel name of what it compiled.
     state: Mutex<(Jit, HashMap<String, String>)>,
@@ -25,7 +25,14 @@ impl Accelerated {
         let (mut groups, mut parts) = (HashMap::new(), HashMap::new());
         for g in p.graphs() {
             let kept: Vec<Part> = partition(g)?.into_iter().filter(|part| lowerable(g, part).is_ok()).collect();
-            groups.insert(g.name.clone(), kept.iter().map(|part| part.nodes.clone()).collect());
+            let fused = kept
+                .iter()
+                .map(|part| FusedGroup {
+                    members: part.nodes.clone(),
+                    outputs: part.outputs.iter().map(|v| v.node).collect(),
+                })
+                .collect();
+            groups.insert(g.name.clone(), fused);
             parts.insert(g.name.clone(), kept);
         }
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -39,7 +46,7 @@ impl Accelerated {
 }
 
 impl Accelerator for Accelerated {
-    fn groups(&self, graph: &str) -> &[Vec<NodeId>] {
+    fn groups(&self, graph: &str) -> &[FusedGroup] {
         self.groups.get(graph).map(Vec::as_slice).unwrap_or(&[])
     }
 
@@ -49,7 +56,7 @@ impl Accelerator for Accelerated {
         index: usize,
         value: &dyn Fn(ValueRef) -> Option<&'v Value<f32>>,
         bindings: &Bindings,
-    ) -> Result<Value<f32>, String> {
+    ) -> Result<Vec<Value<f32>>, String> {
         let part = &self.parts[&g.name][index];
         let mut state = self.state.lock().map_err(|_| "the JIT lock is poisoned".to_string())?;
         let (jit, compiled) = &mut *state;
@@ -72,11 +79,16 @@ impl Accelerator for Accelerated {
                     .ok_or_else(|| format!("kernel input %{} is not available", v.node.index()))
             })
             .collect::<Result<_, _>>()?;
-        let root = *part.nodes.last().ok_or("an empty kernel")?;
-        let shape = g.node(root).outputs[0].concrete_shape(bindings)?;
-        let mut out = vec![0.0f32; shape.iter().product()];
-        jit.run_parallel(&name, &inputs, &mut [&mut out], self.threads)?;
-        let dtype = g.node(root).outputs[0].dtype;
-        Ok(Value { dtype, shape, data: lsc_interp::Buffer::Float(out) })
+        let types: Vec<&lsc_ir::TensorType> = part.outputs.iter().map(|v| g.value_type(*v)).collect();
+        let shapes: Vec<Vec<usize>> = types.iter().map(|t| t.concrete_shape(bindings)).collect::<Result<_, _>>()?;
+        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0f32; s.iter().product()]).collect();
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+        jit.run_parallel(&name, &inputs, &mut views, self.threads)?;
+        Ok(outs
+            .into_iter()
+            .zip(shapes)
+            .zip(types)
+            .map(|((data, shape), t)| Value { dtype: t.dtype, shape, data: lsc_interp::Buffer::Float(data) })
+            .collect())
     }
 }

@@ -3,7 +3,7 @@
 
 use lsc_cranelift::Jit;
 use lsc_ir::{BinaryOp, CmpOp, ReduceKind, UnaryOp};
-use lsc_kir::lower::{lower_elementwise, Group, Node};
+use lsc_kir::lower::{lower_elementwise, Group, Node, Output};
 use lsc_kir::{eval, math, Body, Buffer, Expr, Index, Kernel, Schedule, Stmt};
 use proptest::prelude::*;
 
@@ -117,7 +117,7 @@ fn random_group(shape: &[usize], ops: &[u8]) -> Group {
         shape: shape.to_vec(),
         reduced_axes: 0,
         inputs: vec![("a".into(), numel as u64), ("b".into(), rest as u64)],
-        outputs: vec![("y".into(), nodes.len() - 1), ("first".into(), first_float)],
+        outputs: vec![Output::element("y", nodes.len() - 1), Output::element("first", first_float)],
         nodes,
     }
 }
@@ -135,8 +135,8 @@ proptest! {
         let mut g = random_group(&shape, &ops);
         let kinds = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min];
         g.reduced_axes = axes.min(shape.len());
-        g.nodes.push(Node::Reduce(kinds[kind], g.outputs[0].1));
-        g.outputs = vec![("y".into(), g.nodes.len() - 1)];
+        g.nodes.push(Node::Reduce(kinds[kind], g.outputs[0].value));
+        g.outputs = vec![Output::row("y", g.nodes.len() - 1)];
         let k = lower_elementwise(&g).unwrap();
         let mut jit = Jit::new().unwrap();
         jit.compile(&k).unwrap();
@@ -164,12 +164,12 @@ proptest! {
         let mut g = random_group(&shape, &ops);
         let kinds = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min];
         g.reduced_axes = axes.min(shape.len());
-        let y = g.outputs[0].1;
+        let y = g.outputs[0].value;
         g.nodes.push(Node::Reduce(kinds[kind], y));
         let r = g.nodes.len() - 1;
         g.nodes.push(Node::Binary(BinaryOp::Sub, 0, r));
         g.nodes.push(Node::Unary(UnaryOp::Exp, g.nodes.len() - 1));
-        g.outputs = vec![("normed".into(), g.nodes.len() - 1), ("row".into(), r)];
+        g.outputs = vec![Output::element("normed", g.nodes.len() - 1), Output::row("row", r)];
         let k = lower_elementwise(&g).unwrap();
         let mut jit = Jit::new().unwrap();
         jit.compile(&k).unwrap();
@@ -231,7 +231,7 @@ fn rms_norm(rows: usize, d: usize) -> Group {
             Node::Input { buf: 1, strides: vec![0, 1] },
             Node::Binary(BinaryOp::Mul, 6, 7),
         ],
-        outputs: vec![("y".into(), 8)],
+        outputs: vec![Output::element("y", 8)],
     }
 }
 

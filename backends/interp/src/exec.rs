@@ -32,21 +32,30 @@ impl fmt::Display for InterpError {
 
 impl std::error::Error for InterpError {}
 
-/// A code-generating backend the interpreter hands groups of nodes to. Each
-/// group (its members in topological order) has one value used outside it,
-/// its last member's, and is computed in f32 by one kernel; the interpreter
-/// runs everything else (and everything in f64 mode).
+/// Nodes an [`Accelerator`] computes together, in f32, with one kernel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedGroup {
+    /// Members in topological order; the group runs when the last one is reached.
+    pub members: Vec<NodeId>,
+    /// The single-output members whose values are used outside the group (the
+    /// last member among them); every outside use comes after the last member.
+    pub outputs: Vec<NodeId>,
+}
+
+/// A code-generating backend the interpreter hands groups of nodes to; the
+/// interpreter runs everything else (and everything in f64 mode).
 pub trait Accelerator: Sync {
     /// The groups of the graph named `graph`.
-    fn groups(&self, graph: &str) -> &[Vec<NodeId>];
-    /// Computes group `index` of `g`; `value` gives the operands from outside the group.
+    fn groups(&self, graph: &str) -> &[FusedGroup];
+    /// Computes group `index` of `g`, one value per output; `value` gives the
+    /// operands from outside the group.
     fn run<'v>(
         &self,
         g: &Graph,
         index: usize,
         value: &dyn Fn(ValueRef) -> Option<&'v Value<f32>>,
         bindings: &Bindings,
-    ) -> Result<Value<f32>, String>;
+    ) -> Result<Vec<Value<f32>>, String>;
 }
 
 /// Named tensors (inputs, parameters, outputs).
@@ -161,8 +170,23 @@ impl<'p> Interpreter<'p> {
         let groups = accelerator.map(|a| a.groups(&g.name)).unwrap_or(&[]);
         let mut member: HashMap<NodeId, (usize, bool)> = HashMap::new();
         for (i, grp) in groups.iter().enumerate() {
-            for (k, &m) in grp.iter().enumerate() {
-                member.insert(m, (i, k + 1 == grp.len()));
+            if grp.members.is_empty() {
+                return Err(top_err(format!("fused group {i} is empty")));
+            }
+            for (k, &m) in grp.members.iter().enumerate() {
+                member.insert(m, (i, k + 1 == grp.members.len()));
+            }
+        }
+        // An output is only available once the whole group has run.
+        let produced_by: HashMap<NodeId, usize> =
+            groups.iter().enumerate().flat_map(|(i, grp)| grp.outputs.iter().map(move |&o| (o, i))).collect();
+        for &u in order {
+            for v in g.operands(u) {
+                let Some(&gi) = produced_by.get(&v.node) else { continue };
+                let last = groups[gi].members[groups[gi].members.len() - 1];
+                if member.get(&u).map(|m| m.0) != Some(gi) && number[&u] <= number[&last] {
+                    return Err(err_at(u, format!("uses %{} of a fused group before the group runs", number[&v.node])));
+                }
             }
         }
 
@@ -176,20 +200,29 @@ impl<'p> Interpreter<'p> {
                     let x = values[v.node.index()].as_ref()?.get(v.output as usize)?;
                     (x as &dyn Any).downcast_ref::<Value<f32>>()
                 };
-                let out = a.run(g, gi, &fetch, &bindings).map_err(|m| err_at(n, m))?;
-                let out: Value<T> = *(Box::new(out) as Box<dyn Any>)
-                    .downcast::<Value<T>>()
-                    .map_err(|_| err_at(n, "accelerated groups run in f32 only".into()))?;
-                let want = g.node(n).outputs[0].concrete_shape(&bindings).map_err(|m| err_at(n, m))?;
-                if out.shape != want {
-                    return Err(err_at(n, format!("kernel produced shape {:?}, expected {want:?}", out.shape)));
+                let outs = a.run(g, gi, &fetch, &bindings).map_err(|m| err_at(n, m))?;
+                let grp = &groups[gi];
+                if outs.len() != grp.outputs.len() {
+                    return Err(err_at(
+                        n,
+                        format!("kernel produced {} values for {} outputs", outs.len(), grp.outputs.len()),
+                    ));
+                }
+                for (out, &o) in outs.into_iter().zip(&grp.outputs) {
+                    let out: Value<T> = *(Box::new(out) as Box<dyn Any>)
+                        .downcast::<Value<T>>()
+                        .map_err(|_| err_at(n, "accelerated groups run in f32 only".into()))?;
+                    let want = g.node(o).outputs[0].concrete_shape(&bindings).map_err(|m| err_at(o, m))?;
+                    if out.shape != want {
+                        return Err(err_at(o, format!("kernel produced shape {:?}, expected {want:?}", out.shape)));
+                    }
+                    values[o.index()] = Some(vec![out]);
                 }
                 if let (Some(p), Some(t)) = (&self.profile, start) {
                     let e = p.borrow_mut().entry("fused kernel").or_insert((0, 0.0)).to_owned();
                     p.borrow_mut().insert("fused kernel", (e.0 + 1, e.1 + t.elapsed().as_secs_f64()));
                 }
-                values[n.index()] = Some(vec![out]);
-                for &m in &groups[gi] {
+                for &m in &grp.members {
                     release(&g.operands(m), &mut uses, &mut values);
                 }
                 continue;

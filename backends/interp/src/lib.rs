@@ -21,6 +21,6 @@ pub mod kernels;
 pub mod math;
 pub mod value;
 
-pub use exec::{Accelerator, InterpError, Interpreter, Tensors};
+pub use exec::{Accelerator, FusedGroup, InterpError, Interpreter, Tensors};
 pub use math::Real;
 pub use value::{Buffer, Value};
