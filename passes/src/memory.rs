@@ -4,8 +4,48 @@
 //! size). Inputs and parameters are the caller's and are not planned.
 
 use crate::partition::Part;
-use lsc_ir::{Bindings, Graph, NodeId, ValueRef};
+use lsc_ir::{Bindings, Graph, NodeId, Op, Program, ValueRef};
 use std::collections::HashMap;
+
+/// The shapes to plan each graph of `p` at: `main`'s are `bindings`; a
+/// function's symbols take the largest size any call passes, so one plan
+/// (upper-bound buffers) serves every call, e.g. MoR's shared block running
+/// on K_r tokens at each depth r. Functions no call reaches are left out.
+pub fn upper_bounds(p: &Program, bindings: &Bindings) -> Result<HashMap<String, Bindings>, String> {
+    let mut bounds: HashMap<String, Bindings> = HashMap::from([(p.main.name.clone(), bindings.clone())]);
+    // Callers before callees; a fixpoint covers functions called from functions.
+    for _ in 0..=p.functions.len() {
+        let mut changed = false;
+        for g in p.graphs() {
+            let Some(here) = bounds.get(&g.name).cloned() else { continue };
+            for n in g.dag.node_indices() {
+                let (callee, skip) = match &g.node(n).op {
+                    Op::Call { callee } => (callee, 0),
+                    Op::Loop { body, .. } => (body, 1), // the body's first input is the trip counter
+                    _ => continue,
+                };
+                let f = p.function(callee).ok_or_else(|| format!("@{} calls unknown @{callee}", g.name))?;
+                let entry = bounds.entry(f.name.clone()).or_default();
+                for (&input, arg) in f.inputs.iter().skip(skip).zip(g.operands(n)) {
+                    let sizes = g.value_type(arg).concrete_shape(&here)?;
+                    for (d, size) in f.node(input).outputs[0].shape.iter().zip(sizes) {
+                        if let Some(sym) = d.as_symbol() {
+                            let slot = entry.entry(sym.to_string()).or_insert(0);
+                            if (size as i64) > *slot {
+                                *slot = size as i64;
+                                changed = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Ok(bounds)
+}
 
 /// Where each kernel output lives, and what that costs.
 #[derive(Clone, Debug, PartialEq)]

@@ -175,14 +175,20 @@ pub fn run(
                 let n = artifacts.manifest["fused_kernels"].as_u64().unwrap_or(0);
                 println!("cranelift: {n} kernels compiled in {t:.3}s");
             }
-            if let Some(main) = artifacts.manifest["memory"]["main"]["peak_bytes"].as_u64() {
-                let unshared = artifacts.manifest["memory"]["main"]["unshared_bytes"].as_u64().unwrap_or(0);
-                println!(
-                    "memory plan (@main, {:?}): {:.2} MiB of intermediates at peak ({:.2} MiB without reuse)",
-                    bindings,
-                    main as f64 / (1 << 20) as f64,
-                    unshared as f64 / (1 << 20) as f64
-                );
+            let plans = artifacts.manifest["memory"].as_object().cloned().unwrap_or_default();
+            // `main` first, then the functions (planned at the largest shapes their calls pass).
+            let mut names: Vec<&String> = plans.keys().collect();
+            names.sort_by_key(|n| (*n != "main", (*n).clone()));
+            for name in names {
+                let plan = &plans[name];
+                if let (Some(peak), Some(unshared)) = (plan["peak_bytes"].as_u64(), plan["unshared_bytes"].as_u64()) {
+                    println!(
+                        "memory plan (@{name}, {}): {:.2} MiB of intermediates at peak ({:.2} MiB without reuse)",
+                        plan["bindings"],
+                        peak as f64 / (1 << 20) as f64,
+                        unshared as f64 / (1 << 20) as f64
+                    );
+                }
             }
             kernel_manifest = Some(artifacts.manifest);
         }

@@ -48,12 +48,16 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
     let bindings = &bindings;
     // As `Executable` runs it: each kernel reads broadcasts from their source.
     let p = &lsc_passes::partition::unshare_broadcasts(p);
+    // Functions are planned (and their kernels shown) at the largest shapes any call passes.
+    let bounds = lsc_passes::memory::upper_bounds(p, bindings).map_err(CliError::new)?;
     for g in p.graphs() {
+        let bindings = bounds.get(&g.name).unwrap_or(bindings);
         let parts = lsc_passes::partition::partition(g).map_err(CliError::new)?;
         memory.insert(
             g.name.clone(),
             match lsc_passes::memory::plan(g, &parts, bindings) {
                 Ok(plan) => json!({
+                    "bindings": bindings,
                     "peak_bytes": plan.peak_bytes,
                     "unshared_bytes": plan.unshared_bytes,
                     "slots": plan.slots.len(),
