@@ -387,10 +387,23 @@ fn compile_emits_optimised_ir_and_saturation_statistics() {
 fn compile_emits_kernels_kernel_ir_and_cranelift_ir() {
     let dir = scratch("kernels");
     let out = dir.to_str().unwrap();
-    let o = lsc(&["compile", "--model", "transformer", "--emit", "kernels,kir,clif", "--bind", "B=2", "-o", out]);
+    let o = lsc(&[
+        "compile",
+        "--model",
+        "transformer",
+        "--target",
+        "cpu",
+        "--emit",
+        "kernels,kir,clif",
+        "--bind",
+        "B=2",
+        "-o",
+        out,
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["kernels"]["target"], "cpu");
     let launch = manifest["kernels"]["launch_order"].as_array().unwrap();
     assert!(launch.iter().any(|k| k["kind"] == "elementwise" && k["schedule"].is_object()), "{manifest}");
     assert!(launch.iter().any(|k| k["ops"] == serde_json::json!(["matmul"])), "GEMMs are library kernels");
@@ -410,6 +423,9 @@ fn compile_emits_kernels_kernel_ir_and_cranelift_ir() {
             std::fs::read_to_string(dir.join(format!("{m}.kir"))).unwrap()
         );
     }
+    let o = lsc(&["compile", "--model", "transformer", "--target", "gpu", "--emit", "kir", "-o", out]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("possible values: cpu"), "{}", stderr(&o));
     let o = lsc(&["compile", "--model", "transformer", "--emit", "kir", "--bind", "B=two", "-o", out]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bad --bind `B=two`"), "{}", stderr(&o));

@@ -61,9 +61,19 @@ fn bit_accounting(src: &source::Source) -> Option<lsc_runtime::quant::BitReport>
     Some(lsc_runtime::quant::bit_report(&sizes, &packed))
 }
 
-/// Saturation bounds and the shapes kernels are lowered at.
+/// What kernels are generated for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// This machine's CPU (Cranelift).
+    Cpu,
+}
+
+/// How the program is lowered: saturation bounds, the target, and the shapes kernels are lowered at.
 #[derive(clap::Args, Debug)]
 pub struct Bounds {
+    /// Where the kernels run.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub target: Target,
     /// Shape symbols for `--emit kir,clif`, e.g. `B=8,T=256` (default: B=1 and the model's context).
     #[arg(long, value_delimiter = ',')]
     pub bind: Vec<String>,
@@ -218,6 +228,9 @@ pub fn run(
     let mut m = manifest(&src.name, src.config.as_deref(), &src.program, &files);
     if let Some(k) = kernel_manifest {
         m["kernels"] = k;
+        m["kernels"]["target"] = json!(match bounds.target {
+            Target::Cpu => "cpu",
+        });
     }
     if let Some(report) = bit_accounting(&src) {
         println!(
