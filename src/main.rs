@@ -42,7 +42,7 @@ enum Command {
     Compile {
         #[command(flatten)]
         model: ModelArgs,
-        /// Comma-separated artifacts to write: ir, opt-ir, egraph-stats, kernels, kir, clif.
+        /// Comma-separated artifacts to write: ir, opt-ir, egraph-stats, kernels, kir, clif, ll, asm (ll and asm need `--features llvm`).
         #[arg(long, default_value = "ir", value_delimiter = ',')]
         emit: Vec<String>,
         /// Output folder (created if missing).
@@ -93,8 +93,8 @@ enum Command {
         /// Where batch inference writes `logits` (F32 [B, T, V]).
         #[arg(long, requires = "inputs")]
         out: Option<PathBuf>,
-        /// What runs the model: `cranelift` (generated fused kernels; the default) or `interp`.
-        #[arg(long, default_value = "cranelift")]
+        /// What runs the model: `llvm` (generated fused kernels; the default when built with `--features llvm`), `cranelift` (the default otherwise) or `interp`.
+        #[arg(long, default_value_t = lsc_runtime::backend::Backend::default().to_string())]
         backend: String,
     },
 }

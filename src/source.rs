@@ -54,8 +54,8 @@ pub struct TrainedArgs {
     /// Weights for --model (random init from --seed if absent).
     #[arg(long, requires = "model")]
     pub weights: Option<std::path::PathBuf>,
-    /// What runs the model: `cranelift` (generated fused kernels; the default) or `interp`.
-    #[arg(long, default_value = "cranelift")]
+    /// What runs the model: `llvm` (generated fused kernels; the default when built with `--features llvm`), `cranelift` (the default otherwise) or `interp`.
+    #[arg(long, default_value_t = lsc_runtime::backend::Backend::default().to_string())]
     pub backend: String,
 }
 

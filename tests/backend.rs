@@ -28,10 +28,12 @@ fn every_model_runs_the_same_on_generated_code() {
         let ids = Value::ints(vec![2, 13], (0..26).map(|i| (i * 53 % 256) as i64).collect());
         let inputs = Tensors::from([("input_ids".to_string(), ids)]);
         let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
-        let exe = Executable::new(p.clone(), Backend::Cranelift).unwrap();
-        assert!(exe.generated_kernels() > 0, "{m}: no generated kernels");
-        let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
-        same(&want, &got, &format!("{m} inference"));
+        for backend in Backend::native() {
+            let exe = Executable::new(p.clone(), backend).unwrap();
+            assert!(exe.generated_kernels() > 0, "{m}: no generated kernels");
+            let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
+            same(&want, &got, &format!("{m} inference on {backend}"));
+        }
 
         // The training step (loss, gradients' effect on every parameter, optimizer state).
         let forward = lsc_models::build(m, "tiny").unwrap();
@@ -44,9 +46,11 @@ fn every_model_runs_the_same_on_generated_code() {
         let feed = common::step_feed(&step, 0.01);
         let params = init::init_params(&forward, 12).unwrap();
         let want = Interpreter::new(&step).unwrap().run(&feed, &params).unwrap();
-        let exe = Executable::new(step, Backend::Cranelift).unwrap();
-        let got = exe.interpreter().unwrap().run(&feed, &params).unwrap();
-        same(&want, &got, &format!("{m} training step"));
+        for backend in Backend::native() {
+            let exe = Executable::new(step.clone(), backend).unwrap();
+            let got = exe.interpreter().unwrap().run(&feed, &params).unwrap();
+            same(&want, &got, &format!("{m} training step on {backend}"));
+        }
     }
 }
 
@@ -96,10 +100,12 @@ proptest::proptest! {
         let inputs = Tensors::from([("x".to_string(), x)]);
         let params = Tensors::from([("w".to_string(), w)]);
         let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
-        let exe = Executable::new(p, Backend::Cranelift).unwrap();
-        proptest::prop_assert!(exe.generated_kernels() > 0);
-        let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
-        same(&want, &got, &format!("{choices:?}"));
+        for backend in Backend::native() {
+            let exe = Executable::new(p.clone(), backend).unwrap();
+            proptest::prop_assert!(exe.generated_kernels() > 0);
+            let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
+            same(&want, &got, &format!("{choices:?} on {backend}"));
+        }
     }
 }
 
@@ -119,9 +125,11 @@ proptest::proptest! {
         let ids = Value::ints(vec![bsz, t], (0..bsz * t).map(|_| (rng.next_u64() % 256) as i64).collect());
         let inputs = Tensors::from([("input_ids".to_string(), ids)]);
         let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
-        let exe = Executable::new(p, Backend::Cranelift).unwrap();
-        let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
-        same(&want, &got, &format!("{m} at B={bsz}, T={t}"));
+        for backend in Backend::native() {
+            let exe = Executable::new(p.clone(), backend).unwrap();
+            let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
+            same(&want, &got, &format!("{m} at B={bsz}, T={t} on {backend}"));
+        }
     }
 }
 

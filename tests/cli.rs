@@ -430,3 +430,23 @@ fn compile_emits_kernels_kernel_ir_and_cranelift_ir() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bad --bind `B=two`"), "{}", stderr(&o));
 }
+
+#[test]
+fn compile_emits_llvm_ir_and_assembly_or_names_the_feature() {
+    let dir = scratch("llvm");
+    let out = dir.to_str().unwrap();
+    let o = lsc(&["compile", "--model", "transformer", "--emit", "kir,ll,asm", "--bind", "B=2", "-o", out]);
+    if cfg!(feature = "llvm") {
+        assert!(o.status.success(), "{}", stderr(&o));
+        let ll = std::fs::read_to_string(dir.join("transformer.ll")).unwrap();
+        let asm = std::fs::read_to_string(dir.join("transformer.asm")).unwrap();
+        assert!(ll.contains("x float>") && ll.contains("define"), "{ll}");
+        // On an AVX-512 machine the kernels' vector loops are 16 lanes wide: zmm registers.
+        let avx512 = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("avx512f"));
+        assert!(!avx512 || asm.contains("zmm"), "no zmm registers in the kernels");
+        assert!(stdout(&o).contains("llvm: "), "{}", stdout(&o));
+    } else {
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("--features llvm"), "{}", stderr(&o));
+    }
+}

@@ -37,15 +37,17 @@ fn interpreter_reproduces_pytorch_golden_logits() {
 #[test]
 fn generated_code_reproduces_pytorch_golden_logits() {
     // The fixture's program, optimised as `lsc run` prepares it, on Cranelift kernels.
-    for model in MODELS.iter().map(|m| m.name) {
-        let p = lsc_models::build(model, "tiny").unwrap();
-        let (params, ids, want) = golden(model);
-        let prepared = lsc_runtime::prepare::prepare(&p, &params, lsc_runtime::backend::Backend::Cranelift).unwrap();
-        assert!(prepared.exe.generated_kernels() > 0, "{model}: no generated kernels");
-        let interp = prepared.exe.interpreter().unwrap();
-        let got = lsc_runtime::generate::logits_on(&interp, &prepared.params, &ids).unwrap();
-        let c = compare(&got.to_f64_vec(), &want.to_f64_vec(), tolerance(DType::F32));
-        assert!(c.ok(), "{model}: max |Δ| {} exceeds {}", c.max_abs_diff, c.bound);
+    for backend in lsc_runtime::backend::Backend::native() {
+        for model in MODELS.iter().map(|m| m.name) {
+            let p = lsc_models::build(model, "tiny").unwrap();
+            let (params, ids, want) = golden(model);
+            let prepared = lsc_runtime::prepare::prepare(&p, &params, backend).unwrap();
+            assert!(prepared.exe.generated_kernels() > 0, "{model}: no generated kernels");
+            let interp = prepared.exe.interpreter().unwrap();
+            let got = lsc_runtime::generate::logits_on(&interp, &prepared.params, &ids).unwrap();
+            let c = compare(&got.to_f64_vec(), &want.to_f64_vec(), tolerance(DType::F32));
+            assert!(c.ok(), "{model} on {backend}: max |Δ| {} exceeds {}", c.max_abs_diff, c.bound);
+        }
     }
 }
 

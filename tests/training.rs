@@ -28,7 +28,7 @@ fn config(model: &str, steps: u64) -> TrainConfig {
         tokenizer: "bytes".into(),
         vocab: 256,
         fuse: true,
-        backend: lsc_runtime::backend::Backend::Cranelift,
+        backend: lsc_runtime::backend::Backend::default(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! truncates and saturates with NaN → 0, integer arithmetic wraps), including
 //! the order in which vector loops accumulate ([`crate::vector`]).
 
-use crate::vector::{accumulators, combine_lanes, identity, vectorizable, LANES};
+use crate::vector::{accumulators, combine_lanes, identity, lanes, vectorizable};
 use crate::{Binary, Compare, Expr, Index, Kernel, Stmt, Unary};
 
 /// A scalar value.
@@ -56,8 +56,8 @@ pub fn fmax(a: f32, b: f32) -> f32 {
 struct State<'a> {
     vars: Vec<V>,
     bufs: &'a mut [Vec<f32>],
-    /// The schedule asks for vector loops.
-    vector: bool,
+    /// The lanes of the schedule's vector loops, if any.
+    lanes: Option<u64>,
 }
 
 /// `a ∘ b` for an accumulation op.
@@ -149,9 +149,9 @@ fn stmts(s: &mut State, body: &[Stmt], outer: Option<(u64, u64)>) {
                 let hi = hi.min(*extent).max(lo);
                 let accs = accumulators(body);
                 let mut start = lo;
-                if s.vector && !accs.is_empty() && vectorizable(*var, body) {
-                    start = lo + (hi - lo) / LANES * LANES;
-                    vector_accumulate(s, *var, body, &accs, lo, start);
+                if let Some(w) = s.lanes.filter(|_| !accs.is_empty() && vectorizable(*var, body)) {
+                    start = lo + (hi - lo) / w * w;
+                    vector_accumulate(s, *var, body, &accs, lo, start, w);
                 }
                 for it in start..hi {
                     s.vars[*var] = V::I(it as i32);
@@ -173,14 +173,14 @@ fn stmts(s: &mut State, body: &[Stmt], outer: Option<(u64, u64)>) {
 
 /// The vector part `lo..end` of a loop that accumulates: one partial result
 /// per lane, combined and folded in as [`crate::vector`] specifies.
-fn vector_accumulate(s: &mut State, var: usize, body: &[Stmt], accs: &[(usize, Binary)], lo: u64, end: u64) {
+fn vector_accumulate(s: &mut State, var: usize, body: &[Stmt], accs: &[(usize, Binary)], lo: u64, end: u64, w: u64) {
     let before: Vec<f32> = accs.iter().map(|&(a, _)| s.vars[a].f()).collect();
-    let mut partials = vec![[0.0f32; LANES as usize]; accs.len()];
-    for lane in 0..LANES {
+    let mut partials = vec![vec![0.0f32; w as usize]; accs.len()];
+    for lane in 0..w {
         for &(a, op) in accs {
             s.vars[a] = V::F(identity(op));
         }
-        for it in (lo + lane..end).step_by(LANES as usize) {
+        for it in (lo + lane..end).step_by(w as usize) {
             s.vars[var] = V::I(it as i32);
             stmts(s, body, None);
         }
@@ -189,15 +189,14 @@ fn vector_accumulate(s: &mut State, var: usize, body: &[Stmt], accs: &[(usize, B
         }
     }
     for (k, &(a, op)) in accs.iter().enumerate() {
-        let combined = combine_lanes(partials[k], |x, y| fold(op, x, y));
+        let combined = combine_lanes(&partials[k], &mut |x, y| fold(op, x, y));
         s.vars[a] = V::F(fold(op, before[k], combined));
     }
 }
 
 /// Runs `k` over iterations `begin..end` of its outermost loop.
 pub fn run_range(k: &Kernel, bufs: &mut [Vec<f32>], begin: u64, end: u64) {
-    let vector = u64::from(k.schedule.vector_width) == LANES;
-    let mut s = State { vars: vec![V::I(0); k.vars], bufs, vector };
+    let mut s = State { vars: vec![V::I(0); k.vars], bufs, lanes: lanes(&k.schedule) };
     stmts(&mut s, &k.body, Some((begin, end)));
 }
 

@@ -6,18 +6,22 @@
 //! | module | contents |
 //! |---|---|
 //! | [`check`] | static bounds checks every backend runs first |
+//! | [`conformance`] | the tests every native backend must pass against the evaluator |
 //! | [`eval`] | the reference evaluator |
 //! | [`lower`] | fused elementwise/reduction groups of a graph → kernels |
 //! | [`math`] | exp, log, tanh, sigmoid as polynomials in kernel IR (one definition for every backend) |
+//! | [`native`] | the compiled-kernel calling convention, argument checks and thread split every native backend shares |
 //! | [`print`] | the text form (`lsc compile --emit kir`) |
 //! | [`vector`] | which loops run 4 lanes at a time, and the order they accumulate in |
 
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod conformance;
 pub mod eval;
 pub mod lower;
 pub mod math;
+pub mod native;
 pub mod print;
 pub mod vector;
 

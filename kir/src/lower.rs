@@ -159,8 +159,8 @@ struct Lowering<'g> {
     row_values: HashMap<usize, Expr>,
 }
 
-/// The kernel computing `g`.
-pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
+/// The kernel computing `g`, with vector loops of `vector_width` lanes (1: none).
+pub fn lower_elementwise(g: &Group, vector_width: u32) -> Result<Kernel, String> {
     let rank = g.shape.len();
     let reduces = g.nodes.iter().any(|n| matches!(n, Node::Reduce(..)));
     if g.reduced_axes > rank || (reduces && g.reduced_axes == 0) {
@@ -271,10 +271,7 @@ pub fn lower_elementwise(g: &Group) -> Result<Kernel, String> {
         buffers,
         body,
         vars: l.body.next_var,
-        schedule: Schedule {
-            parallel: numel >= 1 << 14 && outer_ext.first().is_some_and(|&e| e > 1),
-            vector_width: crate::vector::LANES as u32,
-        },
+        schedule: Schedule { parallel: numel >= 1 << 14 && outer_ext.first().is_some_and(|&e| e > 1), vector_width },
     })
 }
 

@@ -1,27 +1,34 @@
-//! Which loops run [`LANES`] iterations at a time, and what that means.
+//! Which loops run `W` iterations at a time, and what that means.
 //!
-//! Under a schedule with `vector_width == LANES`, an innermost loop whose
-//! accesses are contiguous (stride 1) or invariant (stride 0) in its index
-//! is a *vector loop*: iterations run in groups of `LANES`, then the rest one
-//! by one. Lanes are independent, so loads, lets and stores give exactly the
-//! sequential results. Accumulations are the one place the order shows, so
-//! it is part of the semantics, and every backend and the evaluator follow it:
+//! Under a schedule with `vector_width == W` ([`lanes`]: a power of two,
+//! at least 2), an innermost loop whose accesses are contiguous (stride 1)
+//! or invariant (stride 0) in its index is a *vector loop*: iterations run in
+//! groups of `W`, then the rest one by one. Lanes are independent, so loads,
+//! lets and stores give exactly the sequential results. Accumulations are the
+//! one place the order shows, so it is part of the semantics, and every
+//! backend and the evaluator follow it:
 //!
-//! 1. each accumulator gets `LANES` partial results, each starting at the
+//! 1. each accumulator gets `W` partial results, each starting at the
 //!    [`identity`] of its op;
 //! 2. lane `j` folds in the iterations of the vector part whose offset from
-//!    the loop's start is `≡ j (mod LANES)`, in order;
-//! 3. the partials are combined as `(p0 ∘ p1) ∘ (p2 ∘ p3)`, and that is folded
-//!    into the accumulator: `acc = acc ∘ combined`;
+//!    the loop's start is `≡ j (mod W)`, in order;
+//! 3. the partials are combined pairwise by halves ([`combine_lanes`]; for
+//!    `W = 4`: `(p0 ∘ p1) ∘ (p2 ∘ p3)`), and that is folded into the
+//!    accumulator: `acc = acc ∘ combined`;
 //! 4. the remaining iterations fold in one by one, in order.
 //!
-//! Four independent partial sums are what make a reduction run at vector
-//! speed; folding in a fixed tree keeps every backend bit-identical.
+//! Independent partial results are what make a reduction run at vector
+//! speed; folding in a fixed tree keeps every backend bit-identical to the
+//! evaluator for a given schedule. Backends choose the width when kernels are
+//! lowered for them (Cranelift: 4; LLVM: the CPU's vector registers).
 
-use crate::{Binary, Expr, Index, Stmt, Var};
+use crate::{Binary, Expr, Index, Schedule, Stmt, Var};
 
-/// Lanes of a vector loop.
-pub const LANES: u64 = 4;
+/// The lanes of the vector loops of `schedule`, if it has any.
+pub fn lanes(schedule: &Schedule) -> Option<u64> {
+    let w = u64::from(schedule.vector_width);
+    (w >= 2 && w.is_power_of_two()).then_some(w)
+}
 
 /// The value `x ∘ identity = x` for every `x` (including −0 for addition).
 pub fn identity(op: Binary) -> f32 {
@@ -73,9 +80,16 @@ pub fn vectorizable(var: Var, body: &[Stmt]) -> bool {
     })
 }
 
-/// Step 3 of the module's rule: `(p0 ∘ p1) ∘ (p2 ∘ p3)`, with `combine` as `∘`.
-pub fn combine_lanes<T: Copy>(partials: [T; LANES as usize], mut combine: impl FnMut(T, T) -> T) -> T {
-    let low = combine(partials[0], partials[1]);
-    let high = combine(partials[2], partials[3]);
-    combine(low, high)
+/// Step 3 of the module's rule: the first half's combination `∘` the second
+/// half's, recursively, with `combine` as `∘` (`partials` is not empty).
+pub fn combine_lanes<T: Copy>(partials: &[T], combine: &mut impl FnMut(T, T) -> T) -> T {
+    match partials {
+        [one] => *one,
+        _ => {
+            let (low, high) = partials.split_at(partials.len() / 2);
+            let low = combine_lanes(low, combine);
+            let high = combine_lanes(high, combine);
+            combine(low, high)
+        }
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! | module | contents |
 //! |---|---|
-//! | [`backend`] | interpreter or generated code (Cranelift) for a program |
+//! | [`backend`] | interpreter or generated code (Cranelift, LLVM) for a program |
+//! | [`accelerate`] | the interpreter's hook running fused kernels on a native backend |
 //! | [`calibrate`] | FMA peak, bandwidth and op cost of this machine for the cost model |
 //! | [`data`] | byte-token text splits |
 //! | [`eval`] | mean NLL over non-overlapping context windows |
@@ -18,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accelerate;
 pub mod backend;
 pub mod calibrate;
 pub mod checkpoint;

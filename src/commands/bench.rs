@@ -64,7 +64,9 @@ pub fn run(a: &BenchArgs) -> CliResult {
     let tokens: Vec<u32> = load_text("synthetic", 0).map_err(CliError::from)?.into_iter().map(u32::from).collect();
     let (machine, source) = calibrate::machine()?;
     let mut rows = Vec::new();
-    let bar = indicatif::ProgressBar::new(models.len() as u64 * 3);
+    // Generated code on every native backend built, each against the saturated interpreter.
+    let native = Backend::native();
+    let bar = indicatif::ProgressBar::new(models.len() as u64 * (2 + native.len() as u64));
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -93,29 +95,29 @@ pub fn run(a: &BenchArgs) -> CliResult {
         let compile_s = start.elapsed().as_secs_f64();
         let primitive = lsc_passes::train::training_step(&forward, &opts).map_err(CliError::new)?;
         let cost_before = lsc_passes::saturate::estimated_cost(&primitive, &machine).map_err(CliError::new)?;
-        let mut speed = [0.0; 3];
-        let variants = [
-            (false, Backend::Interp, "primitive"),
-            (true, Backend::Interp, "saturated"),
-            (true, Backend::Cranelift, "cranelift"),
-        ];
-        for (i, (fuse, backend, what)) in variants.into_iter().enumerate() {
-            bar.set_message(format!("{m} ({what})"));
-            speed[i] = tokens_per_s(a, &forward, TrainConfig { fuse, backend, ..cfg.clone() }, &tokens)?;
+        let mut variants = vec![(false, Backend::Interp), (true, Backend::Interp)];
+        variants.extend(native.iter().map(|&b| (true, b)));
+        let mut speed = Vec::new();
+        for (fuse, backend) in variants {
+            bar.set_message(format!("{m} ({})", if fuse { backend.to_string() } else { "primitive".into() }));
+            speed.push(tokens_per_s(a, &forward, TrainConfig { fuse, backend, ..cfg.clone() }, &tokens)?);
             bar.inc(1);
         }
-        rows.push(json!({
+        let mut row = json!({
             "model": m,
             "config": a.config,
             "primitive_tokens_per_s": speed[0],
             "saturated_tokens_per_s": speed[1],
             "measured_speedup": speed[1] / speed[0],
-            "cranelift_tokens_per_s": speed[2],
-            "cranelift_speedup": speed[2] / speed[1],
             "estimated_speedup": cost_before / stats.cost_after,
             "saturation_s": stats.seconds,
             "compile_s": compile_s,
-        }));
+        });
+        for (b, &tps) in native.iter().zip(&speed[2..]) {
+            row[format!("{b}_tokens_per_s")] = json!(tps);
+            row[format!("{b}_speedup")] = json!(tps / speed[1]);
+        }
+        rows.push(row);
     }
     bar.finish_and_clear();
     if a.json {
@@ -123,35 +125,32 @@ pub fn run(a: &BenchArgs) -> CliResult {
         println!("{doc}");
         return Ok(());
     }
+    let names: Vec<String> = native.iter().map(|b| b.to_string()).collect();
     println!(
-        "training step, batch {} × seq {}, {} timed steps (primitive and saturated on the interpreter, then saturated with Cranelift kernels); cost model: {source}",
-        a.batch, a.seq, a.steps
+        "training step, batch {} × seq {}, {} timed steps (primitive and saturated on the interpreter, then saturated with generated kernels: {}); cost model: {source}",
+        a.batch, a.seq, a.steps, names.join(", ")
     );
-    println!(
-        "{:<16} {:>14} {:>14} {:>9} {:>10} {:>14} {:>10} {:>12} {:>10}",
-        "model",
-        "primitive t/s",
-        "saturated t/s",
-        "speedup",
-        "estimated",
-        "cranelift t/s",
-        "vs interp",
-        "saturation",
-        "compile"
-    );
+    let mut header =
+        format!("{:<16} {:>14} {:>14} {:>9} {:>10}", "model", "primitive t/s", "saturated t/s", "speedup", "estimated");
+    for n in &names {
+        header += &format!(" {:>14} {:>10}", format!("{n} t/s"), "vs interp");
+    }
+    println!("{header} {:>12} {:>10}", "saturation", "compile");
+    let num = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
     for r in &rows {
-        println!(
-            "{:<16} {:>14.0} {:>14.0} {:>8.2}× {:>9.2}× {:>14.0} {:>9.2}× {:>11.3}s {:>9.3}s",
+        let mut line = format!(
+            "{:<16} {:>14.0} {:>14.0} {:>8.2}× {:>9.2}×",
             r["model"].as_str().unwrap_or("?"),
-            r["primitive_tokens_per_s"].as_f64().unwrap_or(0.0),
-            r["saturated_tokens_per_s"].as_f64().unwrap_or(0.0),
-            r["measured_speedup"].as_f64().unwrap_or(0.0),
-            r["estimated_speedup"].as_f64().unwrap_or(0.0),
-            r["cranelift_tokens_per_s"].as_f64().unwrap_or(0.0),
-            r["cranelift_speedup"].as_f64().unwrap_or(0.0),
-            r["saturation_s"].as_f64().unwrap_or(0.0),
-            r["compile_s"].as_f64().unwrap_or(0.0),
+            num(r, "primitive_tokens_per_s"),
+            num(r, "saturated_tokens_per_s"),
+            num(r, "measured_speedup"),
+            num(r, "estimated_speedup"),
         );
+        for n in &names {
+            line +=
+                &format!(" {:>14.0} {:>9.2}×", num(r, &format!("{n}_tokens_per_s")), num(r, &format!("{n}_speedup")));
+        }
+        println!("{line} {:>11.3}s {:>9.3}s", num(r, "saturation_s"), num(r, "compile_s"));
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Artifacts `--emit` accepts today.
-const EMIT_KINDS: [&str; 6] = ["ir", "opt-ir", "egraph-stats", "kernels", "kir", "clif"];
+const EMIT_KINDS: [&str; 8] = ["ir", "opt-ir", "egraph-stats", "kernels", "kir", "clif", "ll", "asm"];
 
 fn describe(name: &str, t: &TensorType) -> Value {
     json!({ "name": name, "dtype": t.dtype.name(), "shape": t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>() })
@@ -64,7 +64,7 @@ fn bit_accounting(src: &source::Source) -> Option<lsc_runtime::quant::BitReport>
 /// What kernels are generated for.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    /// This machine's CPU (Cranelift).
+    /// This machine's CPU (Cranelift, and LLVM with `--features llvm`).
     Cpu,
 }
 
@@ -144,7 +144,8 @@ pub fn run(
         files.push(file);
     }
     let mut kernel_manifest = None;
-    if emit.iter().any(|e| matches!(e.as_str(), "opt-ir" | "egraph-stats" | "kernels" | "kir" | "clif")) {
+    if emit.iter().any(|e| matches!(e.as_str(), "opt-ir" | "egraph-stats" | "kernels" | "kir" | "clif" | "ll" | "asm"))
+    {
         // What `compile` emits runs as is (it is never differentiated again).
         let (machine, machine_source) = lsc_runtime::calibrate::machine()?;
         let cfg = lsc_passes::saturate::Config {
@@ -173,17 +174,17 @@ pub fn run(
             write(&file, lsc_ir::print_program(&opt).map_err(CliError::new)?.as_bytes())?;
             files.push(file);
         }
-        if emit.iter().any(|e| matches!(e.as_str(), "kernels" | "kir" | "clif")) {
+        if emit.iter().any(|e| matches!(e.as_str(), "kernels" | "kir" | "clif" | "ll" | "asm")) {
             let mut bindings = super::kernels::parse_bindings(&bounds.bind)?;
             if let Some(t) = src.max_len {
                 bindings.entry("T".into()).or_insert(t as i64);
             }
             bindings.entry("B".into()).or_insert(1);
-            let artifacts = super::kernels::build(&opt, &bindings, emit.iter().any(|e| e == "clif"))?;
+            let artifacts = super::kernels::build(&opt, &bindings, super::kernels::backends(emit)?)?;
             files.extend(super::kernels::write(&src.name, &artifacts, emit, &write)?);
-            if let Some(t) = artifacts.manifest["cranelift_seconds"].as_f64() {
-                let n = artifacts.manifest["fused_kernels"].as_u64().unwrap_or(0);
-                println!("cranelift: {n} kernels compiled in {t:.3}s");
+            let n = artifacts.manifest["fused_kernels"].as_u64().unwrap_or(0);
+            for (backend, t) in artifacts.manifest["codegen_seconds"].as_object().into_iter().flatten() {
+                println!("{backend}: {n} kernels compiled in {:.3}s", t.as_f64().unwrap_or(0.0));
             }
             let plans = artifacts.manifest["memory"].as_object().cloned().unwrap_or_default();
             // `main` first, then the functions (planned at the largest shapes their calls pass).

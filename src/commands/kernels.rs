@@ -1,8 +1,14 @@
-//! `lsc compile --emit kernels,kir,clif`: the optimised program partitioned
-//! into kernels (launch order), the kernel IR of its fused elementwise
-//! kernels at the bound shapes, and their Cranelift IR.
+//! `lsc compile --emit kernels,kir,clif,ll,asm`: the optimised program
+//! partitioned into kernels (launch order), the kernel IR of its fused
+//! kernels at the bound shapes, and their Cranelift IR, LLVM IR and assembly.
 
 use crate::error::{CliError, CliResult};
+use lsc_kir::lower::lower_elementwise;
+use lsc_kir::native::NativeCompiler;
+use std::collections::BTreeMap;
+
+/// The vector width of the kernel IR listing (Cranelift's, the default backend's).
+const DEFAULT_VECTOR_WIDTH: u32 = 4;
 use lsc_ir::{Bindings, Program};
 use serde_json::{json, Value};
 
@@ -31,17 +37,38 @@ pub struct Artifacts {
     pub kernels: String,
     /// Kernel IR of the fused kernels.
     pub kir: String,
-    /// Cranelift IR of the fused kernels.
-    pub clif: String,
+    /// The backends' listings of the fused kernels, by extension (`clif`, `ll`, `asm`).
+    pub code: BTreeMap<&'static str, String>,
+}
+
+/// A native backend by name.
+pub type NamedBackend = (&'static str, Box<dyn NativeCompiler>);
+
+/// The native backends whose listings `emit` asks for: Cranelift for `clif`, LLVM for `ll`/`asm`.
+pub fn backends(emit: &[String]) -> Result<Vec<NamedBackend>, CliError> {
+    let mut out: Vec<NamedBackend> = Vec::new();
+    if emit.iter().any(|e| e == "clif") {
+        out.push(("cranelift", Box::new(lsc_cranelift::Jit::new().map_err(CliError::new)?)));
+    }
+    if emit.iter().any(|e| e == "ll" || e == "asm") {
+        #[cfg(feature = "llvm")]
+        out.push(("llvm", Box::new(lsc_llvm::Jit::new().map_err(CliError::new)?)));
+        #[cfg(not(feature = "llvm"))]
+        return Err(CliError::with_fix(
+            "--emit ll,asm needs the LLVM backend, which this lsc was built without",
+            "rebuild with `cargo build --release --features llvm` (LLVM 22: scripts/install-llvm.sh)",
+        ));
+    }
+    Ok(out)
 }
 
 /// Partitions every graph of `p`, lowers its fused kernels at `bindings` and
-/// compiles them with Cranelift (`with_clif`).
-pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifacts, CliError> {
-    let mut jit = if with_clif { Some(lsc_cranelift::Jit::new().map_err(CliError::new)?) } else { None };
-    let (mut list, mut kernels, mut kir, mut clif) = (Vec::new(), String::new(), String::new(), String::new());
+/// compiles them with each of `backends`.
+pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) -> Result<Artifacts, CliError> {
+    let (mut list, mut kernels, mut kir) = (Vec::new(), String::new(), String::new());
+    let mut code: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut memory = serde_json::Map::new();
-    let mut codegen_seconds = 0.0;
+    let mut seconds = vec![0.0; backends.len()];
     let mut bindings = bindings.clone();
     // MoR's capacities and the like follow from the bound symbols.
     let _ = lsc_ir::DerivedSymbol::bind_all(&p.symbols, &mut bindings);
@@ -70,9 +97,11 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
             let name = format!("{}_k{i}", g.name);
             let ops: Vec<&str> = part.nodes.iter().map(|&n| g.node(n).op.name()).collect();
             let mut entry = json!({ "graph": g.name, "name": name, "ops": ops });
-            let lowered = part.elementwise.then(|| {
-                lsc_passes::partition::to_group(g, part, bindings, &name)
-                    .and_then(|(group, _)| lsc_kir::lower::lower_elementwise(&group))
+            // The kernel IR listing has the default backend's schedule; each backend compiles
+            // the kernel lowered with its own vector width.
+            let group = part.elementwise.then(|| lsc_passes::partition::to_group(g, part, bindings, &name));
+            let lowered = group.as_ref().map(|r| {
+                r.as_ref().map_err(Clone::clone).and_then(|(group, _)| lower_elementwise(group, DEFAULT_VECTOR_WIDTH))
             });
             let kind = match lowered {
                 None => "library".to_string(),
@@ -80,11 +109,15 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
                 Some(Ok(k)) => {
                     kir.push_str(&lsc_kir::print::print(&k));
                     kir.push('\n');
-                    if let Some(jit) = jit.as_mut() {
+                    let group = &group.as_ref().and_then(|r| r.as_ref().ok()).expect("lowered from a group").0;
+                    for ((_, backend), secs) in backends.iter_mut().zip(seconds.iter_mut()) {
                         let start = std::time::Instant::now();
-                        jit.compile(&k).map_err(CliError::new)?;
-                        codegen_seconds += start.elapsed().as_secs_f64();
-                        clif.push_str(&format!("; kernel @{name}\n{}\n", jit.clif(&name).unwrap_or_default()));
+                        let own = lower_elementwise(group, backend.vector_width()).map_err(CliError::new)?;
+                        backend.compile(&own).map_err(CliError::new)?;
+                        *secs += start.elapsed().as_secs_f64();
+                        for (ext, text) in backend.listings(&name) {
+                            code.entry(ext).or_default().push_str(&format!("; kernel @{name}\n{text}\n"));
+                        }
                     }
                     entry["schedule"] = json!({
                         "parallel_outer_loop": k.schedule.parallel,
@@ -111,11 +144,11 @@ pub fn build(p: &Program, bindings: &Bindings, with_clif: bool) -> Result<Artifa
             "launch_order": list,
             "fused_kernels": fused,
             "memory": memory,
-            "cranelift_seconds": with_clif.then_some(codegen_seconds),
+            "codegen_seconds": backends.iter().map(|(n, _)| *n).zip(seconds).collect::<BTreeMap<_, _>>(),
         }),
         kernels,
         kir,
-        clif,
+        code,
     })
 }
 
@@ -127,7 +160,9 @@ pub fn write(
     write: &dyn Fn(&str, &[u8]) -> CliResult,
 ) -> Result<Vec<String>, CliError> {
     let mut files = Vec::new();
-    for (kind, ext, text) in [("kernels", "kernels.txt", &a.kernels), ("kir", "kir", &a.kir), ("clif", "clif", &a.clif)]
+    let listings = a.code.iter().map(|(ext, text)| (*ext, *ext, text));
+    for (kind, ext, text) in
+        [("kernels", "kernels.txt", &a.kernels), ("kir", "kir", &a.kir)].into_iter().chain(listings)
     {
         if emit.iter().any(|e| e == kind) {
             let file = format!("{name}.{ext}");

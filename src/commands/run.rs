@@ -61,9 +61,7 @@ pub fn run(
     let n_params = lsc_passes::parameter_count(&src.program).unwrap_or(0);
     let on = match backend {
         Backend::Interp => "interpreter".to_string(),
-        Backend::Cranelift => {
-            format!("{} generated kernels (Cranelift) + interpreter", prepared.exe.generated_kernels())
-        }
+        native => format!("{} generated kernels ({native}) + interpreter", prepared.exe.generated_kernels()),
     };
     println!("{label}: {nodes} IR nodes, {n_params} parameters ({origin}), {on} on CPU");
     println!("top-5 next bytes after {prompt:?}:");

@@ -111,8 +111,8 @@ pub struct TrainArgs {
     /// Train the primitive step graph, without equality saturation (an ablation).
     #[arg(long)]
     pub no_fuse: bool,
-    /// What runs the step: `cranelift` (generated fused kernels; the default) or `interp`.
-    #[arg(long, default_value = "cranelift")]
+    /// What runs the step: `llvm` (generated fused kernels; the default when built with `--features llvm`), `cranelift` (the default otherwise) or `interp`.
+    #[arg(long, default_value_t = lsc_runtime::backend::Backend::default().to_string())]
     pub backend: String,
     /// Print one final JSON line: steps, tokens_per_s, train_loss, val_loss, wall_s.
     #[arg(long)]

@@ -10,9 +10,7 @@
 
 #![warn(missing_docs)]
 
-mod accelerate;
 mod simd;
-pub use accelerate::Accelerated;
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, UserFuncName, Value};
@@ -20,16 +18,14 @@ use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
 use cranelift_module::{default_libcall_names, Linkage, Module};
+use lsc_kir::native::{Compiled, KernelFn, NativeCompiler};
 use lsc_kir::{Binary, Expr, Index, Kernel, Stmt, Unary};
 use std::collections::HashMap;
-
-/// The machine code of one kernel.
-type KernelFn = unsafe extern "C" fn(*const *mut f32, i64, i64);
 
 /// Compiled kernels, alive as long as the module that owns their code.
 pub struct Jit {
     module: JITModule,
-    kernels: HashMap<String, (KernelFn, Kernel)>,
+    compiled: Compiled,
     clif: HashMap<String, String>,
 }
 
@@ -45,12 +41,27 @@ impl Jit {
             .finish(settings::Flags::new(flags))
             .map_err(|e| e.to_string())?;
         let module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
-        Ok(Jit { module, kernels: HashMap::new(), clif: HashMap::new() })
+        Ok(Jit { module, compiled: Compiled::default(), clif: HashMap::new() })
     }
 
+    /// The Cranelift IR of a compiled kernel (`--emit clif`).
+    pub fn clif(&self, name: &str) -> Option<&str> {
+        self.clif.get(name).map(String::as_str)
+    }
+}
+
+impl NativeCompiler for Jit {
     /// Compiles `k` (its buffer accesses are checked in bounds first).
-    pub fn compile(&mut self, k: &Kernel) -> Result<(), String> {
+    fn compile(&mut self, k: &Kernel) -> Result<(), String> {
         lsc_kir::check::in_bounds(k)?;
+        if k.schedule.vector_width > 1 && k.schedule.vector_width != simd::LANES {
+            return Err(format!(
+                "kernel {}: Cranelift renders vector loops of {} lanes, not {}",
+                k.name,
+                simd::LANES,
+                k.schedule.vector_width
+            ));
+        }
         let mut ctx = self.module.make_context();
         let ptr = self.module.target_config().pointer_type();
         ctx.func.signature.params.extend([AbiParam::new(ptr), AbiParam::new(types::I64), AbiParam::new(types::I64)]);
@@ -76,7 +87,7 @@ impl Jit {
                 vars: HashMap::new(),
                 vvars: HashMap::new(),
                 vector_var: None,
-                simd: u64::from(k.schedule.vector_width) == lsc_kir::vector::LANES,
+                simd: k.schedule.vector_width == simd::LANES,
                 range: Some((params[1], params[2])),
             };
             cg.stmts(&k.body)?;
@@ -89,91 +100,27 @@ impl Jit {
         self.module.clear_context(&mut ctx);
         self.module.finalize_definitions().map_err(|e| e.to_string())?;
         let code = self.module.get_finalized_function(id);
-        // SAFETY: the function was built with exactly this signature.
-        let f: KernelFn = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
-        self.kernels.insert(k.name.clone(), (f, k.clone()));
+        // SAFETY: the function was built with exactly this signature from `k`, which passed the
+        // bounds check, and its code lives as long as `self.module`, which outlives `compiled`.
+        unsafe {
+            let f: KernelFn = std::mem::transmute::<*const u8, KernelFn>(code);
+            self.compiled.insert(k, f);
+        }
         Ok(())
     }
 
-    /// The Cranelift IR of a compiled kernel (`--emit clif`).
-    pub fn clif(&self, name: &str) -> Option<&str> {
-        self.clif.get(name).map(String::as_str)
+    fn kernels(&self) -> &Compiled {
+        &self.compiled
     }
 
-    /// Kernel `name`, once the given buffer lengths match its buffers (count) and cover them.
-    fn checked(&self, name: &str, lens: &[usize]) -> Result<(KernelFn, &Kernel), String> {
-        let (f, k) = self.kernels.get(name).ok_or_else(|| format!("no compiled kernel `{name}`"))?;
-        if lens.len() != k.buffers.len() {
-            return Err(format!("kernel {name} takes {} buffers, got {}", k.buffers.len(), lens.len()));
-        }
-        for (&len, decl) in lens.iter().zip(&k.buffers) {
-            if (len as u64) < decl.len {
-                return Err(format!("kernel {name}: buffer {} has {len} elements, needs {}", decl.name, decl.len));
-            }
-        }
-        Ok((*f, k))
+    fn vector_width(&self) -> u32 {
+        simd::LANES
     }
 
-    /// Runs iterations `begin..end` of kernel `name`'s outer loop on `bufs`
-    /// (one slice per buffer, each at least as long as declared).
-    pub fn run_range(&self, name: &str, bufs: &mut [&mut [f32]], begin: u64, end: u64) -> Result<(), String> {
-        let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
-        let (f, k) = self.checked(name, &lens)?;
-        let ptrs: Vec<*mut f32> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
-        let end = end.min(k.outer_extent());
-        // SAFETY: every access was checked in bounds for the declared lengths, which the slices cover.
-        unsafe { f(ptrs.as_ptr(), begin.min(end) as i64, end as i64) };
-        Ok(())
-    }
-
-    /// Runs kernel `name` reading `inputs` and writing `outputs` (in buffer
-    /// order), splitting its outer loop between `threads` threads when its
-    /// schedule says the loop is parallel.
-    pub fn run_parallel(
-        &self,
-        name: &str,
-        inputs: &[&[f32]],
-        outputs: &mut [&mut [f32]],
-        threads: usize,
-    ) -> Result<(), String> {
-        let lens: Vec<usize> = inputs.iter().map(|b| b.len()).chain(outputs.iter().map(|b| b.len())).collect();
-        let (f, k) = self.checked(name, &lens)?;
-        if k.buffers.iter().take(inputs.len()).any(|b| b.output) {
-            return Err(format!(
-                "kernel {name} takes its {} inputs first",
-                k.buffers.iter().filter(|b| !b.output).count()
-            ));
-        }
-        // Inputs are only read: the bounds check refuses kernels that store to them.
-        let mut ptrs: Vec<*mut f32> = inputs.iter().map(|b| b.as_ptr() as *mut f32).collect();
-        ptrs.extend(outputs.iter_mut().map(|b| b.as_mut_ptr()));
-        let n = k.outer_extent() as i64;
-        let threads = if k.schedule.parallel { threads.clamp(1, n.max(1) as usize) } else { 1 };
-        let chunk = (n + threads as i64 - 1) / threads as i64;
-        let table = Pointers(ptrs);
-        std::thread::scope(|s| {
-            for t in 1..threads as i64 {
-                let table = &table;
-                // SAFETY: bounds were checked; iterations of a parallel outer loop write disjoint elements.
-                s.spawn(move || unsafe { f(table.0.as_ptr(), (t * chunk).min(n), ((t + 1) * chunk).min(n)) });
-            }
-            // SAFETY: as above, for the first chunk on this thread.
-            unsafe { f(table.0.as_ptr(), 0, chunk.min(n)) };
-        });
-        Ok(())
-    }
-
-    /// Runs kernel `name` over its whole index space.
-    pub fn run(&self, name: &str, bufs: &mut [&mut [f32]]) -> Result<(), String> {
-        let n = self.kernels.get(name).map(|(_, k)| k.outer_extent()).unwrap_or(0);
-        self.run_range(name, bufs, 0, n)
+    fn listings(&self, name: &str) -> Vec<(&'static str, String)> {
+        self.clif(name).map(|t| vec![("clif", t.to_string())]).unwrap_or_default()
     }
 }
-
-/// Buffer pointers shared by the threads of one parallel kernel run.
-struct Pointers(Vec<*mut f32>);
-// SAFETY: the threads read inputs and write disjoint parts of the outputs.
-unsafe impl Sync for Pointers {}
 
 struct Codegen<'a> {
     b: FunctionBuilder<'a>,

@@ -8,8 +8,11 @@ use super::Codegen;
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::Variable;
-use lsc_kir::vector::{accumulators, combine_lanes, identity, LANES};
+use lsc_kir::vector::{accumulators, combine_lanes, identity};
 use lsc_kir::{Binary, Compare, Expr, Stmt, Unary};
+
+/// Lanes of Cranelift's vector loops (f32x4: 128-bit SIMD only on x86-64).
+pub(super) const LANES: u32 = 4;
 
 fn lane_flags() -> MemFlagsData {
     MemFlagsData::new().with_endianness(Endianness::Little)
@@ -82,7 +85,7 @@ impl Codegen<'_> {
         for (acc, op, x) in partials {
             let lanes = self.b.use_var(x);
             let each: Vec<Value> = (0..LANES as u8).map(|l| self.b.ins().extractlane(lanes, l)).collect();
-            let combined = combine_lanes([each[0], each[1], each[2], each[3]], |a, b| self.fold(op, a, b));
+            let combined = combine_lanes(&each, &mut |a, b| self.fold(op, a, b));
             let scalar = *self.vars.get(&acc).ok_or_else(|| format!("accumulator v{acc} is not declared"))?;
             let before = self.b.use_var(scalar);
             let after = self.fold(op, before, combined);

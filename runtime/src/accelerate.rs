@@ -1,27 +1,27 @@
-//! The interpreter's [`Accelerator`] on generated code: every fused
-//! elementwise kernel of a partitioned program runs as Cranelift machine
-//! code, compiled once per shape it meets; everything else stays with the
+//! The interpreter's [`Accelerator`] on generated code: every fused kernel
+//! of a partitioned program runs as machine code from a native backend,
+//! compiled once per shape it meets; everything else stays with the
 //! interpreter's kernels (GEMM, fused attention, …).
 
-use crate::Jit;
 use lsc_interp::{Accelerator, FusedGroup, Value};
 use lsc_ir::{Bindings, Graph, Program, ValueRef};
+use lsc_kir::native::NativeCompiler;
 use lsc_passes::partition::{lowerable, partition, to_group, Part};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// Generated kernels for one program.
-pub struct Accelerated {
+/// Generated kernels for one program, compiled by backend `C`.
+pub struct Accelerated<C> {
     groups: HashMap<String, Vec<FusedGroup>>,
     parts: HashMap<String, Vec<Part>>,
-    /// The JIT, and (graph, group, shapes) → kernel name of what it compiled.
-    state: Mutex<(Jit, HashMap<String, String>)>,
+    /// The backend, and (graph, group, shapes) → kernel name of what it compiled.
+    state: Mutex<(C, HashMap<String, String>)>,
     threads: usize,
 }
 
-impl Accelerated {
-    /// Partitions every graph of `p` and keeps the kernels Cranelift can generate.
-    pub fn new(p: &Program) -> Result<Accelerated, String> {
+impl<C: NativeCompiler> Accelerated<C> {
+    /// Partitions every graph of `p` and keeps the kernels that can be generated.
+    pub fn new(p: &Program, backend: C) -> Result<Accelerated<C>, String> {
         let (mut groups, mut parts) = (HashMap::new(), HashMap::new());
         for g in p.graphs() {
             let kept: Vec<Part> = partition(g)?.into_iter().filter(|part| lowerable(g, part).is_ok()).collect();
@@ -36,7 +36,7 @@ impl Accelerated {
             parts.insert(g.name.clone(), kept);
         }
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Ok(Accelerated { groups, parts, state: Mutex::new((Jit::new()?, HashMap::new())), threads })
+        Ok(Accelerated { groups, parts, state: Mutex::new((backend, HashMap::new())), threads })
     }
 
     /// How many fused kernels the program has.
@@ -45,7 +45,7 @@ impl Accelerated {
     }
 }
 
-impl Accelerator for Accelerated {
+impl<C: NativeCompiler> Accelerator for Accelerated<C> {
     fn groups(&self, graph: &str) -> &[FusedGroup] {
         self.groups.get(graph).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -66,7 +66,8 @@ impl Accelerator for Accelerated {
         let name = match compiled.get(&key) {
             Some(name) => name.clone(),
             None => {
-                jit.compile(&lsc_kir::lower::lower_elementwise(&group)?)?;
+                let width = jit.vector_width();
+                jit.compile(&lsc_kir::lower::lower_elementwise(&group, width)?)?;
                 compiled.insert(key, fresh.clone());
                 fresh
             }
@@ -83,7 +84,7 @@ impl Accelerator for Accelerated {
         let shapes: Vec<Vec<usize>> = types.iter().map(|t| t.concrete_shape(bindings)).collect::<Result<_, _>>()?;
         let mut outs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0f32; s.iter().product()]).collect();
         let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-        jit.run_parallel(&name, &inputs, &mut views, self.threads)?;
+        jit.kernels().run_parallel(&name, &inputs, &mut views, self.threads)?;
         Ok(outs
             .into_iter()
             .zip(shapes)
