@@ -2,6 +2,7 @@
 //!
 //! - `--calibrate`: the machine (FMA peak, bandwidth, op cost) for the cost
 //!   model, saved where `lsc compile` and `lsc train` read it;
+//! - `--kernels`: kernel figures ([`super::microbench`]);
 //! - default: training-step tokens/s per model with equality saturation
 //!   against the primitive step (the baseline), the saturation time, and the
 //!   cost model's estimate of the same ratio.
@@ -43,12 +44,19 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Time the kernels instead of training steps: GEMM against the FMA peak, LS and local
+    /// attention against global, ternary against f32 matmul, greedy decoding.
+    #[arg(long, conflicts_with = "calibrate")]
+    pub kernels: bool,
 }
 
 /// Runs the benchmark.
 pub fn run(a: &BenchArgs) -> CliResult {
     if a.calibrate {
         return run_calibrate(a);
+    }
+    if a.kernels {
+        return super::microbench::run(a.json);
     }
     if a.steps == 0 || a.batch == 0 || a.seq == 0 {
         return Err(CliError::with_fix(

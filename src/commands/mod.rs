@@ -6,6 +6,7 @@ pub mod compile;
 pub mod eval;
 pub mod generate;
 pub mod kernels;
+pub mod microbench;
 pub mod models;
 pub mod run;
 pub mod train;

@@ -6,6 +6,7 @@ use crate::math::Real;
 use crate::value::{numel, Buffer, Value};
 use lsc_ir::{verify, Bindings, DType, DerivedSymbol, Graph, NodeId, Op, Program, TensorType, ValueRef, VerifyError};
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -114,17 +115,19 @@ impl<'p> Interpreter<'p> {
                 node: None,
                 message: format!("missing input `{name}` ({ty})"),
             })?;
-            args.push(v.clone());
+            args.push(Cow::Borrowed(v));
         }
         let outs = self.run_graph(main, args, params, &self.program.symbols)?;
         Ok(main.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
     }
 
-    fn run_graph<T: Real>(
+    /// Runs graph `g`. Arguments and parameters are borrowed, never copied: a
+    /// value is only owned once an op computes it.
+    fn run_graph<'v, T: Real>(
         &self,
         g: &Graph,
-        args: Vec<Value<T>>,
-        params: &Tensors<T>,
+        args: Vec<Cow<'v, Value<T>>>,
+        params: &'v Tensors<T>,
         derived: &[DerivedSymbol],
     ) -> Result<Vec<Value<T>>, InterpError> {
         let order = &self.orders[&g.name];
@@ -161,7 +164,7 @@ impl<'p> Interpreter<'p> {
         for (_, v) in &g.outputs {
             uses[v.node.index()] += 1;
         }
-        let mut values: Vec<Option<Vec<Value<T>>>> = vec![None; g.dag.node_count()];
+        let mut values: Vec<Option<Vec<Cow<'_, Value<T>>>>> = vec![None; g.dag.node_count()];
         let mut args = args.into_iter().map(Some).collect::<Vec<_>>();
         let input_pos: HashMap<NodeId, usize> = g.inputs.iter().enumerate().map(|(i, &n)| (n, i)).collect();
 
@@ -197,7 +200,7 @@ impl<'p> Interpreter<'p> {
                 }
                 let start = self.profile.as_ref().map(|_| std::time::Instant::now());
                 let fetch = |v: ValueRef| -> Option<&Value<f32>> {
-                    let x = values[v.node.index()].as_ref()?.get(v.output as usize)?;
+                    let x: &Value<T> = values[v.node.index()].as_ref()?.get(v.output as usize)?;
                     (x as &dyn Any).downcast_ref::<Value<f32>>()
                 };
                 let outs = a.run(g, gi, &fetch, &bindings).map_err(|m| err_at(n, m))?;
@@ -216,7 +219,7 @@ impl<'p> Interpreter<'p> {
                     if out.shape != want {
                         return Err(err_at(o, format!("kernel produced shape {:?}, expected {want:?}", out.shape)));
                     }
-                    values[o.index()] = Some(vec![out]);
+                    values[o.index()] = Some(vec![Cow::Owned(out)]);
                 }
                 if let (Some(p), Some(t)) = (&self.profile, start) {
                     let e = p.borrow_mut().entry("fused kernel").or_insert((0, 0.0)).to_owned();
@@ -235,17 +238,21 @@ impl<'p> Interpreter<'p> {
                 .collect::<Result<_, _>>()
                 .map_err(|m| err_at(n, m))?;
             let operands = g.operands(n);
+            if let Op::Param { name } = &node.op {
+                values[n.index()] = Some(vec![Cow::Borrowed(&params[name])]);
+                continue;
+            }
+            if let Op::Input { .. } = &node.op {
+                let arg = args[input_pos[&n]].take().ok_or_else(|| err_at(n, "input consumed twice".into()))?;
+                values[n.index()] = Some(vec![arg]);
+                continue;
+            }
             let result = {
                 let arg_vals: Vec<&Value<T>> = operands
                     .iter()
-                    .map(|v| &values[v.node.index()].as_ref().expect("operands are computed first")[v.output as usize])
+                    .map(|v| &*values[v.node.index()].as_ref().expect("operands are computed first")[v.output as usize])
                     .collect();
                 match &node.op {
-                    Op::Input { .. } => {
-                        let i = input_pos[&n];
-                        vec![args[i].take().ok_or_else(|| err_at(n, "input consumed twice".into()))?]
-                    }
-                    Op::Param { name } => vec![params[name].clone()],
                     Op::Constant { value } => vec![fill(*value, &out_types[0])],
                     Op::Iota { axis } => vec![iota(*axis, &out_types[0])],
                     Op::Call { callee } => {
@@ -253,8 +260,8 @@ impl<'p> Interpreter<'p> {
                             .program
                             .function(callee)
                             .ok_or_else(|| err_at(n, format!("unknown function @{callee}")))?;
-                        let owned = arg_vals.iter().map(|v| (*v).clone()).collect();
-                        self.run_graph(f, owned, params, &[])?
+                        let borrowed = arg_vals.iter().map(|&v| Cow::Borrowed(v)).collect();
+                        self.run_graph(f, borrowed, params, &[])?
                     }
                     Op::Loop { body, trips } => {
                         let f = self
@@ -264,9 +271,9 @@ impl<'p> Interpreter<'p> {
                         let n_carried = f.outputs.len();
                         let mut carried: Vec<Value<T>> = arg_vals[..n_carried].iter().map(|v| (*v).clone()).collect();
                         for it in 0..*trips {
-                            let mut a = vec![Value::ints(vec![], vec![it as i64])];
-                            a.extend(carried);
-                            a.extend(arg_vals[n_carried..].iter().map(|v| (*v).clone()));
+                            let mut a = vec![Cow::Owned(Value::ints(vec![], vec![it as i64]))];
+                            a.extend(carried.into_iter().map(Cow::Owned));
+                            a.extend(arg_vals[n_carried..].iter().map(|&v| Cow::Borrowed(v)));
                             carried = self.run_graph(f, a, params, &[])?;
                         }
                         carried
@@ -290,12 +297,14 @@ impl<'p> Interpreter<'p> {
                     ));
                 }
             }
-            values[n.index()] = Some(result);
+            values[n.index()] = Some(result.into_iter().map(Cow::Owned).collect());
             release(&operands, &mut uses, &mut values);
         }
         Ok(g.outputs
             .iter()
-            .map(|(_, v)| values[v.node.index()].as_ref().expect("outputs are computed")[v.output as usize].clone())
+            .map(|(_, v)| {
+                values[v.node.index()].as_ref().expect("outputs are computed")[v.output as usize].clone().into_owned()
+            })
             .collect())
     }
 }

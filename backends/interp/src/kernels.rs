@@ -648,6 +648,53 @@ fn softmax<T: Real>(v: &[T], shape: &[usize], axis: usize, log: bool) -> Vec<T> 
     out
 }
 
+/// Products with at most this many rows skip the GEMM library.
+const FEW_ROWS: usize = 4;
+
+/// `c = a · b` for a few rows of `a`, with element strides `(row, column)`:
+/// dot products when `b`'s columns are contiguous (`x · wᵀ`), else rows of
+/// `b` scaled and added. Eight partial sums let the compiler vectorise.
+#[allow(clippy::too_many_arguments)]
+fn few_rows<T: Real>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[T],
+    sa: (usize, usize),
+    b: &[T],
+    sb: (usize, usize),
+    c: &mut [T],
+) {
+    const LANES: usize = 8;
+    for i in 0..m {
+        let row: Vec<T> = (0..k).map(|p| a[i * sa.0 + p * sa.1]).collect();
+        let out = &mut c[i * n..(i + 1) * n];
+        if sb.0 == 1 {
+            for (j, o) in out.iter_mut().enumerate() {
+                let col = &b[j * sb.1..j * sb.1 + k];
+                let mut acc = [T::default(); LANES];
+                let (xs, xr) = row.split_at(k - k % LANES);
+                let (ys, yr) = col.split_at(k - k % LANES);
+                for (x, y) in xs.chunks_exact(LANES).zip(ys.chunks_exact(LANES)) {
+                    for l in 0..LANES {
+                        acc[l] = acc[l] + x[l] * y[l];
+                    }
+                }
+                let tail = xr.iter().zip(yr).fold(T::default(), |s, (&x, &y)| s + x * y);
+                *o = acc.iter().fold(T::default(), |s, &x| s + x) + tail;
+            }
+        } else {
+            out.iter_mut().for_each(|o| *o = T::default());
+            for (p, &x) in row.iter().enumerate() {
+                let brow = &b[p * sb.0..];
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = *o + x * brow[j * sb.1];
+                }
+            }
+        }
+    }
+}
+
 /// `a · b` (batched, either operand transposed) through the GEMM.
 pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool, out_shape: &[usize]) -> R<Vec<T>> {
     let (av, bv) = (floats(a)?, floats(b)?);
@@ -666,6 +713,15 @@ pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool,
     // Row-major storage; a transposed operand is read with swapped strides, never copied.
     let (rsa, csa) = if trans_a { (1isize, m as isize) } else { (k as isize, 1isize) };
     let (rsb, csb) = if trans_b { (1isize, k as isize) } else { (n as isize, 1isize) };
+    if m <= FEW_ROWS {
+        // A few rows (decoding): the GEMM's packing and threads cost more than the product.
+        for i in 0..batch {
+            let a = &av[if a_batched { i * m * k } else { 0 }..];
+            let b = &bv[if b_batched { i * k * n } else { 0 }..];
+            few_rows(m, k, n, a, (rsa as usize, csa as usize), b, (rsb as usize, csb as usize), &mut c[i * m * n..]);
+        }
+        return Ok(c);
+    }
     for i in 0..batch {
         let a_off = if a_batched { i * m * k } else { 0 };
         let b_off = if b_batched { i * k * n } else { 0 };

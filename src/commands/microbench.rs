@@ -1,0 +1,201 @@
+//! `lsc bench --kernels`: the library and generated kernels at the shapes the
+//! papers care about, each figure next to a baseline timed in the same run:
+//! GEMM against the measured FMA peak, LS- and local attention against
+//! global attention, ternary against f32 matmul, and greedy decoding on the
+//! default backend against the interpreter alone.
+
+use crate::error::{CliError, CliResult};
+use lsc_interp::{Tensors, Value};
+use lsc_ir::DType;
+use lsc_runtime::backend::Backend;
+use lsc_runtime::generate::Decoder;
+use lsc_runtime::{calibrate, init};
+use serde_json::{json, Value as Json};
+use std::time::Instant;
+
+/// Best wall time of `reps` runs of `f` (after one untimed run).
+fn best_of(reps: usize, mut f: impl FnMut() -> Result<(), String>) -> Result<f64, CliError> {
+    f().map_err(CliError::new)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let start = Instant::now();
+        f().map_err(CliError::new)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+fn random(shape: &[usize], seed: u64) -> Value<f32> {
+    let mut rng = init::Rng::new(seed);
+    let n = shape.iter().product();
+    Value::floats(shape.to_vec(), (0..n).map(|_| rng.normal() as f32).collect())
+}
+
+fn out(shape: &[usize]) -> Vec<(DType, Vec<usize>)> {
+    vec![(DType::F32, shape.to_vec())]
+}
+
+/// GEMM GFLOP/s at `(m, n, k)` (`trans_b`: `x · wᵀ` as the models' linears), against `peak`.
+fn gemm(peak: f64) -> Result<Vec<Json>, CliError> {
+    let shapes = [(4096, 4096, 4096, false), (2048, 256, 256, true), (2048, 768, 256, true), (2048, 256, 768, true)];
+    let mut rows = Vec::new();
+    for (m, n, k, tb) in shapes {
+        let a = random(&[m, k], 1);
+        let b = random(&if tb { [n, k] } else { [k, n] }, 2);
+        let reps = if m * n * k > 1 << 30 { 2 } else { 10 };
+        let secs = best_of(reps, || lsc_interp::kernels::matmul(&a, &b, false, tb, &[m, n]).map(|_| ()))?;
+        let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
+        rows.push(json!({ "m": m, "n": n, "k": k, "trans_b": tb, "gflops": gflops, "of_peak": gflops * 1e9 / peak }));
+    }
+    Ok(rows)
+}
+
+/// Attention forward (B = 1, 8 heads of 32, w = 64): global, LS (4 local + 4 global), local only.
+fn attention() -> Result<Vec<Json>, CliError> {
+    let mut rows = Vec::new();
+    for t in [1024, 2048, 4096] {
+        let shape = [1, 8, t, 32];
+        let (q, k, v) = (random(&shape, 3), random(&shape, 4), random(&shape, 5));
+        let outs = vec![(DType::F32, shape.to_vec()), (DType::F32, vec![1, 8, t])];
+        let time = |windows: &[usize]| {
+            best_of(3, || {
+                lsc_interp::attention::ls_attention(&[&q, &k, &v], windows, 32f64.powf(-0.5), &outs).map(|_| ())
+            })
+        };
+        let global = time(&[0; 8])?;
+        let ls = time(&[64, 64, 64, 64, 0, 0, 0, 0])?;
+        let local = time(&[64; 8])?;
+        rows.push(json!({
+            "t": t, "global_ms": global * 1e3, "ls_ms": ls * 1e3, "local_ms": local * 1e3,
+            "ls_speedup": global / ls, "local_speedup": global / local,
+        }));
+    }
+    Ok(rows)
+}
+
+/// Ternary `x · Wᵀ · s` at 4096 × 4096 against the f32 product, for M = 1 and 256.
+fn ternary() -> Result<Vec<Json>, CliError> {
+    let (n, k) = (4096, 4096);
+    let w = random(&[n, k], 6);
+    let s = Value::floats(vec![], vec![0.02]);
+    let packed = lsc_interp::fused::ternary_pack(&[&w, &s], &[(DType::Ternary, vec![n, k])]).map_err(CliError::new)?;
+    let mut rows = Vec::new();
+    for m in [1, 256] {
+        let x = random(&[m, k], 7);
+        let reps = if m == 1 { 20 } else { 3 };
+        let f32_s = best_of(reps, || lsc_interp::kernels::matmul(&x, &w, false, true, &[m, n]).map(|_| ()))?;
+        let ternary_s = best_of(reps, || {
+            lsc_interp::fused::ternary_matmul(&[&x, &packed[0], &s], true, &out(&[m, n])).map(|_| ())
+        })?;
+        rows.push(
+            json!({ "m": m, "f32_ms": f32_s * 1e3, "ternary_ms": ternary_s * 1e3, "speedup": f32_s / ternary_s }),
+        );
+    }
+    Ok(rows)
+}
+
+/// Greedy-decode tokens/s of `ls-transformer` `small` (after a 16-token prompt) on
+/// `backend`, against the interpreter alone.
+fn decode(backend: Backend) -> Result<Vec<Json>, CliError> {
+    let full = lsc_models::build("ls-transformer", "small").map_err(|e| CliError::new(e.to_string()))?;
+    let step = lsc_models::build_decode("ls-transformer", "small").map_err(|e| CliError::new(e.to_string()))?;
+    let params: Tensors<f32> = init::init_params(&full, 0).map_err(CliError::new)?;
+    let mut rows = Vec::new();
+    for batch in [1, 8] {
+        let mut speed = Vec::new();
+        for b in [Backend::Interp, backend] {
+            // As `lsc generate` runs it: saturated, parameter-only work done once.
+            let prepared = lsc_runtime::prepare::prepare(&step, &params, b)?;
+            let mut dec = Decoder::on(&prepared.exe, &prepared.params, batch)?;
+            dec.feed(&Value::ints(vec![batch, 16], vec![1; batch * 16]))?;
+            let (tokens, start) = (64, Instant::now());
+            let mut next = vec![1i64; batch];
+            for _ in 0..tokens {
+                let logits = dec.feed(&Value::ints(vec![batch, 1], next.clone()))?;
+                let v = *logits.shape.last().unwrap_or(&1);
+                let data = logits.as_floats().unwrap_or(&[]);
+                next = (0..batch)
+                    .map(|r| {
+                        let row = &data[r * v..(r + 1) * v];
+                        (0..v).max_by(|&i, &j| row[i].total_cmp(&row[j])).unwrap_or(0) as i64
+                    })
+                    .collect();
+            }
+            speed.push((batch * tokens) as f64 / start.elapsed().as_secs_f64());
+        }
+        rows.push(json!({ "batch": batch, "interp_tokens_per_s": speed[0], "tokens_per_s": speed[1], "speedup": speed[1] / speed[0] }));
+    }
+    Ok(rows)
+}
+
+/// Runs the kernel benchmarks and prints them (`json`: one document).
+pub fn run(json_out: bool) -> CliResult {
+    let backend = Backend::default();
+    let machine = calibrate::calibrate();
+    let peak = machine.machine.peak_flops;
+    let doc = json!({
+        "fma_peak_gflops": peak / 1e9,
+        "isa": machine.isa,
+        "threads": machine.threads,
+        "gemm": gemm(peak)?,
+        "attention": attention()?,
+        "ternary": ternary()?,
+        "decode": { "backend": backend.to_string(), "rows": decode(backend)? },
+    });
+    if json_out {
+        println!("{doc}");
+        return Ok(());
+    }
+    let f = |v: &Json, k: &str| v[k].as_f64().unwrap_or(0.0);
+    println!(
+        "FMA peak ({}, {} threads): {:.1} GFLOP/s, measured in this run",
+        doc["isa"],
+        doc["threads"],
+        f(&doc, "fma_peak_gflops")
+    );
+    println!("GEMM (the library kernel):");
+    for r in doc["gemm"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>4}×{:<4}×{:<4}{}  {:7.1} GFLOP/s  {:5.1}% of peak",
+            r["m"],
+            r["n"],
+            r["k"],
+            if r["trans_b"] == true { " (x·wᵀ)" } else { "       " },
+            f(r, "gflops"),
+            100.0 * f(r, "of_peak")
+        );
+    }
+    println!("attention forward, B = 1, 8 heads × 32, w = 64 (time; speedup over 8 global heads):");
+    for r in doc["attention"].as_array().into_iter().flatten() {
+        println!(
+            "  T = {:<5} global {:8.2} ms   LS 4+4 {:8.2} ms ({:.2}×)   local {:8.2} ms ({:.2}×)",
+            r["t"],
+            f(r, "global_ms"),
+            f(r, "ls_ms"),
+            f(r, "ls_speedup"),
+            f(r, "local_ms"),
+            f(r, "local_speedup")
+        );
+    }
+    println!("ternary x·Wᵀ at 4096×4096 against f32:");
+    for r in doc["ternary"].as_array().into_iter().flatten() {
+        println!(
+            "  M = {:<4} f32 {:8.3} ms   ternary {:8.3} ms ({:.2}×)",
+            r["m"],
+            f(r, "f32_ms"),
+            f(r, "ternary_ms"),
+            f(r, "speedup")
+        );
+    }
+    println!("greedy decode, ls-transformer small ({backend} against the interpreter alone):");
+    for r in doc["decode"]["rows"].as_array().into_iter().flatten() {
+        println!(
+            "  B = {:<2} {:8.1} tokens/s   interpreter {:8.1} tokens/s ({:.2}×)",
+            r["batch"],
+            f(r, "tokens_per_s"),
+            f(r, "interp_tokens_per_s"),
+            f(r, "speedup")
+        );
+    }
+    Ok(())
+}
