@@ -191,6 +191,17 @@ pub fn elementwise(
     agrees_with_eval(c, &lower_elementwise(&random_group(name, shape, ops), w)?, seed)
 }
 
+/// [`random_group`] whose first output is reduced over the last `axes` axes
+/// (`kind` picks sum, mean, max or min); returns the group and the reduction's node.
+fn reduced_group(name: &str, shape: &[usize], ops: &[u8], kind: usize, axes: usize) -> (Group, usize) {
+    let mut g = random_group(name, shape, ops);
+    let kinds = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min];
+    g.reduced_axes = axes.clamp(1, shape.len());
+    g.nodes.push(Node::Reduce(kinds[kind % 4], g.outputs[0].value));
+    let r = g.nodes.len() - 1;
+    (g, r)
+}
+
 /// A random reduction over the last `axes` axes of a random value, against the evaluator.
 pub fn reduction(
     c: &mut dyn NativeCompiler,
@@ -200,11 +211,8 @@ pub fn reduction(
     kind: usize,
     axes: usize,
 ) -> Result<(), String> {
-    let mut g = random_group(name, shape, ops);
-    let kinds = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min];
-    g.reduced_axes = axes.clamp(1, shape.len());
-    g.nodes.push(Node::Reduce(kinds[kind % 4], g.outputs[0].value));
-    g.outputs = vec![Output::row("y", g.nodes.len() - 1)];
+    let (mut g, r) = reduced_group(name, shape, ops, kind, axes);
+    g.outputs = vec![Output::row("y", r)];
     let w = c.vector_width();
     agrees_with_eval(c, &lower_elementwise(&g, w)?, kind as u32)
 }
@@ -219,12 +227,7 @@ pub fn row(
     kind: usize,
     axes: usize,
 ) -> Result<(), String> {
-    let mut g = random_group(name, shape, ops);
-    let kinds = [ReduceKind::Sum, ReduceKind::Mean, ReduceKind::Max, ReduceKind::Min];
-    g.reduced_axes = axes.clamp(1, shape.len());
-    let y = g.outputs[0].value;
-    g.nodes.push(Node::Reduce(kinds[kind % 4], y));
-    let r = g.nodes.len() - 1;
+    let (mut g, r) = reduced_group(name, shape, ops, kind, axes);
     g.nodes.push(Node::Binary(BinaryOp::Sub, 0, r));
     g.nodes.push(Node::Unary(UnaryOp::Exp, g.nodes.len() - 1));
     g.outputs = vec![Output::element("normed", g.nodes.len() - 1), Output::row("row", r)];

@@ -9,7 +9,9 @@ use inkwell::context::Context;
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::Module;
 use inkwell::types::BasicTypeEnum;
-use inkwell::values::{BasicMetadataValueEnum, BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue};
+use inkwell::values::{
+    BasicMetadataValueEnum, BasicValue, BasicValueEnum, FloatMathValue, FunctionValue, IntValue, PointerValue,
+};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use lsc_kir::vector::{accumulators, combine_lanes, identity, lanes, vectorizable};
 use lsc_kir::{Binary, Compare, Expr, Index, Kernel, Stmt, Unary, Var};
@@ -88,6 +90,22 @@ impl Codegen<'_> {
         self.slots.build_alloca(ty, "v").map_err(err)
     }
 
+    /// Stores `v` in variable `var`'s stack slot (of the vector loop's variables when `vector`).
+    fn bind(&mut self, var: Var, v: V, vector: bool) -> R<()> {
+        let ty = v.get_type();
+        let known = if vector { self.vvars.get(&var) } else { self.vars.get(&var) }.map(|&(p, _)| p);
+        let slot = match known {
+            Some(p) => p,
+            None => {
+                let p = self.slot(ty)?;
+                if vector { &mut self.vvars } else { &mut self.vars }.insert(var, (p, ty));
+                p
+            }
+        };
+        self.b.build_store(slot, v).map_err(err)?;
+        Ok(())
+    }
+
     fn block(&self, name: &str) -> BasicBlock<'static> {
         self.cx.append_basic_block(self.f, name)
     }
@@ -102,16 +120,7 @@ impl Codegen<'_> {
                 Stmt::Loop { var, extent, body } => self.for_loop(*var, *extent, body)?,
                 Stmt::Let { var, value } => {
                     let v = self.expr(value)?;
-                    let ty = v.get_type();
-                    let slot = match self.vars.get(var) {
-                        Some(&(p, _)) => p,
-                        None => {
-                            let p = self.slot(ty)?;
-                            self.vars.insert(*var, (p, ty));
-                            p
-                        }
-                    };
-                    self.b.build_store(slot, v).map_err(err)?;
+                    self.bind(*var, v, false)?;
                 }
                 Stmt::Accumulate { var, op, value } => {
                     let v = self.expr(value)?;
@@ -194,16 +203,7 @@ impl Codegen<'_> {
             match s {
                 Stmt::Let { var, value } => {
                     let v = self.expr(value)?;
-                    let ty = v.get_type();
-                    let p = match self.vvars.get(var) {
-                        Some(&(p, _)) => p,
-                        None => {
-                            let p = self.slot(ty)?;
-                            self.vvars.insert(*var, (p, ty));
-                            p
-                        }
-                    };
-                    self.b.build_store(p, v).map_err(err)?;
+                    self.bind(*var, v, true)?;
                 }
                 Stmt::Store { buf, index, value } => {
                     let v = self.expr(value)?;
@@ -342,22 +342,8 @@ impl Codegen<'_> {
                 self.int_op(|x, y| b_.build_and(x, y, "and"), |x, y| b_.build_and(x, y, "and"), a, b)?
             }
             (Binary::Or, ..) => self.int_op(|x, y| b_.build_or(x, y, "or"), |x, y| b_.build_or(x, y, "or"), a, b)?,
-            (op, V::FloatValue(x), V::FloatValue(y)) => match op {
-                Binary::Add => b_.build_float_add(x, y, "add"),
-                Binary::Sub => b_.build_float_sub(x, y, "sub"),
-                Binary::Mul => b_.build_float_mul(x, y, "mul"),
-                _ => b_.build_float_div(x, y, "div"),
-            }
-            .map_err(err)?
-            .into(),
-            (op, V::VectorValue(x), V::VectorValue(y)) => match op {
-                Binary::Add => b_.build_float_add(x, y, "add"),
-                Binary::Sub => b_.build_float_sub(x, y, "sub"),
-                Binary::Mul => b_.build_float_mul(x, y, "mul"),
-                _ => b_.build_float_div(x, y, "div"),
-            }
-            .map_err(err)?
-            .into(),
+            (op, V::FloatValue(x), V::FloatValue(y)) => float_op(b_, op, x, y)?.into(),
+            (op, V::VectorValue(x), V::VectorValue(y)) => float_op(b_, op, x, y)?.into(),
             (op, a, b) => return Err(format!("{op:?} of {} and {}", a.get_type(), b.get_type())),
         })
     }
@@ -478,6 +464,17 @@ impl Codegen<'_> {
             },
         })
     }
+}
+
+/// `x ∘ y` for float arithmetic, on scalars or vectors.
+fn float_op<T: FloatMathValue<'static>>(b: &Builder<'static>, op: Binary, x: T, y: T) -> R<T> {
+    match op {
+        Binary::Add => b.build_float_add(x, y, "add"),
+        Binary::Sub => b.build_float_sub(x, y, "sub"),
+        Binary::Mul => b.build_float_mul(x, y, "mul"),
+        _ => b.build_float_div(x, y, "div"),
+    }
+    .map_err(err)
 }
 
 /// The LLVM predicates of a comparison: ordered on floats except `Ne`, signed on integers.
