@@ -42,7 +42,7 @@ enum Command {
     Compile {
         #[command(flatten)]
         model: ModelArgs,
-        /// Comma-separated artifacts to write: ir, opt-ir, egraph-stats, kernels, kir, clif, ll, asm (ll and asm need `--features llvm`).
+        /// Comma-separated artifacts to write: ir, opt-ir, egraph-stats, kernels, kir, clif, ll, asm, obj (ll, asm and obj need `--features llvm`).
         #[arg(long, default_value = "ir", value_delimiter = ',')]
         emit: Vec<String>,
         /// Output folder (created if missing).

@@ -435,9 +435,18 @@ fn compile_emits_kernels_kernel_ir_and_cranelift_ir() {
 fn compile_emits_llvm_ir_and_assembly_or_names_the_feature() {
     let dir = scratch("llvm");
     let out = dir.to_str().unwrap();
-    let o = lsc(&["compile", "--model", "transformer", "--emit", "kir,ll,asm", "--bind", "B=2", "-o", out]);
+    let o = lsc(&["compile", "--model", "transformer", "--emit", "kernels,kir,ll,asm,obj", "--bind", "B=2", "-o", out]);
     if cfg!(feature = "llvm") {
         assert!(o.status.success(), "{}", stderr(&o));
+        // One relocatable object defining every generated kernel, for ahead-of-time linking.
+        let object = std::fs::read(dir.join("transformer.o")).unwrap();
+        assert!(object.starts_with(b"\x7fELF"), "not an ELF object");
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+        for k in manifest["kernels"]["launch_order"].as_array().unwrap().iter().filter(|k| k["kind"] == "elementwise") {
+            let name = k["name"].as_str().unwrap().as_bytes();
+            assert!(object.windows(name.len()).any(|w| w == name), "the object lacks {}", k["name"]);
+        }
         let ll = std::fs::read_to_string(dir.join("transformer.ll")).unwrap();
         let asm = std::fs::read_to_string(dir.join("transformer.asm")).unwrap();
         assert!(ll.contains("x float>") && ll.contains("define"), "{ll}");

@@ -22,6 +22,12 @@ pub trait NativeCompiler: Send {
     /// The backend's listings of compiled kernel `name`, by file extension
     /// (what `lsc compile --emit` writes, e.g. `clif`, or `ll` and `asm`).
     fn listings(&self, name: &str) -> Vec<(&'static str, String)>;
+    /// One relocatable object file defining `kernels` (each a [`KernelFn`]
+    /// named after the kernel), for ahead-of-time linking, if the backend writes them.
+    fn object_file(&self, kernels: &[Kernel]) -> Option<Result<Vec<u8>, String>> {
+        let _ = kernels;
+        None
+    }
 }
 
 /// Compiled kernels by name, each with the kernel IR it implements.

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Artifacts `--emit` accepts today.
-const EMIT_KINDS: [&str; 8] = ["ir", "opt-ir", "egraph-stats", "kernels", "kir", "clif", "ll", "asm"];
+const EMIT_KINDS: [&str; 9] = ["ir", "opt-ir", "egraph-stats", "kernels", "kir", "clif", "ll", "asm", "obj"];
 
 fn describe(name: &str, t: &TensorType) -> Value {
     json!({ "name": name, "dtype": t.dtype.name(), "shape": t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>() })
@@ -144,7 +144,9 @@ pub fn run(
         files.push(file);
     }
     let mut kernel_manifest = None;
-    if emit.iter().any(|e| matches!(e.as_str(), "opt-ir" | "egraph-stats" | "kernels" | "kir" | "clif" | "ll" | "asm"))
+    if emit
+        .iter()
+        .any(|e| matches!(e.as_str(), "opt-ir" | "egraph-stats" | "kernels" | "kir" | "clif" | "ll" | "asm" | "obj"))
     {
         // What `compile` emits runs as is (it is never differentiated again).
         let (machine, machine_source) = lsc_runtime::calibrate::machine()?;
@@ -174,7 +176,7 @@ pub fn run(
             write(&file, lsc_ir::print_program(&opt).map_err(CliError::new)?.as_bytes())?;
             files.push(file);
         }
-        if emit.iter().any(|e| matches!(e.as_str(), "kernels" | "kir" | "clif" | "ll" | "asm")) {
+        if emit.iter().any(|e| matches!(e.as_str(), "kernels" | "kir" | "clif" | "ll" | "asm" | "obj")) {
             let mut bindings = super::kernels::parse_bindings(&bounds.bind)?;
             if let Some(t) = src.max_len {
                 bindings.entry("T".into()).or_insert(t as i64);

@@ -39,6 +39,8 @@ pub struct Artifacts {
     pub kir: String,
     /// The backends' listings of the fused kernels, by extension (`clif`, `ll`, `asm`).
     pub code: BTreeMap<&'static str, String>,
+    /// An object file defining every fused kernel (`--emit obj`, LLVM).
+    pub object: Option<Vec<u8>>,
 }
 
 /// A native backend by name.
@@ -50,12 +52,12 @@ pub fn backends(emit: &[String]) -> Result<Vec<NamedBackend>, CliError> {
     if emit.iter().any(|e| e == "clif") {
         out.push(("cranelift", Box::new(lsc_cranelift::Jit::new().map_err(CliError::new)?)));
     }
-    if emit.iter().any(|e| e == "ll" || e == "asm") {
+    if emit.iter().any(|e| e == "ll" || e == "asm" || e == "obj") {
         #[cfg(feature = "llvm")]
         out.push(("llvm", Box::new(lsc_llvm::Jit::new().map_err(CliError::new)?)));
         #[cfg(not(feature = "llvm"))]
         return Err(CliError::with_fix(
-            "--emit ll,asm needs the LLVM backend, which this lsc was built without",
+            "--emit ll,asm,obj needs the LLVM backend, which this lsc was built without",
             "rebuild with `cargo build --release --features llvm` (LLVM 22: scripts/install-llvm.sh)",
         ));
     }
@@ -69,6 +71,8 @@ pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) 
     let mut code: BTreeMap<&'static str, String> = BTreeMap::new();
     let mut memory = serde_json::Map::new();
     let mut seconds = vec![0.0; backends.len()];
+    // Each backend's kernels, as it compiled them (for object files).
+    let mut compiled: Vec<Vec<lsc_kir::Kernel>> = vec![Vec::new(); backends.len()];
     let mut bindings = bindings.clone();
     // MoR's capacities and the like follow from the bound symbols.
     let _ = lsc_ir::DerivedSymbol::bind_all(&p.symbols, &mut bindings);
@@ -110,11 +114,14 @@ pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) 
                     kir.push_str(&lsc_kir::print::print(&k));
                     kir.push('\n');
                     let group = &group.as_ref().and_then(|r| r.as_ref().ok()).expect("lowered from a group").0;
-                    for ((_, backend), secs) in backends.iter_mut().zip(seconds.iter_mut()) {
+                    for (((_, backend), secs), done) in
+                        backends.iter_mut().zip(seconds.iter_mut()).zip(compiled.iter_mut())
+                    {
                         let start = std::time::Instant::now();
                         let own = lower_elementwise(group, backend.vector_width()).map_err(CliError::new)?;
                         backend.compile(&own).map_err(CliError::new)?;
                         *secs += start.elapsed().as_secs_f64();
+                        done.push(own);
                         for (ext, text) in backend.listings(&name) {
                             code.entry(ext).or_default().push_str(&format!("; kernel @{name}\n{text}\n"));
                         }
@@ -138,6 +145,12 @@ pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) 
         }
     }
     let fused = list.iter().filter(|e| e["kind"] == "elementwise").count();
+    let object = backends
+        .iter()
+        .zip(&compiled)
+        .find_map(|((_, b), kernels)| b.object_file(kernels))
+        .transpose()
+        .map_err(CliError::new)?;
     Ok(Artifacts {
         manifest: json!({
             "bindings": bindings,
@@ -149,6 +162,7 @@ pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) 
         kernels,
         kir,
         code,
+        object,
     })
 }
 
@@ -169,6 +183,11 @@ pub fn write(
             write(&file, text.as_bytes())?;
             files.push(file);
         }
+    }
+    if let (true, Some(object)) = (emit.iter().any(|e| e == "obj"), &a.object) {
+        let file = format!("{name}.o");
+        write(&file, object)?;
+        files.push(file);
     }
     Ok(files)
 }

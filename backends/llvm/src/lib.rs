@@ -19,6 +19,7 @@ mod codegen;
 
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
+use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine};
 use inkwell::OptimizationLevel;
@@ -98,19 +99,29 @@ impl Jit {
     }
 }
 
-impl NativeCompiler for Jit {
-    fn compile(&mut self, k: &Kernel) -> Result<(), String> {
-        lsc_kir::check::in_bounds(k)?;
-        let module = self.context.create_module(&k.name);
+impl Jit {
+    /// An optimised module named `name` holding `kernels` (each checked in bounds first).
+    fn module(&self, name: &str, kernels: &[Kernel]) -> Result<Module<'static>, String> {
+        let module = self.context.create_module(name);
         module.set_triple(&self.machine.get_triple());
         module.set_data_layout(&self.machine.get_target_data().get_data_layout());
         let cpu = self.machine.get_cpu().to_string();
         let features = self.machine.get_feature_string().to_string_lossy().into_owned();
-        codegen::kernel(self.context, &module, k, &cpu, &features)?;
-        module.verify().map_err(|e| format!("kernel {}: invalid LLVM IR: {}", k.name, e.to_string_lossy()))?;
+        for k in kernels {
+            lsc_kir::check::in_bounds(k)?;
+            codegen::kernel(self.context, &module, k, &cpu, &features)?;
+        }
+        module.verify().map_err(|e| format!("{name}: invalid LLVM IR: {}", e.to_string_lossy()))?;
         module
             .run_passes("default<O3>", &self.machine, PassBuilderOptions::create())
-            .map_err(|e| format!("kernel {}: {}", k.name, e.to_string_lossy()))?;
+            .map_err(|e| format!("{name}: {}", e.to_string_lossy()))?;
+        Ok(module)
+    }
+}
+
+impl NativeCompiler for Jit {
+    fn compile(&mut self, k: &Kernel) -> Result<(), String> {
+        let module = self.module(&k.name, std::slice::from_ref(k))?;
         self.ir.insert(k.name.clone(), module.print_to_string().to_string());
         let asm = self
             .machine
@@ -144,5 +155,15 @@ impl NativeCompiler for Jit {
             .into_iter()
             .filter_map(|(ext, text)| Some((ext, text?.to_string())))
             .collect()
+    }
+
+    fn object_file(&self, kernels: &[Kernel]) -> Option<Result<Vec<u8>, String>> {
+        let object = self.module("kernels", kernels).and_then(|m| {
+            self.machine
+                .write_to_memory_buffer(&m, FileType::Object)
+                .map(|b| b.as_slice().to_vec())
+                .map_err(|e| e.to_string_lossy().into_owned())
+        });
+        Some(object)
     }
 }
