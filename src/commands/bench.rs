@@ -56,7 +56,7 @@ pub fn run(a: &BenchArgs) -> CliResult {
         return run_calibrate(a);
     }
     if a.kernels {
-        return super::microbench::run(a.json);
+        return super::microbench::run(a);
     }
     if a.steps == 0 || a.batch == 0 || a.seq == 0 {
         return Err(CliError::with_fix(
@@ -163,7 +163,8 @@ pub fn run(a: &BenchArgs) -> CliResult {
     Ok(())
 }
 
-fn config(a: &BenchArgs, model: &str) -> TrainConfig {
+/// The training configuration `lsc bench` times for `model`.
+pub(crate) fn config(a: &BenchArgs, model: &str) -> TrainConfig {
     let loss_terms =
         if model == "mor" { vec![("aux_loss".to_string(), lsc_models::mor::AUX_LOSS_COEF)] } else { vec![] };
     TrainConfig {

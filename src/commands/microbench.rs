@@ -1,8 +1,9 @@
 //! `lsc bench --kernels`: the library and generated kernels at the shapes the
 //! papers care about, each figure next to a baseline timed in the same run:
 //! GEMM against the measured FMA peak, LS- and local attention against
-//! global attention, ternary against f32 matmul, and greedy decoding on the
-//! default backend against the interpreter alone.
+//! global attention, ternary against f32 matmul, greedy decoding on the
+//! default backend against the interpreter alone, and where one training
+//! step's time goes.
 
 use crate::error::{CliError, CliResult};
 use lsc_interp::{Tensors, Value};
@@ -131,8 +132,34 @@ fn decode(backend: Backend) -> Result<Vec<Json>, CliError> {
     Ok(rows)
 }
 
-/// Runs the kernel benchmarks and prints them (`json`: one document).
-pub fn run(json_out: bool) -> CliResult {
+/// Time per op kind (generated kernels as one kind) of one `ls-transformer` training
+/// step at `a`'s config and shapes, on the default backend: where a step goes.
+fn step_breakdown(a: &super::bench::BenchArgs) -> Result<Vec<Json>, CliError> {
+    let forward = lsc_models::build("ls-transformer", &a.config).map_err(|e| CliError::new(e.to_string()))?;
+    let params = init::init_params(&forward, 0).map_err(CliError::new)?;
+    let cfg = lsc_runtime::train::TrainConfig {
+        fuse: true,
+        backend: Backend::default(),
+        ..super::bench::config(a, "ls-transformer")
+    };
+    let mut t = lsc_runtime::train::Trainer::new(cfg, &forward, params)?;
+    t.enable_profile();
+    let tokens: Vec<u32> = lsc_runtime::data::load_text("synthetic", 0)?.into_iter().map(u32::from).collect();
+    t.step(&tokens)?; // generates the kernels
+    t.step(&tokens)?;
+    let profile = t.profile.clone().unwrap_or_default();
+    let total: f64 = profile.iter().map(|p| p.2).sum();
+    Ok(profile
+        .into_iter()
+        .map(
+            |(op, calls, secs)| json!({ "op": op, "calls": calls, "ms": secs * 1e3, "share": secs / total.max(1e-12) }),
+        )
+        .collect())
+}
+
+/// Runs the kernel benchmarks and prints them (`--json`: one document).
+pub fn run(a: &super::bench::BenchArgs) -> CliResult {
+    let json_out = a.json;
     let backend = Backend::default();
     let machine = calibrate::calibrate();
     let peak = machine.machine.peak_flops;
@@ -144,6 +171,7 @@ pub fn run(json_out: bool) -> CliResult {
         "attention": attention()?,
         "ternary": ternary()?,
         "decode": { "backend": backend.to_string(), "rows": decode(backend)? },
+        "step_breakdown": { "backend": backend.to_string(), "batch": a.batch, "seq": a.seq, "ops": step_breakdown(a)? },
     });
     if json_out {
         println!("{doc}");
@@ -198,6 +226,19 @@ pub fn run(json_out: bool) -> CliResult {
             f(r, "tokens_per_s"),
             f(r, "interp_tokens_per_s"),
             f(r, "speedup")
+        );
+    }
+    println!(
+        "one ls-transformer {} training step, batch {} × {} ({backend}), time per op kind:",
+        a.config, a.batch, a.seq
+    );
+    for r in doc["step_breakdown"]["ops"].as_array().into_iter().flatten().take(12) {
+        println!(
+            "  {:<24} {:>4} calls {:9.2} ms {:5.1}%",
+            r["op"].as_str().unwrap_or("?"),
+            r["calls"],
+            f(r, "ms"),
+            100.0 * f(r, "share")
         );
     }
     Ok(())
