@@ -148,10 +148,11 @@ fn strided<T: Real>(data: &Buffer<T>, out_shape: &[usize], in_strides: &[usize])
 fn same_kind_concat<T: Real>(
     parts: &[&Buffer<T>],
     ranges: impl Iterator<Item = (usize, usize, usize)>,
+    total: usize,
 ) -> R<Buffer<T>> {
     macro_rules! join {
         ($variant:ident) => {{
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(total);
             for (p, start, len) in ranges {
                 match parts[p] {
                     Buffer::$variant(v) => out.extend_from_slice(&v[start..start + len]),
@@ -293,7 +294,7 @@ pub fn eval<T: Real>(
             let parts: Vec<&Buffer<T>> = args.iter().map(|a| &a.data).collect();
             let sizes: Vec<usize> = args.iter().map(|a| a.shape[*axis] * inner).collect();
             let ranges = (0..outer).flat_map(|o| sizes.iter().enumerate().map(move |(p, &len)| (p, o * len, len)));
-            one(same_kind_concat(&parts, ranges)?)
+            one(same_kind_concat(&parts, ranges, numel(&shape))?)
         }
         Op::Broadcast { .. } => {
             let x = args[0];
@@ -351,17 +352,17 @@ pub fn eval<T: Real>(
                 .ok()
                 .filter(|o| o + len <= n)
                 .ok_or_else(|| format!("cache_update writes {len} entries at offset {off}, beyond the cache's {n}"))?;
-            let src = (0..numel(&cache.shape)).map(|p| {
-                let (o, r) = (p / (n * inner), p % (n * inner));
-                let (k, i) = (r / inner, r % inner);
-                if k >= off && k < off + len {
-                    (1usize, (o * len + k - off) * inner + i)
-                } else {
-                    (0, p)
-                }
+            // Per outer index: the cache before the window, the update, the cache after it.
+            let (outer, row) = (numel(&cache.shape) / (n * inner).max(1), n * inner);
+            let runs = (0..outer).flat_map(|o| {
+                [
+                    (0usize, o * row, off * inner),
+                    (1, o * len * inner, len * inner),
+                    (0, o * row + (off + len) * inner, (n - off - len) * inner),
+                ]
             });
             let parts = [&cache.data, &update.data];
-            one(same_kind_concat(&parts, src.map(|(which, at)| (which, at, 1)))?)
+            one(same_kind_concat(&parts, runs, numel(&cache.shape))?)
         }
         Op::LsAttention { windows, scale } => attention::ls_attention(args, windows, *scale, out),
         Op::LsAttentionGrad { windows, scale } => attention::ls_attention_grad(args, windows, *scale, out),
