@@ -61,10 +61,7 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
         let reduction = root_reduction.is_some();
         if float_elementwise(n) || reduction {
             // Every element value of the kernel has this type; reductions run over its trailing axes.
-            let full = match root_reduction {
-                Some(_) => g.value_type(g.operands(n)[0]).clone(),
-                None => g.node(n).outputs[0].clone(),
-            };
+            let full = root_element_type(g, n);
             let mut reduced_axes = root_reduction.map(|(_, axes)| axes);
             // Grow towards producers whose every use is already inside. A producer under a
             // broadcast joins too: elementwise ops commute with broadcasting, so it is
@@ -199,16 +196,22 @@ fn row_axes(t: &TensorType, full: &TensorType) -> Option<usize> {
     stored_as(t, full, ones).filter(|&per_row| per_row).map(|_| ones)
 }
 
+/// The type of the element values of a kernel rooted at `root`: what a
+/// trailing reduction reduces, else the root's own type.
+fn root_element_type(g: &Graph, root: NodeId) -> TensorType {
+    match trailing_reduction(g, root) {
+        Some(_) => g.value_type(g.operands(root)[0]).clone(),
+        None => g.node(root).outputs[0].clone(),
+    }
+}
+
 /// `(kernel element type, reduced axes)` of a part: the type its element
 /// values have, and the trailing axes its reductions and per-row outputs span.
 fn element_type(g: &Graph, part: &Part) -> Result<(TensorType, usize), String> {
     let root = *part.nodes.last().ok_or("an empty kernel")?;
     let reductions: Vec<NodeId> =
         part.nodes.iter().copied().filter(|&n| matches!(g.node(n).op, Op::Reduce { .. })).collect();
-    let full = match trailing_reduction(g, root) {
-        Some(_) => g.value_type(g.operands(root)[0]).clone(),
-        None => g.node(root).outputs[0].clone(),
-    };
+    let full = root_element_type(g, root);
     let mut axes = None;
     for &r in &reductions {
         let here = if r == root { trailing_reduction(g, r).map(|(_, a)| a) } else { row_reduction(g, r) };

@@ -10,12 +10,15 @@ use lsc_passes::partition::{lowerable, partition, to_group, Part};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// Compiled kernels by `graph:group:bindings`: kernel name and the outside values it reads.
+type Compiled = HashMap<String, (String, Vec<ValueRef>)>;
+
 /// Generated kernels for one program, compiled by backend `C`.
 pub struct Accelerated<C> {
     groups: HashMap<String, Vec<FusedGroup>>,
     parts: HashMap<String, Vec<Part>>,
-    /// The backend, and (graph, group, shapes) → kernel name of what it compiled.
-    state: Mutex<(C, HashMap<String, String>)>,
+    /// The backend, and (graph, group, bindings) → the kernel it compiled and the values it reads.
+    state: Mutex<(C, Compiled)>,
     threads: usize,
 }
 
@@ -60,18 +63,16 @@ impl<C: NativeCompiler> Accelerator for Accelerated<C> {
         let part = &self.parts[&g.name][index];
         let mut state = self.state.lock().map_err(|_| "the JIT lock is poisoned".to_string())?;
         let (jit, compiled) = &mut *state;
-        let fresh = format!("{}_k{index}_{}", g.name, compiled.len());
-        let (group, sources) = to_group(g, part, bindings, &fresh)?;
-        let key = format!("{}:{index}:{:?}:{:?}", g.name, group.shape, group.inputs);
-        let name = match compiled.get(&key) {
-            Some(name) => name.clone(),
-            None => {
-                let width = jit.vector_width();
-                jit.compile(&lsc_kir::lower::lower_elementwise(&group, width)?)?;
-                compiled.insert(key, fresh.clone());
-                fresh
-            }
-        };
+        // The bound shapes decide the kernel: lower and compile once per (group, bindings).
+        let key = format!("{}:{index}:{bindings:?}", g.name);
+        if !compiled.contains_key(&key) {
+            let fresh = format!("{}_k{index}_{}", g.name, compiled.len());
+            let (group, sources) = to_group(g, part, bindings, &fresh)?;
+            let width = jit.vector_width();
+            jit.compile(&lsc_kir::lower::lower_elementwise(&group, width)?)?;
+            compiled.insert(key.clone(), (fresh, sources));
+        }
+        let (name, sources) = &compiled[&key];
         let inputs: Vec<&[f32]> = sources
             .iter()
             .map(|v| {
@@ -84,7 +85,7 @@ impl<C: NativeCompiler> Accelerator for Accelerated<C> {
         let shapes: Vec<Vec<usize>> = types.iter().map(|t| t.concrete_shape(bindings)).collect::<Result<_, _>>()?;
         let mut outs: Vec<Vec<f32>> = shapes.iter().map(|s| vec![0.0f32; s.iter().product()]).collect();
         let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
-        jit.kernels().run_parallel(&name, &inputs, &mut views, self.threads)?;
+        jit.kernels().run_parallel(name, &inputs, &mut views, self.threads)?;
         Ok(outs
             .into_iter()
             .zip(shapes)

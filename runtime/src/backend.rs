@@ -69,36 +69,35 @@ impl std::str::FromStr for Backend {
 /// A program prepared for a backend: its generated kernels, if any.
 pub struct Executable {
     program: Program,
-    kernels: Option<(Box<dyn Accelerator + Send>, usize)>,
+    kernels: Option<Generated>,
 }
 
-/// The generated kernels of `program` on a native backend.
+/// A program's generated kernels (as the interpreter's hook) and how many there are.
+type Generated = (Box<dyn Accelerator + Send>, usize);
+
+/// `program` as generated code runs it (each kernel reads broadcasts from
+/// their source), and its generated kernels on a native backend.
 fn generated<C: lsc_kir::native::NativeCompiler + 'static>(
-    program: &Program,
+    program: Program,
     backend: C,
-) -> Result<(Box<dyn Accelerator + Send>, usize), RuntimeError> {
-    let a = Accelerated::new(program, backend).map_err(RuntimeError::Input)?;
+) -> Result<(Program, Option<Generated>), RuntimeError> {
+    let program = lsc_passes::partition::unshare_broadcasts(&program);
+    let a = Accelerated::new(&program, backend).map_err(RuntimeError::Input)?;
     let count = a.kernel_count();
-    Ok((Box::new(a), count))
+    Ok((program, Some((Box::new(a), count))))
 }
 
 impl Executable {
     /// Compiles `program` for `backend` (kernels are generated at first use, per shape).
     pub fn new(program: Program, backend: Backend) -> Result<Executable, RuntimeError> {
-        if backend == Backend::Interp {
-            return Ok(Executable { program, kernels: None });
-        }
-        // Each kernel reads broadcasts from their source.
-        let program = lsc_passes::partition::unshare_broadcasts(&program);
-        let kernels = match backend {
-            Backend::Interp => unreachable!("returned above"),
-            Backend::Cranelift => generated(&program, lsc_cranelift::Jit::new().map_err(RuntimeError::Input)?)?,
+        let (program, kernels) = match backend {
+            Backend::Interp => (program, None),
+            Backend::Cranelift => generated(program, lsc_cranelift::Jit::new().map_err(RuntimeError::Input)?)?,
             #[cfg(feature = "llvm")]
-            Backend::Llvm => generated(&program, lsc_llvm::Jit::new().map_err(RuntimeError::Input)?)?,
+            Backend::Llvm => generated(program, lsc_llvm::Jit::new().map_err(RuntimeError::Input)?)?,
             #[cfg(not(feature = "llvm"))]
             Backend::Llvm => return Err(RuntimeError::Input("this lsc was built without the `llvm` feature".into())),
         };
-        let kernels = Some(kernels);
         Ok(Executable { program, kernels })
     }
 

@@ -118,7 +118,10 @@ pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) 
                         backends.iter_mut().zip(seconds.iter_mut()).zip(compiled.iter_mut())
                     {
                         let start = std::time::Instant::now();
-                        let own = lower_elementwise(group, backend.vector_width()).map_err(CliError::new)?;
+                        let own = match backend.vector_width() {
+                            w if w == k.schedule.vector_width => k.clone(),
+                            w => lower_elementwise(group, w).map_err(CliError::new)?,
+                        };
                         backend.compile(&own).map_err(CliError::new)?;
                         *secs += start.elapsed().as_secs_f64();
                         done.push(own);

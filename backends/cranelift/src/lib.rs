@@ -200,11 +200,46 @@ impl Codegen<'_> {
 
     /// `a ∘ b` for an accumulation op (scalars or vectors alike).
     fn fold(&mut self, op: Binary, a: Value, b: Value) -> Value {
+        self.binary(if matches!(op, Binary::Max | Binary::Min | Binary::Mul) { op } else { Binary::Add }, a, b)
+    }
+
+    /// A unary float op (Cranelift's instructions take scalars and vectors alike).
+    fn unary(&mut self, op: Unary, x: Value) -> Value {
+        let ins = self.b.ins();
         match op {
-            Binary::Max => self.b.ins().fmax(a, b),
-            Binary::Min => self.b.ins().fmin(a, b),
-            Binary::Mul => self.b.ins().fmul(a, b),
-            _ => self.b.ins().fadd(a, b),
+            Unary::Neg => ins.fneg(x),
+            Unary::Abs => ins.fabs(x),
+            Unary::Sqrt => ins.sqrt(x),
+            Unary::Floor => ins.floor(x),
+            Unary::Nearest => ins.nearest(x),
+        }
+    }
+
+    /// A comparison of floats or integers, scalars or vectors alike.
+    fn compare(&mut self, op: lsc_kir::Compare, a: Value, b: Value) -> Value {
+        if self.b.func.dfg.value_type(a).lane_type() == types::F32 {
+            self.b.ins().fcmp(simd::float_cc(op), a, b)
+        } else {
+            self.b.ins().icmp(simd::int_cc(op), a, b)
+        }
+    }
+
+    /// A binary op on scalars or vectors alike (vector shifts take immediates: see `simd`).
+    fn binary(&mut self, op: Binary, a: Value, b: Value) -> Value {
+        let ins = self.b.ins();
+        match op {
+            Binary::Add => ins.fadd(a, b),
+            Binary::Sub => ins.fsub(a, b),
+            Binary::Mul => ins.fmul(a, b),
+            Binary::Div => ins.fdiv(a, b),
+            Binary::Min => ins.fmin(a, b),
+            Binary::Max => ins.fmax(a, b),
+            Binary::IAdd => ins.iadd(a, b),
+            Binary::ISub => ins.isub(a, b),
+            Binary::Shl => ins.ishl(a, b),
+            Binary::ShrU => ins.ushr(a, b),
+            Binary::And => ins.band(a, b),
+            Binary::Or => ins.bor(a, b),
         }
     }
 
@@ -233,38 +268,15 @@ impl Codegen<'_> {
             }
             Expr::Unary(op, x) => {
                 let x = self.expr(x)?;
-                match op {
-                    Unary::Neg => self.b.ins().fneg(x),
-                    Unary::Abs => self.b.ins().fabs(x),
-                    Unary::Sqrt => self.b.ins().sqrt(x),
-                    Unary::Floor => self.b.ins().floor(x),
-                    Unary::Nearest => self.b.ins().nearest(x),
-                }
+                self.unary(*op, x)
             }
             Expr::Binary(op, a, b) => {
                 let (a, b) = (self.expr(a)?, self.expr(b)?);
-                match op {
-                    Binary::Add => self.b.ins().fadd(a, b),
-                    Binary::Sub => self.b.ins().fsub(a, b),
-                    Binary::Mul => self.b.ins().fmul(a, b),
-                    Binary::Div => self.b.ins().fdiv(a, b),
-                    Binary::Min => self.b.ins().fmin(a, b),
-                    Binary::Max => self.b.ins().fmax(a, b),
-                    Binary::IAdd => self.b.ins().iadd(a, b),
-                    Binary::ISub => self.b.ins().isub(a, b),
-                    Binary::Shl => self.b.ins().ishl(a, b),
-                    Binary::ShrU => self.b.ins().ushr(a, b),
-                    Binary::And => self.b.ins().band(a, b),
-                    Binary::Or => self.b.ins().bor(a, b),
-                }
+                self.binary(*op, a, b)
             }
             Expr::Compare(op, a, b) => {
                 let (a, b) = (self.expr(a)?, self.expr(b)?);
-                if self.b.func.dfg.value_type(a) == types::F32 {
-                    self.b.ins().fcmp(simd::float_cc(*op), a, b)
-                } else {
-                    self.b.ins().icmp(simd::int_cc(*op), a, b)
-                }
+                self.compare(*op, a, b)
             }
             Expr::Select(c, a, b) => {
                 let (c, a, b) = (self.expr(c)?, self.expr(a)?, self.expr(b)?);

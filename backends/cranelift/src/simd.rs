@@ -9,7 +9,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, Endianness, InstBuilder, MemFlagsData, Value};
 use cranelift_frontend::Variable;
 use lsc_kir::vector::{accumulators, combine_lanes, identity};
-use lsc_kir::{Binary, Compare, Expr, Stmt, Unary};
+use lsc_kir::{Binary, Compare, Expr, Stmt};
 
 /// Lanes of Cranelift's vector loops (f32x4: 128-bit SIMD only on x86-64).
 pub(super) const LANES: u32 = 4;
@@ -125,14 +125,7 @@ impl Codegen<'_> {
             }
             Expr::Unary(op, x) => {
                 let x = self.vexpr(x)?;
-                let ins = self.b.ins();
-                match op {
-                    Unary::Neg => ins.fneg(x),
-                    Unary::Abs => ins.fabs(x),
-                    Unary::Sqrt => ins.sqrt(x),
-                    Unary::Floor => ins.floor(x),
-                    Unary::Nearest => ins.nearest(x),
-                }
+                self.unary(*op, x)
             }
             Expr::Binary(op @ (Binary::Shl | Binary::ShrU), a, b) => {
                 let Expr::I32(amount) = **b else { return Err("vector shifts take constant amounts".into()) };
@@ -144,28 +137,11 @@ impl Codegen<'_> {
             }
             Expr::Binary(op, a, b) => {
                 let (a, b) = (self.vexpr(a)?, self.vexpr(b)?);
-                let ins = self.b.ins();
-                match op {
-                    Binary::Add => ins.fadd(a, b),
-                    Binary::Sub => ins.fsub(a, b),
-                    Binary::Mul => ins.fmul(a, b),
-                    Binary::Div => ins.fdiv(a, b),
-                    Binary::Min => ins.fmin(a, b),
-                    Binary::Max => ins.fmax(a, b),
-                    Binary::IAdd => ins.iadd(a, b),
-                    Binary::ISub => ins.isub(a, b),
-                    Binary::And => ins.band(a, b),
-                    Binary::Or => ins.bor(a, b),
-                    Binary::Shl | Binary::ShrU => unreachable!("handled above"),
-                }
+                self.binary(*op, a, b)
             }
             Expr::Compare(op, a, b) => {
                 let (a, b) = (self.vexpr(a)?, self.vexpr(b)?);
-                if self.b.func.dfg.value_type(a) == types::F32X4 {
-                    self.b.ins().fcmp(float_cc(*op), a, b)
-                } else {
-                    self.b.ins().icmp(int_cc(*op), a, b)
-                }
+                self.compare(*op, a, b)
             }
             Expr::Select(c, a, b) => {
                 let (c, a, b) = (self.vexpr(c)?, self.vexpr(a)?, self.vexpr(b)?);

@@ -158,7 +158,7 @@ impl Codegen<'_> {
         self.b.build_store(slot, lo).map_err(err)?;
         if self.lanes > 1 && vectorizable(var, body) {
             self.vector_var = Some(var);
-            self.vector_loop(var, slot, body, hi)?;
+            self.vector_loop(slot, body, hi)?;
             self.vector_var = None;
         }
         // The scalar loop (the remainder, after a vector loop).
@@ -178,15 +178,15 @@ impl Codegen<'_> {
         Ok(())
     }
 
-    /// The vector loop over `var` (at the range's start) while four lanes fit below `hi`.
-    fn vector_loop(&mut self, var: Var, slot: PointerValue<'static>, body: &[Stmt], hi: IntValue<'static>) -> R<()> {
+    /// The vector loop whose index lives in `slot` (at the range's start), while `lanes` fit below `hi`.
+    fn vector_loop(&mut self, slot: PointerValue<'static>, body: &[Stmt], hi: IntValue<'static>) -> R<()> {
         let i64t = self.cx.i64_type();
         let w = self.lanes;
-        let v4 = self.cx.f32_type().vec_type(w);
-        // Four partial results per accumulator, each starting at its op's identity.
+        let vt = self.cx.f32_type().vec_type(w);
+        // `w` partial results per accumulator, each starting at its op's identity.
         let mut partials = Vec::new();
         for (acc, op) in accumulators(body) {
-            let p = self.slot(v4.into())?;
+            let p = self.slot(vt.into())?;
             let start = self.splat(self.cx.f32_type().const_float(f64::from(identity(op))).into())?;
             self.b.build_store(p, start).map_err(err)?;
             partials.push((acc, op, p));
@@ -213,7 +213,7 @@ impl Codegen<'_> {
                 Stmt::Accumulate { var, value, .. } => {
                     let v = self.expr(value)?;
                     let &(_, op, p) = partials.iter().find(|(a, ..)| a == var).ok_or("an unknown accumulator")?;
-                    let lanes = self.b.build_load(v4, p, "lanes").map_err(err)?;
+                    let lanes = self.b.build_load(vt, p, "lanes").map_err(err)?;
                     let folded = self.fold(op, lanes, v)?;
                     self.b.build_store(p, folded).map_err(err)?;
                 }
@@ -226,9 +226,8 @@ impl Codegen<'_> {
         self.b.build_unconditional_branch(header).map_err(err)?;
         self.b.position_at_end(exit);
         self.vvars.clear();
-        let _ = var;
         for (acc, op, p) in partials {
-            let lanes = self.b.build_load(v4, p, "lanes").map_err(err)?.into_vector_value();
+            let lanes = self.b.build_load(vt, p, "lanes").map_err(err)?.into_vector_value();
             let mut each = Vec::with_capacity(w as usize);
             for l in 0..w {
                 let ix = self.cx.i32_type().const_int(u64::from(l), false);
@@ -388,8 +387,8 @@ impl Codegen<'_> {
                 let at = self.address(*buf, index)?;
                 let moves = index.terms.iter().any(|(v, _)| self.vector_var == Some(*v));
                 if vector && moves {
-                    let v4 = f32t.vec_type(w);
-                    let load = self.b.build_load(v4, at, "x").map_err(err)?;
+                    let vt = f32t.vec_type(w);
+                    let load = self.b.build_load(vt, at, "x").map_err(err)?;
                     load.as_instruction_value().ok_or("a load")?.set_alignment(4).map_err(err)?;
                     load
                 } else {
