@@ -112,8 +112,13 @@ impl Jit {
             codegen::kernel(self.context, &module, k, &cpu, &features)?;
         }
         module.verify().map_err(|e| format!("{name}: invalid LLVM IR: {}", e.to_string_lossy()))?;
+        // The kernel IR's vector loops are already explicit vectors: LLVM's own loop and
+        // SLP vectorisers add nothing but compile time (minutes on some large kernels).
+        let options = PassBuilderOptions::create();
+        options.set_loop_vectorization(false);
+        options.set_loop_slp_vectorization(false);
         module
-            .run_passes("default<O3>", &self.machine, PassBuilderOptions::create())
+            .run_passes("default<O3>", &self.machine, options)
             .map_err(|e| format!("{name}: {}", e.to_string_lossy()))?;
         Ok(module)
     }
