@@ -51,6 +51,10 @@ enum Command {
         /// Compile the training step (forward, backward, AdamW update) instead of the forward pass.
         #[arg(long)]
         train: bool,
+        /// Compile the causal inference graph that `lsc run` executes (for `mor`: the
+        /// σ(router) ≥ 0.5 rule, whose recursion steps the `routed` rules route).
+        #[arg(long, conflicts_with = "train")]
+        inference: bool,
         /// Only these rule groups in equality saturation (comma-separated; default all).
         #[arg(long, value_delimiter = ',')]
         rules: Vec<String>,
@@ -111,8 +115,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => commands::models::run(),
-        Command::Compile { model, emit, out_dir, train, rules, no_rules, bounds } => {
-            commands::compile::run(&model, &emit, &out_dir, train, &rules, &no_rules, &bounds)
+        Command::Compile { model, emit, out_dir, train, inference, rules, no_rules, bounds } => {
+            let graph = match (train, inference) {
+                (true, _) => commands::compile::Graph::TrainingStep,
+                (false, true) => commands::compile::Graph::Inference,
+                (false, false) => commands::compile::Graph::Forward,
+            };
+            commands::compile::run(&model, &emit, &out_dir, graph, &rules, &no_rules, &bounds)
         }
         Command::Check { file } => commands::check::run(&file),
         Command::Bench(args) => commands::bench::run(&args),

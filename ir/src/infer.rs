@@ -60,7 +60,9 @@ pub fn arity(op: &Op) -> Option<usize> {
         Op::LsAttentionGrad { .. } | Op::Gam => 5,
         Op::TernaryPack => 2,
         Op::SoftmaxCrossEntropy | Op::TernaryMatmul { .. } => 3,
-        Op::Concat { .. } | Op::Loop { .. } | Op::Call { .. } | Op::AdamW { .. } => return None,
+        Op::Concat { .. } | Op::Loop { .. } | Op::Call { .. } | Op::RoutedCall { .. } | Op::AdamW { .. } => {
+            return None
+        }
     })
 }
 
@@ -134,6 +136,47 @@ fn instantiate(
         }
     }
     Ok(outputs.iter().map(|t| TensorType::new(t.dtype, t.shape.iter().map(|d| d.substitute(&subst)))).collect())
+}
+
+/// The types of `routed_call(active, args..)` (see [`Op::RoutedCall`]): the
+/// callee's per-row symbol is bound to the mask's row count, and every output
+/// must be per-row so that it can be scattered back.
+fn routed_call(
+    callee: &str,
+    routed: usize,
+    ins: &[&TensorType],
+    sigs: &dyn Signatures,
+) -> Result<Vec<TensorType>, String> {
+    let sig = sigs.signature(callee).ok_or_else(|| format!("`routed_call` refers to unknown function @{callee}"))?;
+    let what = format!("routed call of @{callee}");
+    let Some((mask, args)) = ins.split_first().filter(|(m, _)| m.dtype == DType::Bool && m.rank() == 2) else {
+        return Err(format!("{what} needs the active rows as its first operand, a bool[B, T] mask"));
+    };
+    if routed == 0 || routed > args.len() {
+        return Err(format!("{what}: `routed` = {routed} must count 1 to {} leading arguments", args.len()));
+    }
+    let per_row = |t: &TensorType| t.rank() >= 2 && t.shape[..2] == mask.shape[..];
+    if let Some(a) = args[..routed].iter().find(|a| !per_row(a)) {
+        return Err(format!("{what}: routed argument {a} does not start with the mask's shape {mask}"));
+    }
+    let row = sig.inputs.first().and_then(|t| t.shape.get(1)).and_then(|d| d.as_symbol().map(str::to_string));
+    let Some(row) = row else {
+        return Err(format!("{what}: the callee's first input must have a symbolic row dimension (axis 1)"));
+    };
+    let row_dim = Dim::sym(&row);
+    let routed_formals_ok =
+        sig.inputs.len() >= routed && sig.inputs[..routed].iter().all(|t| t.shape.get(1) == Some(&row_dim));
+    let elsewhere = sig.inputs[routed.min(sig.inputs.len())..]
+        .iter()
+        .any(|t| t.shape.iter().any(|d| d.symbols().any(|s| s == row)));
+    if !routed_formals_ok || elsewhere {
+        return Err(format!("{what}: row symbol {row} must be axis 1 of exactly the {routed} routed inputs"));
+    }
+    let outs = instantiate(&sig.inputs, args, &sig.outputs, &what)?;
+    if let Some(o) = outs.iter().find(|o| !per_row(o)) {
+        return Err(format!("{what}: output {o} is not per-row, so it cannot be scattered back"));
+    }
+    Ok(outs)
 }
 
 /// Infers the output types of a non-leaf op from its operand types.
@@ -482,6 +525,7 @@ pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<
             let sig = sigs.signature(callee).ok_or_else(|| format!("`call` refers to unknown function @{callee}"))?;
             instantiate(&sig.inputs, ins, &sig.outputs, &format!("call of @{callee}"))
         }
+        Op::RoutedCall { callee, routed } => routed_call(callee, *routed, ins, sigs),
         Op::Loop { body, .. } => {
             let sig = sigs.signature(body).ok_or_else(|| format!("`loop` refers to unknown function @{body}"))?;
             let what = format!("loop body @{body}");

@@ -302,6 +302,19 @@ pub enum Op {
         /// Name of the callee.
         callee: String,
     },
+    /// Calls `callee` on the active rows only (made by the `routed` rule group).
+    /// Operands: `(active: bool[B, T], args..)`. The first `routed` args are
+    /// per-row (`[B, T, ..]`): each sequence's active rows are packed, in order,
+    /// into `[B, N, ..]` (`N` = the most active rows of any sequence; shorter
+    /// sequences are padded with zeros and `false`), the callee runs on them and
+    /// the rest of the args, and its outputs (all per-row) are scattered back to
+    /// `[B, T, ..]`, with zeros in inactive rows.
+    RoutedCall {
+        /// Name of the callee.
+        callee: String,
+        /// How many leading args are per-row.
+        routed: usize,
+    },
 }
 
 /// An attribute value in `.lsir` text.
@@ -393,6 +406,7 @@ impl Op {
             Op::Gam => "gam",
             Op::Loop { .. } => "loop",
             Op::Call { .. } => "call",
+            Op::RoutedCall { .. } => "routed_call",
         }
     }
 
@@ -443,7 +457,8 @@ impl Op {
             | Op::AdamW { .. }
             | Op::TernaryPack
             | Op::TernaryMatmul { .. }
-            | Op::Gam => false,
+            | Op::Gam
+            | Op::RoutedCall { .. } => false,
         }
     }
 
@@ -488,6 +503,9 @@ impl Op {
             Op::TopK { k, axis } => vec![("k", dim(k)), ("axis", int(*axis))],
             Op::Loop { body, trips } => vec![("body", AttrValue::Func(body.clone())), ("trips", int(*trips as usize))],
             Op::Call { callee } => vec![("callee", AttrValue::Func(callee.clone()))],
+            Op::RoutedCall { callee, routed } => {
+                vec![("callee", AttrValue::Func(callee.clone())), ("routed", int(*routed))]
+            }
             Op::LsAttention { windows, scale } | Op::LsAttentionGrad { windows, scale } => {
                 vec![("windows", ints(windows)), ("scale", AttrValue::Float(*scale))]
             }
@@ -558,6 +576,7 @@ impl Op {
             "cache_update" => Op::CacheUpdate { axis: a.usize("axis")? },
             "loop" => Op::Loop { body: a.func("body")?, trips: a.usize("trips")? as u64 },
             "call" => Op::Call { callee: a.func("callee")? },
+            "routed_call" => Op::RoutedCall { callee: a.func("callee")?, routed: a.usize("routed")? },
             "ls_attention" => Op::LsAttention { windows: a.usizes("windows")?, scale: a.float("scale")? },
             "ls_attention_grad" => Op::LsAttentionGrad { windows: a.usizes("windows")?, scale: a.float("scale")? },
             "softmax_cross_entropy" => Op::SoftmaxCrossEntropy,

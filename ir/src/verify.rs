@@ -230,7 +230,7 @@ fn check_recursion(p: &Program) -> Result<(), VerifyError> {
         g.dag
             .node_weights()
             .filter_map(|n| match &n.op {
-                Op::Call { callee } => Some(callee.clone()),
+                Op::Call { callee } | Op::RoutedCall { callee, .. } => Some(callee.clone()),
                 Op::Loop { body, .. } => Some(body.clone()),
                 _ => None,
             })

@@ -31,7 +31,12 @@ pub fn hoist_parameter_work(p: &Program) -> Result<Option<Hoisted>, String> {
         let entry = match &node.op {
             Op::Param { .. } => Some(true),
             Op::Constant { .. } | Op::Iota { .. } if symbol_free => Some(false),
-            Op::Input { .. } | Op::Constant { .. } | Op::Iota { .. } | Op::Call { .. } | Op::Loop { .. } => None,
+            Op::Input { .. }
+            | Op::Constant { .. }
+            | Op::Iota { .. }
+            | Op::Call { .. }
+            | Op::RoutedCall { .. }
+            | Op::Loop { .. } => None,
             _ if !symbol_free => None,
             _ => {
                 let sources: Option<Vec<bool>> = g.operands(n).iter().map(|v| fixed.get(&v.node).copied()).collect();

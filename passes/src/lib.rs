@@ -1,12 +1,13 @@
 //! Graph-to-graph passes: autodiff, the training-step construction,
-//! dead-code elimination and program statistics. Equality saturation,
-//! partitioning, memory planning and kernel-IR lowering come here next.
+//! equality saturation, partitioning, memory planning, dead-code elimination
+//! and program statistics.
 //!
 //! | module | contents |
 //! |---|---|
 //! | [`autodiff`] | reverse-mode autodiff as a graph transformation, the open VJP table |
 //! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD |
 //! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
+//! | [`routing`] | whether a function may run on the active rows only (`routed_call`) |
 //! | [`specialize`] | functions specialised on the constant arguments all their calls pass |
 //! | [`dce`] | dead-code elimination |
 //! | [`memory`] | buffer slots for kernel outputs, reused by liveness; peak bytes |
@@ -21,6 +22,7 @@ pub mod dce;
 pub mod hoist;
 pub mod memory;
 pub mod partition;
+pub mod routing;
 pub mod saturate;
 pub mod specialize;
 pub mod stats;

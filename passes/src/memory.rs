@@ -19,14 +19,19 @@ pub fn upper_bounds(p: &Program, bindings: &Bindings) -> Result<HashMap<String, 
         for g in p.graphs() {
             let Some(here) = bounds.get(&g.name).cloned() else { continue };
             for n in g.dag.node_indices() {
-                let (callee, skip) = match &g.node(n).op {
-                    Op::Call { callee } => (callee, 0),
-                    Op::Loop { body, .. } => (body, 1), // the body's first input is the trip counter
+                // Inputs and operands that do not correspond: the loop's trip
+                // counter, the routed call's mask. Routed rows are at most all rows.
+                let (callee, skip_inputs, skip_operands) = match &g.node(n).op {
+                    Op::Call { callee } => (callee, 0, 0),
+                    Op::Loop { body, .. } => (body, 1, 0),
+                    Op::RoutedCall { callee, .. } => (callee, 0, 1),
                     _ => continue,
                 };
                 let f = p.function(callee).ok_or_else(|| format!("@{} calls unknown @{callee}", g.name))?;
                 let entry = bounds.entry(f.name.clone()).or_default();
-                for (&input, arg) in f.inputs.iter().skip(skip).zip(g.operands(n)) {
+                for (&input, arg) in
+                    f.inputs.iter().skip(skip_inputs).zip(g.operands(n).into_iter().skip(skip_operands))
+                {
                     let sizes = g.value_type(arg).concrete_shape(&here)?;
                     for (d, size) in f.node(input).outputs[0].shape.iter().zip(sizes) {
                         if let Some(sym) = d.as_symbol() {

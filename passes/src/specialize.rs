@@ -40,7 +40,8 @@ pub fn specialize_constant_arguments(p: &mut Program) -> usize {
                         }
                     }
                 }
-                Op::Loop { body, .. } => loop_bodies.push(body.clone()),
+                // Loop bodies and routed callees see other values than their operands.
+                Op::Loop { body: f, .. } | Op::RoutedCall { callee: f, .. } => loop_bodies.push(f.clone()),
                 _ => {}
             }
         }

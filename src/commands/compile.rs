@@ -88,12 +88,23 @@ pub struct Bounds {
     pub egg_time_limit_ms: u64,
 }
 
+/// Which graph of the model `compile` compiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Graph {
+    /// The training forward pass.
+    Forward,
+    /// The causal inference pass (`lsc run`).
+    Inference,
+    /// Forward, backward and update in one graph.
+    TrainingStep,
+}
+
 /// Compiles the selected program into `out_dir`.
 pub fn run(
     args: &ModelArgs,
     emit: &[String],
     out_dir: &Path,
-    train: bool,
+    graph: Graph,
     rules: &[String],
     no_rules: &[String],
     bounds: &Bounds,
@@ -113,7 +124,8 @@ pub fn run(
             format!("use one of: {}", known.join(", ")),
         ));
     }
-    let mut src = source::load(args, false)?;
+    let train = graph == Graph::TrainingStep;
+    let mut src = source::load(args, graph == Graph::Inference)?;
     let forward = src.program.clone();
     let mut opts = lsc_passes::train::StepOptions::default();
     if src.name == "mor" {
@@ -127,6 +139,9 @@ pub fn run(
             )
         })?;
         src.name = format!("{}.train", src.name);
+    }
+    if graph == Graph::Inference {
+        src.name = format!("{}.inference", src.name);
     }
     lsc_passes::eliminate_dead_code(&mut src.program);
     std::fs::create_dir_all(out_dir).map_err(|e| {

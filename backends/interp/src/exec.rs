@@ -3,6 +3,7 @@
 
 use crate::kernels;
 use crate::math::Real;
+use crate::routing::ActiveRows;
 use crate::value::{numel, Buffer, Value};
 use lsc_ir::{verify, Bindings, DType, DerivedSymbol, Graph, NodeId, Op, Program, TensorType, ValueRef, VerifyError};
 use std::any::Any;
@@ -262,6 +263,27 @@ impl<'p> Interpreter<'p> {
                             .ok_or_else(|| err_at(n, format!("unknown function @{callee}")))?;
                         let borrowed = arg_vals.iter().map(|&v| Cow::Borrowed(v)).collect();
                         self.run_graph(f, borrowed, params, &[])?
+                    }
+                    Op::RoutedCall { callee, routed } => {
+                        let f = self
+                            .program
+                            .function(callee)
+                            .ok_or_else(|| err_at(n, format!("unknown function @{callee}")))?;
+                        let rows = ActiveRows::new(arg_vals[0]).map_err(|m| err_at(n, m))?;
+                        if rows.packed == 0 {
+                            out_types.iter().map(|t| fill(0.0, t)).collect()
+                        } else {
+                            let mut packed = Vec::with_capacity(arg_vals.len() - 1);
+                            for (i, &v) in arg_vals[1..].iter().enumerate() {
+                                packed.push(if i < *routed {
+                                    Cow::Owned(rows.pack(v).map_err(|m| err_at(n, m))?)
+                                } else {
+                                    Cow::Borrowed(v)
+                                });
+                            }
+                            let outs = self.run_graph(f, packed, params, &[])?;
+                            outs.iter().map(|o| rows.unpack(o)).collect::<Result<_, _>>().map_err(|m| err_at(n, m))?
+                        }
                     }
                     Op::Loop { body, trips } => {
                         let f = self

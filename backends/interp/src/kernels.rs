@@ -379,7 +379,8 @@ pub fn eval<T: Real>(
         | Op::Constant { .. }
         | Op::Iota { .. }
         | Op::Loop { .. }
-        | Op::Call { .. } => Err(format!("`{}` is evaluated by the executor, not as a kernel", op.name())),
+        | Op::Call { .. }
+        | Op::RoutedCall { .. } => Err(format!("`{}` is evaluated by the executor, not as a kernel", op.name())),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod fused;
 pub mod kernels;
 pub mod math;
+pub mod routing;
 pub mod value;
 
 pub use exec::{Accelerator, FusedGroup, InterpError, Interpreter, Tensors};

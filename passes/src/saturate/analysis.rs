@@ -5,6 +5,7 @@ use super::lang::{Interner, Key, LscNode};
 use egg::{Analysis, DidMerge, EGraph, Id};
 use lsc_ir::infer::infer;
 use lsc_ir::{Graph, TensorType};
+use std::collections::HashMap;
 
 /// Types per class, plus the interner and the program's functions.
 #[derive(Default)]
@@ -13,6 +14,8 @@ pub struct Types {
     pub interner: Interner,
     /// Functions, for the types of `call` and `loop`.
     pub functions: Vec<Graph>,
+    /// Estimated seconds of one run of each function (the cost of a call).
+    pub call_costs: HashMap<String, f64>,
 }
 
 /// The e-graph of the saturation passes.

@@ -37,7 +37,14 @@ fn numel(t: &TensorType) -> f64 {
     t.shape.iter().map(symbol_size).product()
 }
 
-/// Estimated seconds of one node.
+/// The share of rows a `routed_call` is expected to run on. It is data
+/// dependent; MoR's default capacities (1, 0.75, 0.5, 0.25) keep about half of
+/// the rows at the depths that route, and packing costs only a copy, so
+/// routing is priced as running on half of the rows.
+pub const ROUTED_SHARE: f64 = 0.5;
+
+/// Estimated seconds of one node; a call costs one run of its callee
+/// (`Types::call_costs`), a loop `trips` runs.
 pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
     let LscNode::Other(sym, ch) = n;
     let Key::Op(op, None) = g.analysis.interner.key(*sym) else { return 0.0 };
@@ -69,8 +76,15 @@ pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
                 / windows.len().max(1) as f64;
             4.0 * ins / 3.0 * keys
         }
-        Op::Reshape { .. } | Op::Call { .. } | Op::Loop { .. } => 0.0,
+        Op::Reshape { .. } | Op::Call { .. } | Op::Loop { .. } | Op::RoutedCall { .. } => 0.0,
         _ => outs.max(ins),
+    };
+    let body = |f: &str| g.analysis.call_costs.get(f).copied().unwrap_or(0.0);
+    let callee = match op {
+        Op::Call { callee } => return body(callee),
+        Op::Loop { body: f, trips } => return *trips as f64 * (body(f) + m.launch),
+        Op::RoutedCall { callee, .. } => ROUTED_SHARE * body(callee),
+        _ => 0.0,
     };
     // A reshape is free; everything else reads its inputs and writes its outputs.
     let size = |t: &TensorType| numel(t) * t.dtype.bits() as f64 / 8.0;
@@ -79,7 +93,8 @@ pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
     } else {
         in_types.iter().map(|t| size(t)).sum::<f64>() + out_types.iter().map(size).sum::<f64>()
     };
-    (flops / m.peak_flops).max(bytes / m.bandwidth) + m.launch
+    // A routed call also packs its per-row operands and unpacks its outputs.
+    callee + (flops / m.peak_flops).max(bytes / m.bandwidth) + m.launch
 }
 
 /// The chosen node of each class.

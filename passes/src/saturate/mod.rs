@@ -6,11 +6,13 @@
 //! Rule groups, run in stages (each saturates before the next starts):
 //! 1. `algebra` (transpose and reshape cancellation, units, transposes absorbed
 //!    into matmul flags, scales moved through matmul; common subexpressions
-//!    merge for free in the e-graph) and `inference` (straight-through and
+//!    merge for free in the e-graph), `inference` (straight-through and
 //!    `stop_gradient` are identities in value; only for graphs autodiff will
-//!    not differentiate again);
+//!    not differentiate again) and `unroll` (small loops become calls);
 //! 2. `attention` (causal/banded softmax attention → `ls_attention`, with its
-//!    row max for the monitor), `ternary` (→ `ternary_matmul`), `gam` (→ `gam`);
+//!    row max for the monitor), `ternary` (→ `ternary_matmul`), `gam` (→ `gam`),
+//!    `routed` (a recursion step over the whole sequence runs on its active
+//!    rows only: `routed_call`; forward values only);
 //! 3. `step` (softmax + cross-entropy with its gradient, one AdamW over all
 //!    parameters), for training-step graphs.
 
@@ -18,6 +20,7 @@ mod analysis;
 mod extract;
 mod fusion;
 mod lang;
+mod recursion;
 mod rules;
 mod step;
 
@@ -90,9 +93,10 @@ pub struct Stats {
     pub iterations: usize,
     /// Why each graph's stages stopped (`stage: reason after n iterations`).
     pub stop: BTreeMap<String, String>,
-    /// Estimated seconds before (DAG cost of the input).
+    /// Estimated seconds of one run of the input (DAG cost of `@main`, each
+    /// call priced at its callee's cost).
     pub cost_before: f64,
-    /// Estimated seconds after.
+    /// Estimated seconds of one run after optimisation.
     pub cost_after: f64,
     /// Wall time.
     pub seconds: f64,
@@ -106,9 +110,13 @@ struct Loaded {
     outputs: Vec<(String, Id)>,
 }
 
-/// Loads one graph into an e-graph.
-fn load(g: &Graph, functions: &[Graph]) -> Result<Loaded, String> {
-    let mut eg = LscGraph::new(Types { interner: Default::default(), functions: functions.to_vec() });
+/// Estimated seconds of one run of each function.
+type CallCosts = HashMap<String, f64>;
+
+/// Loads one graph into an e-graph; calls are priced by `call_costs`.
+fn load(g: &Graph, functions: &[Graph], call_costs: &CallCosts) -> Result<Loaded, String> {
+    let types = Types { interner: Default::default(), functions: functions.to_vec(), call_costs: call_costs.clone() };
+    let mut eg = LscGraph::new(types);
     let order = g.topo_order().map_err(|_| format!("@{} has a cycle", g.name))?;
     let mut class: HashMap<lsc_ir::NodeId, Id> = HashMap::new();
     let value = |eg: &mut LscGraph, class: &HashMap<lsc_ir::NodeId, Id>, v: ValueRef| -> Id {
@@ -135,24 +143,49 @@ fn load(g: &Graph, functions: &[Graph]) -> Result<Loaded, String> {
     Ok(Loaded { eg, inputs, params, outputs })
 }
 
-fn add_expr(eg: &mut LscGraph, e: &rules::Expr) -> Id {
+/// Adds `e`; `shared` remembers the class of each shared sub-expression.
+fn add_expr(eg: &mut LscGraph, e: &rules::Expr, shared: &mut HashMap<*const rules::Expr, Id>) -> Id {
     match e {
         rules::Expr::Class(id) => *id,
         rules::Expr::Node(key, children) => {
-            let ch: Vec<Id> = children.iter().map(|c| add_expr(eg, c)).collect();
+            let ch: Vec<Id> = children.iter().map(|c| add_expr(eg, c, shared)).collect();
             let n = node(&mut eg.analysis.interner, key.clone(), ch);
             eg.add(n)
+        }
+        rules::Expr::Shared(inner) => {
+            let at = std::rc::Rc::as_ptr(inner);
+            if let Some(&id) = shared.get(&at) {
+                return id;
+            }
+            let id = add_expr(eg, inner, shared);
+            shared.insert(at, id);
+            id
         }
     }
 }
 
-/// Saturates and extracts one graph.
-pub fn optimize_graph(g: &Graph, functions: &[Graph], cfg: &Config, stats: &mut Stats) -> Result<Graph, String> {
+/// One graph saturated and extracted, with its estimated seconds before and after.
+struct Optimized {
+    graph: Graph,
+    cost_before: f64,
+    cost_after: f64,
+}
+
+/// Saturates and extracts one graph. Its calls are priced at their callees'
+/// cost before (`costs.0`) and after (`costs.1`) optimisation.
+fn optimize_graph(
+    g: &Graph,
+    functions: &[Graph],
+    cfg: &Config,
+    stats: &mut Stats,
+    costs: (&CallCosts, &CallCosts),
+) -> Result<Optimized, String> {
     let start = Instant::now();
-    let Loaded { mut eg, inputs, params, outputs } = load(g, functions)?;
+    let Loaded { mut eg, inputs, params, outputs } = load(g, functions, costs.0)?;
     let roots: Vec<Id> = inputs.iter().chain(&params).copied().chain(outputs.iter().map(|(_, id)| *id)).collect();
     let original: extract::Choice = eg.classes().map(|c| (c.id, c.nodes[0].clone())).collect();
-    stats.cost_before += extract::dag_cost(&eg, &roots, &original, &cfg.machine);
+    let cost_before = extract::dag_cost(&eg, &roots, &original, &cfg.machine);
+    eg.analysis.call_costs = costs.1.clone();
     let selected = |group: &str| {
         (cfg.groups.is_empty() || cfg.groups.iter().any(|g| g == group))
             && !cfg.without.iter().any(|g| g == group)
@@ -171,14 +204,36 @@ pub fn optimize_graph(g: &Graph, functions: &[Graph], cfg: &Config, stats: &mut 
         reasons.push(format!("{}: {stop:?} after {n}", stage.join("+")));
     }
     let choice = extract::extract(&eg, &roots, &cfg.machine);
-    stats.cost_after += extract::dag_cost(&eg, &roots, &choice, &cfg.machine);
+    let cost_after = extract::dag_cost(&eg, &roots, &choice, &cfg.machine);
     stats.enodes += eg.total_number_of_nodes();
     stats.eclasses += eg.number_of_classes();
     stats.iterations = stats.iterations.max(iterations);
     stats.stop.insert(g.name.clone(), reasons.join("; "));
-    let out = extract::to_graph(&eg, &choice, &g.name, &inputs, &params, &outputs)?;
+    let graph = extract::to_graph(&eg, &choice, &g.name, &inputs, &params, &outputs)?;
     stats.seconds += start.elapsed().as_secs_f64();
-    Ok(out)
+    Ok(Optimized { graph, cost_before, cost_after })
+}
+
+/// The functions of `p`, each after the functions it calls (the verifier
+/// rejects recursion; anything left over keeps its place at the end).
+fn callees_first(p: &Program) -> Vec<&Graph> {
+    let calls = |g: &Graph| -> Vec<String> {
+        g.dag
+            .node_weights()
+            .filter_map(|n| match &n.op {
+                lsc_ir::Op::Call { callee } | lsc_ir::Op::RoutedCall { callee, .. } => Some(callee.clone()),
+                lsc_ir::Op::Loop { body, .. } => Some(body.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut order: Vec<&Graph> = Vec::new();
+    let mut left: Vec<&Graph> = p.functions.iter().collect();
+    while !left.is_empty() {
+        let ready = left.iter().position(|f| calls(f).iter().all(|c| order.iter().any(|o| &o.name == c)));
+        order.push(left.remove(ready.unwrap_or(0)));
+    }
+    order
 }
 
 /// Runs one stage's rules until nothing changes or a bound is hit.
@@ -205,7 +260,7 @@ fn run_stage(
         }
         let mut changed = false;
         for (id, k, e) in proposals {
-            let new = add_expr(eg, &e);
+            let new = add_expr(eg, &e, &mut HashMap::new());
             // Only a type-preserving rewrite may merge (the analysis knows both types).
             if eg[new].data != eg[id].data {
                 continue;
@@ -234,17 +289,23 @@ pub fn groups() -> Vec<&'static str> {
     rules::STAGES.iter().flat_map(|s| s.iter().copied()).collect()
 }
 
-/// Estimated seconds of `p` as it is, under the cost model.
+/// Estimated seconds of one run of `g` as it is, calls priced by `call_costs`.
+fn graph_cost(g: &Graph, functions: &[Graph], call_costs: &CallCosts, machine: &Machine) -> Result<f64, String> {
+    let l = load(g, functions, call_costs)?;
+    let roots: Vec<Id> = l.inputs.iter().chain(&l.params).copied().chain(l.outputs.iter().map(|(_, id)| *id)).collect();
+    let original: extract::Choice = l.eg.classes().map(|c| (c.id, c.nodes[0].clone())).collect();
+    Ok(extract::dag_cost(&l.eg, &roots, &original, machine))
+}
+
+/// Estimated seconds of one run of `p` as it is, under the cost model (each
+/// call priced at its callee's cost).
 pub fn estimated_cost(p: &Program, machine: &Machine) -> Result<f64, String> {
-    let mut total = 0.0;
-    for g in p.graphs() {
-        let l = load(g, &p.functions)?;
-        let roots: Vec<Id> =
-            l.inputs.iter().chain(&l.params).copied().chain(l.outputs.iter().map(|(_, id)| *id)).collect();
-        let original: extract::Choice = l.eg.classes().map(|c| (c.id, c.nodes[0].clone())).collect();
-        total += extract::dag_cost(&l.eg, &roots, &original, machine);
+    let mut costs = CallCosts::new();
+    for f in callees_first(p) {
+        let c = graph_cost(f, &p.functions, &costs, machine)?;
+        costs.insert(f.name.clone(), c);
     }
-    Ok(total)
+    graph_cost(&p.main, &p.functions, &costs, machine)
 }
 
 /// The compiler's training pipeline: `egg(forward)` (gradients kept) →
@@ -287,12 +348,20 @@ pub fn optimize(p: &Program, cfg: &Config) -> Result<(Program, Stats), String> {
     if n > 0 {
         stats.fired.insert("constant-argument".into(), n);
     }
-    let main = optimize_graph(&p.main, &p.functions, cfg, &mut stats)?;
-    let mut functions = Vec::new();
-    for f in &p.functions {
-        functions.push(optimize_graph(f, &p.functions, cfg, &mut stats)?);
+    // Callees first, so that each call is priced at its callee's cost before and after.
+    let (mut before, mut after) = (CallCosts::new(), CallCosts::new());
+    let mut done: HashMap<String, Graph> = HashMap::new();
+    for f in callees_first(p) {
+        let o = optimize_graph(f, &p.functions, cfg, &mut stats, (&before, &after))?;
+        before.insert(f.name.clone(), o.cost_before);
+        after.insert(f.name.clone(), o.cost_after);
+        done.insert(f.name.clone(), o.graph);
     }
-    let out = Program { main, functions, symbols: p.symbols.clone() };
+    let main = optimize_graph(&p.main, &p.functions, cfg, &mut stats, (&before, &after))?;
+    stats.cost_before = main.cost_before;
+    stats.cost_after = main.cost_after;
+    let functions = p.functions.iter().map(|f| done.remove(&f.name).expect("every function is optimised")).collect();
+    let out = Program { main: main.graph, functions, symbols: p.symbols.clone() };
     lsc_ir::verify(&out).map_err(|e| format!("saturation produced an invalid program: {e}"))?;
     Ok((out, stats))
 }

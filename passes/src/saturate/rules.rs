@@ -14,6 +14,8 @@ pub enum Expr {
     Class(Id),
     /// A new node over sub-expressions.
     Node(Key, Vec<Expr>),
+    /// A sub-expression used in several places, added once.
+    Shared(std::rc::Rc<Expr>),
 }
 
 /// How a rule finds its matches.
@@ -38,15 +40,17 @@ pub struct Rule {
 
 /// The rule groups, in the stages they run in: cheap shape and algebra rules
 /// saturate first, then the fusions, then the training-step fusions.
-pub const STAGES: [&[&str]; 3] = [&["algebra", "inference"], &["attention", "ternary", "gam"], &["step"]];
+pub const STAGES: [&[&str]; 3] =
+    [&["algebra", "inference", "unroll"], &["attention", "ternary", "gam", "routed"], &["step"]];
 
-/// Groups whose rules change gradients (they keep forward values only): never
-/// run on a graph that autodiff will still differentiate.
-pub const FORWARD_ONLY: [&str; 1] = ["inference"];
+/// Groups whose rules change gradients (they keep forward values only, or
+/// make ops autodiff has no rule for): never run on a graph that autodiff
+/// will still differentiate.
+pub const FORWARD_ONLY: [&str; 2] = ["inference", "routed"];
 
 /// Every rule.
 pub fn all() -> Vec<Rule> {
-    use super::{fusion, step};
+    use super::{fusion, recursion, step};
     let node = |name, group, f| Rule { name, group, apply: Apply::Node(f) };
     let graph = |name, group, f| Rule { name, group, apply: Apply::Graph(f) };
     vec![
@@ -68,6 +72,8 @@ pub fn all() -> Vec<Rule> {
         node("attention-row-max", "attention", attention_row_max),
         node("ternary-matmul", "ternary", fusion::ternary_matmul),
         node("gam", "gam", fusion::gam),
+        node("routed-call", "routed", recursion::routed_call),
+        node("loop-unroll", "unroll", recursion::loop_unroll),
         graph("softmax-cross-entropy", "step", step::softmax_cross_entropy),
         graph("fused-adamw", "step", step::fused_adamw),
     ]
