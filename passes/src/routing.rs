@@ -235,7 +235,10 @@ impl Ctx<'_> {
     }
 }
 
-fn parts(a: &Abs) -> R<(&[Role], &[(usize, Dead)], Option<f64>)> {
+/// A value's roles, dead-entry facts and scalar constant.
+type Parts<'a> = (&'a [Role], &'a [(usize, Dead)], Option<f64>);
+
+fn parts(a: &Abs) -> R<Parts<'_>> {
     match a {
         Abs::Val { roles, dead, constant } => Ok((roles, dead, *constant)),
         Abs::Index { .. } => Err("uses a row position other than by comparing it with another".into()),
@@ -366,7 +369,7 @@ fn select(ins: &[&Abs]) -> R<Abs> {
     let mut dead: Vec<(usize, Dead)> = dx.iter().copied().filter(|e| dy.contains(e)).collect();
     let fill = match cy {
         Some(v) if v == f64::NEG_INFINITY => Some(Dead::NegInf),
-        Some(v) if v == 0.0 => Some(Dead::Zero),
+        Some(0.0) => Some(Dead::Zero),
         _ => None,
     };
     if let Some(kind) = fill {
