@@ -2,7 +2,8 @@
 //! papers care about, each figure next to a baseline timed in the same run:
 //! GEMM against the measured FMA peak, LS- and local attention against
 //! global attention, ternary against f32 matmul, greedy decoding on the
-//! default backend against the interpreter alone, and where one training
+//! default backend against the interpreter alone, MoR inference with routed
+//! recursion against every step over every token, and where one training
 //! step's time goes.
 
 use crate::error::{CliError, CliResult};
@@ -132,6 +133,37 @@ fn decode(backend: Backend) -> Result<Vec<Json>, CliError> {
     Ok(rows)
 }
 
+/// `mor` `small` batch inference (B = 8, T = 256, random weights) with its
+/// recursion steps routed to their active tokens, against the same program
+/// saturated without the `routed` group (every step over every token), on
+/// `backend`; and the share of tokens active at each depth.
+fn routed(backend: Backend) -> Result<Json, CliError> {
+    let p = lsc_models::build_inference("mor", "small").map_err(|e| CliError::new(e.to_string()))?;
+    let params: Tensors<f32> = init::init_params(&p, 0).map_err(CliError::new)?;
+    let (b, t) = (8, 256);
+    let ids = Value::ints(vec![b, t], (0..b * t).map(|i| (i * 7919 % 256) as i64).collect());
+    let inputs = Tensors::from([("input_ids".to_string(), ids)]);
+    let (machine, _) = calibrate::machine()?;
+    let mut ms = Vec::new();
+    let mut active = Vec::new();
+    for without in [vec!["routed".to_string()], vec![]] {
+        let cfg = lsc_passes::saturate::Config { keep_gradients: false, machine, without, ..Default::default() };
+        let (q, _) = lsc_passes::saturate::optimize(&p, &cfg).map_err(CliError::new)?;
+        let exe = lsc_runtime::backend::Executable::new(q, backend)?;
+        let interp = exe.interpreter()?;
+        ms.push(1e3 * best_of(3, || interp.run(&inputs, &params).map(|_| ()).map_err(|e| e.to_string()))?);
+        let outs = interp.run(&inputs, &params).map_err(|e| CliError::new(e.to_string()))?;
+        active = outs
+            .iter()
+            .filter(|(n, _)| n.starts_with("route."))
+            .map(|(_, v)| v.to_f64_vec().iter().sum::<f64>() / (b * t) as f64)
+            .collect();
+    }
+    Ok(
+        json!({ "batch": b, "seq": t, "full_ms": ms[0], "routed_ms": ms[1], "speedup": ms[0] / ms[1], "active_share": active }),
+    )
+}
+
 /// Time per op kind (generated kernels as one kind) of one `ls-transformer` training
 /// step at `a`'s config and shapes, on the default backend: where a step goes.
 fn step_breakdown(a: &super::bench::BenchArgs) -> Result<Vec<Json>, CliError> {
@@ -171,6 +203,7 @@ pub fn run(a: &super::bench::BenchArgs) -> CliResult {
         "attention": attention()?,
         "ternary": ternary()?,
         "decode": { "backend": backend.to_string(), "rows": decode(backend)? },
+        "routed": { "backend": backend.to_string(), "mor": routed(backend)? },
         "step_breakdown": { "backend": backend.to_string(), "batch": a.batch, "seq": a.seq, "ops": step_breakdown(a)? },
     });
     if json_out {
@@ -228,6 +261,22 @@ pub fn run(a: &super::bench::BenchArgs) -> CliResult {
             f(r, "speedup")
         );
     }
+    let r = &doc["routed"]["mor"];
+    let shares: Vec<String> = r["active_share"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| format!("{:.0}%", 100.0 * s.as_f64().unwrap_or(0.0)))
+        .collect();
+    println!(
+        "mor small inference, B = {} × T = {} ({backend}; tokens active per depth {}):\n  every token {:8.2} ms   routed {:8.2} ms ({:.2}×)",
+        r["batch"],
+        r["seq"],
+        shares.join(", "),
+        f(r, "full_ms"),
+        f(r, "routed_ms"),
+        f(r, "speedup")
+    );
     println!(
         "one ls-transformer {} training step, batch {} × {} ({backend}), time per op kind:",
         a.config, a.batch, a.seq

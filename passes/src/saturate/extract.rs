@@ -88,12 +88,14 @@ pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
     };
     // A reshape is free; everything else reads its inputs and writes its outputs.
     let size = |t: &TensorType| numel(t) * t.dtype.bits() as f64 / 8.0;
-    let bytes = if matches!(op, Op::Reshape { .. }) {
-        0.0
-    } else {
-        in_types.iter().map(|t| size(t)).sum::<f64>() + out_types.iter().map(size).sum::<f64>()
+    // A routed call reads its mask and per-row operands to pack them; the rest are passed as they are.
+    let read = match op {
+        Op::Reshape { .. } => 0,
+        Op::RoutedCall { routed, .. } => (routed + 1).min(in_types.len()),
+        _ => in_types.len(),
     };
-    // A routed call also packs its per-row operands and unpacks its outputs.
+    let bytes = in_types[..read].iter().map(|t| size(t)).sum::<f64>()
+        + if read == 0 { 0.0 } else { out_types.iter().map(size).sum::<f64>() };
     callee + (flops / m.peak_flops).max(bytes / m.bandwidth) + m.launch
 }
 

@@ -24,7 +24,8 @@ mod recursion;
 mod rules;
 mod step;
 
-pub use extract::Machine;
+pub use extract::{Machine, ROUTED_SHARE};
+pub use recursion::{UNROLL_MAX_NODES, UNROLL_MAX_TRIPS};
 
 use analysis::{LscGraph, Types};
 use egg::Id;

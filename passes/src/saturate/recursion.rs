@@ -32,7 +32,7 @@ pub(super) fn routed_call(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
     let Some(shape) = ty(g, ch[1]).map(|t| t.shape.clone()) else { return vec![] };
     // An all-true mask routes nothing away: packing would only copy.
     let Some(mask) = row_mask(g, ch[0]).filter(|&m| constant(g, m) != Some(1.0)) else { return vec![] };
-    match route(g, ch[1], mask, &shape, ROUTE_DEPTH) {
+    match route(g, ch[1], (mask, ch[2]), &shape, ROUTE_DEPTH) {
         Some(x) => vec![op(Op::Select, vec![Expr::Class(ch[0]), x, Expr::Class(ch[2])])],
         None => vec![],
     }
@@ -63,8 +63,10 @@ fn row_mask(g: &LscGraph, c: Id) -> Option<Id> {
 }
 
 /// Class `x` with a routable call (under mask `a`) replaced by its routed
-/// form, looking through elementwise ops of the same shape.
-fn route(g: &LscGraph, x: Id, a: Id, shape: &[lsc_ir::Dim], depth: usize) -> Option<Expr> {
+/// form, looking through elementwise ops of the same shape, but not into the
+/// select's other branch `y` (the value the step passes through, which holds
+/// earlier steps' calls).
+fn route(g: &LscGraph, x: Id, (a, y): (Id, Id), shape: &[lsc_ir::Dim], depth: usize) -> Option<Expr> {
     for (o, ch) in ops(g, x) {
         if let Op::Call { callee } = &o {
             if let Some(routed) = routable(g, callee, &ch, a) {
@@ -78,10 +80,10 @@ fn route(g: &LscGraph, x: Id, a: Id, shape: &[lsc_ir::Dim], depth: usize) -> Opt
             continue;
         }
         for (i, &c) in ch.iter().enumerate() {
-            if ty(g, c).is_none_or(|t| t.shape[..] != *shape) {
+            if g.find(c) == g.find(y) || ty(g, c).is_none_or(|t| t.shape[..] != *shape) {
                 continue;
             }
-            if let Some(inner) = route(g, c, a, shape, depth - 1) {
+            if let Some(inner) = route(g, c, (a, y), shape, depth - 1) {
                 let children = ch.iter().enumerate().map(|(k, &d)| if k == i { inner.clone() } else { Expr::Class(d) });
                 return Some(op(o.clone(), children.collect()));
             }
