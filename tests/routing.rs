@@ -126,8 +126,11 @@ fn program(block: Block, other_mask: bool) -> Program {
         };
         let mut out = &masked.softmax(-1).matmul(h) + h;
         if block == Block::ReadsPositions {
-            let pos =
-                fb.iota(DType::I64, &[n2.clone()], 0).cast(DType::F32).reshape(&[Dim::new(1), n2.clone(), Dim::new(1)]);
+            let pos = fb.iota(DType::I64, std::slice::from_ref(&n2), 0).cast(DType::F32).reshape(&[
+                Dim::new(1),
+                n2.clone(),
+                Dim::new(1),
+            ]);
             out = &out + &pos.broadcast_to(&out.shape());
         }
         if block == Block::AveragesRows {
