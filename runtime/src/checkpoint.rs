@@ -55,6 +55,7 @@ fn checksum(tensors: &Tensors<f32>) -> u32 {
             Buffer::Float(x) => x.iter().for_each(|f| h.update(&f.to_le_bytes())),
             Buffer::Int(x) => x.iter().for_each(|i| h.update(&i.to_le_bytes())),
             Buffer::Bool(x) => x.iter().for_each(|b| h.update(&[*b as u8])),
+            Buffer::Ternary(p) => p.unpack::<f32>().iter().for_each(|f| h.update(&f.to_le_bytes())),
         }
     }
     h.finalize()

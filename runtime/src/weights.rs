@@ -136,6 +136,8 @@ fn encode(v: &Value<f32>) -> (Dtype, Vec<u8>) {
         Buffer::Float(x) => (Dtype::F32, x.iter().flat_map(|f| f.to_le_bytes()).collect()),
         Buffer::Int(x) => (Dtype::I64, x.iter().flat_map(|i| i.to_le_bytes()).collect()),
         Buffer::Bool(x) => (Dtype::BOOL, x.iter().map(|&b| b as u8).collect()),
+        // Written unpacked, as the floats {−1, 0, 1}.
+        Buffer::Ternary(p) => (Dtype::F32, p.unpack::<f32>().iter().flat_map(|f| f.to_le_bytes()).collect()),
     }
 }
 

@@ -75,14 +75,16 @@ fn attention() -> Result<Vec<Json>, CliError> {
     Ok(rows)
 }
 
-/// Ternary `x · Wᵀ · s` at 4096 × 4096 against the f32 product, for M = 1 and 256.
+/// Ternary `x · Wᵀ · s` at 4096 × 4096 (2-bit planes, adds and subtracts up to
+/// 64 rows, unpacked blocks through the GEMM above) against the f32 product,
+/// for M = 1, 16 and 256.
 fn ternary() -> Result<Vec<Json>, CliError> {
     let (n, k) = (4096, 4096);
     let w = random(&[n, k], 6);
     let s = Value::floats(vec![], vec![0.02]);
     let packed = lsc_interp::fused::ternary_pack(&[&w, &s], &[(DType::Ternary, vec![n, k])]).map_err(CliError::new)?;
     let mut rows = Vec::new();
-    for m in [1, 256] {
+    for m in [1, 16, 256] {
         let x = random(&[m, k], 7);
         let reps = if m == 1 { 20 } else { 3 };
         let f32_s = best_of(reps, || lsc_interp::kernels::matmul(&x, &w, false, true, &[m, n]).map(|_| ()))?;

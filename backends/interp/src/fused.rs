@@ -6,6 +6,7 @@
 
 use crate::kernels::{floats, matmul};
 use crate::math::{round_half_even, sigmoid, Real};
+use crate::ternary::TernaryPlanes;
 use crate::value::{Buffer, Value};
 use lsc_ir::DType;
 use rayon::prelude::*;
@@ -97,17 +98,72 @@ pub fn adamw<T: Real>(args: &[&Value<T>], h: &AdamW, out: &[(DType, Vec<usize>)]
 /// `clamp(round(w / s), −1, 1)` (the values of a packed ternary matrix).
 pub fn ternary_pack<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
     let (w, s) = (floats(args[0])?, scalar(args[1])?);
-    let t = w.iter().map(|&x| T::from_f64(round_half_even((x / s).to_f64()).clamp(-1.0, 1.0))).collect();
-    Ok(vec![value(&out[0], t)])
+    let t: Vec<T> = w.iter().map(|&x| T::from_f64(round_half_even((x / s).to_f64()).clamp(-1.0, 1.0))).collect();
+    let (dtype, shape) = &out[0];
+    let &[rows, cols] = &shape[..] else { return Ok(vec![value(&out[0], t)]) };
+    let planes = TernaryPlanes::pack(&t, rows, cols)?;
+    Ok(vec![Value { dtype: *dtype, shape: shape.clone(), data: Buffer::Ternary(planes) }])
 }
 
-/// `(x · w) · s` for ternary `w`. The interpreter holds ternary values
-/// unpacked as floats in {−1, 0, 1}, so the product is the GEMM's; the
-/// add/subtract-only kernel over 2-bit packing belongs to the code generators.
+/// Rows of `x` up to which the packed add/subtract kernel beats unpacking the
+/// weights for the GEMM library (`lsc bench --kernels` times M = 1 and 256).
+const PACKED_MAX_ROWS: usize = 64;
+
+/// `(x · w) · s` for ternary `w`. Packed weights (`ternary_pack`'s 2-bit
+/// planes) stored `[N, K]` (`trans_b`) are read with adds and subtracts only
+/// for up to [`PACKED_MAX_ROWS`] rows of `x`; larger products unpack blocks of
+/// weight rows for the GEMM library, and ternary values held as floats go
+/// through the GEMM directly.
 pub fn ternary_matmul<T: Real>(args: &[&Value<T>], trans_b: bool, out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
     let s = scalar(args[2])?;
-    let y = matmul(args[0], args[1], false, trans_b, &out[0].1)?;
+    let (x, w) = (args[0], args[1]);
+    let k = *x.shape.last().ok_or("ternary_matmul needs x [..., K]")?;
+    let rows = if k == 0 { 0 } else { x.numel() / k };
+    let y = match &w.data {
+        Buffer::Ternary(p) if trans_b && rows <= PACKED_MAX_ROWS && p.cols == k => p.matmul_t(floats(x)?, rows)?,
+        Buffer::Ternary(p) if trans_b && p.cols == k => unpacked_matmul_t(floats(x)?, rows, p),
+        Buffer::Ternary(p) => {
+            let dense = Value { dtype: w.dtype, shape: w.shape.clone(), data: Buffer::Float(p.unpack()) };
+            matmul(x, &dense, false, trans_b, &out[0].1)?
+        }
+        _ => matmul(x, w, false, trans_b, &out[0].1)?,
+    };
     Ok(vec![value(&out[0], y.into_iter().map(|v| v * s).collect())])
+}
+
+/// Weight rows unpacked at a time for [`unpacked_matmul_t`] (a 4 MiB block at K = 1024).
+const UNPACKED_ROWS: usize = 1024;
+
+/// `x [m, K] · wᵀ` for packed `w [N, K]` and many rows of `x`: blocks of
+/// weight rows are unpacked into one reused buffer and multiplied by the GEMM
+/// library, so no dense copy of the whole matrix is made.
+fn unpacked_matmul_t<T: Real>(x: &[T], m: usize, w: &TernaryPlanes) -> Vec<T> {
+    let (n, k) = (w.rows, w.cols);
+    let mut y = vec![T::default(); m * n];
+    let mut block = vec![T::default(); UNPACKED_ROWS.min(n) * k];
+    for n0 in (0..n).step_by(UNPACKED_ROWS) {
+        let nb = UNPACKED_ROWS.min(n - n0);
+        block[..nb * k].par_chunks_mut(k.max(1)).enumerate().for_each(|(i, row)| w.unpack_row(n0 + i, row));
+        // SAFETY: x is m×k, block holds nb rows of k (read transposed: k×nb), and
+        // y's columns n0..n0+nb of m rows of n are in bounds.
+        unsafe {
+            T::gemm(
+                m,
+                k,
+                nb,
+                x.as_ptr(),
+                k as isize,
+                1,
+                block.as_ptr(),
+                1,
+                k as isize,
+                y.as_mut_ptr().add(n0),
+                n as isize,
+                1,
+            );
+        }
+    }
+    y
 }
 
 /// Rows of GAM processed together (their memory scores go through one GEMM).

@@ -57,12 +57,20 @@ fn round_to<T: Real>(x: T, dtype: DType) -> T {
     }
 }
 
-/// Gathers the elements of `data` at the given flat indices, keeping the buffer kind.
+/// Why an op cannot read a packed ternary matrix (only `ternary_matmul` and data movement do).
+const PACKED: &str = "packed ternary weights are read only by ternary_matmul";
+
+/// Gathers the elements of `data` at the given flat indices, keeping the buffer
+/// kind (packed ternary values come out as floats).
 fn take<T: Real>(data: &Buffer<T>, idx: impl Iterator<Item = usize>) -> Buffer<T> {
     match data {
         Buffer::Float(v) => Buffer::Float(idx.map(|i| v[i]).collect()),
         Buffer::Int(v) => Buffer::Int(idx.map(|i| v[i]).collect()),
         Buffer::Bool(v) => Buffer::Bool(idx.map(|i| v[i]).collect()),
+        Buffer::Ternary(p) => {
+            let v: Vec<T> = p.unpack();
+            Buffer::Float(idx.map(|i| v[i]).collect())
+        }
     }
 }
 
@@ -94,6 +102,7 @@ fn swap_last_two<T: Real>(data: &Buffer<T>, batch: usize, m: usize, n: usize) ->
         Buffer::Float(v) => Buffer::Float(go(v, batch, m, n)),
         Buffer::Int(v) => Buffer::Int(go(v, batch, m, n)),
         Buffer::Bool(v) => Buffer::Bool(go(v, batch, m, n)),
+        Buffer::Ternary(p) => Buffer::Float(go(&p.unpack(), batch, m, n)),
     }
 }
 
@@ -142,6 +151,7 @@ fn strided<T: Real>(data: &Buffer<T>, out_shape: &[usize], in_strides: &[usize])
         Buffer::Float(v) => Buffer::Float(go(v, out_shape, in_strides)),
         Buffer::Int(v) => Buffer::Int(go(v, out_shape, in_strides)),
         Buffer::Bool(v) => Buffer::Bool(go(v, out_shape, in_strides)),
+        Buffer::Ternary(p) => Buffer::Float(go(&p.unpack(), out_shape, in_strides)),
     }
 }
 
@@ -166,6 +176,7 @@ fn same_kind_concat<T: Real>(
         Buffer::Float(_) => join!(Float),
         Buffer::Int(_) => join!(Int),
         Buffer::Bool(_) => join!(Bool),
+        Buffer::Ternary(_) => Err(PACKED.into()),
     }
 }
 
@@ -200,6 +211,7 @@ pub fn eval<T: Real>(
             }
             Buffer::Int(v) => Buffer::Int(v.iter().map(|&x| (x as f64).clamp(*min, *max) as i64).collect()),
             Buffer::Bool(_) => return Err("clamp of bool".into()),
+            Buffer::Ternary(_) => return Err(PACKED.into()),
         }),
         Op::Binary(b) => one(binary(*b, args[0], args[1], dtype)?),
         Op::Compare(c) => one(Buffer::Bool(compare(*c, args[0], args[1])?)),
@@ -556,6 +568,7 @@ fn reduce<T: Real>(x: &Value<T>, kind: ReduceKind, axes: &[usize]) -> R<Buffer<T
                 }))
             }
             Buffer::Bool(_) => return Err("reduction of bool".into()),
+            Buffer::Ternary(_) => return Err(PACKED.into()),
         };
         shape.remove(axis);
     }

@@ -20,6 +20,7 @@ pub mod fused;
 pub mod kernels;
 pub mod math;
 pub mod routing;
+pub mod ternary;
 pub mod value;
 
 pub use exec::{Accelerator, FusedGroup, InterpError, Interpreter, Tensors};

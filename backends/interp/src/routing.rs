@@ -89,6 +89,7 @@ impl ActiveRows {
             Buffer::Float(v) => Buffer::Float(copy(v, T::from_f64(0.0), len, &pairs, width)),
             Buffer::Int(v) => Buffer::Int(copy(v, 0, len, &pairs, width)),
             Buffer::Bool(v) => Buffer::Bool(copy(v, false, len, &pairs, width)),
+            Buffer::Ternary(p) => Buffer::Float(copy(&p.unpack(), T::from_f64(0.0), len, &pairs, width)),
         };
         Value { dtype: x.dtype, shape, data }
     }

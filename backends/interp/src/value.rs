@@ -1,6 +1,7 @@
 //! Runtime tensor values of the interpreter.
 
 use crate::math::Real;
+use crate::ternary::TernaryPlanes;
 use lsc_ir::DType;
 
 /// Element storage: floats (of every float dtype, and unpacked ternary)
@@ -13,6 +14,9 @@ pub enum Buffer<T> {
     Int(Vec<i64>),
     /// bool values.
     Bool(Vec<bool>),
+    /// A ternary matrix packed as two bit planes (made by `ternary_pack`, read
+    /// by `ternary_matmul`).
+    Ternary(TernaryPlanes),
 }
 
 /// A concrete tensor: dtype, shape and row-major data.
@@ -69,6 +73,7 @@ impl<T: Real> Value<T> {
             Buffer::Float(v) => v.iter().map(|x| x.to_f64()).collect(),
             Buffer::Int(v) => v.iter().map(|&x| x as f64).collect(),
             Buffer::Bool(v) => v.iter().map(|&x| x as u8 as f64).collect(),
+            Buffer::Ternary(p) => p.unpack(),
         }
     }
 
@@ -78,6 +83,7 @@ impl<T: Real> Value<T> {
             Buffer::Float(v) => Buffer::Float(v.iter().map(|x| U::from_f64(x.to_f64())).collect()),
             Buffer::Int(v) => Buffer::Int(v.clone()),
             Buffer::Bool(v) => Buffer::Bool(v.clone()),
+            Buffer::Ternary(p) => Buffer::Ternary(p.clone()),
         };
         Value { dtype: self.dtype, shape: self.shape.clone(), data }
     }

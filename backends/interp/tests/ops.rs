@@ -301,3 +301,41 @@ fn wrong_input_shapes_are_errors() {
     let err = Interpreter::new(&p).unwrap().run(&feed, &Tensors::new()).unwrap_err();
     assert!(err.to_string().contains("B = 3, but B = 2 elsewhere"), "{err}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// `ternary_matmul` on packed planes (adds and subtracts for few rows,
+    /// unpacked blocks through the GEMM for many) agrees with the f64 product
+    /// of the same ternary weights, at random shapes, both layouts of x rows.
+    #[test]
+    fn packed_ternary_matmul_matches_the_dense_product(
+        m in prop_oneof![1usize..6, 60usize..80],
+        n in 1usize..70,
+        k in 1usize..150,
+        seed in any::<u64>(),
+    ) {
+        let mut s = seed;
+        let mut next = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 40) as f64 / (1u64 << 24) as f64 - 0.5
+        };
+        let scale = 0.1;
+        let w: Vec<f32> = (0..n * k).map(|_| (next() * 0.6) as f32).collect();
+        let x: Vec<f32> = (0..m * k).map(|_| next() as f32).collect();
+        let (wv, sv) = (Value::floats(vec![n, k], w.clone()), Value::floats(vec![], vec![scale as f32]));
+        let packed = lsc_interp::fused::ternary_pack(&[&wv, &sv], &[(DType::Ternary, vec![n, k])]).unwrap();
+        prop_assert!(matches!(packed[0].data, Buffer::Ternary(_)));
+        let xv = Value::floats(vec![m, k], x.clone());
+        let y = lsc_interp::fused::ternary_matmul(&[&xv, &packed[0], &sv], true, &[(DType::F32, vec![m, n])]).unwrap();
+        let q: Vec<f64> = w.iter().map(|&v| (v as f64 / scale).round().clamp(-1.0, 1.0)).collect();
+        let want: Vec<f64> = naive_matmul(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &q, m, k, n, true)
+            .into_iter()
+            .map(|v| v * scale)
+            .collect();
+        let got = y[0].to_f64_vec();
+        for (g, w) in got.iter().zip(&want) {
+            prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+    }
+}
