@@ -118,7 +118,7 @@ pub fn ternary_matmul<T: Real>(args: &[&Value<T>], trans_b: bool, out: &[(DType,
     let s = scalar(args[2])?;
     let (x, w) = (args[0], args[1]);
     let k = *x.shape.last().ok_or("ternary_matmul needs x [..., K]")?;
-    let rows = if k == 0 { 0 } else { x.numel() / k };
+    let rows = x.numel().checked_div(k).unwrap_or(0);
     let y = match &w.data {
         Buffer::Ternary(p) if trans_b && rows <= PACKED_MAX_ROWS && p.cols == k => p.matmul_t(floats(x)?, rows)?,
         Buffer::Ternary(p) if trans_b && p.cols == k => unpacked_matmul_t(floats(x)?, rows, p),
