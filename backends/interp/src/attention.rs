@@ -4,11 +4,14 @@
 //! logits against the keys any of its rows can see are one GEMM, and so are
 //! the products with `v` (and, backwards, with `dO`, `k`, `q`). A local head's
 //! block only reaches `BLOCK + w` keys back, so its work is O(T·(BLOCK + w));
-//! the `[T, T]` score matrix never exists.
+//! the `[T, T]` score matrix never exists. In f32 on AVX-512 CPUs, the
+//! forward of head sizes 16, 32 and 64 runs the online-softmax kernel of
+//! [`crate::flash`] instead, which keeps logits and probabilities in registers.
 
 use crate::fused::value;
 use crate::kernels::floats;
 use crate::math::Real;
+use crate::rows::scaled_softmax;
 use crate::value::Value;
 use lsc_ir::DType;
 use rayon::prelude::*;
@@ -78,21 +81,9 @@ fn block_probs<T: Real>(q: &[T], k: &[T], d: usize, i0: usize, i1: usize, w: usi
     for (r, row) in p.chunks_mut(nk).enumerate() {
         let i = i0 + r;
         let (a, b) = (first_key(i, w) - lo, i + 1 - lo);
-        let mut m = T::from_f64(f64::NEG_INFINITY);
-        for s in &mut row[a..b] {
-            *s = *s * scale;
-            if *s > m {
-                m = *s;
-            }
-        }
-        let mut sum = T::default();
-        for s in &mut row[a..b] {
-            *s = (*s - m).exp();
-            sum = sum + *s;
-        }
+        let m = scaled_softmax(&mut row[a..b], scale);
         row[..a].iter_mut().for_each(|s| *s = T::default());
         row[b..].iter_mut().for_each(|s| *s = T::default());
-        row[a..b].iter_mut().for_each(|s| *s = *s / sum);
         row_max[r] = m;
     }
     Probs { lo, nk, p, row_max }
@@ -117,6 +108,14 @@ pub fn ls_attention<T: Real>(
     let scale = T::from_f64(scale);
     let mut o = vec![T::default(); b * h * t * d];
     let mut row_max = vec![T::default(); b * h * t];
+    #[cfg(target_arch = "x86_64")]
+    if T::NAME == "f32" && crate::flash::supported(d) {
+        // SAFETY: T is f32 (checked by name); same layout.
+        let f = |x: &[T]| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) };
+        let fm = |x: &mut [T]| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) };
+        flash_forward(f(q), f(k), f(v), [b, h, t, d], windows, scale.to_f64() as f32, fm(&mut o), fm(&mut row_max));
+        return Ok(vec![value(&out[0], o), value(&out[1], row_max)]);
+    }
     o.par_chunks_mut((t * d).max(1)).zip(row_max.par_chunks_mut(t.max(1))).enumerate().for_each(|(bh, (o, m_out))| {
         let w = windows[bh % h];
         let base = bh * t * d;
@@ -129,6 +128,42 @@ pub fn ls_attention<T: Real>(
         }
     });
     Ok(vec![value(&out[0], o), value(&out[1], row_max)])
+}
+
+/// [`ls_attention`] through the online-softmax kernel of [`crate::flash`]:
+/// per head, `kᵀ` once, then blocks of query rows in parallel.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn flash_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    [_, h, t, d]: [usize; 4],
+    windows: &[usize],
+    scale: f32,
+    o: &mut [f32],
+    row_max: &mut [f32],
+) {
+    o.par_chunks_mut((t * d).max(1)).zip(row_max.par_chunks_mut(t.max(1))).enumerate().for_each(|(bh, (o, m))| {
+        let w = windows[bh % h];
+        let base = bh * t * d;
+        let (q, k, v) = (&q[base..base + t * d], &k[base..base + t * d], &v[base..base + t * d]);
+        // kᵀ in blocks of 16 keys: each block's reads stay in L1, its writes are contiguous runs.
+        let mut kt = vec![0f32; t * d];
+        for j0 in (0..t).step_by(16) {
+            let block = &k[j0 * d..(j0 + 16).min(t) * d];
+            for c in 0..d {
+                for (jj, row) in block.chunks(d).enumerate() {
+                    kt[c * t + j0 + jj] = row[c];
+                }
+            }
+        }
+        o.par_chunks_mut(BLOCK * d).zip(m.par_chunks_mut(BLOCK)).enumerate().for_each(|(blk, (ob, mb))| {
+            let i0 = blk * BLOCK;
+            // SAFETY: `supported(d)` held for this CPU; the slices are one head's rows.
+            unsafe { crate::flash::head(q, &kt, v, t, d, w, scale, (i0, i0 + mb.len()), ob, mb) };
+        });
+    });
 }
 
 /// `(d_q, d_k, d_v)` of [`ls_attention`] from `(q, k, v, out, d_out)`, recomputing the probabilities.

@@ -16,10 +16,12 @@
 
 pub mod attention;
 pub mod exec;
+pub mod flash;
 pub mod fused;
 pub mod kernels;
 pub mod math;
 pub mod routing;
+pub mod rows;
 pub mod ternary;
 pub mod value;
 
