@@ -20,6 +20,9 @@ type R<T> = Result<T, String>;
 
 /// Query rows per block.
 const BLOCK: usize = 64;
+/// Query rows per block of a local head in the online-softmax kernel.
+#[cfg(target_arch = "x86_64")]
+const LOCAL_BLOCK: usize = 256;
 
 /// The first key query `i` of a head with window `w` sees (`w = 0`: global).
 fn first_key(i: usize, w: usize) -> usize {
@@ -148,20 +151,26 @@ fn flash_forward(
         let w = windows[bh % h];
         let base = bh * t * d;
         let (q, k, v) = (&q[base..base + t * d], &k[base..base + t * d], &v[base..base + t * d]);
-        // kᵀ in blocks of 16 keys: each block's reads stay in L1, its writes are contiguous runs.
-        let mut kt = vec![0f32; t * d];
-        for j0 in (0..t).step_by(16) {
-            let block = &k[j0 * d..(j0 + 16).min(t) * d];
-            for c in 0..d {
-                for (jj, row) in block.chunks(d).enumerate() {
-                    kt[c * t + j0 + jj] = row[c];
+        // A global head transposes its keys once; a local head's blocks each
+        // transpose only the keys of their window.
+        // SAFETY (all blocks below): `supported(d)` held, so the CPU has
+        // AVX-512F; the slices are this head's rows, and `kt` holds every key
+        // the block's rows see.
+        let shared = (w == 0).then(|| unsafe { crate::flash::transpose(k, t, d) });
+        // Larger blocks for a local head, so that the window its transpose repeats is a small share.
+        let rows = if w == 0 { BLOCK } else { LOCAL_BLOCK };
+        o.par_chunks_mut(rows * d).zip(m.par_chunks_mut(rows)).enumerate().for_each(|(blk, (ob, mb))| {
+            let (i0, i1) = (blk * rows, blk * rows + mb.len());
+            let local;
+            let kt = match &shared {
+                Some(all) => crate::flash::KeysT { data: all, first: 0, len: t },
+                None => {
+                    let lo = first_key(i0, w);
+                    local = unsafe { crate::flash::transpose(&k[lo * d..i1 * d], i1 - lo, d) };
+                    crate::flash::KeysT { data: &local, first: lo, len: i1 - lo }
                 }
-            }
-        }
-        o.par_chunks_mut(BLOCK * d).zip(m.par_chunks_mut(BLOCK)).enumerate().for_each(|(blk, (ob, mb))| {
-            let i0 = blk * BLOCK;
-            // SAFETY: `supported(d)` held for this CPU; the slices are one head's rows.
-            unsafe { crate::flash::head(q, &kt, v, t, d, w, scale, (i0, i0 + mb.len()), ob, mb) };
+            };
+            unsafe { crate::flash::head(q, kt, v, d, w, scale, (i0, i1), ob, mb) };
         });
     });
 }

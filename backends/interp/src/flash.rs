@@ -6,8 +6,9 @@
 //! are rescaled when the max grows, and the tile's probabilities times `v`
 //! are added to the output accumulators. No logit or probability matrix is
 //! written to memory, and a local head only visits the tiles of its window.
-//! Keys are read transposed (`kᵀ`, made once per head), so a tile's logits
-//! are broadcast-FMAs of `q` against 16 keys at a time.
+//! Keys are read transposed (`kᵀ`: once per global head, and per block of
+//! rows, over its window only, for a local head), so a tile's logits are
+//! broadcast-FMAs of `q` against 16 keys at a time.
 //!
 //! Head sizes 16, 32 and 64 take this path on CPUs with AVX-512F; others use
 //! the blocked-GEMM kernel in [`crate::attention`].
@@ -27,20 +28,31 @@ pub fn supported(d: usize) -> bool {
     matches!(d, 16 | 32 | 64) && std::arch::is_x86_feature_detected!("avx512f")
 }
 
+/// Transposed keys `first..first + len` of a head: feature `c` of key `j` at
+/// `data[c·len + j − first]`.
+#[derive(Clone, Copy)]
+pub struct KeysT<'a> {
+    /// `[d, len]` values.
+    pub data: &'a [f32],
+    /// The first key held.
+    pub first: usize,
+    /// Keys held.
+    pub len: usize,
+}
+
 /// One head's attention rows `i0..i1`: `out [i1−i0, d]` and each row's largest
-/// scaled logit. `q, k, v` are the head's `[T, d]` rows, `kt` is `kᵀ [d, T]`,
-/// `window` 0 for a global head.
+/// scaled logit. `q, v` are the head's `[T, d]` rows, `kt` must hold every key
+/// the rows see, `window` is 0 for a global head.
 ///
 /// # Safety
-/// The CPU must have AVX-512F and `d` must be [`supported`]; the slices must
+/// The CPU must have AVX-512F and `d` must be [`supported`]; `q` and `v` must
 /// hold `T·d` values, `out` `(i1−i0)·d` and `row_max` `i1−i0`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn head(
     q: &[f32],
-    kt: &[f32],
+    kt: KeysT,
     v: &[f32],
-    t: usize,
     d: usize,
     window: usize,
     scale: f32,
@@ -54,12 +66,79 @@ pub unsafe fn head(
         let o = &mut out[(r0 - i0) * d..(r0 - i0 + rows) * d];
         let m = &mut row_max[r0 - i0..r0 - i0 + rows];
         match d {
-            16 => group::<1>(q, kt, v, t, window, scale, r0, rows, o, m),
-            32 => group::<2>(q, kt, v, t, window, scale, r0, rows, o, m),
-            _ => group::<4>(q, kt, v, t, window, scale, r0, rows, o, m),
+            16 => group::<1>(q, kt, v, window, scale, r0, rows, o, m),
+            32 => group::<2>(q, kt, v, window, scale, r0, rows, o, m),
+            _ => group::<4>(q, kt, v, window, scale, r0, rows, o, m),
         }
         r0 += rows;
     }
+}
+
+/// `kᵀ [d, t]` of keys `k [t, d]` (`d` a multiple of 16): 16×16 blocks
+/// transposed in registers, the last `t mod 16` keys one by one.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `k` must hold `t·d` values.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn transpose(k: &[f32], t: usize, d: usize) -> Vec<f32> {
+    let mut kt: Vec<f32> = Vec::with_capacity(t * d);
+    let out = kt.spare_capacity_mut().as_mut_ptr() as *mut f32;
+    let full = t / 16 * 16;
+    for j0 in (0..full).step_by(16) {
+        for c0 in (0..d).step_by(16) {
+            let rows: [__m512; 16] = std::array::from_fn(|r| _mm512_loadu_ps(k.as_ptr().add((j0 + r) * d + c0)));
+            for (c, col) in transpose16(rows).iter().enumerate() {
+                _mm512_storeu_ps(out.add((c0 + c) * t + j0), *col);
+            }
+        }
+    }
+    for j in full..t {
+        for c in 0..d {
+            *out.add(c * t + j) = k[j * d + c];
+        }
+    }
+    // Every one of the t·d entries was written above.
+    kt.set_len(t * d);
+    kt
+}
+
+/// The transpose of a 16×16 block held as 16 rows: 32-bit, then 64-bit
+/// interleaves within 128-bit lanes, then two rounds of lane shuffles.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved (a0 b0 a1 b1 | a2 b2 a3 b3 per lane).
+    let t: [__m512; 16] = std::array::from_fn(|x| {
+        let (a, b) = (r[x & !1], r[x | 1]);
+        if x % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // u[4i + k]: column 4L + k of rows 4i..4i+4, in lane L.
+    let pd = _mm512_castps_pd;
+    let u: [__m512; 16] = std::array::from_fn(|x| {
+        let (i, k) = (x / 4, x % 4);
+        let (lo, hi) = (t[4 * i + k / 2], t[4 * i + 2 + k / 2]);
+        _mm512_castpd_ps(if k % 2 == 0 {
+            _mm512_unpacklo_pd(pd(lo), pd(hi))
+        } else {
+            _mm512_unpackhi_pd(pd(lo), pd(hi))
+        })
+    });
+    let mut out = [_mm512_setzero_ps(); 16];
+    for k in 0..4 {
+        let v0 = _mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]);
+        let v1 = _mm512_shuffle_f32x4::<0xDD>(u[k], u[4 + k]);
+        let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
+        let w1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + k], u[12 + k]);
+        out[k] = _mm512_shuffle_f32x4::<0x88>(v0, w0);
+        out[8 + k] = _mm512_shuffle_f32x4::<0xDD>(v0, w0);
+        out[4 + k] = _mm512_shuffle_f32x4::<0x88>(v1, w1);
+        out[12 + k] = _mm512_shuffle_f32x4::<0xDD>(v1, w1);
+    }
+    out
 }
 
 /// The first key row `i` sees (`w = 0`: global).
@@ -103,9 +182,8 @@ fn lanes(lo: isize, hi: isize) -> __mmask16 {
 
 /// One group's inputs: the head's tensors and the group's rows.
 struct Rows<'a> {
-    kt: &'a [f32],
+    kt: KeysT<'a>,
     v: &'a [f32],
-    t: usize,
     window: usize,
     /// The group's rows (rows past the real ones repeat the last).
     index: [usize; ROWS],
@@ -126,9 +204,8 @@ struct State<const DV: usize> {
 #[target_feature(enable = "avx512f")]
 unsafe fn group<const DV: usize>(
     q: &[f32],
-    kt: &[f32],
+    kt: KeysT,
     v: &[f32],
-    t: usize,
     window: usize,
     scale: f32,
     r0: usize,
@@ -139,16 +216,18 @@ unsafe fn group<const DV: usize>(
     let d = DV * 16;
     // Rows past `rows` repeat the last row, so the loops need no row masks.
     let index: [usize; ROWS] = std::array::from_fn(|r| r0 + r.min(rows - 1));
-    let g = Rows { kt, v, t, window, index };
+    let g = Rows { kt, v, window, index };
     let mut st = State::<DV> {
         o: [[_mm512_setzero_ps(); DV]; ROWS],
         l: [_mm512_setzero_ps(); ROWS],
         m: [f32::NEG_INFINITY; ROWS],
         qs: [[0f32; 64]; ROWS],
     };
+    let sv = _mm512_set1_ps(scale);
     for (qr, &i) in st.qs.iter_mut().zip(&index) {
-        for (c, x) in qr.iter_mut().enumerate().take(d) {
-            *x = q[i * d + c] * scale;
+        for x in 0..DV {
+            let scaled = _mm512_mul_ps(_mm512_loadu_ps(q.as_ptr().add(i * d + 16 * x)), sv);
+            _mm512_storeu_ps(qr.as_mut_ptr().add(16 * x), scaled);
         }
     }
     let (lo, hi) = (first_key(r0, window), index[ROWS - 1] + 1);
@@ -185,7 +264,7 @@ unsafe fn tile<const DV: usize, const CH: usize>(g: &Rows, st: &mut State<DV>, j
     // Scaled logits: broadcast q[r, c] times 16 keys of kᵀ row c, for every c.
     let mut s = [[_mm512_setzero_ps(); CH]; ROWS];
     for c in 0..d {
-        let kc = g.kt.as_ptr().add(c * g.t + j0);
+        let kc = g.kt.data.as_ptr().add(c * g.kt.len + j0 - g.kt.first);
         let kv: [__m512; CH] = std::array::from_fn(|ch| _mm512_maskz_loadu_ps(live[ch], kc.add(ch * 16)));
         for (sr, qr) in s.iter_mut().zip(&st.qs) {
             let qc = _mm512_set1_ps(qr[c]);
@@ -242,6 +321,26 @@ unsafe fn tile<const DV: usize, const CH: usize>(g: &Rows, st: &mut State<DV>, j
             let pj = _mm512_set1_ps(*pp.add(ri * TILE + jj));
             for (ov, x) in or.iter_mut().zip(&vv) {
                 *ov = _mm512_fmadd_ps(pj, *x, *ov);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transpose_matches_the_definition() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        for (t, d) in [(1, 16), (16, 16), (37, 32), (64, 64)] {
+            let k: Vec<f32> = (0..t * d).map(|i| i as f32).collect();
+            // SAFETY: the CPU has AVX-512F (checked above).
+            let kt = unsafe { super::transpose(&k, t, d) };
+            for j in 0..t {
+                for c in 0..d {
+                    assert_eq!(kt[c * t + j], k[j * d + c], "t {t}, d {d}, key {j}, feature {c}");
+                }
             }
         }
     }
