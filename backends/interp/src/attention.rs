@@ -163,14 +163,55 @@ fn flash_forward(
             let (i0, i1) = (blk * rows, blk * rows + mb.len());
             let local;
             let kt = match &shared {
-                Some(all) => crate::flash::KeysT { data: all, first: 0, len: t },
+                Some(all) => crate::flash::Transposed::whole(all, t),
                 None => {
                     let lo = first_key(i0, w);
                     local = unsafe { crate::flash::transpose(&k[lo * d..i1 * d], i1 - lo, d) };
-                    crate::flash::KeysT { data: &local, first: lo, len: i1 - lo }
+                    crate::flash::Transposed { data: &local, first: lo, len: i1 - lo }
                 }
             };
-            unsafe { crate::flash::head(q, kt, v, d, w, scale, (i0, i1), ob, mb) };
+            unsafe { crate::flash::forward(q, kt, v, d, w, scale, (i0, i1), ob, mb) };
+        });
+    });
+}
+
+/// [`ls_attention_grad`] through the kernels of [`crate::flash`]: per head,
+/// the four transposes, then the query pass (`dq`, and each row's
+/// log-sum-exp and `rowsum(dO ⊙ O)`) and the key pass (`dk`, `dv`), each over
+/// blocks of rows in parallel.
+#[cfg(target_arch = "x86_64")]
+fn flash_backward(
+    [q, k, v, o, g]: [&[f32]; 5],
+    [_, h, t, d]: [usize; 4],
+    windows: &[usize],
+    scale: f32,
+    [dq, dk, dv]: [&mut [f32]; 3],
+) {
+    let per_head = (t * d).max(1);
+    let heads = dq.par_chunks_mut(per_head).zip(dk.par_chunks_mut(per_head)).zip(dv.par_chunks_mut(per_head));
+    heads.enumerate().for_each(|(bh, ((dq, dk), dv))| {
+        let span = bh * t * d..(bh + 1) * t * d;
+        let (q, k, v, o, g) = (&q[span.clone()], &k[span.clone()], &v[span.clone()], &o[span.clone()], &g[span]);
+        // SAFETY (every call below): `supported(d)` held, so the CPU has
+        // AVX-512F; the slices are this head's rows and its transposes.
+        let [qt, kt, vt, gt] = [q, k, v, g].map(|x| unsafe { crate::flash::transpose(x, t, d) });
+        let whole = |x| crate::flash::Transposed::whole(x, t);
+        let head = crate::flash::Head {
+            q, k, v, o, g,
+            qt: whole(&qt), kt: whole(&kt), vt: whole(&vt), gt: whole(&gt),
+            t, d, window: windows[bh % h], scale,
+        };
+        let (mut lse, mut delta) = (vec![0f32; t], vec![0f32; t]);
+        let rows = dq.par_chunks_mut(BLOCK * d).zip(lse.par_chunks_mut(BLOCK)).zip(delta.par_chunks_mut(BLOCK));
+        rows.enumerate().for_each(|(blk, ((dq, lse), delta))| {
+            let i0 = blk * BLOCK;
+            unsafe { crate::flash::backward_queries(&head, (i0, i0 + lse.len()), dq, lse, delta) };
+        });
+        let keys = dk.par_chunks_mut(BLOCK * d).zip(dv.par_chunks_mut(BLOCK * d));
+        keys.enumerate().for_each(|(blk, (dk, dv))| {
+            let j0 = blk * BLOCK;
+            let j1 = j0 + dk.len() / d;
+            unsafe { crate::flash::backward_keys(&head, (j0, j1), (&lse, &delta), dk, dv) };
         });
     });
 }
@@ -188,6 +229,15 @@ pub fn ls_attention_grad<T: Real>(
     let sc = T::from_f64(scale);
     let n = b * h * t * d;
     let (mut dq, mut dk, mut dv) = (vec![T::default(); n], vec![T::default(); n], vec![T::default(); n]);
+    #[cfg(target_arch = "x86_64")]
+    if T::NAME == "f32" && crate::flash::supported(d) {
+        // SAFETY: T is f32 (checked by name); same layout.
+        let f = |x: &[T]| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) };
+        let fm = |x: &mut [T]| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) };
+        let ins = [f(q), f(k), f(v), f(o), f(g)];
+        flash_backward(ins, [b, h, t, d], windows, scale as f32, [fm(&mut dq), fm(&mut dk), fm(&mut dv)]);
+        return Ok(vec![value(&out[0], dq), value(&out[1], dk), value(&out[2], dv)]);
+    }
     let chunk = (t * d).max(1);
     dq.par_chunks_mut(chunk).zip(dk.par_chunks_mut(chunk)).zip(dv.par_chunks_mut(chunk)).enumerate().for_each(
         |(bh, ((dq, dk), dv))| {

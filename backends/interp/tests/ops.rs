@@ -374,3 +374,39 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// The f32 attention backward (the online-softmax kernels where the CPU
+    /// and head size allow) agrees with the f64 blocked-GEMM backward.
+    #[test]
+    fn attention_backward_matches_the_f64_kernel(
+        t in 1usize..150,
+        d in prop_oneof![Just(16usize), Just(32), Just(64), Just(8)],
+        windows in proptest::collection::vec(prop_oneof![Just(0usize), 1usize..5, 15usize..70], 2),
+        seed in any::<u64>(),
+    ) {
+        let mut s = seed;
+        let mut next = move || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 4.0
+        };
+        let shape = vec![2, 2, t, d];
+        let n = 4 * t * d;
+        let data: Vec<Vec<f64>> = (0..5).map(|_| (0..n).map(|_| next()).collect()).collect();
+        let outs = vec![(DType::F32, shape.clone()); 3];
+        let wide: Vec<Value<f64>> = data.iter().map(|v| Value::floats(shape.clone(), v.clone())).collect();
+        let narrow: Vec<Value<f32>> = data.iter().map(|v| Value::floats(shape.clone(), v.iter().map(|&x| x as f32).collect())).collect();
+        let scale = (d as f64).powf(-0.5);
+        let w: Vec<&Value<f64>> = wide.iter().collect();
+        let nr: Vec<&Value<f32>> = narrow.iter().collect();
+        let want = lsc_interp::attention::ls_attention_grad(&w, &windows, scale, &outs).unwrap();
+        let got = lsc_interp::attention::ls_attention_grad(&nr, &windows, scale, &outs).unwrap();
+        for (which, (g, w)) in got.iter().zip(&want).enumerate() {
+            for (a, b) in g.to_f64_vec().iter().zip(w.to_f64_vec()) {
+                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "output {which}: {a} vs {b}");
+            }
+        }
+    }
+}
