@@ -197,9 +197,19 @@ fn flash_backward(
         let [qt, kt, vt, gt] = [q, k, v, g].map(|x| unsafe { crate::flash::transpose(x, t, d) });
         let whole = |x| crate::flash::Transposed::whole(x, t);
         let head = crate::flash::Head {
-            q, k, v, o, g,
-            qt: whole(&qt), kt: whole(&kt), vt: whole(&vt), gt: whole(&gt),
-            t, d, window: windows[bh % h], scale,
+            q,
+            k,
+            v,
+            o,
+            g,
+            qt: whole(&qt),
+            kt: whole(&kt),
+            vt: whole(&vt),
+            gt: whole(&gt),
+            t,
+            d,
+            window: windows[bh % h],
+            scale,
         };
         let (mut lse, mut delta) = (vec![0f32; t], vec![0f32; t]);
         let rows = dq.par_chunks_mut(BLOCK * d).zip(lse.par_chunks_mut(BLOCK)).zip(delta.par_chunks_mut(BLOCK));

@@ -489,13 +489,7 @@ pub struct Head<'a> {
 /// The CPU must have AVX-512F and `h.d` must be [`supported`]; `dq` must hold
 /// `(i1−i0)·d` values, `lse` and `delta` `i1−i0`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn backward_queries(
-    h: &Head,
-    (i0, i1): (usize, usize),
-    dq: &mut [f32],
-    lse: &mut [f32],
-    delta: &mut [f32],
-) {
+pub unsafe fn backward_queries(h: &Head, (i0, i1): (usize, usize), dq: &mut [f32], lse: &mut [f32], delta: &mut [f32]) {
     let d = h.d;
     let mut r0 = i0;
     while r0 < i1 {
