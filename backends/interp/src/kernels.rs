@@ -680,24 +680,11 @@ fn few_rows<T: Real>(
     sb: (usize, usize),
     c: &mut [T],
 ) {
-    const LANES: usize = 8;
     for i in 0..m {
         let row: Vec<T> = (0..k).map(|p| a[i * sa.0 + p * sa.1]).collect();
         let out = &mut c[i * n..(i + 1) * n];
         if sb.0 == 1 {
-            for (j, o) in out.iter_mut().enumerate() {
-                let col = &b[j * sb.1..j * sb.1 + k];
-                let mut acc = [T::default(); LANES];
-                let (xs, xr) = row.split_at(k - k % LANES);
-                let (ys, yr) = col.split_at(k - k % LANES);
-                for (x, y) in xs.chunks_exact(LANES).zip(ys.chunks_exact(LANES)) {
-                    for l in 0..LANES {
-                        acc[l] = acc[l] + x[l] * y[l];
-                    }
-                }
-                let tail = xr.iter().zip(yr).fold(T::default(), |s, (&x, &y)| s + x * y);
-                *o = acc.iter().fold(T::default(), |s, &x| s + x) + tail;
-            }
+            crate::rows::dots(&row, b, sb.1, out);
         } else {
             out.iter_mut().for_each(|o| *o = T::default());
             for (p, &x) in row.iter().enumerate() {

@@ -1,6 +1,6 @@
-//! Row loops of the library kernels (softmax in attention), with an f32 path
-//! that the compiler vectorises for AVX-512 when the CPU has it and a
-//! generic path for every float type.
+//! Row loops of the library kernels (softmax in attention, dot products of
+//! matrix-vector products), with an f32 path that the compiler vectorises for
+//! AVX-512 when the CPU has it and a generic path for every float type.
 
 use crate::math::Real;
 
@@ -35,6 +35,62 @@ pub fn scaled_softmax<T: Real>(row: &mut [T], scale: T) -> T {
     }
     row.iter_mut().for_each(|s| *s = *s / sum);
     m
+}
+
+/// `out[j] = x · m[j·stride ..][..x.len()]` for every `j`: the rows of `m`
+/// against one vector (a matrix-vector product over row-major rows).
+pub fn dots<T: Real>(x: &[T], m: &[T], stride: usize, out: &mut [T]) {
+    let k = x.len();
+    if T::NAME == "f32" {
+        // SAFETY: T is f32 (checked by name); same layout.
+        let (x, m, out) = unsafe {
+            (
+                std::slice::from_raw_parts(x.as_ptr() as *const f32, k),
+                std::slice::from_raw_parts(m.as_ptr() as *const f32, m.len()),
+                std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len()),
+            )
+        };
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            unsafe { dots_avx512(x, m, stride, out) };
+            return;
+        }
+        dots_f32(x, m, stride, out);
+        return;
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = x.iter().zip(&m[j * stride..j * stride + k]).fold(T::default(), |s, (&a, &b)| s + a * b);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_avx512(x: &[f32], m: &[f32], stride: usize, out: &mut [f32]) {
+    dots_f32(x, m, stride, out)
+}
+
+#[inline(always)]
+fn dots_f32(x: &[f32], m: &[f32], stride: usize, out: &mut [f32]) {
+    let k = x.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f32(x, &m[j * stride..j * stride + k]);
+    }
+}
+
+#[inline(always)]
+fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    // Two vectors of partial sums, so consecutive adds do not wait on each other.
+    let mut acc = [0f32; 2 * LANES];
+    let n = x.len().min(y.len());
+    let split = n - n % (2 * LANES);
+    for (a, b) in x[..split].chunks_exact(2 * LANES).zip(y[..split].chunks_exact(2 * LANES)) {
+        for l in 0..2 * LANES {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let tail: f32 = x[split..n].iter().zip(&y[split..n]).map(|(a, b)| a * b).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -121,6 +177,20 @@ mod tests {
         assert!(exp_f32(f32::NEG_INFINITY) < 1e-44);
         assert!(exp_f32(f32::NAN).is_nan());
         assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn row_dot_products_match_the_definition_at_odd_lengths() {
+        for (k, rows, stride) in [(1, 3, 1), (31, 5, 33), (32, 2, 32), (100, 7, 101)] {
+            let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let m: Vec<f32> = (0..rows * stride).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut out = vec![0f32; rows];
+            dots(&x, &m, stride, &mut out);
+            for (j, o) in out.iter().enumerate() {
+                let want: f64 = (0..k).map(|i| x[i] as f64 * m[j * stride + i] as f64).sum();
+                assert!((*o as f64 - want).abs() < 1e-4, "k {k}, row {j}: {o} vs {want}");
+            }
+        }
     }
 
     #[test]
