@@ -3,11 +3,13 @@
 //! body proves that is safe, and computes the same (proof by execution); the
 //! `unroll` group unrolls small loops.
 
+mod common;
+
 use lsc_frontend::{ModelBuilder, Tensor};
 use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::{DType, Dim, Op, Program, TensorType};
 use lsc_models::mor::{self, MorConfig, Routing, Rule};
-use lsc_passes::saturate::{optimize, Config, Stats};
+use lsc_passes::saturate::{optimize, Config};
 use lsc_runtime::init;
 use lsc_runtime::numerics::{compare, tolerance};
 
@@ -21,18 +23,6 @@ fn routed_calls(p: &Program) -> usize {
 
 fn forward_values_only() -> Config {
     Config { keep_gradients: false, ..Config::default() }
-}
-
-/// Optimises `p`, runs both on the interpreter, and checks they agree.
-fn same_after(p: &Program, inputs: &Tensors<f32>, params: &Tensors<f32>, cfg: &Config) -> (Program, Stats) {
-    let (q, stats) = optimize(p, cfg).unwrap();
-    let a = Interpreter::new(p).unwrap().run(inputs, params).unwrap();
-    let b = Interpreter::new(&q).unwrap().run(inputs, params).unwrap();
-    for ((n, x), (_, y)) in a.iter().zip(&b) {
-        let c = compare(&y.to_f64_vec(), &x.to_f64_vec(), tolerance(DType::F32));
-        assert!(c.ok(), "output {n} changed: max |Δ| {}", c.max_abs_diff);
-    }
-    (q, stats)
 }
 
 fn token_ids(b: usize, t: usize, seed: u64) -> Tensors<f32> {
@@ -55,7 +45,7 @@ fn mor_inference_runs_each_data_dependent_recursion_step_on_its_active_tokens() 
         let p = mor::build(&cfg, Rule::Threshold).unwrap();
         let params = init::init_params(&p, 5).unwrap();
         let inputs = token_ids(3, 40, 6);
-        let (q, stats) = same_after(&p, &inputs, &params, &forward_values_only());
+        let (q, stats) = common::optimised_agrees(&p, &inputs, &params, &forward_values_only());
         assert_eq!(routed_calls(&q), want, "{name}: {:?}", stats.fired);
         assert!(stats.cost_after < stats.cost_before, "{name}: routing should be estimated cheaper");
         // The check is only meaningful if some tokens leave and some stay.
@@ -167,7 +157,7 @@ fn a_block_is_routed_only_when_its_body_ignores_inactive_rows() {
         let p = program(block, other_mask);
         for (b, t) in [(1, 5), (3, 37)] {
             let (inputs, params) = feed(&p, b, t);
-            let (q, _) = same_after(&p, &inputs, &params, &forward_values_only());
+            let (q, _) = common::optimised_agrees(&p, &inputs, &params, &forward_values_only());
             assert_eq!(routed_calls(&q) == 1, routed, "{block:?}, other mask {other_mask}");
         }
     }
@@ -213,7 +203,8 @@ fn small_loops_are_unrolled_into_calls_and_large_ones_are_kept() {
     let run = |p: &Program| {
         let params = init::init_params(p, 2).unwrap();
         let x = Value::floats(vec![3, 4], (0..12).map(|i| i as f32 * 0.1 - 0.5).collect());
-        let (q, stats) = same_after(p, &Tensors::from([("x".to_string(), x)]), &params, &Config::default());
+        let (q, stats) =
+            common::optimised_agrees(p, &Tensors::from([("x".to_string(), x)]), &params, &Config::default());
         (q, stats)
     };
     let (q, stats) = run(&looped(3));

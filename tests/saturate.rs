@@ -10,7 +10,7 @@ use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::{DType, Dim, Op, Program};
 use lsc_passes::saturate::{optimize, Config};
 use lsc_runtime::init;
-use lsc_runtime::numerics::{compare, tolerance, F64_TOLERANCE};
+use lsc_runtime::numerics::{compare, F64_TOLERANCE};
 
 fn dims(s: &[i64]) -> Vec<Dim> {
     s.iter().map(|&d| Dim::new(d)).collect()
@@ -40,14 +40,7 @@ fn run_both_with(
     params: &Tensors<f32>,
     cfg: &Config,
 ) -> (Program, lsc_passes::saturate::Stats) {
-    let (q, stats) = optimize(p, cfg).unwrap();
-    let a = Interpreter::new(p).unwrap().run(inputs, params).unwrap();
-    let b = Interpreter::new(&q).unwrap().run(inputs, params).unwrap();
-    for ((n, x), (_, y)) in a.iter().zip(&b) {
-        let c = compare(&y.to_f64_vec(), &x.to_f64_vec(), tolerance(DType::F32));
-        assert!(c.ok(), "output {n} changed: max |Δ| {}", c.max_abs_diff);
-    }
-    (q, stats)
+    common::optimised_agrees(p, inputs, params, cfg)
 }
 
 fn forward_values_only() -> Config {

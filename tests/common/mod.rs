@@ -1,8 +1,24 @@
 //! Helpers shared by the integration tests.
 
 use lsc_frontend::{ModelBuilder, Tensor};
-use lsc_interp::{Tensors, Value};
+use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::{DType, Dim, Program};
+use lsc_passes::saturate::{optimize, Config, Stats};
+use lsc_runtime::numerics::{compare, tolerance};
+
+/// Saturates `p` under `cfg`, runs both programs on the interpreter and
+/// checks every output agrees (allclose in f32): proof by execution.
+#[allow(dead_code)]
+pub fn optimised_agrees(p: &Program, inputs: &Tensors<f32>, params: &Tensors<f32>, cfg: &Config) -> (Program, Stats) {
+    let (q, stats) = optimize(p, cfg).unwrap();
+    let a = Interpreter::new(p).unwrap().run(inputs, params).unwrap();
+    let b = Interpreter::new(&q).unwrap().run(inputs, params).unwrap();
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        let c = compare(&y.to_f64_vec(), &x.to_f64_vec(), tolerance(DType::F32));
+        assert!(c.ok(), "output {n} changed: max |Δ| {}", c.max_abs_diff);
+    }
+    (q, stats)
+}
 
 /// Builds softmax-attention over `q, k, v: [1, H, T, 8]` spelled by `scores`
 /// with causal (`0`) or banded (`w`) masks per head; `q, k, v` are inputs, or

@@ -25,7 +25,7 @@ const BLOCK: usize = 64;
 const LOCAL_BLOCK: usize = 256;
 
 /// The first key query `i` of a head with window `w` sees (`w = 0`: global).
-fn first_key(i: usize, w: usize) -> usize {
+pub(crate) fn first_key(i: usize, w: usize) -> usize {
     if w == 0 {
         0
     } else {

@@ -22,6 +22,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
+use crate::attention::first_key;
 use std::arch::x86_64::*;
 
 /// Rows per group (their accumulators stay in registers).
@@ -119,15 +120,6 @@ unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
         out[12 + k] = _mm512_shuffle_f32x4::<0xDD>(v1, w1);
     }
     out
-}
-
-/// The first key row `i` sees (`w = 0`: global).
-pub fn first_key(i: usize, w: usize) -> usize {
-    if w == 0 {
-        0
-    } else {
-        (i + 1).saturating_sub(w)
-    }
 }
 
 /// `e^x` on 16 lanes: Cody–Waite reduction, a degree-7 polynomial and

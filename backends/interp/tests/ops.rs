@@ -340,6 +340,20 @@ proptest! {
     }
 }
 
+/// `count` random `[2, 2, t, d]` operands in f64 and the same values in f32.
+fn attention_operands(count: usize, t: usize, d: usize, seed: u64) -> (Vec<Value<f64>>, Vec<Value<f32>>) {
+    let mut s = seed;
+    let mut next = move || {
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((s >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 4.0
+    };
+    let shape = vec![2, 2, t, d];
+    let data: Vec<Vec<f64>> = (0..count).map(|_| (0..4 * t * d).map(|_| next()).collect()).collect();
+    let wide = data.iter().map(|v| Value::floats(shape.clone(), v.clone())).collect();
+    let narrow = data.iter().map(|v| Value::floats(shape.clone(), v.iter().map(|&x| x as f32).collect())).collect();
+    (wide, narrow)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
@@ -353,17 +367,8 @@ proptest! {
         windows in proptest::collection::vec(prop_oneof![Just(0usize), 1usize..5, 15usize..70], 2),
         seed in any::<u64>(),
     ) {
-        let mut s = seed;
-        let mut next = move || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 4.0
-        };
-        let shape = vec![2, 2, t, d];
-        let n = 4 * t * d;
-        let data: Vec<Vec<f64>> = (0..3).map(|_| (0..n).map(|_| next()).collect()).collect();
-        let outs = vec![(DType::F32, shape.clone()), (DType::F32, vec![2, 2, t])];
-        let wide: Vec<Value<f64>> = data.iter().map(|v| Value::floats(shape.clone(), v.clone())).collect();
-        let narrow: Vec<Value<f32>> = data.iter().map(|v| Value::floats(shape.clone(), v.iter().map(|&x| x as f32).collect())).collect();
+        let (wide, narrow) = attention_operands(3, t, d, seed);
+        let outs = vec![(DType::F32, vec![2, 2, t, d]), (DType::F32, vec![2, 2, t])];
         let scale = (d as f64).powf(-0.5);
         let want = lsc_interp::attention::ls_attention(&[&wide[0], &wide[1], &wide[2]], &windows, scale, &outs).unwrap();
         let got = lsc_interp::attention::ls_attention(&[&narrow[0], &narrow[1], &narrow[2]], &windows, scale, &outs).unwrap();
@@ -387,17 +392,8 @@ proptest! {
         windows in proptest::collection::vec(prop_oneof![Just(0usize), 1usize..5, 15usize..70], 2),
         seed in any::<u64>(),
     ) {
-        let mut s = seed;
-        let mut next = move || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 4.0
-        };
-        let shape = vec![2, 2, t, d];
-        let n = 4 * t * d;
-        let data: Vec<Vec<f64>> = (0..5).map(|_| (0..n).map(|_| next()).collect()).collect();
-        let outs = vec![(DType::F32, shape.clone()); 3];
-        let wide: Vec<Value<f64>> = data.iter().map(|v| Value::floats(shape.clone(), v.clone())).collect();
-        let narrow: Vec<Value<f32>> = data.iter().map(|v| Value::floats(shape.clone(), v.iter().map(|&x| x as f32).collect())).collect();
+        let (wide, narrow) = attention_operands(5, t, d, seed);
+        let outs = vec![(DType::F32, vec![2, 2, t, d]); 3];
         let scale = (d as f64).powf(-0.5);
         let w: Vec<&Value<f64>> = wide.iter().collect();
         let nr: Vec<&Value<f32>> = narrow.iter().collect();
