@@ -74,6 +74,26 @@ fn compile_writes_ir_and_manifest_that_check_accepts() {
 }
 
 #[test]
+fn compile_inference_routes_mors_recursion_and_rejects_train_with_it() {
+    let dir = scratch("inference");
+    let out = dir.to_str().unwrap();
+    let o = lsc(&["compile", "--model", "mor", "--inference", "--emit", "opt-ir,egraph-stats", "-o", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let opt = std::fs::read_to_string(dir.join("mor.inference.opt.lsir")).unwrap();
+    assert_eq!(opt.matches("routed_call(").count(), 3, "{opt}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("mor.inference.egraph-stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["rules_fired"]["routed-call"], 3);
+    // The ablation keeps every step over every token.
+    let o = lsc(&["compile", "--model", "mor", "--inference", "--emit", "opt-ir", "--no-rules", "routed", "-o", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!std::fs::read_to_string(dir.join("mor.inference.opt.lsir")).unwrap().contains("routed_call"));
+    let o = lsc(&["compile", "--model", "mor", "--inference", "--train", "-o", out]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+}
+
+#[test]
 fn a_users_own_dsl_model_compiles_and_runs_through_the_cli() {
     let dir = scratch("custom");
     let program = custom_model::build().expect("the example model is well-typed");
