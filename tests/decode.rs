@@ -92,5 +92,10 @@ fn decoding_past_the_cache_capacity_is_an_error() {
     let mut dec = Decoder::new(&step, &params, 1).unwrap();
     dec.feed(&Value::ints(vec![1, 60], vec![1; 60])).unwrap();
     let err = dec.feed(&Value::ints(vec![1, 8], vec![1; 8])).unwrap_err().to_string();
-    assert!(err.contains("out of range") || err.contains("beyond the cache"), "{err}");
+    assert!(err.contains("beyond the model's 64 positions"), "{err}");
+    // Refused before running: the caches (updated in place by a run) are intact.
+    assert_eq!(dec.position(), 60);
+    let again = dec.feed(&Value::ints(vec![1, 4], vec![1; 4])).unwrap();
+    assert_eq!(again.shape, vec![1, 4, 256]);
+    assert_eq!(dec.position(), 64);
 }

@@ -59,11 +59,36 @@ pub fn top_next(
     Ok(probs)
 }
 
+/// The position-embedding table, whose rows bound how far a sequence can go.
+const POSITIONS: &str = "pos_embed.weight";
+
+/// Zero-filled caches (every input but `input_ids` and `pos`) for `batch` sequences.
+fn zero_state(program: &Program, batch: usize) -> Result<Tensors<f32>, RuntimeError> {
+    let bindings: lsc_ir::Bindings = [("B".to_string(), batch as i64)].into();
+    let mut state = Tensors::new();
+    for (name, ty) in program.main.input_types() {
+        if name == "input_ids" || name == "pos" {
+            continue;
+        }
+        let shape = ty.concrete_shape(&bindings).map_err(|e| RuntimeError::Input(format!("cache `{name}`: {e}")))?;
+        let n = shape.iter().product();
+        let data = match ty.dtype {
+            DType::Bool => Buffer::Bool(vec![false; n]),
+            d if d.is_int() => Buffer::Int(vec![0; n]),
+            _ => Buffer::Float(vec![0.0; n]),
+        };
+        state.insert(name.to_string(), Value { dtype: ty.dtype, shape, data });
+    }
+    Ok(state)
+}
+
 /// Incremental decoding over a decode graph (see `lsc_models::decode`): holds
 /// the caches between calls and the position of the next token.
 pub struct Decoder<'p> {
     interp: Interpreter<'p>,
+    program: &'p Program,
     params: &'p Tensors<f32>,
+    batch: usize,
     state: Tensors<f32>,
     pos: i64,
 }
@@ -86,23 +111,8 @@ impl<'p> Decoder<'p> {
         params: &'p Tensors<f32>,
         batch: usize,
     ) -> Result<Decoder<'p>, RuntimeError> {
-        let bindings: lsc_ir::Bindings = [("B".to_string(), batch as i64)].into();
-        let mut state = Tensors::new();
-        for (name, ty) in program.main.input_types() {
-            if name == "input_ids" || name == "pos" {
-                continue;
-            }
-            let shape =
-                ty.concrete_shape(&bindings).map_err(|e| RuntimeError::Input(format!("cache `{name}`: {e}")))?;
-            let n = shape.iter().product();
-            let data = match ty.dtype {
-                DType::Bool => Buffer::Bool(vec![false; n]),
-                d if d.is_int() => Buffer::Int(vec![0; n]),
-                _ => Buffer::Float(vec![0.0; n]),
-            };
-            state.insert(name.to_string(), Value { dtype: ty.dtype, shape, data });
-        }
-        Ok(Decoder { interp, params, state, pos: 0 })
+        let state = zero_state(program, batch)?;
+        Ok(Decoder { interp, program, params, batch, state, pos: 0 })
     }
 
     /// Position of the next token.
@@ -112,17 +122,28 @@ impl<'p> Decoder<'p> {
 
     /// Feeds new tokens `[B, T]`; returns their logits `[B, T, V]` and advances.
     pub fn feed(&mut self, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
+        let len = ids.shape.get(1).copied().unwrap_or(0) as i64;
+        // Checked before running: the run updates the caches in place, so a
+        // step that fails halfway cannot give them back.
+        if let Some(capacity) = self.params.get(POSITIONS).and_then(|p| p.shape.first()) {
+            if self.pos + len > *capacity as i64 {
+                return Err(RuntimeError::Input(format!(
+                    "decoding {len} more token(s) at position {} goes beyond the model's {capacity} positions; \
+                     start a new sequence or use a config with a longer context",
+                    self.pos
+                )));
+            }
+        }
         let mut inputs = std::mem::take(&mut self.state);
         inputs.insert("input_ids".into(), ids.clone());
         inputs.insert("pos".into(), Value::ints(vec![], vec![self.pos]));
-        let outs = self.interp.run(&inputs, self.params);
-        inputs.remove("input_ids");
-        inputs.remove("pos");
-        let outs = match outs {
+        let outs = match self.interp.run_owned(inputs, self.params) {
             Ok(o) => o,
             Err(e) => {
-                self.state = inputs;
-                return Err(e.into());
+                // The caches went with the failed run: start again from empty ones.
+                self.state = zero_state(self.program, self.batch)?;
+                self.pos = 0;
+                return Err(RuntimeError::Input(format!("{e} (the decoder was reset to an empty sequence)")));
             }
         };
         let mut logits = None;
@@ -130,11 +151,10 @@ impl<'p> Decoder<'p> {
             if name == "logits" {
                 logits = Some(v);
             } else {
-                inputs.insert(name, v);
+                self.state.insert(name, v);
             }
         }
-        self.state = inputs;
-        self.pos += ids.shape.get(1).copied().unwrap_or(0) as i64;
+        self.pos += len;
         logits.ok_or_else(|| RuntimeError::Input("the decode program has no `logits` output".into()))
     }
 }

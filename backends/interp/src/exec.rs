@@ -122,6 +122,29 @@ impl<'p> Interpreter<'p> {
         Ok(main.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
     }
 
+    /// Like [`Interpreter::run`], but takes the inputs by value, so that a
+    /// cache the program only updates (`cache_update`, as in incremental
+    /// decoding) is written in place instead of copied. The inputs are
+    /// consumed even when the run fails.
+    pub fn run_owned<T: Real>(
+        &self,
+        mut inputs: Tensors<T>,
+        params: &Tensors<T>,
+    ) -> Result<Vec<(String, Value<T>)>, InterpError> {
+        let main = &self.program.main;
+        let mut args = Vec::with_capacity(main.inputs.len());
+        for (name, ty) in main.input_types() {
+            let v = inputs.remove(name).ok_or_else(|| InterpError {
+                graph: "main".into(),
+                node: None,
+                message: format!("missing input `{name}` ({ty})"),
+            })?;
+            args.push(Cow::Owned(v));
+        }
+        let outs = self.run_graph(main, args, params, &self.program.symbols)?;
+        Ok(main.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
+    }
+
     /// Runs graph `g`. Arguments and parameters are borrowed, never copied: a
     /// value is only owned once an op computes it.
     fn run_graph<'v, T: Real>(
@@ -248,6 +271,23 @@ impl<'p> Interpreter<'p> {
                 values[n.index()] = Some(vec![arg]);
                 continue;
             }
+            // A cache read by nothing else after this update, and owned by this
+            // run (`run_owned`), is updated in place rather than copied.
+            if let Op::CacheUpdate { axis } = &node.op {
+                let at = operands[0].node.index();
+                let last_owned_use = uses[at] == 1 && matches!(values[at].as_deref(), Some([Cow::Owned(_)]));
+                let taken = if last_owned_use { values[at].take().and_then(|mut v| v.pop()) } else { None };
+                if let Some(Cow::Owned(mut cache)) = taken {
+                    let arg = |v: ValueRef| {
+                        &values[v.node.index()].as_ref().expect("operands are computed first")[v.output as usize]
+                    };
+                    kernels::cache_update_in_place(&mut cache, arg(operands[1]), arg(operands[2]), *axis)
+                        .map_err(|m| err_at(n, m))?;
+                    values[n.index()] = Some(vec![Cow::Owned(cache)]);
+                    release(&operands, &mut uses, &mut values);
+                    continue;
+                }
+            }
             let result = {
                 let arg_vals: Vec<&Value<T>> = operands
                     .iter()
@@ -322,10 +362,24 @@ impl<'p> Interpreter<'p> {
             values[n.index()] = Some(result.into_iter().map(Cow::Owned).collect());
             release(&operands, &mut uses, &mut values);
         }
+        // The last output reading a value takes it (no copy of an owned value);
+        // a value returned under several names is copied for the others.
+        let mut readers: HashMap<ValueRef, usize> = HashMap::new();
+        for (_, v) in &g.outputs {
+            *readers.entry(*v).or_insert(0) += 1;
+        }
         Ok(g.outputs
             .iter()
             .map(|(_, v)| {
-                values[v.node.index()].as_ref().expect("outputs are computed")[v.output as usize].clone().into_owned()
+                let left = readers.get_mut(v).expect("counted above");
+                *left -= 1;
+                let slot = &mut values[v.node.index()].as_mut().expect("outputs are computed")[v.output as usize];
+                if *left == 0 {
+                    let empty = Value { dtype: slot.dtype, shape: Vec::new(), data: Buffer::Float(Vec::new()) };
+                    std::mem::replace(slot, Cow::Owned(empty)).into_owned()
+                } else {
+                    slot.clone().into_owned()
+                }
             })
             .collect())
     }

@@ -57,6 +57,56 @@ fn round_to<T: Real>(x: T, dtype: DType) -> T {
     }
 }
 
+/// Where `cache_update(cache, update, offset)` writes: per outer index, `len`
+/// entries of `n` along the axis at `offset`, each `inner` values long.
+struct CacheWindow {
+    outer: usize,
+    n: usize,
+    inner: usize,
+    offset: usize,
+    len: usize,
+}
+
+impl CacheWindow {
+    fn new<T: Real>(cache: &Value<T>, update: &Value<T>, offset: &Value<T>, axis: usize) -> R<CacheWindow> {
+        let off =
+            offset.as_ints().and_then(|v| v.first().copied()).ok_or("cache_update offset must be an i64 scalar")?;
+        let (_, n, inner) = split(&cache.shape, axis);
+        let len = update.shape[axis];
+        let offset = usize::try_from(off)
+            .ok()
+            .filter(|o| o + len <= n)
+            .ok_or_else(|| format!("cache_update writes {len} entries at offset {off}, beyond the cache's {n}"))?;
+        let outer = numel(&cache.shape) / (n * inner).max(1);
+        Ok(CacheWindow { outer, n, inner, offset, len })
+    }
+}
+
+/// `cache_update` into `cache` itself, for a cache nothing else reads (the
+/// executor's in-place path for decoding's KV caches).
+pub fn cache_update_in_place<T: Real>(
+    cache: &mut Value<T>,
+    update: &Value<T>,
+    offset: &Value<T>,
+    axis: usize,
+) -> R<()> {
+    let w = CacheWindow::new(cache, update, offset, axis)?;
+    let (row, run) = (w.n * w.inner, w.len * w.inner);
+    fn copy<E: Clone>(dst: &mut [E], src: &[E], w: &CacheWindow, row: usize, run: usize) {
+        for o in 0..w.outer {
+            let at = o * row + w.offset * w.inner;
+            dst[at..at + run].clone_from_slice(&src[o * run..(o + 1) * run]);
+        }
+    }
+    match (&mut cache.data, &update.data) {
+        (Buffer::Float(c), Buffer::Float(u)) => copy(c, u, &w, row, run),
+        (Buffer::Int(c), Buffer::Int(u)) => copy(c, u, &w, row, run),
+        (Buffer::Bool(c), Buffer::Bool(u)) => copy(c, u, &w, row, run),
+        _ => return Err("cache_update needs a cache and an update of the same kind".into()),
+    }
+    Ok(())
+}
+
 /// Why an op cannot read a packed ternary matrix (only `ternary_matmul` and data movement do).
 const PACKED: &str = "packed ternary weights are read only by ternary_matmul";
 
@@ -354,18 +404,10 @@ pub fn eval<T: Real>(
         }
         Op::CacheUpdate { axis } => {
             let (cache, update) = (args[0], args[1]);
-            let off = args[2]
-                .as_ints()
-                .and_then(|v| v.first().copied())
-                .ok_or("cache_update offset must be an i64 scalar")?;
-            let (_, n, inner) = split(&cache.shape, *axis);
-            let len = update.shape[*axis];
-            let off = usize::try_from(off)
-                .ok()
-                .filter(|o| o + len <= n)
-                .ok_or_else(|| format!("cache_update writes {len} entries at offset {off}, beyond the cache's {n}"))?;
+            let w = CacheWindow::new(cache, update, args[2], *axis)?;
             // Per outer index: the cache before the window, the update, the cache after it.
-            let (outer, row) = (numel(&cache.shape) / (n * inner).max(1), n * inner);
+            let (outer, n, inner, off, len) = (w.outer, w.n, w.inner, w.offset, w.len);
+            let row = n * inner;
             let runs = (0..outer).flat_map(|o| {
                 [
                     (0usize, o * row, off * inner),

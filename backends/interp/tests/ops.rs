@@ -406,3 +406,37 @@ proptest! {
         }
     }
 }
+
+/// `run_owned` updates a cache in place only where nothing else reads the old
+/// cache; either way every output equals `run`'s.
+#[test]
+fn owned_runs_update_caches_in_place_without_changing_results() {
+    for other_reader in [false, true] {
+        let b = ModelBuilder::new();
+        let cache = b.input("cache", DType::F32, &d(&[2, 5, 3]));
+        let update = b.input("update", DType::F32, &d(&[2, 2, 3]));
+        let pos = b.input("pos", DType::I64, &[]);
+        let updated = cache.cache_update(1, &update, &pos);
+        b.output("cache", &updated);
+        b.output("same", &updated);
+        if other_reader {
+            b.output("old_sum", &cache.sum(&[0, 1, 2], false));
+        }
+        let p = b.finish().unwrap();
+        let interp = Interpreter::new(&p).unwrap();
+        let feed = Tensors::from([
+            ("cache".to_string(), Value::<f32>::floats(vec![2, 5, 3], (0..30).map(|i| i as f32).collect())),
+            ("update".to_string(), Value::floats(vec![2, 2, 3], vec![-1.0; 12])),
+            ("pos".to_string(), Value::ints(vec![], vec![3])),
+        ]);
+        let want = interp.run(&feed, &Tensors::new()).unwrap();
+        let got = interp.run_owned(feed, &Tensors::new()).unwrap();
+        assert_eq!(got, want, "other reader: {other_reader}");
+        let cache = got[0].1.as_floats().unwrap();
+        assert_eq!(&cache[9..15], &[-1.0; 6]);
+        assert_eq!(cache[8], 8.0);
+        if other_reader {
+            assert_eq!(got[2].1.as_floats().unwrap(), &[435.0]);
+        }
+    }
+}

@@ -311,6 +311,29 @@ impl CausalSelfAttention {
         }
     }
 
+    /// `[T, C]` over a causal group's updated cache (slot `j` holds position
+    /// `j`) for queries at `pos..pos+T`: slot `j` is seen by query `i` iff `j ≤ pos + i`.
+    #[track_caller]
+    fn slots_seen(b: &ModelBuilder, t: &Dim, c: usize, pos: &Tensor) -> Tensor {
+        let shape = [t.clone(), Dim::new(c as i64)];
+        let q_abs = &b.iota(DType::I64, &shape, 0) + pos;
+        b.iota(DType::I64, &shape, 1).le(&q_abs)
+    }
+
+    /// `[B, 1, T, C]` over a causal group's updated cache: slots valid for group
+    /// `g` once the new tokens' validity is written at `pos`, or the query itself.
+    #[track_caller]
+    fn updated_validity(b: &ModelBuilder, ok: &KeyValidity, g: usize, batch: &Dim, t: &Dim, pos: &Tensor) -> Tensor {
+        let cached = &ok.cached[g.min(ok.cached.len().saturating_sub(1))];
+        let c = cached.dim(1);
+        let slots = cached.cache_update(1, &ok.new, pos);
+        let one = Dim::new(1);
+        let slot_ok = slots.reshape(&[batch.clone(), one.clone(), one.clone(), c.clone()]);
+        let shape = [t.clone(), c];
+        let itself = b.iota(DType::I64, &shape, 1).eq(&(&b.iota(DType::I64, &shape, 0) + pos));
+        slot_ok.or(&itself)
+    }
+
     /// `[B, 1, T, C+T]`: cache slots valid for group `g`; new tokens valid or the query itself.
     #[track_caller]
     fn validity_mask(b: &ModelBuilder, ok: &KeyValidity, g: usize, batch: &Dim, t: &Dim) -> Tensor {
@@ -380,18 +403,32 @@ impl CausalSelfAttention {
             let heads = |x: &Tensor| x.slice(1, h0 as i64, (h0 + n) as i64);
             let (qg, kg, vg) = (heads(&q), heads(&k), heads(&v));
             let c = cache.k.dim(2).as_const().unwrap_or(0) as usize;
-            let keys = cache.k.concat(&[&kg], 2);
-            let values = cache.v.concat(&[&vg], 2);
-            let scores = &qg.matmul_t(&keys) * scale;
-            let mut mask = Self::cached_mask(&builder, &t, c, kind, pos);
-            if let Some(ok) = keys_ok {
-                mask = mask.and(&Self::validity_mask(&builder, ok, gi, &x.dim(0), &t));
-            }
-            outs.push(mask.select(&scores, &neg_inf).softmax(-1).matmul(&values));
-            new_caches.push(AttentionCache {
+            let updated = AttentionCache {
                 k: Self::write_cache(&builder, &cache.k, &kg, kind, pos),
                 v: Self::write_cache(&builder, &cache.v, &vg, kind, pos),
-            });
+            };
+            // A causal group attends over its updated cache (slot = position), so
+            // the old cache is read only by the update, which can then happen in
+            // place; a ring buffer may already have overwritten keys the new
+            // tokens still see, so a window group attends over (old cache, new).
+            let (keys, values, mut mask) = match kind {
+                HeadMask::Causal => (updated.k.clone(), updated.v.clone(), Self::slots_seen(&builder, &t, c, pos)),
+                HeadMask::Window(_) => (
+                    cache.k.concat(&[&kg], 2),
+                    cache.v.concat(&[&vg], 2),
+                    Self::cached_mask(&builder, &t, c, kind, pos),
+                ),
+            };
+            if let Some(ok) = keys_ok {
+                let valid = match kind {
+                    HeadMask::Causal => Self::updated_validity(&builder, ok, gi, &x.dim(0), &t, pos),
+                    HeadMask::Window(_) => Self::validity_mask(&builder, ok, gi, &x.dim(0), &t),
+                };
+                mask = mask.and(&valid);
+            }
+            let scores = &qg.matmul_t(&keys) * scale;
+            outs.push(mask.select(&scores, &neg_inf).softmax(-1).matmul(&values));
+            new_caches.push(updated);
         }
         let rest: Vec<&Tensor> = outs[1..].iter().collect();
         (self.merge(&outs[0].concat(&rest, 1), x), new_caches)
