@@ -108,18 +108,7 @@ impl<'p> Interpreter<'p> {
         inputs: &Tensors<T>,
         params: &Tensors<T>,
     ) -> Result<Vec<(String, Value<T>)>, InterpError> {
-        let main = &self.program.main;
-        let mut args = Vec::with_capacity(main.inputs.len());
-        for (name, ty) in main.input_types() {
-            let v = inputs.get(name).ok_or_else(|| InterpError {
-                graph: "main".into(),
-                node: None,
-                message: format!("missing input `{name}` ({ty})"),
-            })?;
-            args.push(Cow::Borrowed(v));
-        }
-        let outs = self.run_graph(main, args, params, &self.program.symbols)?;
-        Ok(main.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
+        self.run_main(|name| inputs.get(name).map(Cow::Borrowed), params)
     }
 
     /// Like [`Interpreter::run`], but takes the inputs by value, so that a
@@ -131,15 +120,24 @@ impl<'p> Interpreter<'p> {
         mut inputs: Tensors<T>,
         params: &Tensors<T>,
     ) -> Result<Vec<(String, Value<T>)>, InterpError> {
+        self.run_main(|name| inputs.remove(name).map(Cow::Owned), params)
+    }
+
+    /// Runs `main` with each input taken from `input` by name.
+    fn run_main<'v, T: Real>(
+        &self,
+        mut input: impl FnMut(&str) -> Option<Cow<'v, Value<T>>>,
+        params: &'v Tensors<T>,
+    ) -> Result<Vec<(String, Value<T>)>, InterpError> {
         let main = &self.program.main;
         let mut args = Vec::with_capacity(main.inputs.len());
         for (name, ty) in main.input_types() {
-            let v = inputs.remove(name).ok_or_else(|| InterpError {
+            let v = input(name).ok_or_else(|| InterpError {
                 graph: "main".into(),
                 node: None,
                 message: format!("missing input `{name}` ({ty})"),
             })?;
-            args.push(Cow::Owned(v));
+            args.push(v);
         }
         let outs = self.run_graph(main, args, params, &self.program.symbols)?;
         Ok(main.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
