@@ -61,6 +61,19 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// The functions this graph runs: the callees of its `call`s and
+    /// `routed_call`s and the bodies of its `loop`s.
+    pub fn callees(&self) -> std::collections::BTreeSet<String> {
+        self.dag
+            .node_weights()
+            .filter_map(|n| match &n.op {
+                Op::Call { callee } | Op::RoutedCall { callee, .. } => Some(callee.clone()),
+                Op::Loop { body, .. } => Some(body.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// An empty graph.
     pub fn new(name: &str) -> Graph {
         Graph { name: name.to_string(), ..Graph::default() }

@@ -226,17 +226,7 @@ fn check_leaf(
 }
 
 fn check_recursion(p: &Program) -> Result<(), VerifyError> {
-    let callees = |g: &Graph| -> BTreeSet<String> {
-        g.dag
-            .node_weights()
-            .filter_map(|n| match &n.op {
-                Op::Call { callee } | Op::RoutedCall { callee, .. } => Some(callee.clone()),
-                Op::Loop { body, .. } => Some(body.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    let calls: BTreeMap<&str, BTreeSet<String>> = p.functions.iter().map(|f| (f.name.as_str(), callees(f))).collect();
+    let calls: BTreeMap<&str, BTreeSet<String>> = p.functions.iter().map(|f| (f.name.as_str(), f.callees())).collect();
     for f in &p.functions {
         let mut stack: Vec<String> = calls[f.name.as_str()].iter().cloned().collect();
         let mut seen = BTreeSet::new();

@@ -11,6 +11,8 @@
 use crate::fused::value;
 use crate::kernels::floats;
 use crate::math::Real;
+#[cfg(target_arch = "x86_64")]
+use crate::math::{as_f32, as_f32_mut};
 use crate::rows::scaled_softmax;
 use crate::value::Value;
 use lsc_ir::DType;
@@ -112,12 +114,13 @@ pub fn ls_attention<T: Real>(
     let mut o = vec![T::default(); b * h * t * d];
     let mut row_max = vec![T::default(); b * h * t];
     #[cfg(target_arch = "x86_64")]
-    if T::NAME == "f32" && crate::flash::supported(d) {
-        // SAFETY: T is f32 (checked by name); same layout.
-        let f = |x: &[T]| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) };
-        let fm = |x: &mut [T]| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) };
-        flash_forward(f(q), f(k), f(v), [b, h, t, d], windows, scale.to_f64() as f32, fm(&mut o), fm(&mut row_max));
-        return Ok(vec![value(&out[0], o), value(&out[1], row_max)]);
+    if crate::flash::supported(d) {
+        if let (Some(q), Some(k), Some(v), Some(o32), Some(m32)) =
+            (as_f32(q), as_f32(k), as_f32(v), as_f32_mut(&mut o), as_f32_mut(&mut row_max))
+        {
+            flash_forward(q, k, v, [b, h, t, d], windows, scale.to_f64() as f32, o32, m32);
+            return Ok(vec![value(&out[0], o), value(&out[1], row_max)]);
+        }
     }
     o.par_chunks_mut((t * d).max(1)).zip(row_max.par_chunks_mut(t.max(1))).enumerate().for_each(|(bh, (o, m_out))| {
         let w = windows[bh % h];
@@ -240,13 +243,14 @@ pub fn ls_attention_grad<T: Real>(
     let n = b * h * t * d;
     let (mut dq, mut dk, mut dv) = (vec![T::default(); n], vec![T::default(); n], vec![T::default(); n]);
     #[cfg(target_arch = "x86_64")]
-    if T::NAME == "f32" && crate::flash::supported(d) {
-        // SAFETY: T is f32 (checked by name); same layout.
-        let f = |x: &[T]| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) };
-        let fm = |x: &mut [T]| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) };
-        let ins = [f(q), f(k), f(v), f(o), f(g)];
-        flash_backward(ins, [b, h, t, d], windows, scale as f32, [fm(&mut dq), fm(&mut dk), fm(&mut dv)]);
-        return Ok(vec![value(&out[0], dq), value(&out[1], dk), value(&out[2], dv)]);
+    if crate::flash::supported(d) {
+        let ins = [as_f32(q), as_f32(k), as_f32(v), as_f32(o), as_f32(g)];
+        if let ([Some(q), Some(k), Some(v), Some(o), Some(g)], Some(dq32), Some(dk32), Some(dv32)) =
+            (ins, as_f32_mut(&mut dq), as_f32_mut(&mut dk), as_f32_mut(&mut dv))
+        {
+            flash_backward([q, k, v, o, g], [b, h, t, d], windows, scale as f32, [dq32, dk32, dv32]);
+            return Ok(vec![value(&out[0], dq), value(&out[1], dk), value(&out[2], dv)]);
+        }
     }
     let chunk = (t * d).max(1);
     dq.par_chunks_mut(chunk).zip(dk.par_chunks_mut(chunk)).zip(dv.par_chunks_mut(chunk)).enumerate().for_each(

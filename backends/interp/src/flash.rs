@@ -262,6 +262,11 @@ macro_rules! by_chunks {
     };
 }
 
+/// The groups `(first row, rows)` that cover rows `i0..i1`, [`ROWS`] at a time.
+fn groups(i0: usize, i1: usize) -> impl Iterator<Item = (usize, usize)> {
+    (i0..i1).step_by(ROWS).map(move |r0| (r0, (i1 - r0).min(ROWS)))
+}
+
 /// The group of rows starting at `r0` (`rows ≤ ROWS` real ones; the rest
 /// repeat the last, so the loops need no row masks).
 fn group_rows(r0: usize, rows: usize) -> [usize; ROWS] {
@@ -369,9 +374,7 @@ pub unsafe fn forward(
     out: &mut [f32],
     row_max: &mut [f32],
 ) {
-    let mut r0 = i0;
-    while r0 < i1 {
-        let rows = (i1 - r0).min(ROWS);
+    for (r0, rows) in groups(i0, i1) {
         let o = &mut out[(r0 - i0) * d..(r0 - i0 + rows) * d];
         let m = &mut row_max[r0 - i0..r0 - i0 + rows];
         match d {
@@ -379,7 +382,6 @@ pub unsafe fn forward(
             32 => forward_group::<2>(q, kt, v, window, scale, (r0, rows), o, m),
             _ => forward_group::<4>(q, kt, v, window, scale, (r0, rows), o, m),
         }
-        r0 += rows;
     }
 }
 
@@ -483,9 +485,7 @@ pub struct Head<'a> {
 #[target_feature(enable = "avx512f")]
 pub unsafe fn backward_queries(h: &Head, (i0, i1): (usize, usize), dq: &mut [f32], lse: &mut [f32], delta: &mut [f32]) {
     let d = h.d;
-    let mut r0 = i0;
-    while r0 < i1 {
-        let rows = (i1 - r0).min(ROWS);
+    for (r0, rows) in groups(i0, i1) {
         let (a, b) = (r0 - i0, r0 - i0 + rows);
         let outs = (&mut dq[a * d..b * d], &mut lse[a..b], &mut delta[a..b]);
         match d {
@@ -493,7 +493,6 @@ pub unsafe fn backward_queries(h: &Head, (i0, i1): (usize, usize), dq: &mut [f32
             32 => query_group::<2>(h, (r0, rows), outs),
             _ => query_group::<4>(h, (r0, rows), outs),
         }
-        r0 += rows;
     }
 }
 
@@ -601,9 +600,7 @@ pub unsafe fn backward_keys(
     dv: &mut [f32],
 ) {
     let d = h.d;
-    let mut r0 = j0;
-    while r0 < j1 {
-        let rows = (j1 - r0).min(ROWS);
+    for (r0, rows) in groups(j0, j1) {
         let (a, b) = (r0 - j0, r0 - j0 + rows);
         let outs = (&mut dk[a * d..b * d], &mut dv[a * d..b * d]);
         match d {
@@ -611,7 +608,6 @@ pub unsafe fn backward_keys(
             32 => key_group::<2>(h, (r0, rows), (lse, delta), outs),
             _ => key_group::<4>(h, (r0, rows), (lse, delta), outs),
         }
-        r0 += rows;
     }
 }
 

@@ -4,6 +4,19 @@
 use std::fmt::Debug;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
+/// `x` as f32 values when the interpreter's float type is f32 (the entry of
+/// the SIMD kernels), else `None`.
+pub fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
+    // SAFETY: T is f32 (checked by name), so the layout is the same.
+    (T::NAME == "f32").then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+pub fn as_f32_mut<T: Real>(x: &mut [T]) -> Option<&mut [f32]> {
+    // SAFETY: T is f32 (checked by name), so the layout is the same.
+    (T::NAME == "f32").then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
+}
+
 /// A float type the interpreter computes in (`f32` normally, `f64` for checks).
 pub trait Real:
     Copy

@@ -2,7 +2,7 @@
 //! matrix-vector products), with an f32 path that the compiler vectorises for
 //! AVX-512 when the CPU has it and a generic path for every float type.
 
-use crate::math::Real;
+use crate::math::{as_f32, as_f32_mut, Real};
 
 /// Lanes of the f32 path's partial maxima and sums.
 const LANES: usize = 16;
@@ -10,10 +10,8 @@ const LANES: usize = 16;
 /// `row ← softmax(row · scale)` in place; returns the largest scaled value.
 /// NaN propagates to the whole row, as in the unfused graph.
 pub fn scaled_softmax<T: Real>(row: &mut [T], scale: T) -> T {
-    if T::NAME == "f32" {
-        // SAFETY: T is f32 (checked by name); same layout.
-        let r = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut f32, row.len()) };
-        let s = scale.to_f64() as f32;
+    let s = scale.to_f64() as f32;
+    if let Some(r) = as_f32_mut(row) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
@@ -41,15 +39,7 @@ pub fn scaled_softmax<T: Real>(row: &mut [T], scale: T) -> T {
 /// against one vector (a matrix-vector product over row-major rows).
 pub fn dots<T: Real>(x: &[T], m: &[T], stride: usize, out: &mut [T]) {
     let k = x.len();
-    if T::NAME == "f32" {
-        // SAFETY: T is f32 (checked by name); same layout.
-        let (x, m, out) = unsafe {
-            (
-                std::slice::from_raw_parts(x.as_ptr() as *const f32, k),
-                std::slice::from_raw_parts(m.as_ptr() as *const f32, m.len()),
-                std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len()),
-            )
-        };
+    if let (Some(x), Some(m), Some(out)) = (as_f32(x), as_f32(m), as_f32_mut(out)) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.

@@ -9,6 +9,8 @@
 //! inputs; elsewhere the set bits are walked one by one.
 
 use crate::math::Real;
+#[cfg(target_arch = "x86_64")]
+use crate::math::{as_f32, as_f32_mut};
 use rayon::prelude::*;
 
 /// Output rows per parallel task.
@@ -62,11 +64,12 @@ impl TernaryPlanes {
     /// Row `n` as floats in {−1, 0, 1} (`row` holds `cols` values).
     pub fn unpack_row<T: Real>(&self, n: usize, row: &mut [T]) {
         #[cfg(target_arch = "x86_64")]
-        if T::NAME == "f32" && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: T is f32 (checked by name) and the CPU has AVX-512F.
-            let row = unsafe { std::slice::from_raw_parts_mut(row.as_mut_ptr() as *mut f32, row.len()) };
-            unsafe { self.unpack_row_avx512(n, row) };
-            return;
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            if let Some(row) = as_f32_mut(row) {
+                // SAFETY: the CPU has AVX-512F.
+                unsafe { self.unpack_row_avx512(n, row) };
+                return;
+            }
         }
         let words = Self::words(self.cols);
         let (one, zero) = (T::from_f64(1.0), T::from_f64(0.0));
@@ -123,17 +126,13 @@ impl TernaryPlanes {
     /// `out[r] = x[r] · w[n]` for every row `r` of `x`.
     fn row_products<T: Real>(&self, n: usize, x: &[T], m: usize, out: &mut [T]) {
         #[cfg(target_arch = "x86_64")]
-        if T::NAME == "f32" && std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: T is f32 (checked by name), the CPU has AVX-512F, and
-            // `x` holds m rows of `cols` values (checked by the caller).
-            let (xs, os) = unsafe {
-                (
-                    std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()),
-                    std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len()),
-                )
-            };
-            unsafe { self.row_products_avx512(n, xs, m, os) };
-            return;
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            if let (Some(xs), Some(os)) = (as_f32(x), as_f32_mut(out)) {
+                // SAFETY: the CPU has AVX-512F, and `x` holds m rows of `cols`
+                // values (checked by the caller).
+                unsafe { self.row_products_avx512(n, xs, m, os) };
+                return;
+            }
         }
         self.row_products_portable(n, x, m, out);
     }

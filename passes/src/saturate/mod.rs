@@ -218,20 +218,10 @@ fn optimize_graph(
 /// The functions of `p`, each after the functions it calls (the verifier
 /// rejects recursion; anything left over keeps its place at the end).
 fn callees_first(p: &Program) -> Vec<&Graph> {
-    let calls = |g: &Graph| -> Vec<String> {
-        g.dag
-            .node_weights()
-            .filter_map(|n| match &n.op {
-                lsc_ir::Op::Call { callee } | lsc_ir::Op::RoutedCall { callee, .. } => Some(callee.clone()),
-                lsc_ir::Op::Loop { body, .. } => Some(body.clone()),
-                _ => None,
-            })
-            .collect()
-    };
     let mut order: Vec<&Graph> = Vec::new();
     let mut left: Vec<&Graph> = p.functions.iter().collect();
     while !left.is_empty() {
-        let ready = left.iter().position(|f| calls(f).iter().all(|c| order.iter().any(|o| &o.name == c)));
+        let ready = left.iter().position(|f| f.callees().iter().all(|c| order.iter().any(|o| &o.name == c)));
         order.push(left.remove(ready.unwrap_or(0)));
     }
     order
