@@ -87,7 +87,7 @@ pub unsafe fn transpose(k: &[f32], t: usize, d: usize) -> Vec<f32> {
 /// interleaves within 128-bit lanes, then two rounds of lane shuffles.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+pub(crate) unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     // t[2i], t[2i+1]: rows 2i and 2i+1 interleaved (a0 b0 a1 b1 | a2 b2 a3 b3 per lane).
     let t: [__m512; 16] = std::array::from_fn(|x| {
         let (a, b) = (r[x & !1], r[x | 1]);

@@ -754,6 +754,9 @@ pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool,
     if m == 0 || n == 0 {
         return Ok(c);
     }
+    // A batch of row-major `a` against one shared `b` (`x · W` over a batch of
+    // sequences) is one product with the batch's rows stacked.
+    let (m, batch) = if a_batched && !b_batched && !trans_a { (batch * m, 1) } else { (m, batch) };
     // Row-major storage; a transposed operand is read with swapped strides, never copied.
     let (rsa, csa) = if trans_a { (1isize, m as isize) } else { (k as isize, 1isize) };
     let (rsb, csb) = if trans_b { (1isize, k as isize) } else { (n as isize, 1isize) };
@@ -766,30 +769,24 @@ pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool,
         }
         return Ok(c);
     }
-    for i in 0..batch {
-        let a_off = if a_batched { i * m * k } else { 0 };
-        let b_off = if b_batched { i * k * n } else { 0 };
-        let c_off = i * m * n;
+    let product = |i: usize, c: &mut [T]| {
+        let a = &av[if a_batched { i * m * k } else { 0 }..];
+        let b = &bv[if b_batched { i * k * n } else { 0 }..];
         // SAFETY: the slices hold (batch·)m·k, (batch·)k·n and batch·m·n elements, checked above.
-        unsafe {
-            T::gemm(
-                m,
-                k,
-                n,
-                av[a_off..].as_ptr(),
-                rsa,
-                csa,
-                bv[b_off..].as_ptr(),
-                rsb,
-                csb,
-                c[c_off..].as_mut_ptr(),
-                n as isize,
-                1,
-            );
-        }
+        unsafe { T::gemm(m, k, n, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, c.as_mut_ptr(), n as isize, 1) };
+    };
+    if batch > 1 && m * n * k <= SMALL_PRODUCT {
+        // Small products (a weight's gradient per sequence): one per thread at
+        // a time, rather than each split across the threads.
+        c.par_chunks_mut(m * n).enumerate().for_each(|(i, c)| crate::math::serial(|| product(i, c)));
+    } else {
+        c.chunks_mut(m * n).enumerate().for_each(|(i, c)| product(i, c));
     }
     Ok(c)
 }
+
+/// Multiply-adds below which the products of a batch run one per thread.
+const SMALL_PRODUCT: usize = 1 << 26;
 
 fn scatter<T: Real>(x: &Value<T>, idx: &Value<T>, src: &Value<T>, axis: usize, add: bool) -> R<Buffer<T>> {
     let ids = idx.as_ints().ok_or("scatter indices must be integers")?;

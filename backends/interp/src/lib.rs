@@ -18,6 +18,7 @@ pub mod attention;
 pub mod exec;
 pub mod flash;
 pub mod fused;
+pub mod gemm;
 pub mod kernels;
 pub mod math;
 pub mod routing;

@@ -120,8 +120,67 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f32, "f32", matrixmultiply::sgemm);
+impl_real!(f32, "f32", sgemm);
 impl_real!(f64, "f64", matrixmultiply::dgemm);
+
+thread_local! {
+    /// Set while [`serial`] runs: products stay on this thread.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every GEMM it starts kept on the calling thread (for callers
+/// that already run several products in parallel).
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    let before = SERIAL.replace(true);
+    let out = f();
+    SERIAL.set(before);
+    out
+}
+
+/// Whether this thread is inside [`serial`].
+pub(crate) fn in_serial() -> bool {
+    SERIAL.get()
+}
+
+/// `C = alpha·A·B + beta·C` in f32: the AVX-512 kernels of [`crate::gemm`]
+/// where the CPU has them (for `alpha = 1`, `beta = 0`, the only product the
+/// interpreter asks for), `matrixmultiply` otherwise.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if alpha == 1.0 && beta == 0.0 && crate::gemm::available() {
+        use crate::gemm::Strided;
+        // SAFETY: AVX-512F is present; the views are the caller's matrices.
+        unsafe {
+            crate::gemm::sgemm(
+                m,
+                k,
+                n,
+                Strided { ptr: a, rs: rsa, cs: csa },
+                Strided { ptr: b, rs: rsb, cs: csb },
+                Strided { ptr: c, rs: rsc, cs: csc },
+            )
+        };
+        return;
+    }
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+}
 
 /// The error function, accurate to about 1e-15 (Taylor series near 0, a
 /// continued fraction for erfc in the tails).
