@@ -755,8 +755,10 @@ pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool,
         return Ok(c);
     }
     // A batch of row-major `a` against one shared `b` (`x · W` over a batch of
-    // sequences) is one product with the batch's rows stacked.
-    let (m, batch) = if a_batched && !b_batched && !trans_a { (batch * m, 1) } else { (m, batch) };
+    // sequences) is one product with the batch's rows stacked; a batch of a few
+    // rows each (decoding) stays on the dot-product path below.
+    let fold = a_batched && !b_batched && !trans_a && m > FEW_ROWS;
+    let (m, batch) = if fold { (batch * m, 1) } else { (m, batch) };
     // Row-major storage; a transposed operand is read with swapped strides, never copied.
     let (rsa, csa) = if trans_a { (1isize, m as isize) } else { (k as isize, 1isize) };
     let (rsb, csb) = if trans_b { (1isize, k as isize) } else { (n as isize, 1isize) };
