@@ -262,10 +262,13 @@ unsafe fn pack_b(dst: &mut [f32], b: Strided<*const f32>, (first, cols): (usize,
             }
         }
     } else if b.cs == 1 {
+        // Row-major: each row of the strip is two (masked) vector copies.
+        let [lo, hi] = column_masks(cols);
         for p in 0..kc {
-            let out = &mut dst[p * NR..p * NR + NR];
-            out[..cols].copy_from_slice(std::slice::from_raw_parts(b.ptr.offset(p as isize * b.rs), cols));
-            out[cols..].fill(0.0);
+            let (src, out) = (b.ptr.offset(p as isize * b.rs), dst.as_mut_ptr().add(p * NR));
+            _mm512_storeu_ps(out, _mm512_maskz_loadu_ps(lo, src));
+            // Wrapping: past a short row's end the pointer is never dereferenced (mask 0).
+            _mm512_storeu_ps(out.add(16), _mm512_maskz_loadu_ps(hi, src.wrapping_add(16)));
         }
     } else {
         for p in 0..kc {
@@ -300,13 +303,12 @@ unsafe fn micro_kernel(
         }
     }
     if c.cs == 1 {
-        let lo = (1u32 << cols.min(16)) - 1;
-        let hi = (1u32 << cols.saturating_sub(16)) - 1;
-        let masks = [lo as __mmask16, hi as __mmask16];
+        let masks = column_masks(cols);
         for (i, row) in acc.iter().enumerate().take(rows) {
             let out = c.ptr.offset(i as isize * c.rs);
             for (h, &v) in row.iter().enumerate() {
-                let dst = out.add(16 * h);
+                // Wrapping: past a short row's end the pointer is never dereferenced (mask 0).
+                let dst = out.wrapping_add(16 * h);
                 let v = if accumulate { _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[h], dst)) } else { v };
                 _mm512_mask_storeu_ps(dst, masks[h], v);
             }
@@ -324,6 +326,11 @@ unsafe fn micro_kernel(
             }
         }
     }
+}
+
+/// The lane masks of the two vectors of a row of `cols ≤ NR` columns.
+fn column_masks(cols: usize) -> [__mmask16; 2] {
+    [((1u32 << cols.min(16)) - 1) as __mmask16, ((1u32 << cols.saturating_sub(16)) - 1) as __mmask16]
 }
 
 /// A reusable buffer whose data starts on a 64-byte boundary, so that the
