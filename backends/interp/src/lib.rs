@@ -1,7 +1,8 @@
 //! The lsc reference interpreter: executes any verified program (`Loop` and
 //! `Call` included) on the CPU in `f32`, or in `f64` for gradient and
-//! numerics checks. Simple and obviously right; matmuls call the
-//! `matrixmultiply` GEMM so that small models train at a practical speed.
+//! numerics checks. Simple and obviously right; matmuls call a packed GEMM
+//! (lsc's own AVX-512 kernels in f32 where the CPU has them, `matrixmultiply`
+//! otherwise) so that small models train at a practical speed.
 //!
 //! | module | contents |
 //! |---|---|
@@ -10,6 +11,7 @@
 //! | [`attention`] | fused (LS-)attention forward and backward, blocked over query rows with GEMMs |
 //! | [`fused`] | the fused ops of the rewrite passes (cross-entropy, AdamW, ternary, GAM) |
 //! | [`value`] | runtime tensors |
+//! | [`gemm`] | the f32 GEMM for AVX-512 CPUs: packed panels and a 14×32 micro-kernel |
 //! | [`math`] | the float trait, erf/GELU, round-half-even |
 
 #![warn(missing_docs)]
