@@ -212,6 +212,33 @@ fn one_adamw_updates_every_parameter_and_sgd_is_left_alone() {
     }
 }
 
+/// `Σ_b op_a(x_b)·op_b(y_b)` for every pair of transposes: one `matmul_sum`
+/// (proved by execution: the one-product path for `xᵀ·y`, the summed
+/// products otherwise), and never on a graph autodiff will differentiate.
+#[test]
+fn a_sum_of_batched_products_is_one_matmul_sum() {
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let b = ModelBuilder::new();
+        let x = b.input("x", DType::F32, &dims(if ta { &[3, 4, 5] } else { &[3, 5, 4] }));
+        let y = b.input("y", DType::F32, &dims(if tb { &[3, 6, 4] } else { &[3, 4, 6] }));
+        let x = if ta { x.swap_axes(-1, -2) } else { x };
+        let product = if tb { x.matmul_t(&y) } else { x.matmul(&y) };
+        b.output("w_grad", &product.sum(&[0], false));
+        let p = b.finish().unwrap();
+        let (inputs, params) = feed(&p, &[], 9);
+        let (q, stats) = run_both(&p, &inputs, &params, &forward_values_only());
+        let fused = count(&q, |o| matches!(o, Op::MatMulSum { .. }));
+        assert_eq!(fused, 1, "{ta} {tb}: {:?}", stats.fired);
+        let (q, _) = run_both(&p, &inputs, &params, &Config::default());
+        assert_eq!(count(&q, |o| matches!(o, Op::MatMulSum { .. })), 0, "kept for autodiff");
+    }
+    // A training step's weight gradients (and the embedding's) become matmul_sum.
+    let forward = lsc_models::build("transformer", "tiny").unwrap();
+    let step = training_step(&forward, &StepOptions::default()).unwrap();
+    let (q, _) = optimize(&step, &forward_values_only()).unwrap();
+    assert!(count(&q, |o| matches!(o, Op::MatMulSum { trans_a: true, trans_b: false })) >= 8);
+}
+
 #[test]
 fn the_trainers_pipeline_computes_the_unfused_step() {
     // egg(forward) → autodiff → egg(step) against autodiff on the primitive forward.

@@ -52,6 +52,7 @@ pub fn arity(op: &Op) -> Option<usize> {
         Op::Binary(_)
         | Op::Compare(_)
         | Op::MatMul { .. }
+        | Op::MatMulSum { .. }
         | Op::Gather { .. }
         | Op::Embedding
         | Op::CausalConv1d
@@ -290,6 +291,18 @@ pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<
             one(ins[0].clone())
         }
         Op::MatMul { trans_a, trans_b } => infer_matmul(ins[0], ins[1], *trans_a, *trans_b),
+        Op::MatMulSum { trans_a, trans_b } => {
+            if ins[0].rank() < 3 || ins[0].rank() != ins[1].rank() {
+                return Err(format!(
+                    "`matmul_sum` of {} and {}: operands must both be batched (rank ≥ 3, the same rank)",
+                    ins[0], ins[1]
+                ));
+            }
+            let mut out = infer_matmul(ins[0], ins[1], *trans_a, *trans_b)?;
+            let rank = out[0].rank();
+            out[0].shape.drain(..rank - 2);
+            Ok(out)
+        }
         Op::Gather { axis } => {
             let (x, idx) = (ins[0], ins[1]);
             need_int(idx, "gather")?;

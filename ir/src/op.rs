@@ -173,6 +173,17 @@ pub enum Op {
         /// Use the transpose of the right operand.
         trans_b: bool,
     },
+    /// `Σ over the batch of op_a(a)·op_b(b)` for operands `[..., M, K]` and
+    /// `[..., K, N]` (transposes as in [`Op::MatMul`]) with the same batch
+    /// dims: `[M, N]`. A shared weight's gradient over a batch of sequences as
+    /// one product whose depth is the whole batch. Fused (the `gradients`
+    /// group makes it of `sum(matmul(a, b))`).
+    MatMulSum {
+        /// Use the transpose of the left operand.
+        trans_a: bool,
+        /// Use the transpose of the right operand.
+        trans_b: bool,
+    },
     /// `out[i][j][k] = x[i][idx[i][j][k]][k]` along `axis` (PyTorch `gather`).
     Gather {
         /// Indexed axis.
@@ -384,6 +395,7 @@ impl Op {
             Op::Softmax { .. } => "softmax",
             Op::LogSoftmax { .. } => "log_softmax",
             Op::MatMul { .. } => "matmul",
+            Op::MatMulSum { .. } => "matmul_sum",
             Op::Gather { .. } => "gather",
             Op::Scatter { .. } => "scatter",
             Op::ScatterAdd { .. } => "scatter_add",
@@ -454,6 +466,7 @@ impl Op {
             Op::LsAttention { .. }
             | Op::LsAttentionGrad { .. }
             | Op::SoftmaxCrossEntropy
+            | Op::MatMulSum { .. }
             | Op::AdamW { .. }
             | Op::TernaryPack
             | Op::TernaryMatmul { .. }
@@ -494,7 +507,7 @@ impl Op {
                 ("keep_dims", AttrValue::Bool(*keep_dims)),
             ],
             Op::ArgMax { axis, keep_dims } => vec![("axis", int(*axis)), ("keep_dims", AttrValue::Bool(*keep_dims))],
-            Op::MatMul { trans_a, trans_b } => {
+            Op::MatMul { trans_a, trans_b } | Op::MatMulSum { trans_a, trans_b } => {
                 vec![("trans_a", AttrValue::Bool(*trans_a)), ("trans_b", AttrValue::Bool(*trans_b))]
             }
             Op::Reshape { shape } | Op::Broadcast { shape } => vec![("shape", dims(shape))],
@@ -561,6 +574,7 @@ impl Op {
             "softmax" => Op::Softmax { axis: a.usize("axis")? },
             "log_softmax" => Op::LogSoftmax { axis: a.usize("axis")? },
             "matmul" => Op::MatMul { trans_a: a.bool("trans_a")?, trans_b: a.bool("trans_b")? },
+            "matmul_sum" => Op::MatMulSum { trans_a: a.bool("trans_a")?, trans_b: a.bool("trans_b")? },
             "gather" => Op::Gather { axis: a.usize("axis")? },
             "scatter" => Op::Scatter { axis: a.usize("axis")? },
             "scatter_add" => Op::ScatterAdd { axis: a.usize("axis")? },

@@ -293,6 +293,7 @@ pub fn eval<T: Real>(
             one(Buffer::Float(softmax(floats(args[0])?, &args[0].shape, *axis, log)))
         }
         Op::MatMul { trans_a, trans_b } => one(Buffer::Float(matmul(args[0], args[1], *trans_a, *trans_b, &shape)?)),
+        Op::MatMulSum { trans_a, trans_b } => one(Buffer::Float(matmul_sum(args[0], args[1], *trans_a, *trans_b)?)),
         Op::Gather { axis } => {
             let idx = args[1].as_ints().ok_or("gather indices must be integers")?;
             let (xs, is) = (strides(&args[0].shape), strides(&args[1].shape));
@@ -789,6 +790,56 @@ pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool,
 
 /// Multiply-adds below which the products of a batch run one per thread.
 const SMALL_PRODUCT: usize = 1 << 26;
+
+/// `Σ_batch op_a(a)·op_b(b)` over operands with the same batch dims. With
+/// `a` transposed and `b` not (a weight's gradient, `xᵀ·g`), the batch's rows
+/// stack into one product of depth `batch·k`; otherwise the products of the
+/// batch are summed.
+pub fn matmul_sum<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool) -> R<Vec<T>> {
+    let (av, bv) = (floats(a)?, floats(b)?);
+    let r = a.shape.len();
+    if r < 3 || b.shape.len() != r || a.shape[..r - 2] != b.shape[..r - 2] {
+        return Err(format!("matmul_sum of {:?} and {:?}: the batch dims differ", a.shape, b.shape));
+    }
+    let batch = numel(&a.shape[..r - 2]);
+    let (m, k) = if trans_a { (a.shape[r - 1], a.shape[r - 2]) } else { (a.shape[r - 2], a.shape[r - 1]) };
+    let (kb, n) = if trans_b { (b.shape[r - 1], b.shape[r - 2]) } else { (b.shape[r - 2], b.shape[r - 1]) };
+    if kb != k {
+        return Err(format!("matmul_sum of {:?} and {:?} has mismatched sizes", a.shape, b.shape));
+    }
+    let mut c = vec![T::default(); m * n];
+    if m == 0 || n == 0 {
+        return Ok(c);
+    }
+    if trans_a && !trans_b {
+        // SAFETY: a holds batch·k rows of m values, b batch·k rows of n, c m·n values.
+        unsafe {
+            T::gemm(
+                m,
+                batch * k,
+                n,
+                av.as_ptr(),
+                1,
+                m as isize,
+                bv.as_ptr(),
+                n as isize,
+                1,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        };
+        return Ok(c);
+    }
+    let (a_shape, b_shape) = (a.shape[r - 2..].to_vec(), b.shape[r - 2..].to_vec());
+    for i in 0..batch {
+        let a_i = Value::floats(a_shape.clone(), av[i * m * k..(i + 1) * m * k].to_vec());
+        let b_i = Value::floats(b_shape.clone(), bv[i * k * n..(i + 1) * k * n].to_vec());
+        let part = matmul(&a_i, &b_i, trans_a, trans_b, &[m, n])?;
+        c.iter_mut().zip(part).for_each(|(c, p)| *c = *c + p);
+    }
+    Ok(c)
+}
 
 fn scatter<T: Real>(x: &Value<T>, idx: &Value<T>, src: &Value<T>, axis: usize, add: bool) -> R<Buffer<T>> {
     let ids = idx.as_ints().ok_or("scatter indices must be integers")?;

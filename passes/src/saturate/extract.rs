@@ -58,6 +58,14 @@ pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
             let k = in_types.first().map(|t| dim(t, t.rank() - if *trans_a { 2 } else { 1 })).unwrap_or(1.0);
             2.0 * outs * k
         }
+        Op::MatMulSum { .. } => {
+            // 2·m·n per row of the left operand's stacked batch·k rows.
+            let (rows, m) = (
+                in_types.first().map(|t| numel(t)).unwrap_or(1.0),
+                out_types.first().map(|t| dim(t, 0)).unwrap_or(1.0),
+            );
+            2.0 * outs * rows / m.max(1.0)
+        }
         Op::TernaryMatmul { .. } => {
             // Adds and subtracts, one per weight and row.
             let k = in_types.first().map(|t| dim(t, t.rank() - 1)).unwrap_or(1.0);

@@ -41,12 +41,12 @@ pub struct Rule {
 /// The rule groups, in the stages they run in: cheap shape and algebra rules
 /// saturate first, then the fusions, then the training-step fusions.
 pub const STAGES: [&[&str]; 3] =
-    [&["algebra", "inference", "unroll"], &["attention", "ternary", "gam", "routed"], &["step"]];
+    [&["algebra", "inference", "unroll"], &["attention", "ternary", "gam", "routed"], &["step", "gradients"]];
 
 /// Groups whose rules change gradients (they keep forward values only, or
 /// make ops autodiff has no rule for): never run on a graph that autodiff
 /// will still differentiate.
-pub const FORWARD_ONLY: [&str; 2] = ["inference", "routed"];
+pub const FORWARD_ONLY: [&str; 3] = ["inference", "routed", "gradients"];
 
 /// Every rule.
 pub fn all() -> Vec<Rule> {
@@ -76,6 +76,7 @@ pub fn all() -> Vec<Rule> {
         node("loop-unroll", "unroll", recursion::loop_unroll),
         graph("softmax-cross-entropy", "step", step::softmax_cross_entropy),
         graph("fused-adamw", "step", step::fused_adamw),
+        node("matmul-sum", "gradients", step::matmul_sum),
     ]
 }
 

@@ -1,16 +1,20 @@
-//! The `step` rule group, for training-step graphs (after autodiff):
+//! The `step` and `gradients` rule groups, for training-step graphs (after autodiff):
 //!
 //! - `softmax-cross-entropy`: the per-token loss `cross_entropy(l, t)` and the
 //!   gradient autodiff made of it, `(softmax(l) − one_hot(t)) · g`, become the
 //!   two outputs of one `softmax_cross_entropy(l, t, g)` (one pass over the logits);
 //! - `fused-adamw`: the AdamW update of every parameter (the spelling of
-//!   `train::training_step`) becomes ONE `adamw` op over all parameters.
+//!   `train::training_step`) becomes ONE `adamw` op over all parameters;
+//! - `matmul-sum` (group `gradients`, as it makes an op autodiff has no rule
+//!   for): `sum(matmul(a, b))` over the batch dims of two batched
+//!   operands (a shared weight's gradient, which autodiff writes per sequence)
+//!   becomes one `matmul_sum(a, b)`, a single product over the whole batch.
 
 use super::analysis::{ty, LscGraph};
 use super::lang::{Key, LscNode};
-use super::rules::{broadcast_of, constant, is, op, ops, Expr};
+use super::rules::{broadcast_of, constant, decode, is, op, ops, Expr};
 use egg::Id;
-use lsc_ir::{BinaryOp, CmpOp, DType, Op, TensorType, UnaryOp};
+use lsc_ir::{BinaryOp, CmpOp, DType, Op, ReduceKind, TensorType, UnaryOp};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The scalar constant `c` of a class `broadcast(c)`.
@@ -222,6 +226,22 @@ pub(super) fn fused_adamw(g: &LscGraph) -> Vec<(Id, Expr)> {
             for (k, &class) in u.outputs.iter().enumerate() {
                 out.push((class, Expr::Node(Key::Proj((3 * i + k) as u32), vec![node.clone()])));
             }
+        }
+    }
+    out
+}
+
+/// `sum(matmul(a, b), batch axes) → matmul_sum(a, b)` when both operands
+/// carry the batch dims that the sum removes.
+pub(super) fn matmul_sum(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::Reduce { kind: ReduceKind::Sum, axes, keep_dims: false }, ch)) = decode(g, n) else { return vec![] };
+    let mut out = Vec::new();
+    for (o, mm) in ops(g, ch[0]) {
+        let Op::MatMul { trans_a, trans_b } = o else { continue };
+        let (Some(a), Some(b)) = (ty(g, mm[0]), ty(g, mm[1])) else { continue };
+        let batch = a.rank().saturating_sub(2);
+        if batch > 0 && b.rank() == a.rank() && axes == (0..batch).collect::<Vec<_>>() {
+            out.push(op(Op::MatMulSum { trans_a, trans_b }, vec![Expr::Class(mm[0]), Expr::Class(mm[1])]));
         }
     }
     out
