@@ -114,9 +114,13 @@ impl Jit {
         module.verify().map_err(|e| format!("{name}: invalid LLVM IR: {}", e.to_string_lossy()))?;
         // The kernel IR's vector loops are already explicit vectors: LLVM's own loop and
         // SLP vectorisers add nothing but compile time (minutes on some large kernels).
+        // Interleaving is off too: with it on, the loop vectoriser still builds its
+        // plans, and on some deep expression DAGs LLVM 22's uniformity check in them
+        // runs for tens of minutes.
         let options = PassBuilderOptions::create();
         options.set_loop_vectorization(false);
         options.set_loop_slp_vectorization(false);
+        options.set_loop_interleaving(false);
         module
             .run_passes("default<O3>", &self.machine, options)
             .map_err(|e| format!("{name}: {}", e.to_string_lossy()))?;
