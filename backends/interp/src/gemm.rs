@@ -26,12 +26,15 @@ const MR: usize = 14;
 /// Columns of a micro-tile (two vectors of 16).
 const NR: usize = 32;
 /// Most depth of one packed block: `k` is cut into equal blocks of at most
-/// this many (a strip of `B`, `KC × NR`, is 64 KiB, in L2 with the panels of `A`).
-const KC: usize = 512;
+/// this many (a strip of `B`, `KC × NR`, is 128 KiB, in L2 with the panels of
+/// `A`). Deep blocks keep a weight's gradient (`k` = B·T) to few passes over `C`;
+/// 1024 measured 5–30% faster than 512 on the models' shapes and on 4096³.
+const KC: usize = 1024;
 /// Values of `B` packed at once (4 MiB, in L3).
 const B_BLOCK: usize = 1 << 20;
-/// Rows of `A` packed at once (at most `MB × KC`, 4 MiB).
-const MB: usize = 4096 / MR * MR;
+/// Most rows of `A` packed at once (`MB × KC` values, 8 MiB); `m` is cut into
+/// equal blocks of at most this many.
+const MB: usize = (1 << 21) / KC;
 /// Panels of `A` per parallel work item.
 const GROUP: usize = 4;
 /// Below this many multiply-adds the product runs on the calling thread.
@@ -131,8 +134,9 @@ unsafe fn sgemm_with(
     b_pack: &mut AlignedBuf,
 ) {
     let parallel = m * n * k >= SERIAL_FLOPS && !crate::math::in_serial();
-    for i0 in (0..m).step_by(MB) {
-        let mb = MB.min(m - i0);
+    let height = m.div_ceil(m.div_ceil(MB)).next_multiple_of(MR);
+    for i0 in (0..m).step_by(height) {
+        let mb = height.min(m - i0);
         let panels = mb.div_ceil(MR);
         let depth = k.div_ceil(k.div_ceil(KC)).next_multiple_of(16);
         for p0 in (0..k).step_by(depth) {

@@ -111,6 +111,29 @@ proptest! {
     }
 }
 
+/// Past the GEMM's blocking in every direction at once: more rows than one
+/// packed block of `A` holds, more depth than one block, a partial strip.
+#[test]
+fn a_large_f32_matmul_matches_f64() {
+    let (m, k, n) = (2100, 1100, 40);
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1009) as f32 / 1009.0 - 0.5).collect();
+    let b: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5).collect();
+    let got = lsc_interp::kernels::matmul(
+        &Value::floats(vec![m, k], a.clone()),
+        &Value::floats(vec![n, k], b.clone()),
+        false,
+        true,
+        &[m, n],
+    )
+    .unwrap();
+    for r in (0..m).step_by(7) {
+        for c in 0..n {
+            let want: f64 = (0..k).map(|p| a[r * k + p] as f64 * b[c * k + p] as f64).sum();
+            assert!((got[r * n + c] as f64 - want).abs() < 1e-3, "({r}, {c}): {} vs {want}", got[r * n + c]);
+        }
+    }
+}
+
 #[test]
 fn batched_matmul_uses_each_batchs_rhs() {
     let a = vec![1.0, 2.0, 3.0, 4.0];
