@@ -113,25 +113,16 @@ pub unsafe fn sgemm(
         static BUFFERS: RefCell<(AlignedBuf, AlignedBuf)> = RefCell::default();
     }
     BUFFERS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffers) => {
-            let (a_pack, b_pack) = &mut *buffers;
-            sgemm_with(m, k, n, a, b, c, a_pack, b_pack)
-        }
-        Err(_) => sgemm_with(m, k, n, a, b, c, &mut AlignedBuf::default(), &mut AlignedBuf::default()),
+        Ok(mut buffers) => packed_product((m, k, n), (a, b, c), &mut buffers),
+        Err(_) => packed_product((m, k, n), (a, b, c), &mut Default::default()),
     })
 }
 
-/// [`sgemm`] with the given packing buffers.
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm_with(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: Strided<*const f32>,
-    b: Strided<*const f32>,
-    c: Strided<*mut f32>,
-    a_pack: &mut AlignedBuf,
-    b_pack: &mut AlignedBuf,
+/// [`sgemm`] (for `k > 0`) with the given packing buffers for `A` and `B`.
+unsafe fn packed_product(
+    (m, k, n): (usize, usize, usize),
+    (a, b, c): (Strided<*const f32>, Strided<*const f32>, Strided<*mut f32>),
+    (a_pack, b_pack): &mut (AlignedBuf, AlignedBuf),
 ) {
     let parallel = m * n * k >= SERIAL_FLOPS && !crate::math::in_serial();
     let height = m.div_ceil(m.div_ceil(MB)).next_multiple_of(MR);
