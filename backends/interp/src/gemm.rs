@@ -10,9 +10,10 @@
 //! the pace (the `8 × 8` AVX2 kernels of generic libraries need more than two
 //! loads a cycle to feed two FMAs).
 //!
-//! Work is split across threads in groups of `GROUP` panels of `A` (all of
-//! `B`'s strips each), small enough to balance two threads on the models'
-//! shapes. Packing is parallel too.
+//! Work is split across threads in items of `GROUP` panels of `A` by a run
+//! of `B`'s strips: all of them when there are enough panels to balance the
+//! threads, fewer when `A` is short (a weight's gradient has `m` = 256).
+//! Packing is parallel too.
 
 #![cfg(target_arch = "x86_64")]
 
