@@ -744,8 +744,7 @@ fn few_rows<T: Real>(
 pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool, out_shape: &[usize]) -> R<Vec<T>> {
     let (av, bv) = (floats(a)?, floats(b)?);
     let (ra, rb) = (a.shape.len(), b.shape.len());
-    let (m, k) = if trans_a { (a.shape[ra - 1], a.shape[ra - 2]) } else { (a.shape[ra - 2], a.shape[ra - 1]) };
-    let (kb, n) = if trans_b { (b.shape[rb - 1], b.shape[rb - 2]) } else { (b.shape[rb - 2], b.shape[rb - 1]) };
+    let ((m, k), (kb, n)) = (matrix_dims(&a.shape, trans_a), matrix_dims(&b.shape, trans_b));
     let batch = numel(&out_shape[..out_shape.len() - 2]);
     if kb != k || numel(out_shape) != batch * m * n {
         return Err(format!("matmul of {:?} and {:?} has mismatched sizes", a.shape, b.shape));
@@ -791,53 +790,48 @@ pub fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool,
 /// Multiply-adds below which the products of a batch run one per thread.
 const SMALL_PRODUCT: usize = 1 << 26;
 
+/// `(rows, columns)` of the matrices of an operand `[..., R, C]`, read
+/// transposed if asked.
+fn matrix_dims(shape: &[usize], transposed: bool) -> (usize, usize) {
+    let r = shape.len();
+    if transposed {
+        (shape[r - 1], shape[r - 2])
+    } else {
+        (shape[r - 2], shape[r - 1])
+    }
+}
+
 /// `Σ_batch op_a(a)·op_b(b)` over operands with the same batch dims. With
 /// `a` transposed and `b` not (a weight's gradient, `xᵀ·g`), the batch's rows
-/// stack into one product of depth `batch·k`; otherwise the products of the
-/// batch are summed.
+/// stack into one product of depth `batch·k`; otherwise the batched product
+/// is summed over the batch.
 pub fn matmul_sum<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: bool) -> R<Vec<T>> {
-    let (av, bv) = (floats(a)?, floats(b)?);
     let r = a.shape.len();
     if r < 3 || b.shape.len() != r || a.shape[..r - 2] != b.shape[..r - 2] {
         return Err(format!("matmul_sum of {:?} and {:?}: the batch dims differ", a.shape, b.shape));
     }
-    let batch = numel(&a.shape[..r - 2]);
-    let (m, k) = if trans_a { (a.shape[r - 1], a.shape[r - 2]) } else { (a.shape[r - 2], a.shape[r - 1]) };
-    let (kb, n) = if trans_b { (b.shape[r - 1], b.shape[r - 2]) } else { (b.shape[r - 2], b.shape[r - 1]) };
+    let ((m, k), (kb, n)) = (matrix_dims(&a.shape, trans_a), matrix_dims(&b.shape, trans_b));
     if kb != k {
         return Err(format!("matmul_sum of {:?} and {:?} has mismatched sizes", a.shape, b.shape));
     }
+    let batch = numel(&a.shape[..r - 2]);
     let mut c = vec![T::default(); m * n];
-    if m == 0 || n == 0 {
+    if c.is_empty() {
         return Ok(c);
     }
-    if trans_a && !trans_b {
-        // SAFETY: a holds batch·k rows of m values, b batch·k rows of n, c m·n values.
-        unsafe {
-            T::gemm(
-                m,
-                batch * k,
-                n,
-                av.as_ptr(),
-                1,
-                m as isize,
-                bv.as_ptr(),
-                n as isize,
-                1,
-                c.as_mut_ptr(),
-                n as isize,
-                1,
-            )
-        };
+    if !trans_a || trans_b {
+        let mut shape = a.shape[..r - 2].to_vec();
+        shape.extend([m, n]);
+        for part in matmul(a, b, trans_a, trans_b, &shape)?.chunks(m * n) {
+            c.iter_mut().zip(part).for_each(|(c, &p)| *c = *c + p);
+        }
         return Ok(c);
     }
-    let (a_shape, b_shape) = (a.shape[r - 2..].to_vec(), b.shape[r - 2..].to_vec());
-    for i in 0..batch {
-        let a_i = Value::floats(a_shape.clone(), av[i * m * k..(i + 1) * m * k].to_vec());
-        let b_i = Value::floats(b_shape.clone(), bv[i * k * n..(i + 1) * k * n].to_vec());
-        let part = matmul(&a_i, &b_i, trans_a, trans_b, &[m, n])?;
-        c.iter_mut().zip(part).for_each(|(c, p)| *c = *c + p);
-    }
+    let (av, bv) = (floats(a)?, floats(b)?);
+    // SAFETY: a holds batch·k rows of m values, b batch·k rows of n, c m·n values.
+    unsafe {
+        T::gemm(m, batch * k, n, av.as_ptr(), 1, m as isize, bv.as_ptr(), n as isize, 1, c.as_mut_ptr(), n as isize, 1)
+    };
     Ok(c)
 }
 
