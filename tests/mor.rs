@@ -80,7 +80,9 @@ fn shared_params(mor_params: &Tensors<f32>, layers: usize) -> Tensors<f32> {
 fn equals_shared_stack(capacities: Vec<f64>) {
     let layers = capacities.len();
     let cfg = MorConfig { capacities, gate_forced_one: true, ..MorConfig::named("tiny").unwrap() };
-    let stack_cfg = TransformerConfig { n_layers: layers, ..TransformerConfig::named("tiny", false).unwrap() };
+    // MoR keeps learned positions, so the stack it equals does too.
+    let stack_cfg =
+        TransformerConfig { n_layers: layers, rope_base: None, ..TransformerConfig::named("tiny", false).unwrap() };
     let stack = transformer::build(&stack_cfg).unwrap();
     for rule in [Rule::TopK, Rule::Threshold] {
         let p = mor::build(&cfg, rule).unwrap();

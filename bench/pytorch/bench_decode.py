@@ -5,8 +5,9 @@ untimed token, then 64 timed tokens; B = 1 and 8; 2 threads).
     pip install torch safetensors numpy            # not needed by lsc or its CI
     python bench/pytorch/bench_decode.py
 
-The model is `make_golden.py`'s spec model at the `small` config; the cache
-keeps every position's keys and values, and local heads see their last 64.
+The model is `make_golden.py`'s spec model at the `small` config (rotary
+positions); the cache keeps every position's rotated keys and values, and local
+heads see their last 64.
 """
 
 import math
@@ -27,12 +28,12 @@ def step(p, ids, pos, cache):
     B, T = ids.shape
     H, D = SMALL["heads"], SMALL["d"]
     hd = D // H
-    x = p["embed.weight"][ids] + p["pos_embed.weight"][pos : pos + T]
+    x = p["embed.weight"][ids]
     for l in range(SMALL["layers"]):
         pre = f"layers.{l}"
         h = g.rms_norm(x, p[f"{pre}.attn_norm.weight"])
         proj = lambda n: (h @ p[f"{pre}.attn.{n}_proj.weight"].T).view(B, T, H, hd).transpose(1, 2)
-        q, k, v = proj("q"), proj("k"), proj("v")
+        q, k, v = g.rotary(proj("q"), pos), g.rotary(proj("k"), pos), proj("v")
         if l in cache:
             k = torch.cat([cache[l][0], k], dim=2)
             v = torch.cat([cache[l][1], v], dim=2)

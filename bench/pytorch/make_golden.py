@@ -28,12 +28,28 @@ def rms_norm(x, w, eps=1e-5):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def attention(x, p, prefix, heads, n_local, window, key_ok=None):
+ROPE_BASE = 10000.0
+
+
+def rotary(x, start=0):
+    """RoPE in the "rotate half" layout: feature i pairs with i + hd/2 and turns
+    by position * base^(-2i/hd). x is [B, H, T, hd] at positions start..start+T."""
+    T, hd = x.shape[2], x.shape[3]
+    inv_freq = ROPE_BASE ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+    angles = torch.arange(start, start + T, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+
+def attention(x, p, prefix, heads, n_local, window, key_ok=None, rope=True):
     B, T, D = x.shape
     hd = D // heads
     q = (x @ p[f"{prefix}.q_proj.weight"].T).view(B, T, heads, hd).transpose(1, 2)
     k = (x @ p[f"{prefix}.k_proj.weight"].T).view(B, T, heads, hd).transpose(1, 2)
     v = (x @ p[f"{prefix}.v_proj.weight"].T).view(B, T, heads, hd).transpose(1, 2)
+    if rope:
+        q, k = rotary(q), rotary(k)
     i = torch.arange(T).view(T, 1)
     j = torch.arange(T).view(1, T)
     causal = j <= i
@@ -58,21 +74,23 @@ def mlp(x, p, pre, quant=lambda w: w):
     return x + (gate * up) @ quant(p[f"{pre}.mlp.down_proj.weight"]).T
 
 
-def block(x, p, pre, cfg, n_local, quant=lambda w: w, key_ok=None):
+def block(x, p, pre, cfg, n_local, quant=lambda w: w, key_ok=None, rope=True):
     h = rms_norm(x, p[f"{pre}.attn_norm.weight"])
     q = {k: v for k, v in p.items()}
     for n in "qkvo":
         q[f"{pre}.attn.{n}_proj.weight"] = quant(p[f"{pre}.attn.{n}_proj.weight"])
-    x = x + attention(h, q, f"{pre}.attn", cfg["heads"], n_local, cfg["window"], key_ok)
+    x = x + attention(h, q, f"{pre}.attn", cfg["heads"], n_local, cfg["window"], key_ok, rope)
     return mlp(x, p, pre, quant)
 
 
 def embed(p, ids):
+    """Token embeddings plus learned absolute positions (GAM, MoR)."""
     return p["embed.weight"][ids] + p["pos_embed.weight"][: ids.shape[1]]
 
 
 def forward(p, ids, cfg, n_local, quant=lambda w: w):
-    x = embed(p, ids)
+    """transformer / ls-transformer / trilm: rotary positions, no position table."""
+    x = p["embed.weight"][ids]
     for l in range(cfg["layers"]):
         x = block(x, p, f"layers.{l}", cfg, n_local, quant)
     return rms_norm(x, p["norm_f.weight"]) @ p["lm_head.weight"].T
@@ -107,7 +125,7 @@ def mor_forward(p, ids, cfg, caps=(1.0, 0.75, 0.5, 0.25)):
         active = torch.zeros(B, T, dtype=torch.bool).scatter(1, idx, True)
         rows = idx[..., None].expand(B, k, D)
         hs = h.gather(1, rows)
-        out = block(hs, p, "shared", cfg, 0, key_ok=torch.ones(B, k, dtype=torch.bool))
+        out = block(hs, p, "shared", cfg, 0, key_ok=torch.ones(B, k, dtype=torch.bool), rope=False)
         gate = torch.sigmoid(score.gather(1, idx))[..., None]
         h = h.scatter(1, rows, hs + gate * (out - hs))
     return rms_norm(h, p["norm_f.weight"]) @ p["lm_head.weight"].T
@@ -135,7 +153,9 @@ def block_shapes(pre, d, hid, mixer="attn"):
 
 def params(cfg, gen, kind="transformer"):
     d, hid, L = cfg["d"], cfg["hidden"], cfg["layers"]
-    shapes = {"embed.weight": (cfg["vocab"], d), "pos_embed.weight": (cfg["max_pos"], d)}
+    shapes = {"embed.weight": (cfg["vocab"], d)}
+    if kind != "transformer":  # the transformer family uses rotary positions
+        shapes["pos_embed.weight"] = (cfg["max_pos"], d)
     if kind == "mor":
         shapes.update({f"routers.{r}.weight": (1, d) for r in range(4)})
         shapes.update(block_shapes("shared", d, hid))

@@ -315,6 +315,16 @@ impl Tensor {
     pub fn erf(&self) -> Tensor {
         self.unary(UnaryOp::Erf)
     }
+    /// Sine (radians).
+    #[track_caller]
+    pub fn sin(&self) -> Tensor {
+        self.unary(UnaryOp::Sin)
+    }
+    /// Cosine (radians).
+    #[track_caller]
+    pub fn cos(&self) -> Tensor {
+        self.unary(UnaryOp::Cos)
+    }
     /// `|x|`
     #[track_caller]
     pub fn abs(&self) -> Tensor {

@@ -32,6 +32,10 @@ pub enum UnaryOp {
     Gelu,
     /// The error function (GELU's derivative needs it).
     Erf,
+    /// Sine (radians).
+    Sin,
+    /// Cosine (radians).
+    Cos,
     /// Round half to even.
     Round,
     /// Logical not of a bool tensor.
@@ -366,7 +370,7 @@ macro_rules! name_table {
 name_table!(UnaryOp {
     Neg => "neg", Abs => "abs", Exp => "exp", Log => "log", Sqrt => "sqrt", Rsqrt => "rsqrt",
     Recip => "recip", Tanh => "tanh", Sigmoid => "sigmoid", Silu => "silu", Gelu => "gelu", Erf => "erf",
-    Round => "round", Not => "not",
+    Sin => "sin", Cos => "cos", Round => "round", Not => "not",
 });
 name_table!(BinaryOp {
     Add => "add", Sub => "sub", Mul => "mul", Div => "div", Max => "max", Min => "min",

@@ -100,7 +100,7 @@ impl Group {
 
 /// Whether [`lower_elementwise`] handles this unary op.
 pub fn supports_unary(u: UnaryOp) -> bool {
-    !matches!(u, UnaryOp::Gelu | UnaryOp::Erf | UnaryOp::Not)
+    !matches!(u, UnaryOp::Gelu | UnaryOp::Erf | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Not)
 }
 
 /// Whether [`lower_elementwise`] handles this binary op.
@@ -432,7 +432,7 @@ fn unary(b: &mut Body, u: UnaryOp, x: Expr) -> Result<Expr, String> {
             let s = math::sigmoid(b, x.clone());
             b.bind(x.bin(Binary::Mul, s))
         }
-        UnaryOp::Gelu | UnaryOp::Erf | UnaryOp::Not => {
+        UnaryOp::Gelu | UnaryOp::Erf | UnaryOp::Sin | UnaryOp::Cos | UnaryOp::Not => {
             return Err(format!("`{}` is not an elementwise kernel op yet", u.name()))
         }
     })

@@ -96,6 +96,11 @@ pub fn transformer_config(model: &str, config: &str) -> Result<TransformerConfig
     if model == "trilm" {
         cfg.linear_quant = lsc_frontend::modules::WeightQuant::Ternary;
     }
+    if model == "gam" || model == "mor" {
+        // GAM has no attention; MoR's routed recursions attend over token
+        // subsets whose positions the attention does not see.
+        cfg.rope_base = None;
+    }
     Ok(cfg)
 }
 

@@ -88,7 +88,7 @@ impl MorConfig {
     /// capacities (1.0, 0.75, 0.5, 0.25), expert choice, gated residual.
     pub fn named(config: &str) -> Option<MorConfig> {
         Some(MorConfig {
-            base: TransformerConfig::named(config, false)?,
+            base: TransformerConfig { rope_base: None, ..TransformerConfig::named(config, false)? },
             capacities: vec![1.0, 0.75, 0.5, 0.25],
             update: Update::GatedResidual,
             gate_forced_one: false,

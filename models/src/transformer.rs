@@ -7,6 +7,9 @@ use lsc_frontend::modules::{CausalSelfAttention, Embedding, HeadMask, Linear, Rm
 use lsc_frontend::{DslError, ModelBuilder, Tensor};
 use lsc_ir::{DType, Dim, Program};
 
+/// RoPE's (and LLaMA's) wavelength base.
+pub const ROPE_BASE: f64 = 10_000.0;
+
 /// Hyperparameters of the decoder.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TransformerConfig {
@@ -24,8 +27,12 @@ pub struct TransformerConfig {
     pub window: usize,
     /// SwiGLU hidden width.
     pub d_hidden: usize,
-    /// Learned absolute positions (the longest sequence the model accepts).
+    /// The longest sequence the model accepts (rows of the learned position
+    /// table, or the decoding caches' capacity).
     pub max_pos: usize,
+    /// Rotary position embeddings of this wavelength base in every attention
+    /// layer; `None` adds learned absolute positions to the token embeddings.
+    pub rope_base: Option<f64>,
     /// RMSNorm epsilon.
     pub norm_eps: f64,
     /// RMSNorm on queries and keys per head.
@@ -53,6 +60,7 @@ impl TransformerConfig {
             window,
             d_hidden,
             max_pos,
+            rope_base: Some(ROPE_BASE),
             norm_eps: 1e-5,
             qk_norm: false,
             linear_quant: WeightQuant::None,
@@ -99,16 +107,21 @@ pub struct Block {
 impl Block {
     /// Registers the parameters of a block under `prefix` (`layers.{i}` or `shared`).
     pub fn new(b: &ModelBuilder, prefix: &str, cfg: &TransformerConfig) -> Block {
+        let attn_norm = RmsNorm::new(b, &format!("{prefix}.attn_norm"), cfg.d_model, cfg.norm_eps);
+        let attn = CausalSelfAttention::quantized(
+            b,
+            &format!("{prefix}.attn"),
+            cfg.d_model,
+            cfg.head_masks(),
+            cfg.qk_norm,
+            cfg.linear_quant,
+        );
         Block {
-            attn_norm: RmsNorm::new(b, &format!("{prefix}.attn_norm"), cfg.d_model, cfg.norm_eps),
-            attn: CausalSelfAttention::quantized(
-                b,
-                &format!("{prefix}.attn"),
-                cfg.d_model,
-                cfg.head_masks(),
-                cfg.qk_norm,
-                cfg.linear_quant,
-            ),
+            attn_norm,
+            attn: match cfg.rope_base {
+                Some(base) => attn.with_rotary(b, base),
+                None => attn,
+            },
             mlp_norm: RmsNorm::new(b, &format!("{prefix}.mlp_norm"), cfg.d_model, cfg.norm_eps),
             mlp: SwiGlu::quantized(b, &format!("{prefix}.mlp"), cfg.d_model, cfg.d_hidden, cfg.linear_quant),
         }
@@ -142,7 +155,8 @@ impl Block {
 /// The whole model's modules, declared in a fixed order.
 struct Decoder {
     embed: Embedding,
-    pos_embed: Tensor,
+    /// Learned absolute positions, without rotary embeddings.
+    pos_embed: Option<Tensor>,
     blocks: Vec<Block>,
     norm_f: RmsNorm,
     lm_head: Linear,
@@ -151,11 +165,24 @@ struct Decoder {
 impl Decoder {
     fn new(b: &ModelBuilder, cfg: &TransformerConfig) -> Decoder {
         let embed = Embedding::new(b, "embed", cfg.vocab, cfg.d_model);
-        let pos_embed = b.param("pos_embed.weight", DType::F32, &[cfg.max_pos.into(), cfg.d_model.into()]);
+        let pos_embed = cfg
+            .rope_base
+            .is_none()
+            .then(|| b.param("pos_embed.weight", DType::F32, &[cfg.max_pos.into(), cfg.d_model.into()]));
         let blocks = (0..cfg.n_layers).map(|i| Block::new(b, &format!("layers.{i}"), cfg)).collect();
         let norm_f = RmsNorm::new(b, "norm_f", cfg.d_model, cfg.norm_eps);
         let lm_head = Linear::new(b, "lm_head", cfg.d_model, cfg.vocab, false);
         Decoder { embed, pos_embed, blocks, norm_f, lm_head }
+    }
+
+    /// Token embeddings of `ids`, plus the learned positions `positions` when
+    /// the model has them.
+    fn embed(&self, ids: &Tensor, positions: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+        let x = self.embed.forward(ids);
+        match &self.pos_embed {
+            Some(table) => &x + &positions(table),
+            None => x,
+        }
     }
 
     fn head(&self, x: &Tensor) -> Tensor {
@@ -169,7 +196,7 @@ pub fn build(cfg: &TransformerConfig) -> Result<Program, DslError> {
     let b = ModelBuilder::new();
     let ids = b.input("input_ids", DType::I64, &[Dim::sym("B"), Dim::sym("T")]);
     let m = Decoder::new(&b, cfg);
-    let mut x = &m.embed.forward(&ids) + &m.pos_embed.slice(0, 0i64, Dim::sym("T"));
+    let mut x = m.embed(&ids, |table| table.slice(0, 0i64, Dim::sym("T")));
     let mut monitors = Vec::new();
     for block in &m.blocks {
         let (y, head_max) = block.forward_monitored(&x);
@@ -190,7 +217,7 @@ pub fn build_decode(cfg: &TransformerConfig) -> Result<Program, DslError> {
     let b = ModelBuilder::new();
     let io = DecodeInputs::new(&b);
     let m = Decoder::new(&b, cfg);
-    let mut x = &m.embed.forward(&io.ids) + &m.pos_embed.embedding(&io.positions(&b));
+    let mut x = m.embed(&io.ids, |table| table.embedding(&io.positions(&b)));
     for (i, block) in m.blocks.iter().enumerate() {
         let caches = declare_caches(&b, &format!("layers.{i}.attn"), &block.attn, cfg.max_pos);
         let (a, new) = block.attn.forward_cached(&block.attn_norm.forward(&x), &io.pos, &caches);

@@ -106,6 +106,8 @@ fn unary_ops() {
     check("silu", &[("x", V)], |_, p| p[0].silu());
     check("gelu", &[("x", V)], |_, p| (&p[0] * 2.0).gelu());
     check("erf", &[("x", V)], |_, p| p[0].erf());
+    check("sin", &[("x", V)], |_, p| (&p[0] * 3.0).sin());
+    check("cos", &[("x", V)], |_, p| (&p[0] * 3.0).cos());
     check("clamp", &[("x", V)], |_, p| p[0].clamp(-0.3, 0.4));
     check("round has zero gradient", &[("x", V)], |_, p| (&p[0] * 3.3).round());
 }

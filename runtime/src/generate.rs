@@ -3,7 +3,7 @@
 use crate::backend::Executable;
 use crate::error::RuntimeError;
 use lsc_interp::{Buffer, Interpreter, Tensors, Value};
-use lsc_ir::{DType, Program};
+use lsc_ir::{DType, Op, Program};
 
 /// Runs a language-model program on a batch of token ids `[B][T]` and returns
 /// the `logits` output `[B, T, V]`.
@@ -59,8 +59,22 @@ pub fn top_next(
     Ok(probs)
 }
 
-/// The position-embedding table, whose rows bound how far a sequence can go.
+/// The learned position table, whose rows bound how far a sequence can go.
 const POSITIONS: &str = "pos_embed.weight";
+
+/// How many positions a sequence may reach: the rows of the learned position
+/// table, and the length of every cache written at the token positions
+/// (`cache_update`; ring buffers are scattered and never fill). `None` when
+/// neither bounds it (rotary embeddings with only windowed heads).
+fn position_capacity(program: &Program, params: &Tensors<f32>) -> Option<i64> {
+    let g = &program.main;
+    let table = params.get(POSITIONS).and_then(|p| p.shape.first()).map(|&n| n as i64);
+    let caches = g.dag.node_indices().filter_map(|n| match g.node(n).op {
+        Op::CacheUpdate { axis } => g.value_type(g.operands(n)[0]).shape.get(axis).and_then(|d| d.as_const()),
+        _ => None,
+    });
+    table.into_iter().chain(caches).min()
+}
 
 /// Zero-filled caches (every input but `input_ids` and `pos`) for `batch` sequences.
 fn zero_state(program: &Program, batch: usize) -> Result<Tensors<f32>, RuntimeError> {
@@ -91,6 +105,7 @@ pub struct Decoder<'p> {
     batch: usize,
     state: Tensors<f32>,
     pos: i64,
+    capacity: Option<i64>,
 }
 
 impl<'p> Decoder<'p> {
@@ -112,7 +127,8 @@ impl<'p> Decoder<'p> {
         batch: usize,
     ) -> Result<Decoder<'p>, RuntimeError> {
         let state = zero_state(program, batch)?;
-        Ok(Decoder { interp, program, params, batch, state, pos: 0 })
+        let capacity = position_capacity(program, params);
+        Ok(Decoder { interp, program, params, batch, state, pos: 0, capacity })
     }
 
     /// Position of the next token.
@@ -125,8 +141,8 @@ impl<'p> Decoder<'p> {
         let len = ids.shape.get(1).copied().unwrap_or(0) as i64;
         // Checked before running: the run updates the caches in place, so a
         // step that fails halfway cannot give them back.
-        if let Some(capacity) = self.params.get(POSITIONS).and_then(|p| p.shape.first()) {
-            if self.pos + len > *capacity as i64 {
+        if let Some(capacity) = self.capacity {
+            if self.pos + len > capacity {
                 return Err(RuntimeError::Input(format!(
                     "decoding {len} more token(s) at position {} goes beyond the model's {capacity} positions; \
                      start a new sequence or use a config with a longer context",

@@ -466,6 +466,8 @@ fn unary<T: Real>(u: UnaryOp, x: &Value<T>, dtype: DType) -> R<Buffer<T>> {
             UnaryOp::Silu => x * sigmoid(x),
             UnaryOp::Gelu => T::from_f64(gelu(x.to_f64())),
             UnaryOp::Erf => T::from_f64(erf(x.to_f64())),
+            UnaryOp::Sin => T::from_f64(x.to_f64().sin()),
+            UnaryOp::Cos => T::from_f64(x.to_f64().cos()),
             UnaryOp::Round => T::from_f64(round_half_even(x.to_f64())),
             UnaryOp::Not => x,
         }

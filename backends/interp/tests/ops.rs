@@ -194,6 +194,8 @@ fn elementwise_unary_values() {
     check(|t| t.abs().sqrt(), |v| v.abs().sqrt());
     check(|t| t.abs().log(), |v| v.abs().ln());
     check(|t| t.recip(), |v| 1.0 / v);
+    check(|t| t.sin(), f64::sin);
+    check(|t| t.cos(), f64::cos);
     // GELU(x) = x·Φ(x); Φ(1) = 0.841344746068543.
     let g = run(&[(&[2], vec![1.0, -1.0])], |_, t| t[0].gelu()).unwrap();
     close(&vals(&g), &[0.841_344_746_068_543, -0.158_655_253_931_457_05]);

@@ -1,7 +1,7 @@
 //! Causal self-attention with per-head masks (MHSA, LS-attention), for the
 //! full sequence and for incremental decoding over KV caches.
 
-use super::{join, Linear, RmsNorm, WeightQuant};
+use super::{join, Linear, RmsNorm, Rotary, RotaryTables, WeightQuant};
 use crate::builder::ModelBuilder;
 use crate::tensor::Tensor;
 use lsc_ir::{DType, Dim, TensorType};
@@ -19,6 +19,8 @@ pub enum HeadMask {
 /// all `Causal` is MHSA; `Window` heads followed by `Causal` heads is
 /// LS-attention. Scale `1/sqrt(head_dim)`; head `h` uses features
 /// `h·head_dim..(h+1)·head_dim`; projections `{q,k,v,o}_proj` without bias.
+/// With [`CausalSelfAttention::with_rotary`], queries and keys are rotated by
+/// their positions (after the optional q/k norm).
 pub struct CausalSelfAttention {
     /// Query projection.
     pub q_proj: Linear,
@@ -34,6 +36,8 @@ pub struct CausalSelfAttention {
     pub masks: Vec<HeadMask>,
     /// Features per head.
     pub head_dim: usize,
+    /// Rotary position embedding of queries and keys, if any.
+    pub rotary: Option<Rotary>,
 }
 
 impl CausalSelfAttention {
@@ -75,7 +79,14 @@ impl CausalSelfAttention {
                 masks.len()
             ));
         }
-        CausalSelfAttention { q_proj, k_proj, v_proj, o_proj, qk_norm, masks, head_dim }
+        CausalSelfAttention { q_proj, k_proj, v_proj, o_proj, qk_norm, masks, head_dim, rotary: None }
+    }
+
+    /// The same attention with rotary position embeddings of wavelength `base`.
+    #[track_caller]
+    pub fn with_rotary(self, b: &ModelBuilder, base: f64) -> CausalSelfAttention {
+        let rotary = Some(Rotary::new(b, self.head_dim, base));
+        CausalSelfAttention { rotary, ..self }
     }
 
     /// MHSA: `heads` full causal heads.
@@ -168,20 +179,38 @@ impl CausalSelfAttention {
         self.attend(x, Some(allowed)).0
     }
 
-    /// Projects `x [B, T, d]` to per-head queries, keys and values `[B, H, T, hd]`.
+    /// Projects `x [B, T, d]` to per-head queries, keys and values `[B, H, T, hd]`,
+    /// rotating queries and keys by `tables` when given.
     #[track_caller]
-    fn project(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
-        let (k, v) = self.keys_values(x);
-        (self.queries(x), k, v)
+    fn project(&self, x: &Tensor, tables: Option<&RotaryTables>) -> (Tensor, Tensor, Tensor) {
+        let (k, v) = self.keys_values_rotated(x, tables);
+        (self.queries(x, tables), k, v)
     }
 
-    /// Per-head queries `[B, H, T, hd]`.
+    fn builder(x: &Tensor) -> ModelBuilder {
+        ModelBuilder { inner: x.b.clone(), graph: x.graph }
+    }
+
+    /// The rotary tables of a whole sequence `x [B, T, d]` (positions `0..T`).
     #[track_caller]
-    fn queries(&self, x: &Tensor) -> Tensor {
-        let q = self.split_heads(&self.q_proj.forward(x), &x.dim(0), &x.dim(1));
-        match &self.qk_norm {
-            Some((qn, _)) => qn.forward(&q),
-            None => q,
+    fn tables_from_zero(&self, x: &Tensor) -> Option<RotaryTables> {
+        self.rotary.map(|r| r.tables_from_zero(&Self::builder(x), &x.dim(1)))
+    }
+
+    /// Per-head queries `[B, H, T, hd]`, rotated by `tables` when given.
+    #[track_caller]
+    fn queries(&self, x: &Tensor, tables: Option<&RotaryTables>) -> Tensor {
+        let mut q = self.split_heads(&self.q_proj.forward(x), &x.dim(0), &x.dim(1));
+        if let Some((qn, _)) = &self.qk_norm {
+            q = qn.forward(&q);
+        }
+        self.rotate(q, tables)
+    }
+
+    fn rotate(&self, x: Tensor, tables: Option<&RotaryTables>) -> Tensor {
+        match (self.rotary, tables) {
+            (Some(r), Some(t)) => r.apply(&x, t),
+            _ => x,
         }
     }
 
@@ -192,26 +221,37 @@ impl CausalSelfAttention {
         self.o_proj.forward(&out)
     }
 
-    /// Keys and values `[B, H, T, hd]` of `x [B, T, d]` (MoR's recursive KV sharing
-    /// computes them once, at the first recursion).
+    /// Keys and values `[B, H, T, hd]` of the whole sequence `x [B, T, d]`
+    /// (MoR's recursive KV sharing computes them once, at the first recursion).
     #[track_caller]
     pub fn keys_values(&self, x: &Tensor) -> (Tensor, Tensor) {
+        self.keys_values_rotated(x, self.tables_from_zero(x).as_ref())
+    }
+
+    #[track_caller]
+    fn keys_values_rotated(&self, x: &Tensor, tables: Option<&RotaryTables>) -> (Tensor, Tensor) {
         let (bd, t) = (x.dim(0), x.dim(1));
         let mut k = self.split_heads(&self.k_proj.forward(x), &bd, &t);
         let v = self.split_heads(&self.v_proj.forward(x), &bd, &t);
         if let Some((_, kn)) = &self.qk_norm {
             k = kn.forward(&k);
         }
-        (k, v)
+        (self.rotate(k, tables), v)
     }
 
     /// Queries from `x [B, N, d]` attend over given keys and values `[B, H, S, hd]`
     /// where `allowed` (bool, broadcastable to `[B, H, N, S]`) says which keys each
     /// query may see; the heads' own masks do not apply (the caller knows positions).
+    /// The queries' positions are not known here, so rotary attention is a build error.
     #[track_caller]
     pub fn attend_over(&self, x: &Tensor, k: &Tensor, v: &Tensor, allowed: &Tensor) -> Tensor {
-        let builder = ModelBuilder { inner: x.b.clone(), graph: x.graph };
-        let scores = &self.queries(x).matmul_t(k) * (1.0 / (self.head_dim as f64).sqrt());
+        let builder = Self::builder(x);
+        if self.rotary.is_some() {
+            builder.fail(
+                "`attend_over` takes queries without their positions, so it cannot apply rotary embeddings".into(),
+            );
+        }
+        let scores = &self.queries(x, None).matmul_t(k) * (1.0 / (self.head_dim as f64).sqrt());
         let neg_inf = builder.constant(f64::NEG_INFINITY, DType::F32, &[]);
         let probs = allowed.select(&scores, &neg_inf).softmax(-1);
         self.merge(&probs.matmul(v), x)
@@ -219,8 +259,8 @@ impl CausalSelfAttention {
 
     #[track_caller]
     fn attend(&self, x: &Tensor, allowed: Option<&Tensor>) -> (Tensor, Tensor) {
-        let builder = ModelBuilder { inner: x.b.clone(), graph: x.graph };
-        let (q, k, v) = self.project(x);
+        let builder = Self::builder(x);
+        let (q, k, v) = self.project(x, self.tables_from_zero(x).as_ref());
         let scores = &q.matmul_t(&k) * (1.0 / (self.head_dim as f64).sqrt());
         let mut mask = self.head_masks(&builder, &x.dim(1));
         if let Some(extra) = allowed {
@@ -387,14 +427,15 @@ impl CausalSelfAttention {
         caches: &[AttentionCache],
         keys_ok: Option<&KeyValidity>,
     ) -> (Tensor, Vec<AttentionCache>) {
-        let builder = ModelBuilder { inner: x.b.clone(), graph: x.graph };
+        let builder = Self::builder(x);
         let groups = self.head_groups();
         if groups.is_empty() || caches.len() != groups.len() {
             builder.fail(format!("attention has {} head groups but {} caches were given", groups.len(), caches.len()));
             return (x.clone(), caches.to_vec());
         }
         let t = x.dim(1);
-        let (q, k, v) = self.project(x);
+        let tables = self.rotary.map(|r| r.tables(&builder, &(&builder.iota(DType::I64, &[t.clone()], 0) + pos)));
+        let (q, k, v) = self.project(x, tables.as_ref());
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let neg_inf = builder.constant(f64::NEG_INFINITY, DType::F32, &[]);
         let mut outs = Vec::new();

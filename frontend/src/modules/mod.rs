@@ -4,9 +4,11 @@
 
 mod attention;
 pub mod quant;
+mod rotary;
 
 pub use attention::{AttentionCache, CausalSelfAttention, HeadMask, KeyValidity};
 pub use quant::WeightQuant;
+pub use rotary::{Rotary, RotaryTables};
 
 use crate::builder::ModelBuilder;
 use crate::tensor::Tensor;

@@ -94,6 +94,15 @@ pub(super) fn unary(e: &mut Emit, n: &NodeGrad) -> G {
             let d = e.scale(d, std::f64::consts::FRAC_2_SQRT_PI)?;
             e.mul(g, d)?
         }
+        UnaryOp::Sin => {
+            let d = e.unary(UnaryOp::Cos, x)?;
+            e.mul(g, d)?
+        }
+        UnaryOp::Cos => {
+            let s = e.unary(UnaryOp::Sin, x)?;
+            let d = e.neg(s)?;
+            e.mul(g, d)?
+        }
         UnaryOp::Round | UnaryOp::Not => return Ok(vec![None]),
     };
     one(d)
