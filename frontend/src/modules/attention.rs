@@ -434,7 +434,8 @@ impl CausalSelfAttention {
             return (x.clone(), caches.to_vec());
         }
         let t = x.dim(1);
-        let tables = self.rotary.map(|r| r.tables(&builder, &(&builder.iota(DType::I64, &[t.clone()], 0) + pos)));
+        let tables =
+            self.rotary.map(|r| r.tables(&builder, &(&builder.iota(DType::I64, std::slice::from_ref(&t), 0) + pos)));
         let (q, k, v) = self.project(x, tables.as_ref());
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let neg_inf = builder.constant(f64::NEG_INFINITY, DType::F32, &[]);

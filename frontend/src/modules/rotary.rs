@@ -31,7 +31,7 @@ impl Rotary {
     /// A rotation of `head_dim` features; an odd `head_dim` is a build error.
     #[track_caller]
     pub fn new(b: &ModelBuilder, head_dim: usize, base: f64) -> Rotary {
-        if head_dim % 2 != 0 || head_dim == 0 {
+        if !head_dim.is_multiple_of(2) || head_dim == 0 {
             b.fail(format!("rotary embeddings need an even, non-zero head dimension, got {head_dim}"));
         }
         Rotary { head_dim, base }
