@@ -491,6 +491,12 @@ impl Tensor {
             None => self.builder().tensor(self.graph, None),
         }
     }
+    /// Rotates the halves of the last axis of `[..., T, D]` by the angles whose
+    /// `cos` and `sin` are given as `[T, D/2]` (rotary position embeddings).
+    #[track_caller]
+    pub fn rotary(&self, cos: &Tensor, sin: &Tensor) -> Tensor {
+        self.op(Op::Rotary, &[cos, sin])
+    }
     /// Depthwise causal conv over time with `weight [C, 1, K]`.
     #[track_caller]
     pub fn causal_conv1d(&self, weight: &Tensor) -> Tensor {

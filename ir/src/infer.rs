@@ -57,7 +57,12 @@ pub fn arity(op: &Op) -> Option<usize> {
         | Op::Embedding
         | Op::CausalConv1d
         | Op::CrossEntropy => 2,
-        Op::Select | Op::Scatter { .. } | Op::ScatterAdd { .. } | Op::CacheUpdate { .. } | Op::LsAttention { .. } => 3,
+        Op::Select
+        | Op::Scatter { .. }
+        | Op::ScatterAdd { .. }
+        | Op::CacheUpdate { .. }
+        | Op::LsAttention { .. }
+        | Op::Rotary => 3,
         Op::LsAttentionGrad { .. } | Op::Gam => 5,
         Op::TernaryPack => 2,
         Op::SoftmaxCrossEntropy | Op::TernaryMatmul { .. } => 3,
@@ -403,6 +408,19 @@ pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<
             if !ok {
                 return Err(format!(
                     "`causal_conv1d` needs x [B,T,C] and weight [C,1,K] of one dtype, got {x} and {w}"
+                ));
+            }
+            one(x.clone())
+        }
+        Op::Rotary => {
+            let (x, cos, sin) = (ins[0], ins[1], ins[2]);
+            need_float(x, "rotary")?;
+            let r = x.rank();
+            let half = (r >= 2).then(|| x.shape[r - 1].as_const()).flatten().filter(|d| d % 2 == 0).map(|d| d / 2);
+            let table = half.map(|h| TensorType::new(x.dtype, [x.shape[r - 2].clone(), Dim::new(h)]));
+            if table.is_none() || table.as_ref() != Some(cos) || table.as_ref() != Some(sin) {
+                return Err(format!(
+                    "`rotary` needs x [..., T, D] with D even and cos, sin [T, D/2] of its dtype, got {x}, {cos} and {sin}"
                 ));
             }
             one(x.clone())

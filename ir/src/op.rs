@@ -237,6 +237,10 @@ pub enum Op {
     /// Depthwise causal conv over time: `x [B, T, C]`, `weight [C, 1, K]`, left zero
     /// padding `K-1`, cross-correlation like PyTorch's `Conv1d(groups=C)`.
     CausalConv1d,
+    /// Rotary position embedding: the halves `x₁, x₂` of the last axis of
+    /// `x [..., T, D]` become `(x₁·cos − x₂·sin, x₂·cos + x₁·sin)`, with
+    /// `cos, sin: [T, D/2]` (the rotation angles of each position).
+    Rotary,
     /// The `k` largest elements along `axis`, in descending order (ties to the
     /// lower index); outputs `(values, indices: i64)`.
     TopK {
@@ -410,6 +414,7 @@ impl Op {
             Op::Concat { .. } => "concat",
             Op::Broadcast { .. } => "broadcast",
             Op::CausalConv1d => "causal_conv1d",
+            Op::Rotary => "rotary",
             Op::TopK { .. } => "topk",
             Op::CrossEntropy => "cross_entropy",
             Op::CacheUpdate { .. } => "cache_update",
@@ -462,6 +467,7 @@ impl Op {
             | Op::Concat { .. }
             | Op::Broadcast { .. }
             | Op::CausalConv1d
+            | Op::Rotary
             | Op::TopK { .. }
             | Op::CrossEntropy
             | Op::CacheUpdate { .. }
@@ -543,6 +549,7 @@ impl Op {
             | Op::StopGradient
             | Op::Embedding
             | Op::CausalConv1d
+            | Op::Rotary
             | Op::CrossEntropy
             | Op::SoftmaxCrossEntropy
             | Op::TernaryPack
@@ -589,6 +596,7 @@ impl Op {
             "concat" => Op::Concat { axis: a.usize("axis")? },
             "broadcast" => Op::Broadcast { shape: a.dims("shape")? },
             "causal_conv1d" => Op::CausalConv1d,
+            "rotary" => Op::Rotary,
             "topk" => Op::TopK { k: a.dim("k")?, axis: a.usize("axis")? },
             "cross_entropy" => Op::CrossEntropy,
             "cache_update" => Op::CacheUpdate { axis: a.usize("axis")? },

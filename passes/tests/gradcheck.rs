@@ -113,6 +113,13 @@ fn unary_ops() {
 }
 
 #[test]
+fn rotary() {
+    // x [B, T, D] with its own cos and sin tables [T, D/2] (free parameters here,
+    // so their gradients are checked too).
+    check("rotary", &[("x", &[2, 3, 4]), ("c", &[3, 2]), ("s", &[3, 2])], |_, p| p[0].rotary(&p[1], &p[2]));
+}
+
+#[test]
 fn binary_ops() {
     let two = &[("a", V), ("b", V)];
     check("add", two, |_, p| &p[0] + &p[1]);

@@ -44,6 +44,34 @@ fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// The float elements of `v`, or an error naming its dtype.
+/// `rotary(x, cos, sin)`: the halves of each row of `x [..., T, D]` turn by the
+/// angles of the row's position `t` (`cos, sin: [T, D/2]`).
+fn rotary<T: Real>(x: &Value<T>, cos: &Value<T>, sin: &Value<T>) -> R<Vec<T>> {
+    let (xs, cos, sin) = (floats(x)?, floats(cos)?, floats(sin)?);
+    let d = x.shape.last().copied().unwrap_or(0).max(1);
+    let half = d / 2;
+    let t = x.shape.iter().rev().nth(1).copied().unwrap_or(1).max(1);
+    let mut y = vec![T::default(); xs.len()];
+    // One chunk is one sequence (and head): T rows, positions 0..T.
+    let turn = |(y, x): (&mut [T], &[T])| {
+        for (p, (y, x)) in y.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+            let (c, s) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
+            let (x1, x2) = x.split_at(half);
+            let (y1, y2) = y.split_at_mut(half);
+            for i in 0..half {
+                y1[i] = x1[i] * c[i] - x2[i] * s[i];
+                y2[i] = x2[i] * c[i] + x1[i] * s[i];
+            }
+        }
+    };
+    if xs.len() >= PAR_MIN {
+        y.par_chunks_mut(t * d).zip(xs.par_chunks(t * d)).for_each(turn);
+    } else {
+        y.chunks_mut(t * d).zip(xs.chunks(t * d)).for_each(turn);
+    }
+    Ok(y)
+}
+
 pub(crate) fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
     v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
 }
@@ -388,6 +416,7 @@ pub fn eval<T: Real>(
             }
             one(Buffer::Float(y))
         }
+        Op::Rotary => one(Buffer::Float(rotary(args[0], args[1], args[2])?)),
         Op::TopK { axis, .. } => topk(args[0], *axis, shape[*axis], out),
         Op::CrossEntropy => {
             let logits = floats(args[0])?;

@@ -202,6 +202,17 @@ fn elementwise_unary_values() {
 }
 
 #[test]
+fn rotary_turns_each_half_pair_by_its_positions_angle() {
+    // Two positions of D = 4: pairs (0, 2) and (1, 3).
+    let x = vec![1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0];
+    let (c, s) = (vec![1.0, 0.5, 0.0, -1.0], vec![0.0, 2.0, 1.0, 0.5]);
+    let out = run(&[(&[2, 4], x), (&[2, 2], c), (&[2, 2], s)], |_, t| t[0].rotary(&t[1], &t[2])).unwrap();
+    // Position 0: (1·1 − 3·0, 2·0.5 − 4·2, 3·1 + 1·0, 4·0.5 + 2·2).
+    // Position 1: (1·0 − 3·1, 2·(−1) − 4·0.5, 3·0 + 1·1, 4·(−1) + 2·0.5).
+    close(&vals(&out), &[1.0, -7.0, 3.0, 6.0, -3.0, -4.0, 1.0, -3.0]);
+}
+
+#[test]
 fn binary_compare_select_and_iota() {
     let a = vec![1.0, 4.0, -2.0];
     let b = vec![3.0, 2.0, -2.0];

@@ -55,14 +55,10 @@ impl Rotary {
         self.tables(b, &b.iota(DType::I64, std::slice::from_ref(t), 0))
     }
 
-    /// Rotates `x [.., T, head_dim]`: `(x₁, x₂) ↦ (x₁·cos − x₂·sin, x₂·cos + x₁·sin)`.
+    /// Rotates `x [.., T, head_dim]`: `(x₁, x₂) ↦ (x₁·cos − x₂·sin, x₂·cos + x₁·sin)`
+    /// (one `rotary` op: a single pass, where slices and products would be eight).
     #[track_caller]
     pub fn apply(&self, x: &Tensor, tables: &RotaryTables) -> Tensor {
-        let half = self.head_dim as i64 / 2;
-        let x1 = x.slice(-1, 0i64, half);
-        let x2 = x.slice(-1, half, 2 * half);
-        let first = &(&x1 * &tables.cos) - &(&x2 * &tables.sin);
-        let second = &(&x2 * &tables.cos) + &(&x1 * &tables.sin);
-        first.concat(&[&second], -1)
+        x.rotary(&tables.cos, &tables.sin)
     }
 }

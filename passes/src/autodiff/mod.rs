@@ -52,7 +52,7 @@ impl VjpTable {
         for c in CmpOp::ALL {
             t.register(c.name(), rules::no_gradient);
         }
-        let table: [(&'static str, VjpRule); 28] = [
+        let table: [(&'static str, VjpRule); 29] = [
             ("clamp", rules::clamp),
             ("select", rules::select),
             ("stop_gradient", rules::no_gradient),
@@ -72,6 +72,7 @@ impl VjpTable {
             ("concat", rules::concat),
             ("broadcast", rules::broadcast),
             ("causal_conv1d", rules::causal_conv1d),
+            ("rotary", rules::rotary),
             ("topk", rules::topk),
             ("cross_entropy", rules::cross_entropy),
             ("cache_update", rules::cache_update),

@@ -391,6 +391,32 @@ fn shift_time(e: &mut Emit, z: ValueRef, s: i64) -> R<ValueRef> {
     }
 }
 
+/// `y = rotary(x, c, s)` is a rotation, so `dx = rotary(g, c, −s)`; the tables'
+/// gradients sum the per-row products over the leading axes:
+/// `dc = Σ g₁x₁ + g₂x₂`, `ds = Σ g₂x₁ − g₁x₂`.
+pub(super) fn rotary(e: &mut Emit, n: &NodeGrad) -> G {
+    let (x, c, s, g) = (n.operands[0], n.operands[1], n.operands[2], gy(n));
+    let neg_s = e.neg(s)?;
+    let dx = e.op(Op::Rotary, &[g, c, neg_s])?;
+    let shape = e.ty(x).shape;
+    let (r, d) = (shape.len(), shape[shape.len() - 1].clone());
+    let half = Dim::new(d.as_const().unwrap_or(0) / 2);
+    let halves = |e: &mut Emit, v: ValueRef| -> R<(ValueRef, ValueRef)> {
+        let lo = e.op(Op::Slice { axis: r - 1, start: Dim::new(0), end: half.clone() }, &[v])?;
+        let hi = e.op(Op::Slice { axis: r - 1, start: half.clone(), end: d.clone() }, &[v])?;
+        Ok((lo, hi))
+    };
+    let ((x1, x2), (g1, g2)) = (halves(e, x)?, halves(e, g)?);
+    let lead: Vec<usize> = (0..r - 2).collect();
+    let (a, b) = (e.mul(g1, x1)?, e.mul(g2, x2)?);
+    let dc = e.add(a, b)?;
+    let dc = e.sum(dc, lead.clone())?;
+    let (a, b) = (e.mul(g2, x1)?, e.mul(g1, x2)?);
+    let ds = e.sub(a, b)?;
+    let ds = e.sum(ds, lead)?;
+    Ok(vec![Some(dx), Some(dc), Some(ds)])
+}
+
 pub(super) fn causal_conv1d(e: &mut Emit, n: &NodeGrad) -> G {
     // y[t] = Σ_k w[k]·x[t − (K−1) + k]
     let (x, w, g) = (n.operands[0], n.operands[1], gy(n));
