@@ -112,6 +112,7 @@ fn main() -> ExitCode {
             .or_else(|| info.payload().downcast_ref::<String>().cloned());
         eprintln!("internal error: {} (this is a bug in lsc; please report it)", msg.unwrap_or_else(|| "panic".into()));
     }));
+    lsc_runtime::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => commands::models::run(),

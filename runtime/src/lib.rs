@@ -3,6 +3,7 @@
 //!
 //! | module | contents |
 //! |---|---|
+//! | [`allocator`] | keeps freed tensor memory in the process (no page faults per step) |
 //! | [`backend`] | interpreter or generated code (Cranelift, LLVM) for a program |
 //! | [`accelerate`] | the interpreter's hook running fused kernels on a native backend |
 //! | [`calibrate`] | FMA peak, bandwidth and op cost of this machine for the cost model |
@@ -20,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod accelerate;
+pub mod allocator;
 pub mod backend;
 pub mod calibrate;
 pub mod checkpoint;
