@@ -29,11 +29,12 @@ def step(p, ids, pos, cache):
     H, D = SMALL["heads"], SMALL["d"]
     hd = D // H
     x = p["embed.weight"][ids]
+    cos, sin = g.rotary_tables(hd, pos, T)  # once per step, shared by the layers
     for l in range(SMALL["layers"]):
         pre = f"layers.{l}"
         h = g.rms_norm(x, p[f"{pre}.attn_norm.weight"])
         proj = lambda n: (h @ p[f"{pre}.attn.{n}_proj.weight"].T).view(B, T, H, hd).transpose(1, 2)
-        q, k, v = g.rotary(proj("q"), pos), g.rotary(proj("k"), pos), proj("v")
+        q, k, v = g.apply_rotary(proj("q"), cos, sin), g.apply_rotary(proj("k"), cos, sin), proj("v")
         if l in cache:
             k = torch.cat([cache[l][0], k], dim=2)
             v = torch.cat([cache[l][1], v], dim=2)

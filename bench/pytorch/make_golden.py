@@ -31,15 +31,23 @@ def rms_norm(x, w, eps=1e-5):
 ROPE_BASE = 10000.0
 
 
-def rotary(x, start=0):
-    """RoPE in the "rotate half" layout: feature i pairs with i + hd/2 and turns
-    by position * base^(-2i/hd). x is [B, H, T, hd] at positions start..start+T."""
-    T, hd = x.shape[2], x.shape[3]
+def rotary_tables(hd, start, T):
+    """cos and sin [T, hd/2] of the angles position * base^(-2i/hd), positions start..start+T."""
     inv_freq = ROPE_BASE ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd)
     angles = torch.arange(start, start + T, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    cos, sin = angles.cos(), angles.sin()
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):
+    """RoPE in the "rotate half" layout: feature i of x [B, H, T, hd] pairs with i + hd/2."""
+    hd = x.shape[3]
     x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+
+
+def rotary(x, start=0):
+    """x [B, H, T, hd] at positions start..start+T, rotated."""
+    return apply_rotary(x, *rotary_tables(x.shape[3], start, x.shape[2]))
 
 
 def attention(x, p, prefix, heads, n_local, window, key_ok=None, rope=True):
