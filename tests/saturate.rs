@@ -74,12 +74,38 @@ fn algebra_rules_fire_where_they_must() {
         ("matmul-absorb-transpose", program(|_, x, w| x.matmul(&w.transpose(&[1, 0]))), |o| {
             matches!(o, Op::Transpose { .. })
         }),
+        // The gradient of a value split in two: each half's gradient padded with zeros, summed.
+        ("add-concat", program(|b, x, w| padded_halves_sum(b, &x.matmul_t(w), &x.exp())), |o| {
+            matches!(o, Op::Binary(lsc_ir::BinaryOp::Add) | Op::Concat { .. })
+        }),
     ];
     for (rule, p, counted) in cases {
         let (q, stats) = run_both(&p, &inputs, &params);
         assert!(stats.fired.get(rule).copied().unwrap_or(0) > 0, "{rule} did not fire: {:?}", stats.fired);
         assert!(count(&q, counted) < count(&p, counted), "{rule}: the extracted program still has the redundant op");
     }
+}
+
+/// `concat(a, 0) + concat(0, b)` along the last axis, zeros broadcast from a scalar
+/// as autodiff makes them.
+fn padded_halves_sum(b: &ModelBuilder, a: &Tensor, c: &Tensor) -> Tensor {
+    let zeros = b.constant(0.0, DType::F32, &[]).broadcast_to(&a.shape());
+    &a.concat(&[&zeros], -1) + &zeros.concat(&[c], -1)
+}
+
+#[test]
+fn add_concat_needs_parts_of_one_shape() {
+    let (inputs, params) = small_feed();
+    // Splits at 3 and at 4 along the same axis: the parts do not line up, so the sum stays.
+    let p = program(|b, x, _| {
+        let zeros = |n: i64| b.constant(0.0, DType::F32, &[]).broadcast_to(&dims(&[2, 3, n]));
+        let left = x.slice(-1, 0i64, 3i64).concat(&[&zeros(5)], -1);
+        let right = zeros(4).concat(&[x], -1);
+        &left + &right
+    });
+    let (q, stats) = run_both(&p, &inputs, &params);
+    assert_eq!(stats.fired.get("add-concat"), None);
+    assert_eq!(count(&q, |o| matches!(o, Op::Binary(lsc_ir::BinaryOp::Add))), 1);
 }
 
 #[test]

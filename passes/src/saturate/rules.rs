@@ -61,6 +61,7 @@ pub fn all() -> Vec<Rule> {
         node("neg-neg", "algebra", neg_neg),
         node("mul-one", "algebra", mul_one),
         node("add-zero", "algebra", add_zero),
+        node("add-concat", "algebra", add_concat),
         node("broadcast-broadcast", "algebra", broadcast_broadcast),
         node("reshape-broadcast-scalar", "algebra", reshape_broadcast_scalar),
         node("boolean-constant", "algebra", boolean_constant),
@@ -255,6 +256,39 @@ fn mul_one(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
 
 fn add_zero(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
     drop_unit(g, n, BinaryOp::Add, 0.0)
+}
+
+/// `concat(a₁, …, aₙ) + concat(b₁, …, bₙ) → concat(a₁ + b₁, …, aₙ + bₙ)` along one
+/// axis, where each `aᵢ` and `bᵢ` have one type. The gradient of a value split in
+/// parts (GAM's gates) is such a sum of zero-padded concats; with `add-zero` it
+/// becomes one concat of the parts' gradients.
+fn add_concat(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+    let Some((Op::Binary(BinaryOp::Add), ch)) = decode(g, n) else { return vec![] };
+    let concats = |id: Id| -> Vec<(usize, Vec<Id>)> {
+        ops(g, id)
+            .into_iter()
+            .filter_map(|(o, parts)| match o {
+                Op::Concat { axis } => Some((axis, parts)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (axis, a) in concats(ch[0]) {
+        for (axis_b, b) in concats(ch[1]) {
+            let aligned = axis == axis_b
+                && a.len() == b.len()
+                && a.iter().zip(&b).all(|(&x, &y)| ty(g, x).is_some() && ty(g, x) == ty(g, y));
+            if aligned {
+                let sums = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(&x, &y)| op(Op::Binary(BinaryOp::Add), vec![Expr::Class(x), Expr::Class(y)]));
+                out.push(op(Op::Concat { axis }, sums.collect()));
+            }
+        }
+    }
+    out
 }
 
 fn is_last_two_swap(perm: &[usize]) -> bool {
