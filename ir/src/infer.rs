@@ -62,7 +62,8 @@ pub fn arity(op: &Op) -> Option<usize> {
         | Op::ScatterAdd { .. }
         | Op::CacheUpdate { .. }
         | Op::LsAttention { .. }
-        | Op::Rotary => 3,
+        | Op::Rotary
+        | Op::CausalConv1dGrad => 3,
         Op::LsAttentionGrad { .. } | Op::Gam => 5,
         Op::TernaryPack => 2,
         Op::SoftmaxCrossEntropy | Op::TernaryMatmul { .. } => 3,
@@ -411,6 +412,14 @@ pub fn infer(op: &Op, ins: &[&TensorType], sigs: &dyn Signatures) -> Result<Vec<
                 ));
             }
             one(x.clone())
+        }
+        Op::CausalConv1dGrad => {
+            let (x, w, g) = (ins[0], ins[1], ins[2]);
+            let y = infer(&Op::CausalConv1d, &[x, w], sigs)?.remove(0);
+            if *g != y {
+                return Err(format!("`causal_conv1d_grad` needs d_y of the output's type {y}, got {g}"));
+            }
+            Ok(vec![x.clone(), w.clone()])
         }
         Op::Rotary => {
             let (x, cos, sin) = (ins[0], ins[1], ins[2]);

@@ -237,6 +237,9 @@ pub enum Op {
     /// Depthwise causal conv over time: `x [B, T, C]`, `weight [C, 1, K]`, left zero
     /// padding `K-1`, cross-correlation like PyTorch's `Conv1d(groups=C)`.
     CausalConv1d,
+    /// The backward of [`Op::CausalConv1d`] (made by autodiff): `(x [B, T, C],
+    /// weight [C, 1, K], d_y [B, T, C]) → (d_x, d_weight)`, one pass per sequence.
+    CausalConv1dGrad,
     /// Rotary position embedding: the halves `x₁, x₂` of the last axis of
     /// `x [..., T, D]` become `(x₁·cos − x₂·sin, x₂·cos + x₁·sin)`, with
     /// `cos, sin: [T, D/2]` (the rotation angles of each position).
@@ -415,6 +418,7 @@ impl Op {
             Op::Broadcast { .. } => "broadcast",
             Op::CausalConv1d => "causal_conv1d",
             Op::Rotary => "rotary",
+            Op::CausalConv1dGrad => "causal_conv1d_grad",
             Op::TopK { .. } => "topk",
             Op::CrossEntropy => "cross_entropy",
             Op::CacheUpdate { .. } => "cache_update",
@@ -475,6 +479,7 @@ impl Op {
             | Op::Call { .. } => true,
             Op::LsAttention { .. }
             | Op::LsAttentionGrad { .. }
+            | Op::CausalConv1dGrad
             | Op::SoftmaxCrossEntropy
             | Op::MatMulSum { .. }
             | Op::AdamW { .. }
@@ -549,6 +554,7 @@ impl Op {
             | Op::StopGradient
             | Op::Embedding
             | Op::CausalConv1d
+            | Op::CausalConv1dGrad
             | Op::Rotary
             | Op::CrossEntropy
             | Op::SoftmaxCrossEntropy
@@ -597,6 +603,7 @@ impl Op {
             "broadcast" => Op::Broadcast { shape: a.dims("shape")? },
             "causal_conv1d" => Op::CausalConv1d,
             "rotary" => Op::Rotary,
+            "causal_conv1d_grad" => Op::CausalConv1dGrad,
             "topk" => Op::TopK { k: a.dim("k")?, axis: a.usize("axis")? },
             "cross_entropy" => Op::CrossEntropy,
             "cache_update" => Op::CacheUpdate { axis: a.usize("axis")? },

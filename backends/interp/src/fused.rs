@@ -1,6 +1,7 @@
 //! Kernels of the fused ops the rewrite passes make (besides attention, which
 //! lives with the other kernels): softmax + cross-entropy with its gradient,
-//! the multi-parameter AdamW update, ternary packing and matmul, and GAM.
+//! the multi-parameter AdamW update, ternary packing and matmul, GAM, and the
+//! causal convolution's backward.
 //! Each computes the same function as the primitive chain it replaces; the
 //! saturation tests run both and compare.
 
@@ -245,4 +246,52 @@ pub fn gam<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>)]) -> R<Vec<Va
         }
     });
     Ok(vec![value(&out[0], y)])
+}
+
+/// `(x [B, T, C], w [C, 1, K], d_y [B, T, C]) → (d_x, d_w)` of `y[t] = Σ_j w[j]·x[t − (K−1) + j]`
+/// per channel: `d_x[s] = Σ_j w[j]·d_y[s + (K−1) − j]` and `d_w[j] = Σ_{b,t} d_y[t]·x[t − (K−1) + j]`.
+/// One pass per sequence (in parallel), each with its own `d_w` partial.
+pub fn causal_conv1d_grad<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {
+    let (x, w, g) = (floats(args[0])?, floats(args[1])?, floats(args[2])?);
+    let (t, c) = (args[0].shape[1], args[0].shape[2]);
+    let k = args[1].shape[2];
+    // Taps by channel, so the inner loops run over contiguous channels.
+    let taps: Vec<T> = (0..k).flat_map(|j| (0..c).map(move |ci| (j, ci))).map(|(j, ci)| w[ci * k + j]).collect();
+    let mut dx = vec![T::default(); x.len()];
+    let sequence = |(dx, (x, g)): (&mut [T], (&[T], &[T]))| -> Vec<T> {
+        let mut dw = vec![T::default(); k * c];
+        for ti in 0..t {
+            for j in 0..k {
+                let tap = &taps[j * c..(j + 1) * c];
+                // y[ti + (K−1) − j] read x[ti] through tap j.
+                if let Some(src) = Some(ti + k - 1 - j).filter(|&s| s < t) {
+                    let (dxr, gr) = (&mut dx[ti * c..(ti + 1) * c], &g[src * c..(src + 1) * c]);
+                    for ((d, &wv), &gv) in dxr.iter_mut().zip(tap).zip(gr) {
+                        *d = *d + wv * gv;
+                    }
+                }
+                // y[ti] read x[ti − (K−1) + j] through tap j.
+                if let Some(src) = (ti + j).checked_sub(k - 1) {
+                    let (acc, gr, xr) =
+                        (&mut dw[j * c..(j + 1) * c], &g[ti * c..(ti + 1) * c], &x[src * c..(src + 1) * c]);
+                    for ((a, &gv), &xv) in acc.iter_mut().zip(gr).zip(xr) {
+                        *a = *a + gv * xv;
+                    }
+                }
+            }
+        }
+        dw
+    };
+    let per_seq = (t * c).max(1);
+    let partials: Vec<Vec<T>> =
+        dx.par_chunks_mut(per_seq).zip(x.par_chunks(per_seq).zip(g.par_chunks(per_seq))).map(sequence).collect();
+    let mut dw = vec![T::default(); k * c];
+    for p in &partials {
+        for ci in 0..c {
+            for j in 0..k {
+                dw[ci * k + j] = dw[ci * k + j] + p[j * c + ci];
+            }
+        }
+    }
+    Ok(vec![value(&out[0], dx), value(&out[1], dw)])
 }

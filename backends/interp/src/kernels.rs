@@ -458,6 +458,7 @@ pub fn eval<T: Real>(
         Op::TernaryPack => fused::ternary_pack(args, out),
         Op::TernaryMatmul { trans_b } => fused::ternary_matmul(args, *trans_b, out),
         Op::Gam => fused::gam(args, out),
+        Op::CausalConv1dGrad => fused::causal_conv1d_grad(args, out),
         Op::Input { .. }
         | Op::Param { .. }
         | Op::Constant { .. }

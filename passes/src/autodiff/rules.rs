@@ -373,24 +373,6 @@ pub(super) fn broadcast(e: &mut Emit, n: &NodeGrad) -> G {
     one(e.reshape(g, &xs)?)
 }
 
-/// `z` shifted along time (axis 1) by `s`: right (`s > 0`, zeros enter at the
-/// start) or left (`s < 0`, zeros enter at the end).
-fn shift_time(e: &mut Emit, z: ValueRef, s: i64) -> R<ValueRef> {
-    if s == 0 {
-        return Ok(z);
-    }
-    let t = e.ty(z).shape[1].clone();
-    let k = Dim::new(s.abs());
-    let zeros = zeros_along(e, z, 1, k.clone())?;
-    if s > 0 {
-        let kept = e.op(Op::Slice { axis: 1, start: Dim::new(0), end: t - k }, &[z])?;
-        e.op(Op::Concat { axis: 1 }, &[zeros, kept])
-    } else {
-        let kept = e.op(Op::Slice { axis: 1, start: k, end: t }, &[z])?;
-        e.op(Op::Concat { axis: 1 }, &[kept, zeros])
-    }
-}
-
 /// `y = rotary(x, c, s)` is a rotation, so `dx = rotary(g, c, −s)`; the tables'
 /// gradients sum the per-row products over the leading axes:
 /// `dc = Σ g₁x₁ + g₂x₂`, `ds = Σ g₂x₁ − g₁x₂`.
@@ -417,32 +399,12 @@ pub(super) fn rotary(e: &mut Emit, n: &NodeGrad) -> G {
     Ok(vec![Some(dx), Some(dc), Some(ds)])
 }
 
+/// `y[t] = Σ_k w[k]·x[t − (K−1) + k]`: both gradients come from one fused
+/// `causal_conv1d_grad` (in primitives, each tap would shift, pad and multiply).
 pub(super) fn causal_conv1d(e: &mut Emit, n: &NodeGrad) -> G {
-    // y[t] = Σ_k w[k]·x[t − (K−1) + k]
     let (x, w, g) = (n.operands[0], n.operands[1], gy(n));
-    let wt = e.ty(w);
-    let k = wt.shape[2].as_const().unwrap_or(1);
-    let c = wt.shape[0].clone();
-    let mut gx = None;
-    let mut gw_parts = Vec::new();
-    for j in 0..k {
-        let s = k - 1 - j;
-        let wj = e.op(Op::Slice { axis: 2, start: Dim::new(j), end: Dim::new(j + 1) }, &[w])?;
-        let wj = e.reshape(wj, std::slice::from_ref(&c))?;
-        let back = shift_time(e, g, -s)?;
-        let wjb = e.broadcast(wj, &e.ty(g).shape)?;
-        let term = e.mul(back, wjb)?;
-        gx = Some(match gx {
-            Some(acc) => e.add(acc, term)?,
-            None => term,
-        });
-        let xs = shift_time(e, x, s)?;
-        let prod = e.mul(g, xs)?;
-        let gwj = e.sum(prod, vec![0, 1])?;
-        gw_parts.push(e.reshape(gwj, &[c.clone(), Dim::new(1), Dim::new(1)])?);
-    }
-    let gw = if gw_parts.len() == 1 { gw_parts[0] } else { e.op(Op::Concat { axis: 2 }, &gw_parts)? };
-    Ok(vec![gx, Some(gw)])
+    let grads = e.op_all(Op::CausalConv1dGrad, &[x, w, g])?;
+    Ok(vec![Some(grads[0]), Some(grads[1])])
 }
 
 pub(super) fn topk(e: &mut Emit, n: &NodeGrad) -> G {
