@@ -44,6 +44,33 @@ fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// The float elements of `v`, or an error naming its dtype.
+/// `y[b, t, c] = Σ_j w[c, 0, j]·x[b, t − (K−1) + j, c]` (zero left padding), one
+/// sequence per task, the inner loops over contiguous channels.
+fn causal_conv1d<T: Real>(x: &Value<T>, w: &Value<T>) -> R<Vec<T>> {
+    let (xs, ws) = (floats(x)?, floats(w)?);
+    let (t, c, k) = (x.shape[1], x.shape[2], w.shape[2]);
+    let taps: Vec<T> = (0..k).flat_map(|j| (0..c).map(move |ci| ws[ci * k + j])).collect();
+    let mut y = vec![T::default(); xs.len()];
+    let sequence = |(y, x): (&mut [T], &[T])| {
+        for ti in 0..t {
+            let yr = &mut y[ti * c..(ti + 1) * c];
+            for j in 0..k {
+                let Some(src) = (ti + j).checked_sub(k - 1) else { continue };
+                for ((o, &wv), &xv) in yr.iter_mut().zip(&taps[j * c..(j + 1) * c]).zip(&x[src * c..(src + 1) * c]) {
+                    *o = *o + wv * xv;
+                }
+            }
+        }
+    };
+    let per_seq = (t * c).max(1);
+    if xs.len() >= PAR_MIN {
+        y.par_chunks_mut(per_seq).zip(xs.par_chunks(per_seq)).for_each(sequence);
+    } else {
+        y.chunks_mut(per_seq).zip(xs.chunks(per_seq)).for_each(sequence);
+    }
+    Ok(y)
+}
+
 /// `rotary(x, cos, sin)`: the halves of each row of `x [..., T, D]` turn by the
 /// angles of the row's position `t` (`cos, sin: [T, D/2]`).
 fn rotary<T: Real>(x: &Value<T>, cos: &Value<T>, sin: &Value<T>) -> R<Vec<T>> {
@@ -395,27 +422,7 @@ pub fn eval<T: Real>(
                 (0..shape.len()).map(|d| if d < lead || x.shape[d - lead] == 1 { 0 } else { xs[d - lead] }).collect();
             one(strided(&x.data, &shape, &st))
         }
-        Op::CausalConv1d => {
-            let (x, w) = (floats(args[0])?, floats(args[1])?);
-            let (b, t, c) = (args[0].shape[0], args[0].shape[1], args[0].shape[2]);
-            let k = args[1].shape[2];
-            let mut y = vec![T::default(); x.len()];
-            for bi in 0..b {
-                for ti in 0..t {
-                    for ci in 0..c {
-                        let mut acc = T::default();
-                        for ki in 0..k {
-                            // Output t reads inputs t-(k-1)..=t (left zero padding k-1).
-                            if let Some(src) = (ti + ki).checked_sub(k - 1) {
-                                acc = acc + w[ci * k + ki] * x[(bi * t + src) * c + ci];
-                            }
-                        }
-                        y[(bi * t + ti) * c + ci] = acc;
-                    }
-                }
-            }
-            one(Buffer::Float(y))
-        }
+        Op::CausalConv1d => one(Buffer::Float(causal_conv1d(args[0], args[1])?)),
         Op::Rotary => one(Buffer::Float(rotary(args[0], args[1], args[2])?)),
         Op::TopK { axis, .. } => topk(args[0], *axis, shape[*axis], out),
         Op::CrossEntropy => {
