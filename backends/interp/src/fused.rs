@@ -5,7 +5,7 @@
 //! Each computes the same function as the primitive chain it replaces; the
 //! saturation tests run both and compare.
 
-use crate::kernels::{floats, matmul};
+use crate::kernels::{floats, matmul, taps_by_tap};
 use crate::math::{round_half_even, sigmoid, Real};
 use crate::ternary::TernaryPlanes;
 use crate::value::{Buffer, Value};
@@ -255,8 +255,7 @@ pub fn causal_conv1d_grad<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>
     let (x, w, g) = (floats(args[0])?, floats(args[1])?, floats(args[2])?);
     let (t, c) = (args[0].shape[1], args[0].shape[2]);
     let k = args[1].shape[2];
-    // Taps by channel, so the inner loops run over contiguous channels.
-    let taps: Vec<T> = (0..k).flat_map(|j| (0..c).map(move |ci| (j, ci))).map(|(j, ci)| w[ci * k + j]).collect();
+    let taps = taps_by_tap(w, c, k);
     let mut dx = vec![T::default(); x.len()];
     let sequence = |(dx, (x, g)): (&mut [T], (&[T], &[T]))| -> Vec<T> {
         let mut dw = vec![T::default(); k * c];
@@ -264,7 +263,8 @@ pub fn causal_conv1d_grad<T: Real>(args: &[&Value<T>], out: &[(DType, Vec<usize>
             for j in 0..k {
                 let tap = &taps[j * c..(j + 1) * c];
                 // y[ti + (K−1) − j] read x[ti] through tap j.
-                if let Some(src) = Some(ti + k - 1 - j).filter(|&s| s < t) {
+                let src = ti + k - 1 - j;
+                if src < t {
                     let (dxr, gr) = (&mut dx[ti * c..(ti + 1) * c], &g[src * c..(src + 1) * c]);
                     for ((d, &wv), &gv) in dxr.iter_mut().zip(tap).zip(gr) {
                         *d = *d + wv * gv;

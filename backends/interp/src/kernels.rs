@@ -22,6 +22,17 @@ fn map_par<A: Sync, B: Send>(v: &[A], f: impl Fn(&A) -> B + Sync + Send) -> Vec<
     }
 }
 
+/// `f` on each pair of `chunk`-long pieces of `y` and `x`, across threads when
+/// `x` is large (each piece is computed alone, so the split does not change it).
+fn chunks_par<T: Send + Sync>(y: &mut [T], x: &[T], chunk: usize, f: impl Fn((&mut [T], &[T])) + Sync + Send) {
+    let chunk = chunk.max(1);
+    if x.len() >= PAR_MIN {
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(f);
+    } else {
+        y.chunks_mut(chunk).zip(x.chunks(chunk)).for_each(f);
+    }
+}
+
 fn zip_par<A: Sync, C: Sync, B: Send>(p: &[A], q: &[C], f: impl Fn(&A, &C) -> B + Sync + Send) -> Vec<B> {
     if p.len() >= PAR_MIN {
         p.par_iter().zip(q.par_iter()).map(|(a, c)| f(a, c)).collect()
@@ -43,13 +54,12 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
-/// The float elements of `v`, or an error naming its dtype.
 /// `y[b, t, c] = Σ_j w[c, 0, j]·x[b, t − (K−1) + j, c]` (zero left padding), one
 /// sequence per task, the inner loops over contiguous channels.
 fn causal_conv1d<T: Real>(x: &Value<T>, w: &Value<T>) -> R<Vec<T>> {
     let (xs, ws) = (floats(x)?, floats(w)?);
     let (t, c, k) = (x.shape[1], x.shape[2], w.shape[2]);
-    let taps: Vec<T> = (0..k).flat_map(|j| (0..c).map(move |ci| ws[ci * k + j])).collect();
+    let taps = taps_by_tap(ws, c, k);
     let mut y = vec![T::default(); xs.len()];
     let sequence = |(y, x): (&mut [T], &[T])| {
         for ti in 0..t {
@@ -62,13 +72,14 @@ fn causal_conv1d<T: Real>(x: &Value<T>, w: &Value<T>) -> R<Vec<T>> {
             }
         }
     };
-    let per_seq = (t * c).max(1);
-    if xs.len() >= PAR_MIN {
-        y.par_chunks_mut(per_seq).zip(xs.par_chunks(per_seq)).for_each(sequence);
-    } else {
-        y.chunks_mut(per_seq).zip(xs.chunks(per_seq)).for_each(sequence);
-    }
+    chunks_par(&mut y, xs, t * c, sequence);
     Ok(y)
+}
+
+/// A depthwise kernel `w [C, 1, K]` as `[K, C]`: tap `j` of every channel in a
+/// row, so loops over channels read it contiguously.
+pub(crate) fn taps_by_tap<T: Real>(w: &[T], c: usize, k: usize) -> Vec<T> {
+    (0..k).flat_map(|j| (0..c).map(move |ci| w[ci * k + j])).collect()
 }
 
 /// `rotary(x, cos, sin)`: the halves of each row of `x [..., T, D]` turn by the
@@ -91,14 +102,11 @@ fn rotary<T: Real>(x: &Value<T>, cos: &Value<T>, sin: &Value<T>) -> R<Vec<T>> {
             }
         }
     };
-    if xs.len() >= PAR_MIN {
-        y.par_chunks_mut(t * d).zip(xs.par_chunks(t * d)).for_each(turn);
-    } else {
-        y.chunks_mut(t * d).zip(xs.chunks(t * d)).for_each(turn);
-    }
+    chunks_par(&mut y, xs, t * d, turn);
     Ok(y)
 }
 
+/// The float elements of `v`, or an error naming its dtype.
 pub(crate) fn floats<T: Real>(v: &Value<T>) -> R<&[T]> {
     v.as_floats().ok_or_else(|| format!("expected a float tensor, got {}", v.dtype))
 }

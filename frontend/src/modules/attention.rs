@@ -204,13 +204,13 @@ impl CausalSelfAttention {
         if let Some((qn, _)) = &self.qk_norm {
             q = qn.forward(&q);
         }
-        self.rotate(q, tables)
+        Self::rotate(q, tables)
     }
 
-    fn rotate(&self, x: Tensor, tables: Option<&RotaryTables>) -> Tensor {
-        match (self.rotary, tables) {
-            (Some(r), Some(t)) => r.apply(&x, t),
-            _ => x,
+    fn rotate(x: Tensor, tables: Option<&RotaryTables>) -> Tensor {
+        match tables {
+            Some(t) => t.apply(&x),
+            None => x,
         }
     }
 
@@ -236,7 +236,7 @@ impl CausalSelfAttention {
         if let Some((_, kn)) = &self.qk_norm {
             k = kn.forward(&k);
         }
-        (self.rotate(k, tables), v)
+        (Self::rotate(k, tables), v)
     }
 
     /// Queries from `x [B, N, d]` attend over given keys and values `[B, H, S, hd]`

@@ -54,11 +54,13 @@ impl Rotary {
     pub fn tables_from_zero(&self, b: &ModelBuilder, t: &Dim) -> RotaryTables {
         self.tables(b, &b.iota(DType::I64, std::slice::from_ref(t), 0))
     }
+}
 
+impl RotaryTables {
     /// Rotates `x [.., T, head_dim]`: `(x₁, x₂) ↦ (x₁·cos − x₂·sin, x₂·cos + x₁·sin)`
     /// (one `rotary` op: a single pass, where slices and products would be eight).
     #[track_caller]
-    pub fn apply(&self, x: &Tensor, tables: &RotaryTables) -> Tensor {
-        x.rotary(&tables.cos, &tables.sin)
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        x.rotary(&self.cos, &self.sin)
     }
 }
