@@ -121,6 +121,9 @@ proptest::proptest! {
         let m = lsc_models::MODELS[model].name;
         let p = lsc_runtime::prepare::optimize_for_inference(&lsc_models::build_inference(m, "tiny").unwrap()).unwrap();
         let params = init::init_params(&p, seed).unwrap();
+        // A ternarised weight at a rounding tie (|w|/mean|w| within float error of
+        // 1/2) rounds either way depending on the scale's summation order.
+        proptest::prop_assume!(!has_ternary_tie(m, &params), "a ternarised weight at a rounding tie");
         let mut rng = init::Rng::new(seed);
         let ids = Value::ints(vec![bsz, t], (0..bsz * t).map(|_| (rng.next_u64() % 256) as i64).collect());
         let inputs = Tensors::from([("input_ids".to_string(), ids)]);
@@ -131,6 +134,15 @@ proptest::proptest! {
             same(&want, &got, &format!("{m} at B={bsz}, T={t} on {backend}"));
         }
     }
+}
+
+/// Whether a weight `model` ternarises lies within 1e-5 of a rounding tie.
+fn has_ternary_tie(model: &str, params: &Tensors<f32>) -> bool {
+    lsc_models::quantized_weights(model, "tiny").unwrap().iter().any(|(name, _)| {
+        let w = params[name].to_f64_vec();
+        let scale = w.iter().map(|x| x.abs()).sum::<f64>() / w.len() as f64;
+        w.iter().any(|x| (x.abs() / scale - 0.5).abs() < 1e-5)
+    })
 }
 
 #[test]
