@@ -334,6 +334,43 @@ fn a_diverging_run_stops_with_exit_2_and_keeps_the_last_checkpoint() {
 }
 
 #[test]
+fn fit_to_time_moves_the_schedule_horizon_to_the_time_budget() {
+    let dir = scratch("fit");
+    let out = dir.to_str().unwrap();
+    let mut args = vec!["train", "--model", "transformer", "--config", "tiny", "--batch", "2", "--seq", "16"];
+    args.extend(["--steps", "1000000", "--schedule", "wsd", "--decay-steps", "10", "--eval-every", "0"]);
+    args.extend(["--sample-tokens", "0", "--out", out, "--json-summary", "--max-seconds", "3"]);
+    let o = lsc(&[args.as_slice(), &["--fit-to-time"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let fitted: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["fitted_steps"].as_u64())
+        .collect();
+    let goal = *fitted.last().expect("the horizon was fitted");
+    assert!(goal < 1_000_000, "fitted to {goal} steps");
+    let summary: serde_json::Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+    assert!(summary["steps"].as_u64().unwrap() <= goal);
+    let ckpt = lsc_runtime::checkpoint::Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ckpt.meta.train["schedule"]["total"].as_u64(), Some(goal), "the checkpoint keeps the fitted schedule");
+
+    let o = lsc(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().contains("fitted_steps"));
+    let o = lsc(&[args.as_slice(), &["--fit-to-time", "--schedule", "constant"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    let o = lsc(&["train", "--fit-to-time", "--steps", "2"]);
+    assert_eq!(o.status.code(), Some(2), "--fit-to-time without --max-seconds");
+}
+
+#[test]
+fn adam_betas_outside_the_unit_interval_are_refused() {
+    let o = lsc(&["train", "--model", "transformer", "--config", "tiny", "--steps", "1", "--beta2", "1"]);
+    assert_bad(&o, "--beta2 1 is outside [0, 1)");
+    assert!(stderr(&o).contains("pass --beta2 between 0 and 1"), "{}", stderr(&o));
+}
+
+#[test]
 fn compile_train_emits_one_step_graph_with_structured_backward() {
     let dir = scratch("compile-train");
     let o = lsc(&["compile", "--model", "mor", "--config", "tiny", "--train", "-o", dir.to_str().unwrap()]);

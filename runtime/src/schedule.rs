@@ -98,6 +98,99 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The same schedule with its decay ending `steps` after its start: the
+    /// cosine's `decay_end`, the wsd's `total` (its decay keeps its length, or
+    /// all steps after warmup when shorter). `None` for schedules without a horizon.
+    pub fn with_horizon(&self, steps: u64) -> Option<Schedule> {
+        match *self {
+            Schedule::Cosine { max_lr, min_lr, warmup, .. } => {
+                Some(Schedule::Cosine { max_lr, min_lr, warmup, decay_end: steps })
+            }
+            Schedule::Wsd { max_lr, min_lr, warmup, decay, .. } => Some(Schedule::Wsd {
+                max_lr,
+                min_lr,
+                warmup,
+                decay: decay.min(steps.saturating_sub(warmup)),
+                total: steps,
+            }),
+            Schedule::Constant { .. } | Schedule::InverseSqrt { .. } => None,
+        }
+    }
+
+    /// The step (after the start) where the decay ends, for schedules that have one.
+    pub fn horizon(&self) -> Option<u64> {
+        match *self {
+            Schedule::Cosine { decay_end, .. } => Some(decay_end),
+            Schedule::Wsd { total, .. } => Some(total),
+            Schedule::Constant { .. } | Schedule::InverseSqrt { .. } => None,
+        }
+    }
+
+    /// The step (after the start) from which the rate depends on the horizon:
+    /// the cosine's end of warmup, the wsd's start of decay.
+    fn horizon_matters_from(&self) -> u64 {
+        match *self {
+            Schedule::Cosine { warmup, .. } => warmup,
+            Schedule::Wsd { decay, total, .. } => total.saturating_sub(decay),
+            Schedule::Constant { .. } | Schedule::InverseSqrt { .. } => 0,
+        }
+    }
+}
+
+/// Fits a schedule's horizon to a time budget (`lsc train --fit-to-time`): the
+/// number of steps is re-estimated from the measured time per step until the
+/// rate starts to depend on it (the end of a cosine's warmup, the start of a
+/// wsd's decay), then held, so that the decay ends when the time runs out.
+#[derive(Clone, Debug)]
+pub struct TimeFit {
+    budget_s: f64,
+    /// `(step, elapsed seconds)` when the first timed step ended: the first
+    /// step of a run also warms caches and the allocator, so it is not timed.
+    first: Option<(u64, f64)>,
+    settled: bool,
+}
+
+/// The share of the budget the fitted schedule plans for; the rest absorbs
+/// the machine's speed moving during the run and the final step's overrun.
+const TIME_FIT_MARGIN: f64 = 0.98;
+
+impl TimeFit {
+    /// A fit to `budget_s` seconds, counted from the run's start.
+    pub fn new(budget_s: f64) -> TimeFit {
+        TimeFit { budget_s, first: None, settled: false }
+    }
+
+    /// After a step ends at `step` (`elapsed` seconds into the run): the
+    /// schedule refitted to the steps that fit in the budget (never more than
+    /// `max_steps`), or `None` once the horizon is settled or not yet measurable.
+    /// `start` is the step where `schedule` began.
+    pub fn refit(
+        &mut self,
+        schedule: &Schedule,
+        start: u64,
+        step: u64,
+        elapsed: f64,
+        max_steps: u64,
+    ) -> Option<Schedule> {
+        if self.settled {
+            return None;
+        }
+        if step.saturating_sub(start) >= schedule.horizon_matters_from() && self.first.is_some() {
+            self.settled = true;
+            return None;
+        }
+        let (s0, t0) = *self.first.get_or_insert((step, elapsed));
+        if step <= s0 {
+            return None;
+        }
+        let per_step = (elapsed - t0) / (step - s0) as f64;
+        let left = ((self.budget_s * TIME_FIT_MARGIN - elapsed) / per_step.max(1e-9)).max(0.0) as u64;
+        let horizon = (step + left).min(max_steps).max(step + 1);
+        schedule.with_horizon(horizon - start)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +226,52 @@ mod tests {
         close(s.lr(99), 1e-3);
         close(s.lr(399), 5e-4);
         close(Schedule::Constant { lr: 3e-4 }.lr(12345), 3e-4);
+    }
+
+    #[test]
+    fn horizons_move_the_decay_end() {
+        let c = Schedule::Cosine { max_lr: 1e-3, min_lr: 1e-4, warmup: 10, decay_end: 100 };
+        assert_eq!(
+            c.with_horizon(50),
+            Some(Schedule::Cosine { max_lr: 1e-3, min_lr: 1e-4, warmup: 10, decay_end: 50 })
+        );
+        let w = Schedule::Wsd { max_lr: 1e-3, min_lr: 0.0, warmup: 10, decay: 40, total: 200 };
+        assert_eq!(
+            w.with_horizon(300),
+            Some(Schedule::Wsd { max_lr: 1e-3, min_lr: 0.0, warmup: 10, decay: 40, total: 300 })
+        );
+        assert_eq!(
+            w.with_horizon(30),
+            Some(Schedule::Wsd { max_lr: 1e-3, min_lr: 0.0, warmup: 10, decay: 20, total: 30 })
+        );
+        assert_eq!(Schedule::Constant { lr: 1e-3 }.with_horizon(10), None);
+    }
+
+    #[test]
+    fn time_fit_follows_the_speed_until_the_decay_starts() {
+        // A 100 s budget plans for 98 s: at 1.5 s per step, 63 more steps after step 2.
+        let mut fit = TimeFit::new(100.0);
+        let mut s = Schedule::Wsd { max_lr: 1e-3, min_lr: 0.0, warmup: 0, decay: 20, total: 1000 };
+        assert_eq!(fit.refit(&s, 0, 1, 1.0, 1000), None);
+        s = fit.refit(&s, 0, 2, 2.5, 1000).unwrap();
+        assert_eq!(s, Schedule::Wsd { max_lr: 1e-3, min_lr: 0.0, warmup: 0, decay: 20, total: 65 });
+        // The machine slows (1.8 s per step on average): the horizon comes in.
+        s = fit.refit(&s, 0, 11, 19.0, 1000).unwrap();
+        assert_eq!(s, Schedule::Wsd { max_lr: 1e-3, min_lr: 0.0, warmup: 0, decay: 20, total: 11 + 43 });
+        // Never past --steps.
+        assert_eq!(fit.clone().refit(&s, 0, 12, 12.5, 40), s.with_horizon(40));
+        // Once the decay has begun the horizon holds.
+        assert_eq!(fit.refit(&s, 0, 34, 60.0, 1000), None);
+        assert_eq!(fit.refit(&s, 0, 35, 61.0, 1000), None);
+    }
+
+    #[test]
+    fn time_fit_of_a_cosine_settles_after_warmup() {
+        let mut fit = TimeFit::new(10.0);
+        let c = Schedule::Cosine { max_lr: 1e-3, min_lr: 0.0, warmup: 3, decay_end: 1000 };
+        assert_eq!(fit.refit(&c, 0, 1, 0.5, 1000), None);
+        // 0.25 s per step, 9.8 s planned: 36 more steps after step 2 at 0.75 s.
+        assert_eq!(fit.refit(&c, 0, 2, 0.75, 1000), c.with_horizon(2 + 36));
+        assert_eq!(fit.refit(&c, 0, 3, 0.7, 1000), None);
     }
 }

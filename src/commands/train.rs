@@ -7,7 +7,7 @@ use lsc_models::GraphKind;
 use lsc_passes::train::Optimizer;
 use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::data::{self, Split};
-use lsc_runtime::schedule::Schedule;
+use lsc_runtime::schedule::{Schedule, TimeFit};
 use lsc_runtime::tokenizer::Tokenizer;
 use lsc_runtime::train::{StepStats, TrainConfig, Trainer};
 use serde_json::json;
@@ -60,6 +60,12 @@ pub struct TrainArgs {
     /// Apply weight decay to every parameter.
     #[arg(long)]
     pub decay_all: bool,
+    /// AdamW's first-moment decay.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    /// AdamW's second-moment decay (0.99 suits small batches; 0.95 is the large-batch default).
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f64,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
@@ -90,6 +96,11 @@ pub struct TrainArgs {
     /// Stop cleanly (with a final checkpoint) after this many seconds.
     #[arg(long)]
     pub max_seconds: Option<f64>,
+    /// With --max-seconds: fit the schedule's horizon (cosine or wsd) to the time, so
+    /// that the decay ends when it runs out; measured step times re-estimate the
+    /// number of steps until the end of warmup (cosine) or the start of decay (wsd).
+    #[arg(long, requires = "max_seconds")]
+    pub fit_to_time: bool,
     /// Evaluate validation loss every N steps (0: only at the end).
     #[arg(long, default_value_t = 50)]
     pub eval_every: u64,
@@ -123,7 +134,17 @@ fn config_from(a: &TrainArgs, seq: usize, vocab: usize) -> Result<TrainConfig, C
     let schedule = Schedule::from_cli(&a.schedule, a.lr, a.min_lr, a.warmup, a.steps, a.decay_steps)
         .map_err(|e| CliError::with_fix(e, "pass --schedule constant|cosine|wsd|inverse-sqrt"))?;
     let optimizer = match a.optimizer.as_str() {
-        "adamw" => Optimizer::AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: a.weight_decay },
+        "adamw" => {
+            for (name, b) in [("--beta1", a.beta1), ("--beta2", a.beta2)] {
+                if !(0.0..1.0).contains(&b) {
+                    return Err(CliError::with_fix(
+                        format!("{name} {b} is outside [0, 1)"),
+                        format!("pass {name} between 0 and 1, e.g. 0.9"),
+                    ));
+                }
+            }
+            Optimizer::AdamW { beta1: a.beta1, beta2: a.beta2, eps: 1e-8, weight_decay: a.weight_decay }
+        }
         "sgd" => Optimizer::Sgd { momentum: a.momentum, weight_decay: a.weight_decay },
         o => return Err(CliError::with_fix(format!("unknown optimizer `{o}`"), "pass --optimizer adamw or sgd")),
     };
@@ -251,7 +272,18 @@ pub fn run(a: &TrainArgs) -> CliResult {
         lsc_runtime::eval::mean_nll(&p.exe, &p.params, &valid, seq, Some(a.eval_windows), a.batch)
     };
 
-    let bar = indicatif::ProgressBar::new(a.steps);
+    let mut time_fit = match (a.fit_to_time, a.max_seconds) {
+        (true, Some(budget)) if trainer.cfg.schedule.horizon().is_some() => Some(TimeFit::new(budget)),
+        (true, _) => {
+            return Err(CliError::with_fix(
+                format!("--fit-to-time needs a schedule that decays to an end, not `{}`", a.schedule),
+                "pass --schedule cosine or wsd with --max-seconds",
+            ))
+        }
+        (false, _) => None,
+    };
+    let mut goal = a.steps;
+    let bar = indicatif::ProgressBar::new(goal);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -263,7 +295,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
     let mut curve: Vec<(f64, f64)> = Vec::new();
     let mut val_curve: Vec<(f64, f64)> = Vec::new();
     let mut logit_curves: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
-    while trainer.step < a.steps {
+    while trainer.step < goal {
         if a.max_seconds.is_some_and(|m| start.elapsed().as_secs_f64() >= m) {
             bar.println(format!(
                 "stopping at step {} after --max-seconds {}",
@@ -310,7 +342,17 @@ pub fn run(a: &TrainArgs) -> CliResult {
                 }
             }
         }
-        let last = stats.step == a.steps;
+        if let Some(fit) = time_fit.as_mut() {
+            let now = start.elapsed().as_secs_f64();
+            if let Some(s) = fit.refit(&trainer.cfg.schedule, trainer.schedule_start, trainer.step, now, a.steps) {
+                goal = trainer.schedule_start + s.horizon().unwrap_or(a.steps);
+                trainer.cfg.schedule = s;
+                trainer.cfg.steps = goal;
+                bar.set_length(goal);
+                rec["fitted_steps"] = json!(goal);
+            }
+        }
+        let last = stats.step == goal;
         if (a.eval_every > 0 && stats.step % a.eval_every == 0) || last {
             let l = eval(&trainer)?;
             last_val = l.nll;
