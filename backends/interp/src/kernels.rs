@@ -359,17 +359,35 @@ pub fn eval<T: Real>(
         Op::MatMulSum { trans_a, trans_b } => one(Buffer::Float(matmul_sum(args[0], args[1], *trans_a, *trans_b)?)),
         Op::Gather { axis } => {
             let idx = args[1].as_ints().ok_or("gather indices must be integers")?;
-            let (xs, is) = (strides(&args[0].shape), strides(&args[1].shape));
             let n = args[0].shape[*axis];
             let mut flat = Vec::with_capacity(idx.len());
-            for (p, &k) in idx.iter().enumerate() {
-                let k = check_index(k, n, "gather")?;
-                let mut src = 0;
-                for (d, (&s_i, &s_x)) in is.iter().zip(&xs).enumerate() {
-                    let c = (p / s_i) % args[1].shape[d];
-                    src += if d == *axis { k } else { c } * s_x;
+            match AlongAxis::of(&args[0].shape, &args[1].shape, *axis) {
+                Some(a) => {
+                    for (row, ks) in idx.chunks(a.inner.max(1)).enumerate() {
+                        let o = row / a.m;
+                        if let Some(k) = same_index(ks) {
+                            // A whole row moves: its offsets are consecutive.
+                            let base = a.at(o, check_index(k, n, "gather")?, 0);
+                            flat.extend(base..base + ks.len());
+                            continue;
+                        }
+                        for (i, &k) in ks.iter().enumerate() {
+                            flat.push(a.at(o, check_index(k, n, "gather")?, i));
+                        }
+                    }
                 }
-                flat.push(src);
+                None => {
+                    let (xs, is) = (strides(&args[0].shape), strides(&args[1].shape));
+                    for (p, &k) in idx.iter().enumerate() {
+                        let k = check_index(k, n, "gather")?;
+                        let mut src = 0;
+                        for (d, (&s_i, &s_x)) in is.iter().zip(&xs).enumerate() {
+                            let c = (p / s_i) % args[1].shape[d];
+                            src += if d == *axis { k } else { c } * s_x;
+                        }
+                        flat.push(src);
+                    }
+                }
             }
             one(take(&args[0].data, flat.into_iter()))
         }
@@ -882,24 +900,91 @@ pub fn matmul_sum<T: Real>(a: &Value<T>, b: &Value<T>, trans_a: bool, trans_b: b
     Ok(c)
 }
 
+/// The layout of a gather or scatter whose index has the indexed tensor's
+/// shape except along `axis` (PyTorch's usual case): `outer` rows before the
+/// axis, `n` positions on it in the tensor and `m` in the index, `inner`
+/// contiguous elements after it. Element `(o, k, i)` is then at a product of
+/// row offsets, with no per-element division.
+struct AlongAxis {
+    n: usize,
+    m: usize,
+    inner: usize,
+}
+
+impl AlongAxis {
+    fn of(x: &[usize], idx: &[usize], axis: usize) -> Option<AlongAxis> {
+        let same = x.len() == idx.len() && x.iter().zip(idx).enumerate().all(|(d, (a, b))| d == axis || a == b);
+        same.then(|| AlongAxis { n: x[axis], m: idx[axis], inner: x[axis + 1..].iter().product() })
+    }
+
+    /// Flat offset in the tensor of outer row `o`, position `k`, inner element `i`.
+    fn at(&self, o: usize, k: usize, i: usize) -> usize {
+        (o * self.n + k) * self.inner + i
+    }
+}
+
 fn scatter<T: Real>(x: &Value<T>, idx: &Value<T>, src: &Value<T>, axis: usize, add: bool) -> R<Buffer<T>> {
     let ids = idx.as_ints().ok_or("scatter indices must be integers")?;
     let (xs, is) = (strides(&x.shape), strides(&idx.shape));
     let n = x.shape[axis];
+    let layout = AlongAxis::of(&x.shape, &idx.shape, axis);
     let dest = |p: usize, k: usize| -> usize {
-        is.iter().enumerate().map(|(d, &s_i)| if d == axis { k } else { (p / s_i) % idx.shape[d] } * xs[d]).sum()
+        match &layout {
+            Some(a) => a.at(p / (a.m * a.inner).max(1), k, p % a.inner.max(1)),
+            None => is
+                .iter()
+                .enumerate()
+                .map(|(d, &s_i)| if d == axis { k } else { (p / s_i) % idx.shape[d] } * xs[d])
+                .sum(),
+        }
     };
+    let row = layout.as_ref().map_or(1, |a| a.inner.max(1));
     let mut data = x.data.clone();
-    for (p, &k) in ids.iter().enumerate() {
-        let at = dest(p, check_index(k, n, "scatter")?);
-        match (&mut data, &src.data) {
-            (Buffer::Float(o), Buffer::Float(s)) => o[at] = if add { o[at] + s[p] } else { s[p] },
-            (Buffer::Int(o), Buffer::Int(s)) => o[at] = if add { o[at].wrapping_add(s[p]) } else { s[p] },
-            (Buffer::Bool(o), Buffer::Bool(s)) if !add => o[at] = s[p],
-            _ => return Err("scatter source and target have different kinds".into()),
+    match (&mut data, &src.data) {
+        (Buffer::Float(o), Buffer::Float(s)) => {
+            write_scattered(o, s, ids, n, row, dest, |a, b| if add { a + b } else { b })
+        }
+        (Buffer::Int(o), Buffer::Int(s)) => {
+            write_scattered(o, s, ids, n, row, dest, |a, b| if add { a.wrapping_add(b) } else { b })
+        }
+        (Buffer::Bool(o), Buffer::Bool(s)) if !add => write_scattered(o, s, ids, n, row, dest, |_, b| b),
+        _ => Err("scatter source and target have different kinds".into()),
+    }?;
+    Ok(data)
+}
+
+/// `k` if every index of a row is `k`.
+fn same_index(ks: &[i64]) -> Option<i64> {
+    let k = *ks.first()?;
+    ks.iter().all(|&j| j == k).then_some(k)
+}
+
+/// `out[dest(p, ids[p])] = combine(out[..], src[p])` for every index position
+/// `p`, a `row` of consecutive destinations at a time where the row's indices agree.
+fn write_scattered<E: Copy>(
+    out: &mut [E],
+    src: &[E],
+    ids: &[i64],
+    n: usize,
+    row: usize,
+    dest: impl Fn(usize, usize) -> usize,
+    combine: impl Fn(E, E) -> E,
+) -> R<()> {
+    for (r, (ks, ss)) in ids.chunks(row).zip(src.chunks(row)).enumerate() {
+        let p0 = r * row;
+        if let (true, Some(k)) = (row > 1, same_index(ks)) {
+            let at = dest(p0, check_index(k, n, "scatter")?);
+            for (o, &s) in out[at..at + ks.len()].iter_mut().zip(ss) {
+                *o = combine(*o, s);
+            }
+            continue;
+        }
+        for (i, (&k, &s)) in ks.iter().zip(ss).enumerate() {
+            let at = dest(p0 + i, check_index(k, n, "scatter")?);
+            out[at] = combine(out[at], s);
         }
     }
-    Ok(data)
+    Ok(())
 }
 
 fn topk<T: Real>(x: &Value<T>, axis: usize, k: usize, out: &[(DType, Vec<usize>)]) -> R<Vec<Value<T>>> {

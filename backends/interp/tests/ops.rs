@@ -291,6 +291,58 @@ fn gather_scatter_embedding() {
     assert!(err.to_string().contains("index 7 is out of range 0..2"), "{err}");
 }
 
+/// Reference gather/scatter/scatter_add over rank-3 tensors by explicit multi-indices.
+fn naive_indexing(x: &[f64], xs: [usize; 3], idx: &[i64], is: [usize; 3], axis: usize) -> [Vec<f64>; 3] {
+    let at = |s: [usize; 3], c: [usize; 3]| (c[0] * s[1] + c[1]) * s[2] + c[2];
+    let (mut g, mut sc, mut sa) = (Vec::new(), x.to_vec(), x.to_vec());
+    for p in 0..is[0] * is[1] * is[2] {
+        let c = [p / (is[1] * is[2]), (p / is[2]) % is[1], p % is[2]];
+        let mut to = c;
+        to[axis] = idx[p] as usize;
+        g.push(x[at(xs, to)]);
+        sc[at(xs, to)] = p as f64;
+        sa[at(xs, to)] += p as f64;
+    }
+    [g, sc, sa]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The row-wise paths (index shaped like the tensor except along the axis,
+    /// whole rows moving where a row's indices agree) against explicit indexing.
+    #[test]
+    fn gather_and_scatter_agree_with_explicit_indexing(
+        xs in prop::array::uniform3(1usize..5), m in 1usize..5, axis in 0usize..3, seed in any::<u64>(), rowwise in any::<bool>(),
+    ) {
+        let mut is = xs;
+        is[axis] = m;
+        let mut rng = seed;
+        let mut next = |n: usize| { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); ((rng >> 33) % n as u64) as i64 };
+        let count = is[0] * is[1] * is[2];
+        // Rows (the innermost axis) share one index when `rowwise`, so whole rows move.
+        let row_index: Vec<i64> = (0..count / is[2]).map(|_| next(xs[axis])).collect();
+        let idx: Vec<i64> = (0..count).map(|p| if rowwise { row_index[p / is[2]] } else { next(xs[axis]) }).collect();
+        let x: Vec<f64> = (0..xs.iter().product::<usize>()).map(|i| i as f64 * 0.5 - 3.0).collect();
+        let b = ModelBuilder::new();
+        let xt = b.input("x", DType::F32, &d(&xs));
+        let it = b.input("idx", DType::I64, &d(&is));
+        let src = b.input("src", DType::F32, &d(&is));
+        b.output("gather", &xt.gather(axis as isize, &it));
+        b.output("scatter", &xt.scatter(axis as isize, &it, &src));
+        b.output("scatter_add", &xt.scatter_add(axis as isize, &it, &src));
+        let p = b.finish().unwrap();
+        let mut feed: Tensors<f64> = Tensors::new();
+        feed.insert("x".into(), Value::floats(xs.to_vec(), x.clone()));
+        feed.insert("idx".into(), Value::ints(is.to_vec(), idx.clone()));
+        feed.insert("src".into(), Value::floats(is.to_vec(), (0..count).map(|p| p as f64).collect()));
+        let out = Interpreter::new(&p).unwrap().run(&feed, &Tensors::new()).unwrap();
+        let want = naive_indexing(&x, xs, &idx, is, axis);
+        for (o, w) in out.iter().zip(&want) {
+            prop_assert_eq!(&vals(&o.1), w, "{}", o.0);
+        }
+    }
+}
+
 #[test]
 fn causal_conv1d_is_left_padded_cross_correlation() {
     // One channel: y_t = w0·x_{t-2} + w1·x_{t-1} + w2·x_t.
