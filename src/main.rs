@@ -51,6 +51,10 @@ enum Command {
         /// Compile the training step (forward, backward, AdamW update) instead of the forward pass.
         #[arg(long)]
         train: bool,
+        /// With --train: differentiate calls as `call f__vjp`, which recomputes the callee,
+        /// instead of inlining them so that the backward keeps the forward values.
+        #[arg(long, requires = "train")]
+        recompute_calls: bool,
         /// Compile the causal inference graph that `lsc run` executes (for `mor`: the
         /// σ(router) ≥ 0.5 rule, whose recursion steps the `routed` rules route).
         #[arg(long, conflicts_with = "train")]
@@ -116,9 +120,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => commands::models::run(),
-        Command::Compile { model, emit, out_dir, train, inference, rules, no_rules, bounds } => {
+        Command::Compile { model, emit, out_dir, train, recompute_calls, inference, rules, no_rules, bounds } => {
             let graph = match (train, inference) {
-                (true, _) => commands::compile::Graph::TrainingStep,
+                (true, _) => commands::compile::Graph::TrainingStep { recompute_calls },
                 (false, true) => commands::compile::Graph::Inference,
                 (false, false) => commands::compile::Graph::Forward,
             };

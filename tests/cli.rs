@@ -373,22 +373,39 @@ fn adam_betas_outside_the_unit_interval_are_refused() {
 #[test]
 fn compile_train_emits_one_step_graph_with_structured_backward() {
     let dir = scratch("compile-train");
-    let o = lsc(&["compile", "--model", "mor", "--config", "tiny", "--train", "-o", dir.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let text = std::fs::read_to_string(dir.join("mor.train.lsir")).unwrap();
-    let p = lsc_ir::parse_and_verify(&text).unwrap();
-    let names: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["block", "block__vjp"], "the shared block and its one backward function");
-    let calls = |f: &str| {
+    let train = |extra: &[&str]| {
+        let mut args = vec!["compile", "--model", "mor", "--config", "tiny", "--train", "-o", dir.to_str().unwrap()];
+        args.extend(extra);
+        let o = lsc(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        lsc_ir::parse_and_verify(&std::fs::read_to_string(dir.join("mor.train.lsir")).unwrap()).unwrap()
+    };
+    let calls = |p: &lsc_ir::Program, f: &str| {
         p.main.dag.node_weights().filter(|n| matches!(&n.op, lsc_ir::Op::Call { callee } if callee == f)).count()
     };
-    assert_eq!((calls("block"), calls("block__vjp")), (4, 4), "four recursions forward and backward, no unrolling");
+    let p = train(&["--recompute-calls"]);
+    let names: Vec<&str> = p.functions.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["block", "block__vjp"], "the shared block and its one backward function");
+    assert_eq!(
+        (calls(&p, "block"), calls(&p, "block__vjp")),
+        (4, 4),
+        "four recursions forward and backward, no unrolling"
+    );
     let outs: Vec<&str> = p.main.outputs.iter().map(|(n, _)| n.as_str()).collect();
     assert!(
         outs.contains(&"loss")
             && outs.contains(&"param.shared.attn.q_proj.weight")
             && outs.contains(&"adam.v.routers.3.weight")
     );
+    // By default the recursions are inlined, so the backward reads the forward's values.
+    let inlined = train(&[]);
+    assert!(inlined.functions.is_empty(), "no function is called any more");
+    assert_eq!(inlined.main.params().len(), p.main.params().len(), "the shared weights are still declared once");
+    let q_proj = |p: &lsc_ir::Program| {
+        let q = p.main.params().into_iter().find(|(_, n)| *n == "shared.attn.q_proj.weight").unwrap().0;
+        p.main.dag.node_indices().filter(|&n| p.main.operands(n).contains(&lsc_ir::ValueRef::first(q))).count()
+    };
+    assert!(q_proj(&inlined) >= 4, "each recursion reads the one shared q_proj");
 }
 
 #[test]

@@ -239,6 +239,38 @@ fn a_sum_of_batched_products_is_one_matmul_sum() {
     assert!(count(&q, |o| matches!(o, Op::MatMulSum { trans_a: true, trans_b: false })) >= 8);
 }
 
+/// Inlining `main`'s calls before autodiff (the default) computes the same
+/// step as differentiating them through a recomputing `f__vjp`, for every MoR
+/// variant (the shared block called per recursion, KV sharing's `@kv` and
+/// `@block_kv`, token choice), and leaves no call behind.
+#[test]
+fn an_inlined_step_equals_the_recomputing_one() {
+    use lsc_models::mor::{build, MorConfig, Routing, Rule};
+    let base = MorConfig::named("tiny").unwrap();
+    let variants = [
+        base.clone(),
+        MorConfig { kv_sharing: true, ..base.clone() },
+        MorConfig { routing: Routing::TokenChoice, ..base.clone() },
+    ];
+    for cfg in variants {
+        let forward = build(&cfg, Rule::TopK).unwrap();
+        let terms = vec![(forward.main.outputs.last().unwrap().0.clone(), 0.1)];
+        let opts = |recompute_calls| StepOptions { loss_terms: terms.clone(), recompute_calls, ..Default::default() };
+        let recomputing = training_step(&forward, &opts(true)).unwrap();
+        let inlined = training_step(&forward, &opts(false)).unwrap();
+        assert!(count(&recomputing, |o| matches!(o, Op::Call { .. })) >= 8, "{cfg:?}");
+        assert_eq!(count(&inlined, |o| matches!(o, Op::Call { .. })), 0, "{cfg:?}");
+        let (mut inputs, params) = feed(&recomputing, &[("B", 2), ("T", 8)], 3);
+        inputs.insert("lr".into(), Value::floats(vec![], vec![1e-3]));
+        inputs.insert("adam.bc1".into(), Value::floats(vec![], vec![0.1]));
+        inputs.insert("adam.bc2".into(), Value::floats(vec![], vec![0.05]));
+        for (_, v) in inputs.iter_mut().filter(|(k, _)| k.starts_with("adam.v.")) {
+            *v = Value::floats(v.shape.clone(), v.to_f64_vec().iter().map(|x| x.abs() as f32).collect());
+        }
+        assert_same(&recomputing, &inlined, &inputs, &params);
+    }
+}
+
 #[test]
 fn the_trainers_pipeline_computes_the_unfused_step() {
     // egg(forward) → autodiff → egg(step) against autodiff on the primitive forward.

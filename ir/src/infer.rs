@@ -127,21 +127,28 @@ fn unify(formal: &TensorType, actual: &TensorType, subst: &mut BTreeMap<String, 
     true
 }
 
+/// Binds a function's symbols from the types of the arguments it is called
+/// with (`formal` are its input types), as a call site's typing does.
+pub fn bind_symbols(formal: &[TensorType], actual: &[&TensorType]) -> Result<BTreeMap<String, Dim>, String> {
+    if formal.len() != actual.len() {
+        return Err(format!("the function takes {} arguments, got {}", formal.len(), actual.len()));
+    }
+    let mut subst = BTreeMap::new();
+    for (i, (f, a)) in formal.iter().zip(actual).enumerate() {
+        if !unify(f, a, &mut subst) {
+            return Err(format!("argument {i} has type {a}, which does not fit the formal type {f}"));
+        }
+    }
+    Ok(subst)
+}
+
 fn instantiate(
     formal: &[TensorType],
     actual: &[&TensorType],
     outputs: &[TensorType],
     what: &str,
 ) -> Result<Vec<TensorType>, String> {
-    if formal.len() != actual.len() {
-        return Err(format!("{what} takes {} operands, got {}", formal.len(), actual.len()));
-    }
-    let mut subst = BTreeMap::new();
-    for (i, (f, a)) in formal.iter().zip(actual).enumerate() {
-        if !unify(f, a, &mut subst) {
-            return Err(format!("{what}: operand {i} has type {a}, which does not fit the formal type {f}"));
-        }
-    }
+    let subst = bind_symbols(formal, actual).map_err(|e| format!("{what}: {e}"))?;
     Ok(outputs.iter().map(|t| TensorType::new(t.dtype, t.shape.iter().map(|d| d.substitute(&subst)))).collect())
 }
 

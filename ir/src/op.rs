@@ -387,6 +387,21 @@ name_table!(CmpOp { Eq => "eq", Ne => "ne", Lt => "lt", Le => "le", Gt => "gt", 
 name_table!(ReduceKind { Sum => "sum", Mean => "mean", Max => "max", Min => "min" });
 
 impl Op {
+    /// The op with the symbols of its dimension attributes replaced (inlining a
+    /// function instantiates its body at the call site's dimensions).
+    pub fn substitute_dims(&self, subst: &std::collections::BTreeMap<String, Dim>) -> Op {
+        let all = |shape: &[Dim]| shape.iter().map(|d| d.substitute(subst)).collect();
+        match self {
+            Op::Reshape { shape } => Op::Reshape { shape: all(shape) },
+            Op::Broadcast { shape } => Op::Broadcast { shape: all(shape) },
+            Op::Slice { axis, start, end } => {
+                Op::Slice { axis: *axis, start: start.substitute(subst), end: end.substitute(subst) }
+            }
+            Op::TopK { k, axis } => Op::TopK { k: k.substitute(subst), axis: *axis },
+            other => other.clone(),
+        }
+    }
+
     /// The op's name in `.lsir` text.
     pub fn name(&self) -> &'static str {
         match self {

@@ -8,6 +8,7 @@
 //! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD |
 //! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
 //! | [`routing`] | whether a function may run on the active rows only (`routed_call`) |
+//! | [`inline`] | `main`'s calls replaced by their callees' bodies (the training step keeps forward values) |
 //! | [`specialize`] | functions specialised on the constant arguments all their calls pass |
 //! | [`dce`] | dead-code elimination |
 //! | [`memory`] | buffer slots for kernel outputs, reused by liveness; peak bytes |
@@ -20,6 +21,7 @@
 pub mod autodiff;
 pub mod dce;
 pub mod hoist;
+pub mod inline;
 pub mod memory;
 pub mod partition;
 pub mod routing;

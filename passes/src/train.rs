@@ -65,11 +65,22 @@ pub struct StepOptions {
     /// Extra scalar outputs of the forward graph added to the loss with a weight
     /// (MoR's `aux_loss` at 0.001, `balance_loss` at 0.1).
     pub loss_terms: Vec<(String, f64)>,
+    /// Differentiate `call f` as `call f__vjp`, which recomputes `f`'s forward
+    /// values (less memory, one more forward pass of every called function).
+    /// Off by default: `main`'s calls are inlined first, so that the backward
+    /// reads the values the forward computed.
+    pub recompute_calls: bool,
 }
 
 impl Default for StepOptions {
     fn default() -> Self {
-        StepOptions { optimizer: Optimizer::adamw(), clip_norm: Some(1.0), decay_all: false, loss_terms: Vec::new() }
+        StepOptions {
+            optimizer: Optimizer::adamw(),
+            clip_norm: Some(1.0),
+            decay_all: false,
+            loss_terms: Vec::new(),
+            recompute_calls: false,
+        }
     }
 }
 
@@ -109,7 +120,7 @@ pub fn add_loss(p: &mut Program, terms: &[(String, f64)], table: &VjpTable) -> R
 
 /// Builds the training-step program from a forward program with a `logits` output.
 pub fn training_step(forward: &Program, opts: &StepOptions) -> Result<Program, String> {
-    let mut p = forward.clone();
+    let mut p = if opts.recompute_calls { forward.clone() } else { crate::inline::inline_calls(forward)?.0 };
     let table = VjpTable::standard();
     let monitors = add_loss(&mut p, &opts.loss_terms, &table)?;
     let grads = add_parameter_gradients(&mut p, "loss", &table)?;

@@ -49,6 +49,23 @@ pub struct TrainConfig {
     /// What runs the step.
     #[serde(default)]
     pub backend: crate::backend::Backend,
+    /// Recompute called functions' forward values in the backward
+    /// ([`StepOptions::recompute_calls`]) instead of keeping them.
+    #[serde(default)]
+    pub recompute_calls: bool,
+}
+
+impl TrainConfig {
+    /// What the training-step graph is built with.
+    pub fn step_options(&self) -> StepOptions {
+        StepOptions {
+            optimizer: self.optimizer,
+            clip_norm: self.clip_norm,
+            decay_all: self.decay_all,
+            loss_terms: self.loss_terms.clone(),
+            recompute_calls: self.recompute_calls,
+        }
+    }
 }
 
 fn fuse_by_default() -> bool {
@@ -124,12 +141,7 @@ impl Trainer {
         draws: u64,
     ) -> Result<Trainer, RuntimeError> {
         let optimizer = cfg.optimizer;
-        let opts = StepOptions {
-            optimizer,
-            clip_norm: cfg.clip_norm,
-            decay_all: cfg.decay_all,
-            loss_terms: cfg.loss_terms.clone(),
-        };
+        let opts = cfg.step_options();
         // egg(forward) → autodiff → egg(training step), as the compiler pipeline prescribes.
         let step_program = if cfg.fuse {
             let (machine, _) = crate::calibrate::machine()?;

@@ -92,12 +92,7 @@ pub fn run(a: &BenchArgs) -> CliResult {
         let forward = lsc_models::build(m, &a.config).map_err(|e| CliError::new(e.to_string()))?;
         let cfg = config(a, m);
         let start = Instant::now();
-        let opts = lsc_passes::train::StepOptions {
-            optimizer: cfg.optimizer,
-            clip_norm: cfg.clip_norm,
-            decay_all: cfg.decay_all,
-            loss_terms: cfg.loss_terms.clone(),
-        };
+        let opts = cfg.step_options();
         let sat = lsc_passes::saturate::Config { machine, ..Default::default() };
         let (_, stats) = lsc_passes::saturate::optimize_training_step(&forward, &opts, &sat).map_err(CliError::new)?;
         let compile_s = start.elapsed().as_secs_f64();
@@ -184,6 +179,7 @@ pub(crate) fn config(a: &BenchArgs, model: &str) -> TrainConfig {
         vocab: 256,
         fuse: true,
         backend: lsc_runtime::backend::Backend::Interp,
+        recompute_calls: false,
     }
 }
 

@@ -96,7 +96,10 @@ pub enum Graph {
     /// The causal inference pass (`lsc run`).
     Inference,
     /// Forward, backward and update in one graph.
-    TrainingStep,
+    TrainingStep {
+        /// Differentiate calls by recomputing their callees (`call f__vjp`).
+        recompute_calls: bool,
+    },
 }
 
 /// Compiles the selected program into `out_dir`.
@@ -124,10 +127,13 @@ pub fn run(
             format!("use one of: {}", known.join(", ")),
         ));
     }
-    let train = graph == Graph::TrainingStep;
+    let train = matches!(graph, Graph::TrainingStep { .. });
     let mut src = source::load(args, graph == Graph::Inference)?;
     let forward = src.program.clone();
-    let mut opts = lsc_passes::train::StepOptions::default();
+    let mut opts = lsc_passes::train::StepOptions {
+        recompute_calls: matches!(graph, Graph::TrainingStep { recompute_calls: true }),
+        ..Default::default()
+    };
     if src.name == "mor" {
         opts.loss_terms = vec![("aux_loss".into(), lsc_models::mor::AUX_LOSS_COEF)];
     }

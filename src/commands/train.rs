@@ -119,6 +119,10 @@ pub struct TrainArgs {
     /// Print the time per op kind of the last step.
     #[arg(long)]
     pub profile: bool,
+    /// Recompute called functions (MoR's shared block) in the backward instead of
+    /// keeping their forward values: less memory, one more forward pass of each.
+    #[arg(long)]
+    pub recompute_calls: bool,
     /// Train the primitive step graph, without equality saturation (an ablation).
     #[arg(long)]
     pub no_fuse: bool,
@@ -167,6 +171,7 @@ fn config_from(a: &TrainArgs, seq: usize, vocab: usize) -> Result<TrainConfig, C
         vocab,
         fuse: !a.no_fuse,
         backend: a.backend.parse().map_err(|e: String| CliError::with_fix(e, "pass --backend interp or cranelift"))?,
+        recompute_calls: a.recompute_calls,
     })
 }
 

@@ -295,10 +295,10 @@ fn gather_scatter_embedding() {
 fn naive_indexing(x: &[f64], xs: [usize; 3], idx: &[i64], is: [usize; 3], axis: usize) -> [Vec<f64>; 3] {
     let at = |s: [usize; 3], c: [usize; 3]| (c[0] * s[1] + c[1]) * s[2] + c[2];
     let (mut g, mut sc, mut sa) = (Vec::new(), x.to_vec(), x.to_vec());
-    for p in 0..is[0] * is[1] * is[2] {
+    for (p, &k) in idx.iter().enumerate() {
         let c = [p / (is[1] * is[2]), (p / is[2]) % is[1], p % is[2]];
         let mut to = c;
-        to[axis] = idx[p] as usize;
+        to[axis] = k as usize;
         g.push(x[at(xs, to)]);
         sc[at(xs, to)] = p as f64;
         sa[at(xs, to)] += p as f64;
