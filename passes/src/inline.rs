@@ -14,17 +14,15 @@ use lsc_ir::{Dim, Graph, Op, Program, TensorType, ValueRef};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// `p` with every inlinable `call` of `main` replaced by its callee's body
-/// (recursively), and the functions nothing calls any more dropped. Returns
-/// the program and how many calls were inlined.
-pub fn inline_calls(p: &Program) -> Result<(Program, usize), String> {
+/// (recursively), and the functions nothing calls any more dropped.
+pub fn inline_calls(p: &Program) -> Result<Program, String> {
     let mut main = Graph::new(&p.main.name);
-    let mut inlined = 0;
-    let map = copy_graph(p, &p.main, &mut main, None, &BTreeMap::new(), &mut inlined)?;
+    let map = copy_graph(p, &p.main, &mut main, None, &BTreeMap::new())?;
     main.outputs = p.main.outputs.iter().map(|(n, v)| (n.clone(), map[v])).collect();
     let mut out = Program { main, functions: Vec::new(), symbols: p.symbols.clone() };
     let reachable = reachable_functions(p, &out.main);
     out.functions = p.functions.iter().filter(|f| reachable.contains(&f.name)).cloned().collect();
-    Ok((out, inlined))
+    Ok(out)
 }
 
 /// Whether `f`'s body can be copied into a caller: its only leaves with an
@@ -42,7 +40,6 @@ fn copy_graph(
     dst: &mut Graph,
     args: Option<&[ValueRef]>,
     subst: &BTreeMap<String, Dim>,
-    inlined: &mut usize,
 ) -> Result<HashMap<ValueRef, ValueRef>, String> {
     let instantiate = |t: &TensorType| TensorType::new(t.dtype, t.shape.iter().map(|d| d.substitute(subst)));
     let mut map: HashMap<ValueRef, ValueRef> = HashMap::new();
@@ -69,11 +66,10 @@ fn copy_graph(
             let actual: Vec<&TensorType> = operands.iter().map(|&v| dst.value_type(v)).collect();
             let formal: Vec<TensorType> = f.input_types().into_iter().map(|(_, t)| t.clone()).collect();
             let inner = bind_symbols(&formal, &actual).map_err(|e| format!("inlining @{}: {e}", f.name))?;
-            let body = copy_graph(p, f, dst, Some(&operands), &inner, inlined)?;
+            let body = copy_graph(p, f, dst, Some(&operands), &inner)?;
             for (o, (_, v)) in f.outputs.iter().enumerate() {
                 map.insert(ValueRef { node: n, output: o as u32 }, body[v]);
             }
-            *inlined += 1;
             continue;
         }
         let outputs = node.outputs.iter().map(instantiate).collect();

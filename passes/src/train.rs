@@ -120,7 +120,7 @@ pub fn add_loss(p: &mut Program, terms: &[(String, f64)], table: &VjpTable) -> R
 
 /// Builds the training-step program from a forward program with a `logits` output.
 pub fn training_step(forward: &Program, opts: &StepOptions) -> Result<Program, String> {
-    let mut p = if opts.recompute_calls { forward.clone() } else { crate::inline::inline_calls(forward)?.0 };
+    let mut p = if opts.recompute_calls { forward.clone() } else { crate::inline::inline_calls(forward)? };
     let table = VjpTable::standard();
     let monitors = add_loss(&mut p, &opts.loss_terms, &table)?;
     let grads = add_parameter_gradients(&mut p, "loss", &table)?;

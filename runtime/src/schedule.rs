@@ -96,9 +96,7 @@ impl Schedule {
             other => return Err(format!("unknown schedule `{other}`; use constant, cosine, wsd or inverse-sqrt")),
         })
     }
-}
 
-impl Schedule {
     /// The same schedule with its decay ending `steps` after its start: the
     /// cosine's `decay_end`, the wsd's `total` (its decay keeps its length, or
     /// all steps after warmup when shorter). `None` for schedules without a horizon.
