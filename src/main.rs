@@ -101,9 +101,8 @@ enum Command {
         /// Where batch inference writes `logits` (F32 [B, T, V]).
         #[arg(long, requires = "inputs")]
         out: Option<PathBuf>,
-        /// What runs the model: `llvm` (generated fused kernels; the default when built with `--features llvm`), `cranelift` (the default otherwise) or `interp`.
-        #[arg(long, default_value_t = lsc_runtime::backend::Backend::default().to_string())]
-        backend: String,
+        #[command(flatten)]
+        backend: source::BackendArg,
     },
 }
 
@@ -140,7 +139,7 @@ fn main() -> ExitCode {
             prompt.as_deref(),
             inputs.as_deref(),
             out.as_deref(),
-            &backend,
+            backend.backend,
         ),
     };
     match result {

@@ -54,14 +54,16 @@ pub struct TrainedArgs {
     /// Weights for --model (random init from --seed if absent).
     #[arg(long, requires = "model")]
     pub weights: Option<std::path::PathBuf>,
-    /// What runs the model: `llvm` (generated fused kernels; the default when built with `--features llvm`), `cranelift` (the default otherwise) or `interp`.
-    #[arg(long, default_value_t = lsc_runtime::backend::Backend::default().to_string())]
-    pub backend: String,
+    #[command(flatten)]
+    pub backend: BackendArg,
 }
 
-/// Parses `--backend`.
-pub fn backend(name: &str) -> Result<lsc_runtime::backend::Backend, CliError> {
-    name.parse().map_err(|e: String| CliError::with_fix(e, "pass --backend interp or cranelift"))
+/// `--backend`, the same on every command: one of the backends this build has.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct BackendArg {
+    /// What runs the program (`lsc --help` lists the backends this build has; the first is the default).
+    #[arg(long = "backend", value_enum, default_value_t = lsc_runtime::backend::Backend::default())]
+    pub backend: lsc_runtime::backend::Backend,
 }
 
 /// A model with its parameters and tokenizer.

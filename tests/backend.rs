@@ -12,6 +12,11 @@ use lsc_runtime::backend::{Backend, Executable};
 use lsc_runtime::init;
 use lsc_runtime::numerics::{compare, tolerance};
 
+/// How many generated kernels `exe` launches at the shapes of `inputs`.
+fn kernels(exe: &Executable, inputs: &Tensors<f32>) -> usize {
+    exe.generated_kernels(&exe.bindings_for(inputs).unwrap()).unwrap()
+}
+
 fn same(a: &[(String, Value<f32>)], b: &[(String, Value<f32>)], what: &str) {
     for ((n, x), (_, y)) in a.iter().zip(b) {
         let c = compare(&y.to_f64_vec(), &x.to_f64_vec(), tolerance(DType::F32));
@@ -30,8 +35,8 @@ fn every_model_runs_the_same_on_generated_code() {
         let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
         for backend in Backend::native() {
             let exe = Executable::new(p.clone(), backend).unwrap();
-            assert!(exe.generated_kernels() > 0, "{m}: no generated kernels");
-            let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
+            assert!(kernels(&exe, &inputs) > 0, "{m}: no generated kernels");
+            let got = exe.run(&inputs, &params).unwrap();
             same(&want, &got, &format!("{m} inference on {backend}"));
         }
 
@@ -48,7 +53,7 @@ fn every_model_runs_the_same_on_generated_code() {
         let want = Interpreter::new(&step).unwrap().run(&feed, &params).unwrap();
         for backend in Backend::native() {
             let exe = Executable::new(step.clone(), backend).unwrap();
-            let got = exe.interpreter().unwrap().run(&feed, &params).unwrap();
+            let got = exe.run(&feed, &params).unwrap();
             same(&want, &got, &format!("{m} training step on {backend}"));
         }
     }
@@ -102,8 +107,8 @@ proptest::proptest! {
         let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
         for backend in Backend::native() {
             let exe = Executable::new(p.clone(), backend).unwrap();
-            proptest::prop_assert!(exe.generated_kernels() > 0);
-            let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
+            proptest::prop_assert!(kernels(&exe, &inputs) > 0);
+            let got = exe.run(&inputs, &params).unwrap();
             same(&want, &got, &format!("{choices:?} on {backend}"));
         }
     }
@@ -130,7 +135,7 @@ proptest::proptest! {
         let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
         for backend in Backend::native() {
             let exe = Executable::new(p.clone(), backend).unwrap();
-            let got = exe.interpreter().unwrap().run(&inputs, &params).unwrap();
+            let got = exe.run(&inputs, &params).unwrap();
             same(&want, &got, &format!("{m} at B={bsz}, T={t} on {backend}"));
         }
     }

@@ -9,7 +9,8 @@ use lsc_runtime::{init, weights};
 use std::path::Path;
 
 fn logits(p: &lsc_ir::Program, params: &Tensors<f32>, ids: &Value<f32>) -> Value<f32> {
-    lsc_runtime::generate::logits(p, params, ids).expect("runs")
+    let exe = lsc_runtime::backend::Executable::new(p.clone(), lsc_runtime::backend::Backend::Interp).unwrap();
+    lsc_runtime::generate::logits(&exe, params, ids).expect("runs")
 }
 
 fn golden(model: &str) -> (Tensors<f32>, Value<f32>, Value<f32>) {
@@ -42,9 +43,9 @@ fn generated_code_reproduces_pytorch_golden_logits() {
             let p = lsc_models::build(model, "tiny").unwrap();
             let (params, ids, want) = golden(model);
             let prepared = lsc_runtime::prepare::prepare(&p, &params, backend).unwrap();
-            assert!(prepared.exe.generated_kernels() > 0, "{model}: no generated kernels");
-            let interp = prepared.exe.interpreter().unwrap();
-            let got = lsc_runtime::generate::logits_on(&interp, &prepared.params, &ids).unwrap();
+            let bindings = [("B".to_string(), ids.shape[0] as i64), ("T".to_string(), ids.shape[1] as i64)].into();
+            assert!(prepared.exe.generated_kernels(&bindings).unwrap() > 0, "{model}: no generated kernels");
+            let got = lsc_runtime::generate::logits(&prepared.exe, &prepared.params, &ids).unwrap();
             let c = compare(&got.to_f64_vec(), &want.to_f64_vec(), tolerance(DType::F32));
             assert!(c.ok(), "{model} on {backend}: max |Δ| {} exceeds {}", c.max_abs_diff, c.bound);
         }

@@ -166,7 +166,8 @@ fn decode_matches_full(cfg: &MorConfig) -> f64 {
         "routing must drop some tokens for the test to mean something"
     );
     let want = output(&outs, "logits").to_f64_vec();
-    let mut dec = lsc_runtime::generate::Decoder::new(&step, &params, b).unwrap();
+    let exe = lsc_runtime::backend::Executable::new(step, lsc_runtime::backend::Backend::Interp).unwrap();
+    let mut dec = lsc_runtime::generate::Decoder::on(&exe, &params, b).unwrap();
     let v = 256;
     let mut worst = 0.0f64;
     for pos in 0..t {

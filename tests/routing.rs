@@ -247,8 +247,7 @@ fn routed_mor_runs_on_generated_code_at_several_lengths() {
         let inputs = token_ids(2, t, t as u64);
         let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
         for backend in Backend::native() {
-            let got =
-                Executable::new(q.clone(), backend).unwrap().interpreter().unwrap().run(&inputs, &params).unwrap();
+            let got = Executable::new(q.clone(), backend).unwrap().run(&inputs, &params).unwrap();
             for ((n, x), (_, y)) in want.iter().zip(&got) {
                 let c = compare(&y.to_f64_vec(), &x.to_f64_vec(), tolerance(DType::F32));
                 assert!(c.ok(), "T = {t}, {backend}: {n} differs by {}", c.max_abs_diff);

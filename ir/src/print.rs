@@ -77,6 +77,29 @@ fn write_attr(v: &AttrValue, out: &mut String) {
     }
 }
 
+/// Appends ` {k=v, ...}` for an op with attributes.
+fn write_attrs(op: &Op, out: &mut String) {
+    let attrs = op.attrs();
+    if !attrs.is_empty() {
+        out.push_str(" {");
+        for (i, (k, v)) in attrs.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{k}=");
+            write_attr(v, out);
+        }
+        out.push('}');
+    }
+}
+
+/// An op as `.lsir` spells it: its name and attributes, e.g. `reduce {kind=sum, axes=[1], keep_dims=false}`.
+pub fn op_text(op: &Op) -> String {
+    let mut out = op.name().to_string();
+    write_attrs(op, &mut out);
+    out
+}
+
 fn print_graph(g: &Graph, out: &mut String) -> Result<(), String> {
     let order = g.topo_order().map_err(|n| format!("@{}: node {} is on a cycle", g.name, n.index()))?;
     let ids: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
@@ -99,18 +122,7 @@ fn print_graph(g: &Graph, out: &mut String) -> Result<(), String> {
             let args: Vec<String> = operands.iter().map(|v| vref(*v)).collect();
             let _ = write!(out, "({})", args.join(", "));
         }
-        let attrs = node.op.attrs();
-        if !attrs.is_empty() {
-            out.push_str(" {");
-            for (i, (k, v)) in attrs.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                let _ = write!(out, "{k}=");
-                write_attr(v, out);
-            }
-            out.push('}');
-        }
+        write_attrs(&node.op, out);
         out.push_str(" : ");
         if node.outputs.len() == 1 {
             let _ = write!(out, "{}", node.outputs[0]);

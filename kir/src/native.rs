@@ -77,6 +77,20 @@ impl Compiled {
         Ok(())
     }
 
+    /// Kernel `name`'s entry point with what running it needs, to call
+    /// without looking it up again.
+    pub fn handle(&self, name: &str) -> Option<Handle> {
+        let (f, k) = self.kernels.get(name)?;
+        Some(Handle {
+            f: *f,
+            name: k.name.clone(),
+            lens: k.buffers.iter().map(|b| b.len).collect(),
+            inputs: k.buffers.iter().filter(|b| !b.output).count(),
+            extent: k.outer_extent(),
+            parallel: k.schedule.parallel,
+        })
+    }
+
     /// Runs kernel `name` reading `inputs` and writing `outputs` (in buffer
     /// order), splitting its outer loop between `threads` threads when its
     /// schedule says the loop is parallel.
@@ -87,19 +101,59 @@ impl Compiled {
         outputs: &mut [&mut [f32]],
         threads: usize,
     ) -> Result<(), String> {
-        let lens: Vec<usize> = inputs.iter().map(|b| b.len()).chain(outputs.iter().map(|b| b.len())).collect();
-        let (f, k) = self.checked(name, &lens)?;
-        if k.buffers.iter().take(inputs.len()).any(|b| b.output) {
+        self.handle(name).ok_or_else(|| format!("no compiled kernel `{name}`"))?.run(inputs, outputs, threads)
+    }
+
+    /// Runs kernel `name` over its whole index space.
+    pub fn run(&self, name: &str, bufs: &mut [&mut [f32]]) -> Result<(), String> {
+        let n = self.kernels.get(name).map(|(_, k)| k.outer_extent()).unwrap_or(0);
+        self.run_range(name, bufs, 0, n)
+    }
+}
+
+/// A compiled kernel ready to run: its code and the buffer lengths it was
+/// checked for. Valid while the backend that compiled it lives.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    f: KernelFn,
+    name: String,
+    lens: Vec<u64>,
+    inputs: usize,
+    extent: u64,
+    parallel: bool,
+}
+
+impl Handle {
+    /// Runs the kernel reading `inputs` and writing `outputs` (in buffer
+    /// order, each at least as long as declared), splitting its outer loop
+    /// between `threads` threads when its schedule says the loop is parallel.
+    pub fn run(&self, inputs: &[&[f32]], outputs: &mut [&mut [f32]], threads: usize) -> Result<(), String> {
+        let name = &self.name;
+        if inputs.len() != self.inputs || inputs.len() + outputs.len() != self.lens.len() {
             return Err(format!(
-                "kernel {name} takes its {} inputs first",
-                k.buffers.iter().filter(|b| !b.output).count()
+                "kernel {name} takes {} inputs and {} outputs, got {} and {}",
+                self.inputs,
+                self.lens.len() - self.inputs,
+                inputs.len(),
+                outputs.len()
             ));
+        }
+        let lens = inputs.iter().map(|b| b.len()).chain(outputs.iter().map(|b| b.len()));
+        for (i, (len, &want)) in lens.zip(&self.lens).enumerate() {
+            if (len as u64) < want {
+                return Err(format!("kernel {name}: buffer {i} has {len} elements, needs {want}"));
+            }
         }
         // Inputs are only read: the bounds check refuses kernels that store to them.
         let mut ptrs: Vec<*mut f32> = inputs.iter().map(|b| b.as_ptr() as *mut f32).collect();
         ptrs.extend(outputs.iter_mut().map(|b| b.as_mut_ptr()));
-        let n = k.outer_extent() as i64;
-        let threads = if k.schedule.parallel { threads.clamp(1, n.max(1) as usize) } else { 1 };
+        let (f, n) = (self.f, self.extent as i64);
+        let threads = if self.parallel { threads.clamp(1, n.max(1) as usize) } else { 1 };
+        if threads == 1 {
+            // SAFETY: every access was checked in bounds for the declared lengths, which the slices cover.
+            unsafe { f(ptrs.as_ptr(), 0, n) };
+            return Ok(());
+        }
         let chunk = (n + threads as i64 - 1) / threads as i64;
         let table = Pointers(ptrs);
         std::thread::scope(|s| {
@@ -112,12 +166,6 @@ impl Compiled {
             unsafe { f(table.0.as_ptr(), 0, chunk.min(n)) };
         });
         Ok(())
-    }
-
-    /// Runs kernel `name` over its whole index space.
-    pub fn run(&self, name: &str, bufs: &mut [&mut [f32]]) -> Result<(), String> {
-        let n = self.kernels.get(name).map(|(_, k)| k.outer_extent()).unwrap_or(0);
-        self.run_range(name, bufs, 0, n)
     }
 }
 

@@ -11,7 +11,7 @@
 //! | [`inline`] | `main`'s calls replaced by their callees' bodies (the training step keeps forward values) |
 //! | [`specialize`] | functions specialised on the constant arguments all their calls pass |
 //! | [`dce`] | dead-code elimination |
-//! | [`memory`] | buffer slots for kernel outputs, reused by liveness; peak bytes |
+//! | [`plan`] | compiled programs: launches over a planned arena, at bound shapes |
 //! | [`partition`] | the optimised graph grouped into kernels (fused elementwise chains, library ops) |
 //! | [`hoist`] | parameter-only work split out, computed once per set of weights |
 //! | [`stats`] | op histograms, primitive checks, parameter counts |
@@ -22,8 +22,8 @@ pub mod autodiff;
 pub mod dce;
 pub mod hoist;
 pub mod inline;
-pub mod memory;
 pub mod partition;
+pub mod plan;
 pub mod routing;
 pub mod saturate;
 pub mod specialize;

@@ -198,9 +198,10 @@ fn bandwidth(threads: usize) -> f64 {
     best
 }
 
-/// The interpreter's fixed cost per op: one-op programs, median of many runs.
+/// The executor's fixed cost per launch: a one-op program on the default
+/// backend, median of many runs.
 fn launch() -> f64 {
-    use lsc_interp::{Interpreter, Tensors, Value};
+    use lsc_interp::Value;
     use lsc_ir::{DType, Graph, Op, Program, TensorType, ValueRef};
     let mut g = Graph::new("main");
     let t = TensorType::new(DType::F32, [lsc_ir::Dim::new(1)]);
@@ -208,12 +209,16 @@ fn launch() -> f64 {
     let y = ValueRef::first(g.add_node(Op::Unary(lsc_ir::UnaryOp::Neg), &[x], vec![t]));
     g.outputs = vec![("y".into(), y)];
     let p = Program { main: g, ..Program::new() };
-    let Ok(interp) = Interpreter::new(&p) else { return Machine::default().launch };
-    let inputs: Tensors<f32> = [("x".to_string(), Value::floats(vec![1], vec![1.0]))].into();
+    let loaded = crate::backend::Executable::new(p, crate::backend::Backend::default())
+        .and_then(|exe| exe.load(&Default::default()));
+    let Ok(mut loaded) = loaded else { return Machine::default().launch };
+    if loaded.set("x", &Value::floats(vec![1], vec![1.0])).is_err() {
+        return Machine::default().launch;
+    }
     let mut times: Vec<f64> = (0..2001)
         .map(|_| {
             let start = Instant::now();
-            std::hint::black_box(interp.run(&inputs, &Tensors::new()).ok());
+            std::hint::black_box(loaded.run().ok());
             start.elapsed().as_secs_f64()
         })
         .collect();

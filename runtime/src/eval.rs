@@ -1,10 +1,10 @@
 //! Evaluation: mean negative log-likelihood per token over non-overlapping
 //! windows of the model's context.
 
-use crate::backend::Executable;
+use crate::backend::{Executable, Loaded};
 use crate::error::RuntimeError;
-use crate::generate::logits_on;
 use lsc_interp::{Tensors, Value};
+use std::collections::hash_map::{Entry, HashMap};
 
 /// Mean NLL (nats per token) and how many tokens it averages.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -36,7 +36,8 @@ pub fn mean_nll(
     // Window i covers inputs [i·w, i·w + w) and targets shifted by one; the last
     // window may be shorter so that every token but the first is predicted once.
     let starts: Vec<usize> = (0..tokens.len() - 1).step_by(window).take(max_windows.unwrap_or(usize::MAX)).collect();
-    let interp = exe.interpreter()?;
+    // The program loaded once per batch shape (full windows, and a short last one).
+    let mut loaded: HashMap<(usize, usize), Box<dyn Loaded>> = HashMap::new();
     let mut total = 0.0f64;
     let mut count = 0usize;
     for group in starts.chunks(batch.max(1)) {
@@ -48,7 +49,14 @@ pub fn mean_nll(
             let same: Vec<usize> = group[i..].iter().copied().take_while(|&s| len_of(s) == len).collect();
             i += same.len();
             let ids: Vec<i64> = same.iter().flat_map(|&s| tokens[s..s + len].iter().map(|&b| b as i64)).collect();
-            let out = logits_on(&interp, params, &Value::ints(vec![same.len(), len], ids))?;
+            let key = (same.len(), len);
+            let l = match loaded.entry(key) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(exe.load_with(key.0, key.1, params)?),
+            };
+            l.set("input_ids", &Value::ints(vec![same.len(), len], ids))?;
+            l.run()?;
+            let out = l.output("logits")?;
             let v = *out.shape.last().unwrap_or(&0);
             let data = out.as_floats().ok_or_else(|| RuntimeError::Input("logits are not floats".into()))?;
             for (row, &s) in same.iter().enumerate() {

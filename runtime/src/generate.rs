@@ -1,23 +1,17 @@
 //! Inference helpers: byte prompts, logits, next-token distributions.
 
-use crate::backend::Executable;
+use crate::backend::{Executable, Loaded};
 use crate::error::RuntimeError;
-use lsc_interp::{Buffer, Interpreter, Tensors, Value};
+use lsc_interp::{Buffer, Tensors, Value};
 use lsc_ir::{DType, Op, Program};
+use std::collections::HashMap;
 
 /// Runs a language-model program on a batch of token ids `[B][T]` and returns
 /// the `logits` output `[B, T, V]`.
-pub fn logits(program: &Program, params: &Tensors<f32>, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
-    let interp = Interpreter::new(program).map_err(|e| RuntimeError::Input(format!("invalid program: {e}")))?;
-    logits_on(&interp, params, ids)
-}
-
-/// [`logits`] on an interpreter already set up (e.g. with generated kernels).
-pub fn logits_on(interp: &Interpreter, params: &Tensors<f32>, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
-    let mut inputs = Tensors::new();
-    inputs.insert("input_ids".to_string(), ids.clone());
-    let outs = interp.run(&inputs, params)?;
-    outs.into_iter()
+pub fn logits(exe: &Executable, params: &Tensors<f32>, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
+    let inputs = Tensors::from([("input_ids".to_string(), ids.clone())]);
+    exe.run(&inputs, params)?
+        .into_iter()
         .find(|(n, _)| n == "logits")
         .map(|(_, v)| v)
         .ok_or_else(|| RuntimeError::Input("the program has no `logits` output".into()))
@@ -49,7 +43,7 @@ pub fn top_next(
         )));
     }
     let ids = Value::ints(vec![1, prompt.len()], prompt.iter().map(|&b| b as i64).collect());
-    let out = logits_on(&exe.interpreter()?, params, &ids)?;
+    let out = logits(exe, params, &ids)?;
     let v = *out.shape.last().unwrap_or(&0);
     let data = out.as_floats().ok_or_else(|| RuntimeError::Input("logits are not floats".into()))?;
     let last = &data[data.len() - v..];
@@ -96,39 +90,34 @@ fn zero_state(program: &Program, batch: usize) -> Result<Tensors<f32>, RuntimeEr
     Ok(state)
 }
 
-/// Incremental decoding over a decode graph (see `lsc_models::decode`): holds
-/// the caches between calls and the position of the next token.
+/// Incremental decoding over a decode graph (see `lsc_models::decode`): the
+/// caches stay where the backend keeps them between calls, as the decode
+/// program's inputs, each run's updated caches fed back into them.
 pub struct Decoder<'p> {
-    interp: Interpreter<'p>,
-    program: &'p Program,
+    exe: &'p Executable,
     params: &'p Tensors<f32>,
     batch: usize,
-    state: Tensors<f32>,
+    /// The program loaded per number of new tokens, and which of them holds the caches now.
+    loaded: HashMap<usize, Box<dyn Loaded>>,
+    current: Option<usize>,
+    caches: Vec<String>,
     pos: i64,
     capacity: Option<i64>,
 }
 
 impl<'p> Decoder<'p> {
-    /// Zero-filled caches for a batch of `batch` sequences.
-    pub fn new(program: &'p Program, params: &'p Tensors<f32>, batch: usize) -> Result<Decoder<'p>, RuntimeError> {
-        let interp = Interpreter::new(program).map_err(|e| RuntimeError::Input(format!("invalid program: {e}")))?;
-        Decoder::with_interpreter(interp, program, params, batch)
-    }
-
-    /// A decoder whose program runs on `exe`'s backend.
+    /// A decoder of `batch` sequences on `exe`'s backend, with zero-filled caches.
     pub fn on(exe: &'p Executable, params: &'p Tensors<f32>, batch: usize) -> Result<Decoder<'p>, RuntimeError> {
-        Decoder::with_interpreter(exe.interpreter()?, exe.program(), params, batch)
-    }
-
-    fn with_interpreter(
-        interp: Interpreter<'p>,
-        program: &'p Program,
-        params: &'p Tensors<f32>,
-        batch: usize,
-    ) -> Result<Decoder<'p>, RuntimeError> {
-        let state = zero_state(program, batch)?;
+        let program = exe.program();
+        let caches = program
+            .main
+            .input_types()
+            .into_iter()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| n != "input_ids" && n != "pos")
+            .collect();
         let capacity = position_capacity(program, params);
-        Ok(Decoder { interp, program, params, batch, state, pos: 0, capacity })
+        Ok(Decoder { exe, params, batch, loaded: HashMap::new(), current: None, caches, pos: 0, capacity })
     }
 
     /// Position of the next token.
@@ -136,13 +125,34 @@ impl<'p> Decoder<'p> {
         self.pos
     }
 
+    /// The program loaded for `len` new tokens, holding the current caches.
+    fn loaded_for(&mut self, len: usize) -> Result<&mut Box<dyn Loaded>, RuntimeError> {
+        if !self.loaded.contains_key(&len) {
+            self.loaded.insert(len, self.exe.load_with(self.batch, len, self.params)?);
+        }
+        let caches: Tensors<f32> = match self.current {
+            Some(prev) if prev == len => Tensors::new(),
+            Some(prev) => {
+                let from = &self.loaded[&prev];
+                self.caches.iter().map(|n| Ok((n.clone(), from.get(n)?))).collect::<Result<_, RuntimeError>>()?
+            }
+            None => zero_state(self.exe.program(), self.batch)?,
+        };
+        let l = self.loaded.get_mut(&len).expect("loaded above");
+        for (n, v) in &caches {
+            l.set(n, v)?;
+        }
+        self.current = Some(len);
+        Ok(l)
+    }
+
     /// Feeds new tokens `[B, T]`; returns their logits `[B, T, V]` and advances.
     pub fn feed(&mut self, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
-        let len = ids.shape.get(1).copied().unwrap_or(0) as i64;
+        let len = ids.shape.get(1).copied().unwrap_or(0);
         // Checked before running: the run updates the caches in place, so a
         // step that fails halfway cannot give them back.
         if let Some(capacity) = self.capacity {
-            if self.pos + len > capacity {
+            if self.pos + len as i64 > capacity {
                 return Err(RuntimeError::Input(format!(
                     "decoding {len} more token(s) at position {} goes beyond the model's {capacity} positions; \
                      start a new sequence or use a config with a longer context",
@@ -150,27 +160,35 @@ impl<'p> Decoder<'p> {
                 )));
             }
         }
-        let mut inputs = std::mem::take(&mut self.state);
-        inputs.insert("input_ids".into(), ids.clone());
-        inputs.insert("pos".into(), Value::ints(vec![], vec![self.pos]));
-        let outs = match self.interp.run_owned(inputs, self.params) {
-            Ok(o) => o,
-            Err(e) => {
-                // The caches went with the failed run: start again from empty ones.
-                self.state = zero_state(self.program, self.batch)?;
-                self.pos = 0;
-                return Err(RuntimeError::Input(format!("{e} (the decoder was reset to an empty sequence)")));
+        if ids.shape.first() != Some(&self.batch) {
+            return Err(RuntimeError::Input(format!(
+                "the decoder holds {} sequences; got tokens of shape {:?}",
+                self.batch, ids.shape
+            )));
+        }
+        let pos = self.pos;
+        let caches = self.caches.clone();
+        let step = |l: &mut Box<dyn Loaded>| -> Result<Value<f32>, RuntimeError> {
+            l.set("input_ids", ids)?;
+            l.set("pos", &Value::ints(vec![], vec![pos]))?;
+            l.run()?;
+            for c in &caches {
+                l.feed_back(c, c)?;
             }
+            l.output("logits")
         };
-        let mut logits = None;
-        for (name, v) in outs {
-            if name == "logits" {
-                logits = Some(v);
-            } else {
-                self.state.insert(name, v);
+        let result = self.loaded_for(len).and_then(step);
+        match result {
+            Ok(logits) => {
+                self.pos += len as i64;
+                Ok(logits)
+            }
+            Err(e) => {
+                // The caches may be half updated: start again from empty ones.
+                self.current = None;
+                self.pos = 0;
+                Err(RuntimeError::Input(format!("{e} (the decoder was reset to an empty sequence)")))
             }
         }
-        self.pos += len;
-        logits.ok_or_else(|| RuntimeError::Input("the decode program has no `logits` output".into()))
     }
 }

@@ -4,8 +4,9 @@
 //! | module | contents |
 //! |---|---|
 //! | [`allocator`] | keeps freed tensor memory in the process (no page faults per step) |
-//! | [`backend`] | interpreter or generated code (Cranelift, LLVM) for a program |
-//! | [`accelerate`] | the interpreter's hook running fused kernels on a native backend |
+//! | [`backend`] | the registry of backends, and programs loaded on one at fixed shapes |
+//! | [`exec`] | the executor of compiled plans: memory once, launches in order |
+//! | [`target`] | where plans run: memory, kernels and library ops (the host CPU) |
 //! | [`calibrate`] | FMA peak, bandwidth and op cost of this machine for the cost model |
 //! | [`data`] | byte-token text splits |
 //! | [`eval`] | mean NLL over non-overlapping context windows |
@@ -20,7 +21,6 @@
 
 #![warn(missing_docs)]
 
-pub mod accelerate;
 pub mod allocator;
 pub mod backend;
 pub mod calibrate;
@@ -28,6 +28,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod exec;
 pub mod generate;
 pub mod init;
 pub mod ngram;
@@ -35,6 +36,7 @@ pub mod numerics;
 pub mod prepare;
 pub mod quant;
 pub mod schedule;
+pub mod target;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

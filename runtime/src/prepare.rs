@@ -5,7 +5,7 @@
 
 use crate::backend::{Backend, Executable};
 use crate::RuntimeError;
-use lsc_interp::{Interpreter, Tensors, Value};
+use lsc_interp::{Tensors, Value};
 use lsc_ir::Program;
 
 /// Saturates `program` for inference (it is never differentiated).
@@ -29,9 +29,7 @@ pub fn bind_weights(program: &Program, params: &Tensors<f32>, backend: Backend) 
     let Some(split) = lsc_passes::hoist::hoist_parameter_work(program).map_err(RuntimeError::Input)? else {
         return Ok(Prepared { exe: Executable::new(program.clone(), backend)?, params: params.clone() });
     };
-    let interp =
-        Interpreter::new(&split.prologue).map_err(|e| RuntimeError::Input(format!("invalid prologue: {e}")))?;
-    let hoisted: Vec<(String, Value<f32>)> = interp.run(&Tensors::new(), params)?;
+    let hoisted: Vec<(String, Value<f32>)> = Executable::new(split.prologue, backend)?.run(&Tensors::new(), params)?;
     let mut all = params.clone();
     all.extend(hoisted);
     Ok(Prepared { exe: Executable::new(split.main, backend)?, params: all })

@@ -3,6 +3,7 @@
 //! Everything that affects the next step is in a [`Checkpoint`], so a resumed
 //! run continues bit for bit.
 
+use crate::backend::Loaded;
 use crate::checkpoint::{zero_state, Checkpoint, CheckpointMeta};
 use crate::data::Sampler;
 use crate::error::RuntimeError;
@@ -89,23 +90,23 @@ pub struct StepStats {
     pub monitors: Vec<(String, Vec<f64>)>,
 }
 
-/// The training state.
+/// The training state: the step program loaded on its backend, where the
+/// parameters and optimizer state stay between steps.
 pub struct Trainer {
     /// The configuration.
     pub cfg: TrainConfig,
     step_program: crate::backend::Executable,
-    /// Parameters.
-    pub params: Tensors<f32>,
-    /// Optimizer state.
-    pub state: Tensors<f32>,
+    loaded: Box<dyn Loaded>,
+    param_names: Vec<String>,
+    state_names: Vec<String>,
     /// Steps taken.
     pub step: u64,
     /// Where the current schedule began.
     pub schedule_start: u64,
     sampler: Sampler,
     optimizer: Optimizer,
-    /// With [`Trainer::enable_profile`]: `(op, calls, seconds)` of the last step, slowest first.
-    pub profile: Option<Vec<(String, usize, f64)>>,
+    /// Steps taken since [`Trainer::enable_profile`].
+    profiled_steps: u64,
 }
 
 impl Trainer {
@@ -151,16 +152,38 @@ impl Trainer {
             lsc_passes::train::training_step(forward, &opts).map_err(RuntimeError::Input)?
         };
         let step_program = crate::backend::Executable::new(step_program, cfg.backend)?;
+        let mut loaded = step_program.load_with(cfg.batch, cfg.seq, &params)?;
+        for (name, v) in &state {
+            loaded.set(name, v)?;
+        }
+        let param_names = params.keys().cloned().collect();
+        let state_names = state.keys().cloned().collect();
         let sampler = Sampler::new(cfg.seed ^ 0xda7a);
-        let mut t =
-            Trainer { cfg, step_program, params, state, step, schedule_start, sampler, optimizer, profile: None };
+        let mut t = Trainer {
+            cfg,
+            step_program,
+            loaded,
+            param_names,
+            state_names,
+            step,
+            schedule_start,
+            sampler,
+            optimizer,
+            profiled_steps: 0,
+        };
         t.sampler.skip(draws, t.cfg.batch);
         Ok(t)
     }
 
-    /// Records the time per op kind of each step in [`Trainer::profile`].
+    /// Records the time per op kind of every later step (see [`Trainer::profile`]).
     pub fn enable_profile(&mut self) {
-        self.profile = Some(Vec::new());
+        self.loaded.enable_profile();
+    }
+
+    /// `(op, calls, seconds)` per step since [`Trainer::enable_profile`], slowest first.
+    pub fn profile(&self) -> Vec<(String, usize, f64)> {
+        let steps = self.profiled_steps.max(1);
+        self.loaded.profile().into_iter().map(|(op, n, t)| (op, n / steps as usize, t / steps as f64)).collect()
     }
 
     /// The training-step program (for inspection and `lsc compile --train`).
@@ -168,9 +191,19 @@ impl Trainer {
         self.step_program.program()
     }
 
-    /// How many fused kernels of the step run as generated code.
+    /// How many generated kernels a step launches.
     pub fn generated_kernels(&self) -> usize {
-        self.step_program.generated_kernels()
+        self.loaded.plan().map_or(0, |p| p.kernel_count())
+    }
+
+    /// The current parameters.
+    pub fn params(&self) -> Result<Tensors<f32>, RuntimeError> {
+        self.param_names.iter().map(|n| Ok((n.clone(), self.loaded.get(n)?))).collect()
+    }
+
+    /// The current optimizer state.
+    pub fn state(&self) -> Result<Tensors<f32>, RuntimeError> {
+        self.state_names.iter().map(|n| Ok((n.clone(), self.loaded.get(n)?))).collect()
     }
 
     /// The learning rate of the next step.
@@ -184,25 +217,18 @@ impl Trainer {
         let (b, t) = (self.cfg.batch, self.cfg.seq);
         let (ids, targets) = self.sampler.next(tokens, b, t)?;
         let lr = self.lr();
-        let mut inputs = self.state.clone();
-        inputs.insert("input_ids".into(), Value::ints(vec![b, t], ids));
-        inputs.insert("targets".into(), Value::ints(vec![b, t], targets));
-        inputs.insert("lr".into(), Value::floats(vec![], vec![lr as f32]));
+        let l = self.loaded.as_mut();
+        l.set("input_ids", &Value::ints(vec![b, t], ids))?;
+        l.set("targets", &Value::ints(vec![b, t], targets))?;
+        l.set("lr", &Value::floats(vec![], vec![lr as f32]))?;
         if let Optimizer::AdamW { beta1, beta2, .. } = self.optimizer {
             let n = (self.step + 1) as i32;
-            inputs.insert("adam.bc1".into(), Value::floats(vec![], vec![(1.0 - beta1.powi(n)) as f32]));
-            inputs.insert("adam.bc2".into(), Value::floats(vec![], vec![(1.0 - beta2.powi(n)) as f32]));
+            l.set("adam.bc1", &Value::floats(vec![], vec![(1.0 - beta1.powi(n)) as f32]))?;
+            l.set("adam.bc2", &Value::floats(vec![], vec![(1.0 - beta2.powi(n)) as f32]))?;
         }
-        let mut interp = self.step_program.interpreter()?;
-        if self.profile.is_some() {
-            interp = interp.with_profiling();
-        }
-        let outs = interp.run(&inputs, &self.params)?;
-        if self.profile.is_some() {
-            self.profile = Some(interp.profile().into_iter().map(|(op, n, t)| (op.to_string(), n, t)).collect());
-        }
-        let scalar =
-            |name: &str| outs.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_f64_vec()[0]).unwrap_or(f64::NAN);
+        l.run()?;
+        self.profiled_steps += 1;
+        let scalar = |name: &str| l.output(name).map(|v| v.to_f64_vec()[0]).unwrap_or(f64::NAN);
         let (loss, lm_loss, grad_norm) = (scalar("loss"), scalar("lm_loss"), scalar("grad_norm"));
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Err(RuntimeError::Input(format!(
@@ -211,13 +237,13 @@ impl Trainer {
             )));
         }
         let mut monitors = Vec::new();
-        for (name, v) in outs {
+        for name in l.output_names() {
             if let Some(p) = name.strip_prefix("param.") {
-                self.params.insert(p.to_string(), v);
-            } else if let Some(slot) = self.state.get_mut(&name) {
-                *slot = v;
+                l.feed_back(&name, p)?;
+            } else if self.state_names.contains(&name) {
+                l.feed_back(&name, &name)?;
             } else if !matches!(name.as_str(), "loss" | "lm_loss" | "grad_norm") {
-                monitors.push((name, v.to_f64_vec()));
+                monitors.push((name.clone(), l.output(&name)?.to_f64_vec()));
             }
         }
         self.step += 1;
@@ -225,11 +251,11 @@ impl Trainer {
     }
 
     /// The checkpoint of the current state (with the BPE tokenizer's JSON, if any).
-    pub fn checkpoint(&self, tokenizer: Option<String>) -> Checkpoint {
-        Checkpoint {
+    pub fn checkpoint(&self, tokenizer: Option<String>) -> Result<Checkpoint, RuntimeError> {
+        Ok(Checkpoint {
             tokenizer,
-            params: self.params.clone(),
-            state: self.state.clone(),
+            params: self.params()?,
+            state: self.state()?,
             meta: CheckpointMeta {
                 step: self.step,
                 schedule_start: self.schedule_start,
@@ -237,6 +263,6 @@ impl Trainer {
                 train: serde_json::to_value(&self.cfg).unwrap_or_default(),
                 lsc_version: env!("CARGO_PKG_VERSION").to_string(),
             },
-        }
+        })
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Artifacts `--emit` accepts today.
-const EMIT_KINDS: [&str; 9] = ["ir", "opt-ir", "egraph-stats", "kernels", "kir", "clif", "ll", "asm", "obj"];
+const EMIT_KINDS: [&str; 10] = ["ir", "opt-ir", "egraph-stats", "plan", "kernels", "kir", "clif", "ll", "asm", "obj"];
 
 fn describe(name: &str, t: &TensorType) -> Value {
     json!({ "name": name, "dtype": t.dtype.name(), "shape": t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>() })
@@ -74,7 +74,7 @@ pub struct Bounds {
     /// Where the kernels run.
     #[arg(long, value_enum, default_value = "cpu")]
     pub target: Target,
-    /// Shape symbols for `--emit kir,clif`, e.g. `B=8,T=256` (default: B=1 and the model's context).
+    /// Shape symbols for `--emit plan,kir,clif`, e.g. `B=8,T=256` (default: B=1 and the model's context).
     #[arg(long, value_delimiter = ',')]
     pub bind: Vec<String>,
     /// Stop saturating a graph beyond this many e-nodes.
@@ -165,10 +165,9 @@ pub fn run(
         files.push(file);
     }
     let mut kernel_manifest = None;
-    if emit
-        .iter()
-        .any(|e| matches!(e.as_str(), "opt-ir" | "egraph-stats" | "kernels" | "kir" | "clif" | "ll" | "asm" | "obj"))
-    {
+    if emit.iter().any(|e| {
+        matches!(e.as_str(), "opt-ir" | "egraph-stats" | "plan" | "kernels" | "kir" | "clif" | "ll" | "asm" | "obj")
+    }) {
         // What `compile` emits runs as is (it is never differentiated again).
         let (machine, machine_source) = lsc_runtime::calibrate::machine()?;
         let cfg = lsc_passes::saturate::Config {
@@ -197,7 +196,7 @@ pub fn run(
             write(&file, lsc_ir::print_program(&opt).map_err(CliError::new)?.as_bytes())?;
             files.push(file);
         }
-        if emit.iter().any(|e| matches!(e.as_str(), "kernels" | "kir" | "clif" | "ll" | "asm" | "obj")) {
+        if emit.iter().any(|e| matches!(e.as_str(), "plan" | "kernels" | "kir" | "clif" | "ll" | "asm" | "obj")) {
             let mut bindings = super::kernels::parse_bindings(&bounds.bind)?;
             if let Some(t) = src.max_len {
                 bindings.entry("T".into()).or_insert(t as i64);
@@ -209,20 +208,14 @@ pub fn run(
             for (backend, t) in artifacts.manifest["codegen_seconds"].as_object().into_iter().flatten() {
                 println!("{backend}: {n} kernels compiled in {:.3}s", t.as_f64().unwrap_or(0.0));
             }
-            let plans = artifacts.manifest["memory"].as_object().cloned().unwrap_or_default();
-            // `main` first, then the functions (planned at the largest shapes their calls pass).
-            let mut names: Vec<&String> = plans.keys().collect();
-            names.sort_by_key(|n| (*n != "main", (*n).clone()));
-            for name in names {
-                let plan = &plans[name];
-                if let (Some(peak), Some(unshared)) = (plan["peak_bytes"].as_u64(), plan["unshared_bytes"].as_u64()) {
-                    println!(
-                        "memory plan (@{name}, {}): {:.2} MiB of intermediates at peak ({:.2} MiB without reuse)",
-                        plan["bindings"],
-                        peak as f64 / (1 << 20) as f64,
-                        unshared as f64 / (1 << 20) as f64
-                    );
-                }
+            let memory = &artifacts.manifest["memory"];
+            if let (Some(arena), Some(unshared)) = (memory["arena_bytes"].as_u64(), memory["unshared_bytes"].as_u64()) {
+                println!(
+                    "plan at {}: an arena of {:.2} MiB ({:.2} MiB without reuse)",
+                    artifacts.manifest["bindings"],
+                    arena as f64 / (1 << 20) as f64,
+                    unshared as f64 / (1 << 20) as f64
+                );
             }
             kernel_manifest = Some(artifacts.manifest);
         }

@@ -1,16 +1,19 @@
-//! `lsc compile --emit kernels,kir,clif,ll,asm`: the optimised program
-//! partitioned into kernels (launch order), the kernel IR of its fused
-//! kernels at the bound shapes, and their Cranelift IR, LLVM IR and assembly.
+//! `lsc compile --emit plan,kernels,kir,clif,ll,asm,obj`: the optimised
+//! program compiled into a plan at the bound shapes (its launches over a
+//! planned arena), the kernel IR of its generated kernels, and their
+//! Cranelift IR, LLVM IR, assembly and object file.
 
 use crate::error::{CliError, CliResult};
 use lsc_kir::lower::lower_elementwise;
 use lsc_kir::native::NativeCompiler;
 use std::collections::BTreeMap;
 
-/// The vector width of the kernel IR listing (Cranelift's, the default backend's).
-const DEFAULT_VECTOR_WIDTH: u32 = 4;
 use lsc_ir::{Bindings, Program};
+use lsc_passes::plan::{Launch, Plan};
 use serde_json::{json, Value};
+
+/// The vector width of the kernel IR listing (Cranelift's).
+const DEFAULT_VECTOR_WIDTH: u32 = 4;
 
 /// Parses `B=8,T=256`.
 pub fn parse_bindings(specs: &[String]) -> Result<Bindings, CliError> {
@@ -33,7 +36,9 @@ pub fn parse_bindings(specs: &[String]) -> Result<Bindings, CliError> {
 pub struct Artifacts {
     /// `kernels` section of the manifest.
     pub manifest: Value,
-    /// The partition, one kernel per line.
+    /// The compiled plan (`--emit plan`).
+    pub plan: String,
+    /// The launches, one per line.
     pub kernels: String,
     /// Kernel IR of the fused kernels.
     pub kir: String,
@@ -64,58 +69,30 @@ pub fn backends(emit: &[String]) -> Result<Vec<NamedBackend>, CliError> {
     Ok(out)
 }
 
-/// Partitions every graph of `p`, lowers its fused kernels at `bindings` and
-/// compiles them with each of `backends`.
-pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) -> Result<Artifacts, CliError> {
-    let (mut list, mut kernels, mut kir) = (Vec::new(), String::new(), String::new());
-    let mut code: BTreeMap<&'static str, String> = BTreeMap::new();
-    let mut memory = serde_json::Map::new();
-    let mut seconds = vec![0.0; backends.len()];
-    // Each backend's kernels, as it compiled them (for object files).
-    let mut compiled: Vec<Vec<lsc_kir::Kernel>> = vec![Vec::new(); backends.len()];
-    let mut bindings = bindings.clone();
-    // MoR's capacities and the like follow from the bound symbols.
-    let _ = lsc_ir::DerivedSymbol::bind_all(&p.symbols, &mut bindings);
-    let bindings = &bindings;
-    // As `Executable` runs it: each kernel reads broadcasts from their source.
-    let p = &lsc_passes::partition::unshare_broadcasts(p);
-    // Functions are planned (and their kernels shown) at the largest shapes any call passes.
-    let bounds = lsc_passes::memory::upper_bounds(p, bindings).map_err(CliError::new)?;
-    for g in p.graphs() {
-        let bindings = bounds.get(&g.name).unwrap_or(bindings);
-        let parts = lsc_passes::partition::partition(g).map_err(CliError::new)?;
-        memory.insert(
-            g.name.clone(),
-            match lsc_passes::memory::plan(g, &parts, bindings) {
-                Ok(plan) => json!({
-                    "bindings": bindings,
-                    "peak_bytes": plan.peak_bytes,
-                    "unshared_bytes": plan.unshared_bytes,
-                    "slots": plan.slots.len(),
-                    "values": plan.assignment.len(),
-                }),
-                Err(why) => json!({ "unplanned": why }),
-            },
-        );
-        for (i, part) in parts.iter().enumerate() {
-            let name = format!("{}_k{i}", g.name);
-            let ops: Vec<&str> = part.nodes.iter().map(|&n| g.node(n).op.name()).collect();
-            let mut entry = json!({ "graph": g.name, "name": name, "ops": ops });
-            // The kernel IR listing has the default backend's schedule; each backend compiles
-            // the kernel lowered with its own vector width.
-            let group = part.elementwise.then(|| lsc_passes::partition::to_group(g, part, bindings, &name));
-            let lowered = group.as_ref().map(|r| {
-                r.as_ref().map_err(Clone::clone).and_then(|(group, _)| lower_elementwise(group, DEFAULT_VECTOR_WIDTH))
-            });
-            let kind = match lowered {
-                None => "library".to_string(),
-                Some(Err(why)) => format!("library (not lowered: {why})"),
-                Some(Ok(k)) => {
-                    kir.push_str(&lsc_kir::print::print(&k));
-                    kir.push('\n');
-                    let group = &group.as_ref().and_then(|r| r.as_ref().ok()).expect("lowered from a group").0;
+/// The listings being collected while walking a plan.
+struct Listing<'b> {
+    backends: &'b mut [NamedBackend],
+    seconds: Vec<f64>,
+    compiled: Vec<Vec<lsc_kir::Kernel>>,
+    launches: Vec<Value>,
+    kernels: String,
+    kir: String,
+    code: BTreeMap<&'static str, String>,
+}
+
+impl Listing<'_> {
+    /// Lists (and compiles) every launch of `plan`, regions' plans after their launch.
+    fn walk(&mut self, plan: &Plan) -> CliResult {
+        for l in plan.load.iter().chain(&plan.launches) {
+            let o = l.origin();
+            let mut entry = json!({ "graph": o.graph, "node": o.node, "op": o.op });
+            match l {
+                Launch::Kernel { group, .. } => {
+                    let k = lower_elementwise(group, DEFAULT_VECTOR_WIDTH).map_err(CliError::new)?;
+                    self.kir.push_str(&lsc_kir::print::print(&k));
+                    self.kir.push('\n');
                     for (((_, backend), secs), done) in
-                        backends.iter_mut().zip(seconds.iter_mut()).zip(compiled.iter_mut())
+                        self.backends.iter_mut().zip(self.seconds.iter_mut()).zip(self.compiled.iter_mut())
                     {
                         let start = std::time::Instant::now();
                         let own = match backend.vector_width() {
@@ -125,10 +102,18 @@ pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) 
                         backend.compile(&own).map_err(CliError::new)?;
                         *secs += start.elapsed().as_secs_f64();
                         done.push(own);
-                        for (ext, text) in backend.listings(&name) {
-                            code.entry(ext).or_default().push_str(&format!("; kernel @{name}\n{text}\n"));
+                        for (ext, text) in backend.listings(&group.name) {
+                            self.code.entry(ext).or_default().push_str(&format!("; kernel @{}\n{text}\n", group.name));
                         }
                     }
+                    self.kernels.push_str(&format!(
+                        "@{}: generated, {} values ({} outputs)\n",
+                        group.name,
+                        group.nodes.len(),
+                        group.outputs.len()
+                    ));
+                    entry["kind"] = json!("generated");
+                    entry["name"] = json!(group.name);
                     entry["schedule"] = json!({
                         "parallel_outer_loop": k.schedule.parallel,
                         "vector_width": k.schedule.vector_width,
@@ -139,15 +124,49 @@ pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) 
                         .iter()
                         .map(|b| json!({"name": b.name, "elements": b.len, "output": b.output}))
                         .collect::<Vec<_>>());
-                    "elementwise".to_string()
                 }
-            };
-            kernels.push_str(&format!("@{name}: {kind}: {}\n", ops.join(" → ")));
-            entry["kind"] = json!(kind);
-            list.push(entry);
+                Launch::Op { .. } | Launch::InPlace { .. } => {
+                    self.kernels.push_str(&format!("@{} %{}: library: {}\n", o.graph, o.node, o.op));
+                    entry["kind"] = json!("library");
+                }
+                Launch::Loop { body, .. } => {
+                    self.kernels.push_str(&format!("@{} %{}: region: loop\n", o.graph, o.node));
+                    entry["kind"] = json!("region");
+                    self.launches.push(entry);
+                    self.walk(body)?;
+                    continue;
+                }
+                Launch::Routed { region, .. } => {
+                    self.kernels.push_str(&format!("@{} %{}: region: routed_call\n", o.graph, o.node));
+                    entry["kind"] = json!("region");
+                    self.launches.push(entry);
+                    self.walk(&region.bound)?;
+                    continue;
+                }
+            }
+            self.launches.push(entry);
         }
+        Ok(())
     }
-    let fused = list.iter().filter(|e| e["kind"] == "elementwise").count();
+}
+
+/// Compiles `p` into a plan at `bindings`, lists its launches and the
+/// kernel IR of its generated kernels, and compiles them with each of `backends`.
+pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) -> Result<Artifacts, CliError> {
+    let plan = lsc_passes::plan::build(p, bindings).map_err(CliError::new)?;
+    let n = backends.len();
+    let mut listing = Listing {
+        backends: &mut backends,
+        seconds: vec![0.0; n],
+        compiled: vec![Vec::new(); n],
+        launches: Vec::new(),
+        kernels: String::new(),
+        kir: String::new(),
+        code: BTreeMap::new(),
+    };
+    listing.walk(&plan)?;
+    let Listing { seconds, compiled, launches, kernels, kir, code, .. } = listing;
+    let fused = plan.kernel_count();
     let object = backends
         .iter()
         .zip(&compiled)
@@ -156,12 +175,13 @@ pub fn build(p: &Program, bindings: &Bindings, mut backends: Vec<NamedBackend>) 
         .map_err(CliError::new)?;
     Ok(Artifacts {
         manifest: json!({
-            "bindings": bindings,
-            "launch_order": list,
+            "bindings": plan.bindings,
+            "launch_order": launches,
             "fused_kernels": fused,
-            "memory": memory,
+            "memory": { "arena_bytes": plan.arena_bytes, "unshared_bytes": plan.unshared_bytes },
             "codegen_seconds": backends.iter().map(|(n, _)| *n).zip(seconds).collect::<BTreeMap<_, _>>(),
         }),
+        plan: plan.to_text(),
         kernels,
         kir,
         code,
@@ -179,7 +199,9 @@ pub fn write(
     let mut files = Vec::new();
     let listings = a.code.iter().map(|(ext, text)| (*ext, *ext, text));
     for (kind, ext, text) in
-        [("kernels", "kernels.txt", &a.kernels), ("kir", "kir", &a.kir)].into_iter().chain(listings)
+        [("plan", "plan.txt", &a.plan), ("kernels", "kernels.txt", &a.kernels), ("kir", "kir", &a.kir)]
+            .into_iter()
+            .chain(listings)
     {
         if emit.iter().any(|e| e == kind) {
             let file = format!("{name}.{ext}");

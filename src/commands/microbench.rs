@@ -8,7 +8,7 @@
 
 use crate::error::{CliError, CliResult};
 use lsc_interp::{Tensors, Value};
-use lsc_ir::DType;
+use lsc_ir::{DType, Op};
 use lsc_runtime::backend::Backend;
 use lsc_runtime::generate::Decoder;
 use lsc_runtime::{calibrate, init};
@@ -37,6 +37,14 @@ fn out(shape: &[usize]) -> Vec<(DType, Vec<usize>)> {
     vec![(DType::F32, shape.to_vec())]
 }
 
+/// Runs `op` of the CPU kernel library on new outputs of the given types.
+fn library(op: &Op, args: &[&Value<f32>], outs: &[(DType, Vec<usize>)]) -> Result<(), String> {
+    let views: Vec<_> = args.iter().map(|a| a.view()).collect();
+    let mut values: Vec<Value<f32>> = outs.iter().map(|(t, s)| Value::zeros(*t, s.clone())).collect();
+    let mut out_views: Vec<_> = values.iter_mut().map(Value::view_mut).collect();
+    lsc_cpu::run_op(op, &views, &mut out_views)
+}
+
 /// GEMM GFLOP/s at `(m, n, k)` (`trans_b`: `x · wᵀ` as the models' linears), against `peak`.
 fn gemm(peak: f64) -> Result<Vec<Json>, CliError> {
     let shapes = [(4096, 4096, 4096, false), (2048, 256, 256, true), (2048, 768, 256, true), (2048, 256, 768, true)];
@@ -45,7 +53,7 @@ fn gemm(peak: f64) -> Result<Vec<Json>, CliError> {
         let a = random(&[m, k], 1);
         let b = random(&if tb { [n, k] } else { [k, n] }, 2);
         let reps = if m * n * k > 1 << 30 { 2 } else { 10 };
-        let secs = best_of(reps, || lsc_interp::kernels::matmul(&a, &b, false, tb, &[m, n]).map(|_| ()))?;
+        let secs = best_of(reps, || library(&Op::MatMul { trans_a: false, trans_b: tb }, &[&a, &b], &out(&[m, n])))?;
         let gflops = 2.0 * (m * n * k) as f64 / secs / 1e9;
         rows.push(json!({ "m": m, "n": n, "k": k, "trans_b": tb, "gflops": gflops, "of_peak": gflops * 1e9 / peak }));
     }
@@ -61,7 +69,8 @@ fn attention() -> Result<Vec<Json>, CliError> {
         let outs = vec![(DType::F32, shape.to_vec()), (DType::F32, vec![1, 8, t])];
         let time = |windows: &[usize]| {
             best_of(3, || {
-                lsc_interp::attention::ls_attention(&[&q, &k, &v], windows, 32f64.powf(-0.5), &outs).map(|_| ())
+                let op = Op::LsAttention { windows: windows.to_vec(), scale: 32f64.powf(-0.5) };
+                library(&op, &[&q, &k, &v], &outs)
             })
         };
         let global = time(&[0; 8])?;
@@ -82,15 +91,15 @@ fn ternary() -> Result<Vec<Json>, CliError> {
     let (n, k) = (4096, 4096);
     let w = random(&[n, k], 6);
     let s = Value::floats(vec![], vec![0.02]);
-    let packed = lsc_interp::fused::ternary_pack(&[&w, &s], &[(DType::Ternary, vec![n, k])]).map_err(CliError::new)?;
+    let mut packed = Value::zeros(DType::Ternary, vec![n, k]);
+    lsc_cpu::run_op(&Op::TernaryPack, &[w.view(), s.view()], &mut [packed.view_mut()]).map_err(CliError::new)?;
     let mut rows = Vec::new();
     for m in [1, 16, 256] {
         let x = random(&[m, k], 7);
         let reps = if m == 1 { 20 } else { 3 };
-        let f32_s = best_of(reps, || lsc_interp::kernels::matmul(&x, &w, false, true, &[m, n]).map(|_| ()))?;
-        let ternary_s = best_of(reps, || {
-            lsc_interp::fused::ternary_matmul(&[&x, &packed[0], &s], true, &out(&[m, n])).map(|_| ())
-        })?;
+        let f32_s = best_of(reps, || library(&Op::MatMul { trans_a: false, trans_b: true }, &[&x, &w], &out(&[m, n])))?;
+        let ternary_s =
+            best_of(reps, || library(&Op::TernaryMatmul { trans_b: true }, &[&x, &packed, &s], &out(&[m, n])))?;
         rows.push(
             json!({ "m": m, "f32_ms": f32_s * 1e3, "ternary_ms": ternary_s * 1e3, "speedup": f32_s / ternary_s }),
         );
@@ -152,9 +161,11 @@ fn routed(backend: Backend) -> Result<Json, CliError> {
         let cfg = lsc_passes::saturate::Config { keep_gradients: false, machine, without, ..Default::default() };
         let (q, _) = lsc_passes::saturate::optimize(&p, &cfg).map_err(CliError::new)?;
         let exe = lsc_runtime::backend::Executable::new(q, backend)?;
-        let interp = exe.interpreter()?;
-        ms.push(1e3 * best_of(3, || interp.run(&inputs, &params).map(|_| ()).map_err(|e| e.to_string()))?);
-        let outs = interp.run(&inputs, &params).map_err(|e| CliError::new(e.to_string()))?;
+        let mut loaded = exe.load(&exe.bindings_for(&inputs)?)?;
+        exe.set_params(loaded.as_mut(), &params)?;
+        loaded.set("input_ids", &inputs["input_ids"])?;
+        ms.push(1e3 * best_of(3, || loaded.run().map_err(|e| e.to_string()))?);
+        let outs = loaded.outputs()?;
         active = outs
             .iter()
             .filter(|(n, _)| n.starts_with("route."))
@@ -181,7 +192,7 @@ fn step_breakdown(a: &super::bench::BenchArgs) -> Result<Vec<Json>, CliError> {
     let tokens: Vec<u32> = lsc_runtime::data::load_text("synthetic", 0)?.into_iter().map(u32::from).collect();
     t.step(&tokens)?; // generates the kernels
     t.step(&tokens)?;
-    let profile = t.profile.clone().unwrap_or_default();
+    let profile = t.profile();
     let total: f64 = profile.iter().map(|p| p.2).sum();
     Ok(profile
         .into_iter()

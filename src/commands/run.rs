@@ -41,9 +41,8 @@ pub fn run(
     prompt: Option<&str>,
     inputs: Option<&Path>,
     out: Option<&Path>,
-    backend: &str,
+    backend: Backend,
 ) -> CliResult {
-    let backend = source::backend(backend)?;
     let src = source::load(args, true)?;
     let (params, origin) = params(&src, weights_path, seed)?;
     let label = match &src.config {
@@ -61,7 +60,7 @@ pub fn run(
     let n_params = lsc_passes::parameter_count(&src.program).unwrap_or(0);
     let on = match backend {
         Backend::Interp => "interpreter".to_string(),
-        native => format!("{} generated kernels ({native}) + interpreter", prepared.exe.generated_kernels()),
+        native => format!("a compiled plan ({native})"),
     };
     println!("{label}: {nodes} IR nodes, {n_params} parameters ({origin}), {on} on CPU");
     println!("top-5 next bytes after {prompt:?}:");
@@ -92,7 +91,7 @@ fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path, backend
         ));
     }
     let prepared = lsc_runtime::prepare::prepare(&src.program, params, backend)?;
-    let logits = generate::logits_on(&prepared.exe.interpreter()?, &prepared.params, ids)?;
+    let logits = generate::logits(&prepared.exe, &prepared.params, ids)?;
     let mut result = Tensors::new();
     result.insert(
         "logits".to_string(),

@@ -126,9 +126,8 @@ pub struct TrainArgs {
     /// Train the primitive step graph, without equality saturation (an ablation).
     #[arg(long)]
     pub no_fuse: bool,
-    /// What runs the step: `llvm` (generated fused kernels; the default when built with `--features llvm`), `cranelift` (the default otherwise) or `interp`.
-    #[arg(long, default_value_t = lsc_runtime::backend::Backend::default().to_string())]
-    pub backend: String,
+    #[command(flatten)]
+    pub backend: crate::source::BackendArg,
     /// Print one final JSON line: steps, tokens_per_s, train_loss, val_loss, wall_s.
     #[arg(long)]
     pub json_summary: bool,
@@ -170,7 +169,7 @@ fn config_from(a: &TrainArgs, seq: usize, vocab: usize) -> Result<TrainConfig, C
         tokenizer: a.tokenizer.clone(),
         vocab,
         fuse: !a.no_fuse,
-        backend: a.backend.parse().map_err(|e: String| CliError::with_fix(e, "pass --backend interp or cranelift"))?,
+        backend: a.backend.backend,
         recompute_calls: a.recompute_calls,
     })
 }
@@ -273,7 +272,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
         .map_err(|e| CliError::new(format!("{}: {e}", metrics_path.display())))?;
     let n_local = lsc_models::transformer_config(&a.model, &a.config).map(|c| c.n_local_heads).unwrap_or(0);
     let eval = |t: &Trainer| {
-        let p = lsc_runtime::prepare::bind_weights(&inference, &t.params, t.cfg.backend)?;
+        let p = lsc_runtime::prepare::bind_weights(&inference, &t.params()?, t.cfg.backend)?;
         lsc_runtime::eval::mean_nll(&p.exe, &p.params, &valid, seq, Some(a.eval_windows), a.batch)
     };
 
@@ -368,7 +367,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
         bar.set_position(stats.step);
         bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", stats.loss, stats.lr, tok_s));
         if stats.step % a.ckpt_every.max(1) == 0 {
-            trainer.checkpoint(tokenizer_json.clone()).save(&ckpt_path)?;
+            trainer.checkpoint(tokenizer_json.clone())?.save(&ckpt_path)?;
         }
     }
     bar.finish_and_clear();
@@ -376,7 +375,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
         last_val = eval(&trainer)?.nll;
         val_curve.push((trainer.step as f64, last_val));
     }
-    trainer.checkpoint(tokenizer_json.clone()).save(&ckpt_path)?;
+    trainer.checkpoint(tokenizer_json.clone())?.save(&ckpt_path)?;
     if let Some(json) = &tokenizer_json {
         lsc_runtime::weights::write_atomic(&a.out.join("tokenizer.json"), json.as_bytes())?;
     }
@@ -395,9 +394,10 @@ pub fn run(a: &TrainArgs) -> CliResult {
         last_val,
         a.out.display()
     );
-    if let Some(profile) = trainer.profile.as_ref().filter(|p| !p.is_empty()) {
+    let profile = if a.profile { trainer.profile() } else { Vec::new() };
+    if !profile.is_empty() {
         let total: f64 = profile.iter().map(|p| p.2).sum();
-        println!("time per op kind in the last step (interpreter), {total:.3}s in all:");
+        println!("time per op kind per step ({}), {total:.3}s in all:", trainer.cfg.backend);
         for (op, calls, secs) in profile.iter().take(12) {
             println!("  {op:<16} {calls:>5} calls {secs:>8.3}s {:>5.1}%", 100.0 * secs / total.max(1e-12));
         }
@@ -410,7 +410,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
                 model: None,
                 config: a.config.clone(),
                 weights: None,
-                backend: a.backend.clone(),
+                backend: a.backend,
             },
             prompt: String::new(),
             max_tokens: a.sample_tokens.min(max_len.saturating_sub(prompt.len())),
@@ -419,13 +419,9 @@ pub fn run(a: &TrainArgs) -> CliResult {
             seed: a.seed,
         };
         let mut text = Vec::new();
-        let model = super::generate::Model {
-            name: &a.model,
-            config: &a.config,
-            vocab,
-            params: &trainer.params,
-            tokenizer: &tokenizer,
-        };
+        let params = trainer.params()?;
+        let model =
+            super::generate::Model { name: &a.model, config: &a.config, vocab, params: &params, tokenizer: &tokenizer };
         super::generate::continue_text(&model, &prompt, &args, &mut |b| text.extend_from_slice(b))?;
         println!(
             "sample (temperature 0.8, top-k 40, prompt from the validation text):\n{}",

@@ -4,9 +4,8 @@
 use crate::kernels;
 use crate::math::Real;
 use crate::routing::ActiveRows;
-use crate::value::{numel, Buffer, Value};
+use crate::value::{Buffer, Value};
 use lsc_ir::{verify, Bindings, DType, DerivedSymbol, Graph, NodeId, Op, Program, TensorType, ValueRef, VerifyError};
-use std::any::Any;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -34,39 +33,12 @@ impl fmt::Display for InterpError {
 
 impl std::error::Error for InterpError {}
 
-/// Nodes an [`Accelerator`] computes together, in f32, with one kernel.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FusedGroup {
-    /// Members in topological order; the group runs when the last one is reached.
-    pub members: Vec<NodeId>,
-    /// The single-output members whose values are used outside the group (the
-    /// last member among them); every outside use comes after the last member.
-    pub outputs: Vec<NodeId>,
-}
-
-/// A code-generating backend the interpreter hands groups of nodes to; the
-/// interpreter runs everything else (and everything in f64 mode).
-pub trait Accelerator: Sync {
-    /// The groups of the graph named `graph`.
-    fn groups(&self, graph: &str) -> &[FusedGroup];
-    /// Computes group `index` of `g`, one value per output; `value` gives the
-    /// operands from outside the group.
-    fn run<'v>(
-        &self,
-        g: &Graph,
-        index: usize,
-        value: &dyn Fn(ValueRef) -> Option<&'v Value<f32>>,
-        bindings: &Bindings,
-    ) -> Result<Vec<Value<f32>>, String>;
-}
-
 /// Named tensors (inputs, parameters, outputs).
 pub type Tensors<T> = BTreeMap<String, Value<T>>;
 
 /// A verified program ready to run.
 pub struct Interpreter<'p> {
     program: &'p Program,
-    accelerator: Option<&'p dyn Accelerator>,
     orders: HashMap<String, Vec<NodeId>>,
     profile: Option<std::cell::RefCell<BTreeMap<&'static str, (usize, f64)>>>,
 }
@@ -76,13 +48,7 @@ impl<'p> Interpreter<'p> {
     pub fn new(program: &'p Program) -> Result<Interpreter<'p>, VerifyError> {
         verify(program)?;
         let orders = program.graphs().map(|g| (g.name.clone(), g.topo_order().unwrap_or_default())).collect();
-        Ok(Interpreter { program, accelerator: None, orders, profile: None })
-    }
-
-    /// Hands the groups of `a` to it (f32 runs only).
-    pub fn with_accelerator(mut self, a: &'p dyn Accelerator) -> Self {
-        self.accelerator = Some(a);
-        self
+        Ok(Interpreter { program, orders, profile: None })
     }
 
     /// Records the time spent in each op kind (see [`Interpreter::profile`]).
@@ -190,68 +156,7 @@ impl<'p> Interpreter<'p> {
         let mut args = args.into_iter().map(Some).collect::<Vec<_>>();
         let input_pos: HashMap<NodeId, usize> = g.inputs.iter().enumerate().map(|(i, &n)| (n, i)).collect();
 
-        // Group membership: (group, whether this node is its last member).
-        let accelerator = self.accelerator.filter(|_| T::NAME == "f32");
-        let groups = accelerator.map(|a| a.groups(&g.name)).unwrap_or(&[]);
-        let mut member: HashMap<NodeId, (usize, bool)> = HashMap::new();
-        for (i, grp) in groups.iter().enumerate() {
-            if grp.members.is_empty() {
-                return Err(top_err(format!("fused group {i} is empty")));
-            }
-            for (k, &m) in grp.members.iter().enumerate() {
-                member.insert(m, (i, k + 1 == grp.members.len()));
-            }
-        }
-        // An output is only available once the whole group has run.
-        let produced_by: HashMap<NodeId, usize> =
-            groups.iter().enumerate().flat_map(|(i, grp)| grp.outputs.iter().map(move |&o| (o, i))).collect();
-        for &u in order {
-            for v in g.operands(u) {
-                let Some(&gi) = produced_by.get(&v.node) else { continue };
-                let last = groups[gi].members[groups[gi].members.len() - 1];
-                if member.get(&u).map(|m| m.0) != Some(gi) && number[&u] <= number[&last] {
-                    return Err(err_at(u, format!("uses %{} of a fused group before the group runs", number[&v.node])));
-                }
-            }
-        }
-
         for &n in order {
-            if let (Some(&(gi, last)), Some(a)) = (member.get(&n), accelerator) {
-                if !last {
-                    continue; // computed with the group
-                }
-                let start = self.profile.as_ref().map(|_| std::time::Instant::now());
-                let fetch = |v: ValueRef| -> Option<&Value<f32>> {
-                    let x: &Value<T> = values[v.node.index()].as_ref()?.get(v.output as usize)?;
-                    (x as &dyn Any).downcast_ref::<Value<f32>>()
-                };
-                let outs = a.run(g, gi, &fetch, &bindings).map_err(|m| err_at(n, m))?;
-                let grp = &groups[gi];
-                if outs.len() != grp.outputs.len() {
-                    return Err(err_at(
-                        n,
-                        format!("kernel produced {} values for {} outputs", outs.len(), grp.outputs.len()),
-                    ));
-                }
-                for (out, &o) in outs.into_iter().zip(&grp.outputs) {
-                    let out: Value<T> = *(Box::new(out) as Box<dyn Any>)
-                        .downcast::<Value<T>>()
-                        .map_err(|_| err_at(n, "accelerated groups run in f32 only".into()))?;
-                    let want = g.node(o).outputs[0].concrete_shape(&bindings).map_err(|m| err_at(o, m))?;
-                    if out.shape != want {
-                        return Err(err_at(o, format!("kernel produced shape {:?}, expected {want:?}", out.shape)));
-                    }
-                    values[o.index()] = Some(vec![Cow::Owned(out)]);
-                }
-                if let (Some(p), Some(t)) = (&self.profile, start) {
-                    let e = p.borrow_mut().entry("fused kernel").or_insert((0, 0.0)).to_owned();
-                    p.borrow_mut().insert("fused kernel", (e.0 + 1, e.1 + t.elapsed().as_secs_f64()));
-                }
-                for &m in &grp.members {
-                    release(&g.operands(m), &mut uses, &mut values);
-                }
-                continue;
-            }
             let node = g.node(n);
             let out_types: Vec<(DType, Vec<usize>)> = node
                 .outputs
@@ -279,8 +184,13 @@ impl<'p> Interpreter<'p> {
                     let arg = |v: ValueRef| {
                         &values[v.node.index()].as_ref().expect("operands are computed first")[v.output as usize]
                     };
-                    kernels::cache_update_in_place(&mut cache, arg(operands[1]), arg(operands[2]), *axis)
-                        .map_err(|m| err_at(n, m))?;
+                    kernels::cache_update_in_place(
+                        &mut cache.view_mut(),
+                        &arg(operands[1]).view(),
+                        &arg(operands[2]).view(),
+                        *axis,
+                    )
+                    .map_err(|m| err_at(n, m))?;
                     values[n.index()] = Some(vec![Cow::Owned(cache)]);
                     release(&operands, &mut uses, &mut values);
                     continue;
@@ -292,8 +202,6 @@ impl<'p> Interpreter<'p> {
                     .map(|v| &*values[v.node.index()].as_ref().expect("operands are computed first")[v.output as usize])
                     .collect();
                 match &node.op {
-                    Op::Constant { value } => vec![fill(*value, &out_types[0])],
-                    Op::Iota { axis } => vec![iota(*axis, &out_types[0])],
                     Op::Call { callee } => {
                         let f = self
                             .program
@@ -307,9 +215,9 @@ impl<'p> Interpreter<'p> {
                             .program
                             .function(callee)
                             .ok_or_else(|| err_at(n, format!("unknown function @{callee}")))?;
-                        let rows = ActiveRows::new(arg_vals[0]).map_err(|m| err_at(n, m))?;
+                        let rows = ActiveRows::new(&arg_vals[0].view()).map_err(|m| err_at(n, m))?;
                         if rows.packed == 0 {
-                            out_types.iter().map(|t| fill(0.0, t)).collect()
+                            out_types.iter().map(|(dt, shape)| Value::zeros(*dt, shape.clone())).collect()
                         } else {
                             let mut packed = Vec::with_capacity(arg_vals.len() - 1);
                             for (i, &v) in arg_vals[1..].iter().enumerate() {
@@ -340,7 +248,7 @@ impl<'p> Interpreter<'p> {
                     }
                     op => {
                         let start = self.profile.as_ref().map(|_| std::time::Instant::now());
-                        let r = kernels::eval(op, &arg_vals, &out_types, &bindings).map_err(|m| err_at(n, m))?;
+                        let r = run_kernel(op, &arg_vals, &out_types, &bindings).map_err(|m| err_at(n, m))?;
                         if let (Some(p), Some(t)) = (&self.profile, start) {
                             let e = p.borrow_mut().entry(op.name()).or_insert((0, 0.0)).to_owned();
                             p.borrow_mut().insert(op.name(), (e.0 + 1, e.1 + t.elapsed().as_secs_f64()));
@@ -426,26 +334,16 @@ fn bind_symbols(bound: &[(&str, &TensorType, &[usize], DType)], bindings: &mut B
     Ok(())
 }
 
-fn fill<T: Real>(value: f64, (dtype, shape): &(DType, Vec<usize>)) -> Value<T> {
-    let n = numel(shape);
-    let data = if dtype.is_float() {
-        Buffer::Float(vec![T::from_f64(value); n])
-    } else if *dtype == DType::Bool {
-        Buffer::Bool(vec![value != 0.0; n])
-    } else {
-        Buffer::Int(vec![value as i64; n])
-    };
-    Value { dtype: *dtype, shape: shape.clone(), data }
-}
-
-fn iota<T: Real>(axis: usize, (dtype, shape): &(DType, Vec<usize>)) -> Value<T> {
-    let inner: usize = shape[axis + 1..].iter().product();
-    let n = shape[axis].max(1);
-    let idx = (0..numel(shape)).map(|p| (p / inner) % n);
-    let data = if dtype.is_float() {
-        Buffer::Float(idx.map(|i| T::from_f64(i as f64)).collect())
-    } else {
-        Buffer::Int(idx.map(|i| i as i64).collect())
-    };
-    Value { dtype: *dtype, shape: shape.clone(), data }
+/// Allocates `op`'s outputs and computes them.
+fn run_kernel<T: Real>(
+    op: &Op,
+    args: &[&Value<T>],
+    out_types: &[(DType, Vec<usize>)],
+    bindings: &Bindings,
+) -> Result<Vec<Value<T>>, String> {
+    let views: Vec<_> = args.iter().map(|a| a.view()).collect();
+    let mut outs: Vec<Value<T>> = out_types.iter().map(|(dt, shape)| Value::zeros(*dt, shape.clone())).collect();
+    let mut out_views: Vec<_> = outs.iter_mut().map(Value::view_mut).collect();
+    kernels::eval_into(op, &views, &mut out_views, bindings)?;
+    Ok(outs)
 }

@@ -4,19 +4,6 @@
 use std::fmt::Debug;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-/// `x` as f32 values when the interpreter's float type is f32 (the entry of
-/// the SIMD kernels), else `None`.
-pub fn as_f32<T: Real>(x: &[T]) -> Option<&[f32]> {
-    // SAFETY: T is f32 (checked by name), so the layout is the same.
-    (T::NAME == "f32").then(|| unsafe { std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len()) })
-}
-
-/// [`as_f32`] for a mutable slice.
-pub fn as_f32_mut<T: Real>(x: &mut [T]) -> Option<&mut [f32]> {
-    // SAFETY: T is f32 (checked by name), so the layout is the same.
-    (T::NAME == "f32").then(|| unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut f32, x.len()) })
-}
-
 /// A float type the interpreter computes in (`f32` normally, `f64` for checks).
 pub trait Real:
     Copy
@@ -50,29 +37,10 @@ pub trait Real:
     fn tanh(self) -> Self;
     /// `self^e`
     fn powf(self, e: Self) -> Self;
-    /// `C = alpha·A·B + beta·C` on strided row/column layouts.
-    ///
-    /// # Safety
-    /// The pointers and strides must describe valid `m×k`, `k×n` and `m×n` matrices.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
 }
 
 macro_rules! impl_real {
-    ($t:ty, $name:literal, $gemm:path) => {
+    ($t:ty, $name:literal) => {
         impl Real for $t {
             const NAME: &'static str = $name;
             fn from_f64(v: f64) -> Self {
@@ -99,88 +67,12 @@ macro_rules! impl_real {
             fn powf(self, e: Self) -> Self {
                 <$t>::powf(self, e)
             }
-            unsafe fn gemm(
-                m: usize,
-                k: usize,
-                n: usize,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
-            ) {
-                // SAFETY: forwarded from the caller's contract.
-                unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, 0.0, c, rsc, csc) }
-            }
         }
     };
 }
 
-impl_real!(f32, "f32", sgemm);
-impl_real!(f64, "f64", matrixmultiply::dgemm);
-
-thread_local! {
-    /// Set while [`serial`] runs: products stay on this thread.
-    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with every GEMM it starts kept on the calling thread (for callers
-/// that already run several products in parallel).
-pub fn serial<R>(f: impl FnOnce() -> R) -> R {
-    let before = SERIAL.replace(true);
-    let out = f();
-    SERIAL.set(before);
-    out
-}
-
-/// Whether this thread is inside [`serial`].
-pub(crate) fn in_serial() -> bool {
-    SERIAL.get()
-}
-
-/// `C = alpha·A·B + beta·C` in f32: the AVX-512 kernels of [`crate::gemm`]
-/// where the CPU has them (for `alpha = 1`, `beta = 0`, the only product the
-/// interpreter asks for), `matrixmultiply` otherwise.
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if alpha == 1.0 && beta == 0.0 && crate::gemm::available() {
-        use crate::gemm::Strided;
-        // SAFETY: AVX-512F is present; the views are the caller's matrices.
-        unsafe {
-            crate::gemm::sgemm(
-                m,
-                k,
-                n,
-                Strided { ptr: a, rs: rsa, cs: csa },
-                Strided { ptr: b, rs: rsb, cs: csb },
-                Strided { ptr: c, rs: rsc, cs: csc },
-            )
-        };
-        return;
-    }
-    // SAFETY: forwarded from the caller's contract.
-    unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-}
+impl_real!(f32, "f32");
+impl_real!(f64, "f64");
 
 /// The error function, accurate to about 1e-15 (Taylor series near 0, a
 /// continued fraction for erfc in the tails).

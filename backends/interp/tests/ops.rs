@@ -2,7 +2,7 @@
 
 use lsc_frontend::{ModelBuilder, Tensor};
 use lsc_interp::{Buffer, Interpreter, Tensors, Value};
-use lsc_ir::{DType, Dim};
+use lsc_ir::{DType, Dim, Op};
 use proptest::prelude::*;
 
 fn d(v: &[usize]) -> Vec<Dim> {
@@ -37,6 +37,15 @@ fn close(a: &[f64], b: &[f64]) {
     }
 }
 
+/// Runs one kernel on new outputs of the given types.
+fn kernel(op: &Op, args: &[&Value<f32>], outs: &[(DType, Vec<usize>)]) -> Vec<Value<f32>> {
+    let views: Vec<_> = args.iter().map(|a| a.view()).collect();
+    let mut values: Vec<Value<f32>> = outs.iter().map(|(t, s)| Value::zeros(*t, s.clone())).collect();
+    let mut out_views: Vec<_> = values.iter_mut().map(Value::view_mut).collect();
+    lsc_interp::kernels::eval_into(op, &views, &mut out_views, &Default::default()).unwrap();
+    values
+}
+
 fn naive_matmul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize, trans_b: bool) -> Vec<f64> {
     let mut c = vec![0.0; m * n];
     for i in 0..m {
@@ -58,79 +67,6 @@ proptest! {
         let want: Vec<f64> = (0..batch).flat_map(|i| naive_matmul(&a[i * m * k..(i + 1) * m * k], &bm, m, k, n, trans_b)).collect();
         prop_assert_eq!(out.shape.clone(), vec![batch, m, n]);
         close(&vals(&out), &want);
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
-    /// The f32 GEMM (the AVX-512 packed kernels where the CPU has them) on every
-    /// operand layout, against an f64 product: partial tiles in both
-    /// directions, several blocks of depth (k > 512), products large enough to
-    /// be split across threads, a batch against a shared or a batched right side.
-    #[test]
-    fn f32_matmul_matches_f64_on_every_layout(
-        m in 1usize..150, k in 1usize..1100, n in 1usize..90, batch in 1usize..3,
-        trans_a: bool, trans_b: bool, b_batched: bool, seed in 0u64..1000,
-    ) {
-        let mut state = seed;
-        let mut next = || {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f64 / (1u64 << 24) as f64) - 0.5
-        };
-        let a: Vec<f32> = (0..batch * m * k).map(|_| next() as f32).collect();
-        let b_count = if b_batched { batch } else { 1 };
-        let b: Vec<f32> = (0..b_count * k * n).map(|_| next() as f32).collect();
-        let a_shape = if trans_a { vec![batch, k, m] } else { vec![batch, m, k] };
-        let mut b_shape = if trans_b { vec![n, k] } else { vec![k, n] };
-        if b_batched {
-            b_shape.insert(0, batch);
-        }
-        let got = lsc_interp::kernels::matmul(
-            &Value::floats(a_shape, a.clone()),
-            &Value::floats(b_shape, b.clone()),
-            trans_a,
-            trans_b,
-            &[batch, m, n],
-        ).unwrap();
-        for i in 0..batch {
-            let (ab, bb) = (&a[i * m * k..], &b[if b_batched { i * k * n } else { 0 }..]);
-            for r in 0..m {
-                for c in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|p| {
-                            let x = if trans_a { ab[p * m + r] } else { ab[r * k + p] };
-                            let y = if trans_b { bb[c * k + p] } else { bb[p * n + c] };
-                            x as f64 * y as f64
-                        })
-                        .sum();
-                    let v = got[(i * m + r) * n + c] as f64;
-                    prop_assert!((v - want).abs() <= 1e-5 * (k as f64).sqrt() + 1e-5 * want.abs(), "({i}, {r}, {c}): {v} vs {want}");
-                }
-            }
-        }
-    }
-}
-
-/// Past the GEMM's blocking in every direction at once: more rows than one
-/// packed block of `A` holds, more depth than one block, a partial strip.
-#[test]
-fn a_large_f32_matmul_matches_f64() {
-    let (m, k, n) = (2100, 1100, 40);
-    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1009) as f32 / 1009.0 - 0.5).collect();
-    let b: Vec<f32> = (0..n * k).map(|i| ((i * 104729) % 997) as f32 / 997.0 - 0.5).collect();
-    let got = lsc_interp::kernels::matmul(
-        &Value::floats(vec![m, k], a.clone()),
-        &Value::floats(vec![n, k], b.clone()),
-        false,
-        true,
-        &[m, n],
-    )
-    .unwrap();
-    for r in (0..m).step_by(7) {
-        for c in 0..n {
-            let want: f64 = (0..k).map(|p| a[r * k + p] as f64 * b[c * k + p] as f64).sum();
-            assert!((got[r * n + c] as f64 - want).abs() < 1e-3, "({r}, {c}): {} vs {want}", got[r * n + c]);
-        }
     }
 }
 
@@ -443,9 +379,8 @@ fn wrong_input_shapes_are_errors() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// `ternary_matmul` on packed planes (adds and subtracts for few rows,
-    /// unpacked blocks through the GEMM for many) agrees with the f64 product
-    /// of the same ternary weights, at random shapes, both layouts of x rows.
+    /// `ternary_pack` then `ternary_matmul` on the packed planes agrees with
+    /// the f64 product of the same ternary weights, at random shapes.
     #[test]
     fn packed_ternary_matmul_matches_the_dense_product(
         m in prop_oneof![1usize..6, 60usize..80],
@@ -462,10 +397,10 @@ proptest! {
         let w: Vec<f32> = (0..n * k).map(|_| (next() * 0.6) as f32).collect();
         let x: Vec<f32> = (0..m * k).map(|_| next() as f32).collect();
         let (wv, sv) = (Value::floats(vec![n, k], w.clone()), Value::floats(vec![], vec![scale as f32]));
-        let packed = lsc_interp::fused::ternary_pack(&[&wv, &sv], &[(DType::Ternary, vec![n, k])]).unwrap();
+        let packed = kernel(&Op::TernaryPack, &[&wv, &sv], &[(DType::Ternary, vec![n, k])]);
         prop_assert!(matches!(packed[0].data, Buffer::Ternary(_)));
         let xv = Value::floats(vec![m, k], x.clone());
-        let y = lsc_interp::fused::ternary_matmul(&[&xv, &packed[0], &sv], true, &[(DType::F32, vec![m, n])]).unwrap();
+        let y = kernel(&Op::TernaryMatmul { trans_b: true }, &[&xv, &packed[0], &sv], &[(DType::F32, vec![m, n])]);
         let q: Vec<f64> = w.iter().map(|&v| (v as f64 / scale).round().clamp(-1.0, 1.0)).collect();
         let want: Vec<f64> = naive_matmul(&x.iter().map(|&v| v as f64).collect::<Vec<_>>(), &q, m, k, n, true)
             .into_iter()
@@ -474,73 +409,6 @@ proptest! {
         let got = y[0].to_f64_vec();
         for (g, w) in got.iter().zip(&want) {
             prop_assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
-        }
-    }
-}
-
-/// `count` random `[2, 2, t, d]` operands in f64 and the same values in f32.
-fn attention_operands(count: usize, t: usize, d: usize, seed: u64) -> (Vec<Value<f64>>, Vec<Value<f32>>) {
-    let mut s = seed;
-    let mut next = move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((s >> 40) as f64 / (1u64 << 24) as f64 - 0.5) * 4.0
-    };
-    let shape = vec![2, 2, t, d];
-    let data: Vec<Vec<f64>> = (0..count).map(|_| (0..4 * t * d).map(|_| next()).collect()).collect();
-    let wide = data.iter().map(|v| Value::floats(shape.clone(), v.clone())).collect();
-    let narrow = data.iter().map(|v| Value::floats(shape.clone(), v.iter().map(|&x| x as f32).collect())).collect();
-    (wide, narrow)
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
-
-    /// The f32 attention forward (the online-softmax kernel where the CPU and
-    /// head size allow) agrees with the f64 blocked-GEMM kernel, outputs and
-    /// row maxima, for causal and windowed heads at awkward lengths.
-    #[test]
-    fn attention_forward_matches_the_f64_kernel(
-        t in 1usize..150,
-        d in prop_oneof![Just(16usize), Just(32), Just(64), Just(8)],
-        windows in proptest::collection::vec(prop_oneof![Just(0usize), 1usize..5, 15usize..70], 2),
-        seed in any::<u64>(),
-    ) {
-        let (wide, narrow) = attention_operands(3, t, d, seed);
-        let outs = vec![(DType::F32, vec![2, 2, t, d]), (DType::F32, vec![2, 2, t])];
-        let scale = (d as f64).powf(-0.5);
-        let want = lsc_interp::attention::ls_attention(&[&wide[0], &wide[1], &wide[2]], &windows, scale, &outs).unwrap();
-        let got = lsc_interp::attention::ls_attention(&[&narrow[0], &narrow[1], &narrow[2]], &windows, scale, &outs).unwrap();
-        for (g, w) in got.iter().zip(&want) {
-            for (a, b) in g.to_f64_vec().iter().zip(w.to_f64_vec()) {
-                prop_assert!((a - b).abs() <= 2e-5 * (1.0 + b.abs()), "{a} vs {b}");
-            }
-        }
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
-
-    /// The f32 attention backward (the online-softmax kernels where the CPU
-    /// and head size allow) agrees with the f64 blocked-GEMM backward.
-    #[test]
-    fn attention_backward_matches_the_f64_kernel(
-        t in 1usize..150,
-        d in prop_oneof![Just(16usize), Just(32), Just(64), Just(8)],
-        windows in proptest::collection::vec(prop_oneof![Just(0usize), 1usize..5, 15usize..70], 2),
-        seed in any::<u64>(),
-    ) {
-        let (wide, narrow) = attention_operands(5, t, d, seed);
-        let outs = vec![(DType::F32, vec![2, 2, t, d]); 3];
-        let scale = (d as f64).powf(-0.5);
-        let w: Vec<&Value<f64>> = wide.iter().collect();
-        let nr: Vec<&Value<f32>> = narrow.iter().collect();
-        let want = lsc_interp::attention::ls_attention_grad(&w, &windows, scale, &outs).unwrap();
-        let got = lsc_interp::attention::ls_attention_grad(&nr, &windows, scale, &outs).unwrap();
-        for (which, (g, w)) in got.iter().zip(&want).enumerate() {
-            for (a, b) in g.to_f64_vec().iter().zip(w.to_f64_vec()) {
-                prop_assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "output {which}: {a} vs {b}");
-            }
         }
     }
 }

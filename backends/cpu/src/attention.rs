@@ -8,14 +8,10 @@
 //! forward of head sizes 16, 32 and 64 runs the online-softmax kernel of
 //! [`crate::flash`] instead, which keeps logits and probabilities in registers.
 
-use crate::fused::value;
-use crate::kernels::floats;
-use crate::math::Real;
-#[cfg(target_arch = "x86_64")]
-use crate::math::{as_f32, as_f32_mut};
+use crate::matmul::gemm_slices as gemm;
 use crate::rows::scaled_softmax;
-use crate::value::Value;
-use lsc_ir::DType;
+use lsc_interp::kernels::first_key;
+use lsc_interp::{View, ViewMut};
 use rayon::prelude::*;
 
 type R<T> = Result<T, String>;
@@ -26,75 +22,34 @@ const BLOCK: usize = 64;
 #[cfg(target_arch = "x86_64")]
 const LOCAL_BLOCK: usize = 256;
 
-/// The first key query `i` of a head with window `w` sees (`w = 0`: global).
-pub(crate) fn first_key(i: usize, w: usize) -> usize {
-    if w == 0 {
-        0
-    } else {
-        (i + 1).saturating_sub(w)
-    }
-}
-
-/// `c = a · b` with explicit row/column strides (`c` row-major, `n` wide).
-#[allow(clippy::too_many_arguments)]
-fn gemm<T: Real>(m: usize, k: usize, n: usize, a: &[T], sa: (usize, usize), b: &[T], sb: (usize, usize), c: &mut [T]) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let last = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + cols.saturating_sub(1) * cs;
-    assert!(k == 0 || (last(m, k, sa) < a.len() && last(k, n, sb) < b.len()), "attention GEMM operands out of bounds");
-    assert!(m * n <= c.len(), "attention GEMM output out of bounds");
-    if k == 0 {
-        c[..m * n].iter_mut().for_each(|x| *x = T::default());
-        return;
-    }
-    // SAFETY: every index the GEMM reads or writes is within the slices (checked above).
-    unsafe {
-        T::gemm(
-            m,
-            k,
-            n,
-            a.as_ptr(),
-            sa.0 as isize,
-            sa.1 as isize,
-            b.as_ptr(),
-            sb.0 as isize,
-            sb.1 as isize,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-}
-
 /// One block of query rows `i0..i1` against keys `lo..i1`: the normalised
 /// probabilities `p [rows, nk]` (zero outside each row's visible keys) and
 /// each row's largest scaled logit.
-struct Probs<T> {
+struct Probs {
     lo: usize,
     nk: usize,
-    p: Vec<T>,
-    row_max: Vec<T>,
+    p: Vec<f32>,
+    row_max: Vec<f32>,
 }
 
-fn block_probs<T: Real>(q: &[T], k: &[T], d: usize, i0: usize, i1: usize, w: usize, scale: T) -> Probs<T> {
+fn block_probs(q: &[f32], k: &[f32], d: usize, i0: usize, i1: usize, w: usize, scale: f32) -> Probs {
     let (lo, rows) = (first_key(i0, w), i1 - i0);
     let nk = i1 - lo;
-    let mut p = vec![T::default(); rows * nk];
+    let mut p = vec![0f32; rows * nk];
     gemm(rows, d, nk, &q[i0 * d..], (d, 1), &k[lo * d..], (1, d), &mut p);
-    let mut row_max = vec![T::default(); rows];
+    let mut row_max = vec![0f32; rows];
     for (r, row) in p.chunks_mut(nk).enumerate() {
         let i = i0 + r;
         let (a, b) = (first_key(i, w) - lo, i + 1 - lo);
         let m = scaled_softmax(&mut row[a..b], scale);
-        row[..a].iter_mut().for_each(|s| *s = T::default());
-        row[b..].iter_mut().for_each(|s| *s = T::default());
+        row[..a].fill(0.0);
+        row[b..].fill(0.0);
         row_max[r] = m;
     }
     Probs { lo, nk, p, row_max }
 }
 
-fn dims(args: &[&Value<impl Real>], what: &str) -> R<[usize; 4]> {
+fn dims(args: &[View<'_, f32>], what: &str) -> R<[usize; 4]> {
     match args[0].shape[..] {
         [b, h, t, d] => Ok([b, h, t, d]),
         _ => Err(format!("{what} needs [B,H,T,D] operands")),
@@ -102,25 +57,16 @@ fn dims(args: &[&Value<impl Real>], what: &str) -> R<[usize; 4]> {
 }
 
 /// `(out, row_max)` of causal attention with per-head windows.
-pub fn ls_attention<T: Real>(
-    args: &[&Value<T>],
-    windows: &[usize],
-    scale: f64,
-    out: &[(DType, Vec<usize>)],
-) -> R<Vec<Value<T>>> {
-    let (q, k, v) = (floats(args[0])?, floats(args[1])?, floats(args[2])?);
-    let [b, h, t, d] = dims(args, "ls_attention")?;
-    let scale = T::from_f64(scale);
-    let mut o = vec![T::default(); b * h * t * d];
-    let mut row_max = vec![T::default(); b * h * t];
+pub fn ls_attention(args: &[View<'_, f32>], windows: &[usize], scale: f64, outs: &mut [ViewMut<'_, f32>]) -> R<()> {
+    let (q, k, v) = (args[0].floats()?, args[1].floats()?, args[2].floats()?);
+    let [_, h, t, d] = dims(args, "ls_attention")?;
+    let scale = scale as f32;
+    let (first, rest) = outs.split_at_mut(1);
+    let (o, row_max) = (first[0].floats()?, rest[0].floats()?);
     #[cfg(target_arch = "x86_64")]
     if crate::flash::supported(d) {
-        if let (Some(q), Some(k), Some(v), Some(o32), Some(m32)) =
-            (as_f32(q), as_f32(k), as_f32(v), as_f32_mut(&mut o), as_f32_mut(&mut row_max))
-        {
-            flash_forward(q, k, v, [b, h, t, d], windows, scale.to_f64() as f32, o32, m32);
-            return Ok(vec![value(&out[0], o), value(&out[1], row_max)]);
-        }
+        flash_forward(q, k, v, [0, h, t, d], windows, scale, o, row_max);
+        return Ok(());
     }
     o.par_chunks_mut((t * d).max(1)).zip(row_max.par_chunks_mut(t.max(1))).enumerate().for_each(|(bh, (o, m_out))| {
         let w = windows[bh % h];
@@ -133,7 +79,7 @@ pub fn ls_attention<T: Real>(
             m_out[i0..i1].copy_from_slice(&pr.row_max);
         }
     });
-    Ok(vec![value(&out[0], o), value(&out[1], row_max)])
+    Ok(())
 }
 
 /// [`ls_attention`] through the online-softmax kernel of [`crate::flash`]:
@@ -230,28 +176,26 @@ fn flash_backward(
 }
 
 /// `(d_q, d_k, d_v)` of [`ls_attention`] from `(q, k, v, out, d_out)`, recomputing the probabilities.
-pub fn ls_attention_grad<T: Real>(
-    args: &[&Value<T>],
+pub fn ls_attention_grad(
+    args: &[View<'_, f32>],
     windows: &[usize],
     scale: f64,
-    out: &[(DType, Vec<usize>)],
-) -> R<Vec<Value<T>>> {
-    let f = |i: usize| floats(args[i]);
+    outs: &mut [ViewMut<'_, f32>],
+) -> R<()> {
+    let f = |i: usize| args[i].floats();
     let (q, k, v, o, g) = (f(0)?, f(1)?, f(2)?, f(3)?, f(4)?);
-    let [b, h, t, d] = dims(args, "ls_attention_grad")?;
-    let sc = T::from_f64(scale);
-    let n = b * h * t * d;
-    let (mut dq, mut dk, mut dv) = (vec![T::default(); n], vec![T::default(); n], vec![T::default(); n]);
+    let [_, h, t, d] = dims(args, "ls_attention_grad")?;
+    let sc = scale as f32;
+    let [dq, dk, dv] = outs else { return Err("ls_attention_grad writes three outputs".into()) };
+    let (dq, dk, dv) = (dq.floats()?, dk.floats()?, dv.floats()?);
     #[cfg(target_arch = "x86_64")]
     if crate::flash::supported(d) {
-        let ins = [as_f32(q), as_f32(k), as_f32(v), as_f32(o), as_f32(g)];
-        if let ([Some(q), Some(k), Some(v), Some(o), Some(g)], Some(dq32), Some(dk32), Some(dv32)) =
-            (ins, as_f32_mut(&mut dq), as_f32_mut(&mut dk), as_f32_mut(&mut dv))
-        {
-            flash_backward([q, k, v, o, g], [b, h, t, d], windows, scale as f32, [dq32, dk32, dv32]);
-            return Ok(vec![value(&out[0], dq), value(&out[1], dk), value(&out[2], dv)]);
-        }
+        flash_backward([q, k, v, o, g], [0, h, t, d], windows, sc, [dq, dk, dv]);
+        return Ok(());
     }
+    // The key-side gradients accumulate over query blocks.
+    dk.fill(0.0);
+    dv.fill(0.0);
     let chunk = (t * d).max(1);
     dq.par_chunks_mut(chunk).zip(dk.par_chunks_mut(chunk)).zip(dv.par_chunks_mut(chunk)).enumerate().for_each(
         |(bh, ((dq, dk), dv))| {
@@ -265,26 +209,24 @@ pub fn ls_attention_grad<T: Real>(
                 let rows = i1 - i0;
                 let Probs { lo, nk, p, .. } = block_probs(q, k, d, i0, i1, w, sc);
                 // dP = dO · Vᵀ, then dS = P ⊙ (dP − rowsum(dO ⊙ O)) · scale.
-                let mut ds = vec![T::default(); rows * nk];
+                let mut ds = vec![0f32; rows * nk];
                 gemm(rows, d, nk, &g[i0 * d..], (d, 1), &v[lo * d..], (1, d), &mut ds);
                 for r in 0..rows {
                     let i = i0 + r;
-                    let di = g[i * d..(i + 1) * d]
-                        .iter()
-                        .zip(&o[i * d..(i + 1) * d])
-                        .fold(T::default(), |a, (&x, &y)| a + x * y);
+                    let di =
+                        g[i * d..(i + 1) * d].iter().zip(&o[i * d..(i + 1) * d]).fold(0.0, |a, (&x, &y)| a + x * y);
                     for (x, &pij) in ds[r * nk..(r + 1) * nk].iter_mut().zip(&p[r * nk..(r + 1) * nk]) {
                         *x = pij * (*x - di) * sc;
                     }
                 }
                 gemm(rows, nk, d, &ds, (nk, 1), &k[lo * d..], (d, 1), &mut dq[i0 * d..i1 * d]);
-                let mut acc = vec![T::default(); nk * d];
+                let mut acc = vec![0f32; nk * d];
                 gemm(nk, rows, d, &ds, (1, nk), &q[i0 * d..], (d, 1), &mut acc);
-                dk[lo * d..i1 * d].iter_mut().zip(&acc).for_each(|(x, &y)| *x = *x + y);
+                dk[lo * d..i1 * d].iter_mut().zip(&acc).for_each(|(x, &y)| *x += y);
                 gemm(nk, rows, d, &p, (1, nk), &g[i0 * d..], (d, 1), &mut acc);
-                dv[lo * d..i1 * d].iter_mut().zip(&acc).for_each(|(x, &y)| *x = *x + y);
+                dv[lo * d..i1 * d].iter_mut().zip(&acc).for_each(|(x, &y)| *x += y);
             }
         },
     );
-    Ok(vec![value(&out[0], dq), value(&out[1], dk), value(&out[2], dv)])
+    Ok(())
 }

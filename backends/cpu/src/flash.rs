@@ -22,7 +22,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
-use crate::attention::first_key;
+use lsc_interp::kernels::first_key;
 use std::arch::x86_64::*;
 
 /// Rows per group (their accumulators stay in registers).

@@ -1,57 +1,31 @@
 //! Row loops of the library kernels (softmax in attention, dot products of
-//! matrix-vector products), with an f32 path that the compiler vectorises for
-//! AVX-512 when the CPU has it and a generic path for every float type.
-
-use crate::math::{as_f32, as_f32_mut, Real};
+//! matrix-vector products), written so the compiler vectorises them, and
+//! compiled for AVX-512 when the CPU has it.
 
 /// Lanes of the f32 path's partial maxima and sums.
 const LANES: usize = 16;
 
 /// `row ← softmax(row · scale)` in place; returns the largest scaled value.
 /// NaN propagates to the whole row, as in the unfused graph.
-pub fn scaled_softmax<T: Real>(row: &mut [T], scale: T) -> T {
-    let s = scale.to_f64() as f32;
-    if let Some(r) = as_f32_mut(row) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return T::from_f64(unsafe { scaled_softmax_avx512(r, s) } as f64);
-        }
-        return T::from_f64(scaled_softmax_f32(r, s) as f64);
+pub fn scaled_softmax(row: &mut [f32], scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { scaled_softmax_avx512(row, scale) };
     }
-    let mut m = T::from_f64(f64::NEG_INFINITY);
-    for s in row.iter_mut() {
-        *s = *s * scale;
-        if *s > m || s.is_nan() {
-            m = *s;
-        }
-    }
-    let mut sum = T::default();
-    for s in row.iter_mut() {
-        *s = (*s - m).exp();
-        sum = sum + *s;
-    }
-    row.iter_mut().for_each(|s| *s = *s / sum);
-    m
+    scaled_softmax_f32(row, scale)
 }
 
 /// `out[j] = x · m[j·stride ..][..x.len()]` for every `j`: the rows of `m`
 /// against one vector (a matrix-vector product over row-major rows).
-pub fn dots<T: Real>(x: &[T], m: &[T], stride: usize, out: &mut [T]) {
-    let k = x.len();
-    if let (Some(x), Some(m), Some(out)) = (as_f32(x), as_f32(m), as_f32_mut(out)) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            unsafe { dots_avx512(x, m, stride, out) };
-            return;
-        }
-        dots_f32(x, m, stride, out);
+pub fn dots(x: &[f32], m: &[f32], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { dots_avx512(x, m, stride, out) };
         return;
     }
-    for (j, o) in out.iter_mut().enumerate() {
-        *o = x.iter().zip(&m[j * stride..j * stride + k]).fold(T::default(), |s, (&a, &b)| s + a * b);
-    }
+    dots_f32(x, m, stride, out);
 }
 
 #[cfg(target_arch = "x86_64")]

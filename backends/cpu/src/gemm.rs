@@ -125,7 +125,7 @@ unsafe fn packed_product(
     (a, b, c): (Strided<*const f32>, Strided<*const f32>, Strided<*mut f32>),
     (a_pack, b_pack): &mut (AlignedBuf, AlignedBuf),
 ) {
-    let parallel = m * n * k >= SERIAL_FLOPS && !crate::math::in_serial();
+    let parallel = m * n * k >= SERIAL_FLOPS && !crate::matmul::in_serial();
     let height = m.div_ceil(m.div_ceil(MB)).next_multiple_of(MR);
     for i0 in (0..m).step_by(height) {
         let mb = height.min(m - i0);
