@@ -40,21 +40,25 @@ fn every_model_runs_the_same_on_generated_code() {
             same(&want, &got, &format!("{m} inference on {backend}"));
         }
 
-        // The training step (loss, gradients' effect on every parameter, optimizer state).
+        // The training step (loss, gradients' effect on every parameter, optimizer state),
+        // saturated as `lsc train` runs it and in primitives as `lsc train --no-fuse` does.
         let forward = lsc_models::build(m, "tiny").unwrap();
-        let (step, _) = lsc_passes::saturate::optimize_training_step(
+        let (fused, _) = lsc_passes::saturate::optimize_training_step(
             &forward,
             &Default::default(),
             &lsc_passes::saturate::Config::default(),
         )
         .unwrap();
-        let feed = common::step_feed(&step, 0.01);
+        let primitive = lsc_passes::train::training_step(&forward, &Default::default()).unwrap();
         let params = init::init_params(&forward, 12).unwrap();
-        let want = Interpreter::new(&step).unwrap().run(&feed, &params).unwrap();
-        for backend in Backend::native() {
-            let exe = Executable::new(step.clone(), backend).unwrap();
-            let got = exe.run(&feed, &params).unwrap();
-            same(&want, &got, &format!("{m} training step on {backend}"));
+        for (step, what) in [(fused, "training step"), (primitive, "primitive training step")] {
+            let feed = common::step_feed(&step, 0.01);
+            let want = Interpreter::new(&step).unwrap().run(&feed, &params).unwrap();
+            for backend in Backend::native() {
+                let exe = Executable::new(step.clone(), backend).unwrap();
+                let got = exe.run(&feed, &params).unwrap();
+                same(&want, &got, &format!("{m} {what} on {backend}"));
+            }
         }
     }
 }

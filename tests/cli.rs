@@ -461,6 +461,18 @@ fn compile_emits_optimised_ir_and_saturation_statistics() {
 }
 
 #[test]
+fn compile_emits_the_plan_of_launches() {
+    let dir = scratch("plan");
+    let out = dir.to_str().unwrap();
+    let o = lsc(&["compile", "--model", "transformer", "--inference", "--emit", "plan", "--bind", "B=1,T=4", "-o", out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("plan at"), "{}", stdout(&o));
+    let plan = std::fs::read_to_string(dir.join("transformer.inference.plan.txt")).unwrap();
+    assert!(plan.contains("kernel main_k") && plan.contains("ls_attention") && plan.contains("load 0:"), "{plan}");
+    insta::assert_snapshot!("transformer-tiny-inference-plan", plan);
+}
+
+#[test]
 fn compile_emits_kernels_kernel_ir_and_cranelift_ir() {
     let dir = scratch("kernels");
     let out = dir.to_str().unwrap();

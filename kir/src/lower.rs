@@ -384,7 +384,11 @@ impl Lowering<'_> {
                 b.bind(v(x).bin(op, v(y)))
             }
             Node::Compare(c, x, y) => b.bind(v(x).cmp(*c, v(y))),
-            Node::Select(c, x, y) => b.bind(Expr::select(v(c), v(x), v(y))),
+            // A constant condition (a broadcast `true`/`false`) picks its branch here.
+            Node::Select(c, x, y) => match self.g.nodes[*c] {
+                Node::Const(k) => v(if k != 0.0 { x } else { y }),
+                _ => b.bind(Expr::select(v(c), v(x), v(y))),
+            },
             // The interpreter's clamp keeps NaN; so do min/max here.
             Node::Clamp(x, lo, hi) => b.bind(v(x).bin(Binary::Max, Expr::F32(*lo)).bin(Binary::Min, Expr::F32(*hi))),
             Node::Reduce(..) => return Err("a reduction is computed per row".into()),

@@ -113,9 +113,9 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
                 }
             }
         }
-        // A lone op is worth generated code when it is a transcendental (one pass instead of libm calls).
-        let lone_unary = matches!(g.node(n).op, Op::Unary(_));
-        let elementwise = (float_elementwise(n) && (nodes.len() > 1 || lone_unary)) || reduction;
+        // A lone elementwise op is generated code too: a vectorised, threaded
+        // pass costs no more to launch than a library call.
+        let elementwise = float_elementwise(n) || reduction;
         parts.push(Part { nodes, outputs, elementwise });
     }
     parts.reverse();

@@ -152,8 +152,8 @@ impl Packed<'_> {
     }
 }
 
-/// `(x [..., M, K], w, s) → (x · w) · s` for ternary `w`; `Ok(false)` when
-/// the operands are not a packed `[N, K]` matrix read transposed (the
+/// `(x [..., M, K], w, s) → (x · w) · s` for ternary `w` (packed `[N, K]`
+/// read transposed, or `[K, N]`); `Ok(false)` when `w` is not packed (the
 /// reference kernel then runs).
 pub fn ternary_matmul(
     x: &View<'_, f32>,
@@ -164,13 +164,19 @@ pub fn ternary_matmul(
 ) -> Result<bool, String> {
     let Data::Ternary(p) = w.data else { return Ok(false) };
     let k = *x.shape.last().ok_or("ternary_matmul needs x [..., K]")?;
-    if !trans_b || p.cols != k {
+    if (trans_b && p.cols != k) || (!trans_b && p.rows != k) {
         return Ok(false);
     }
     let (xs, scale) = (x.floats()?, s.scalar()?);
     let rows = xs.len().checked_div(k).unwrap_or(0);
     let y = out.floats()?;
-    if rows <= PACKED_MAX_ROWS {
+    if !trans_b {
+        // `x · w` for `w [K, N]` (a gradient through the transposed weight): unpacked, then the GEMM.
+        let n = p.cols;
+        let mut dense = vec![0f32; k * n];
+        dense.par_chunks_mut(n.max(1)).enumerate().for_each(|(r, row)| unpack_row(p, r, row));
+        crate::matmul::gemm_slices(rows, k, n, xs, (k, 1), &dense, (n, 1), y);
+    } else if rows <= PACKED_MAX_ROWS {
         Packed(p).matmul_t(xs, rows, y)?;
     } else {
         unpacked_matmul_t(xs, rows, p, y);

@@ -58,17 +58,15 @@ pub(super) fn assign(
             classes.join(t, *source);
         }
     }
-    // Time 0 is load; run launch i is at time i + 1; returned values live past the last launch.
-    let end = plan.launches.len() + 1;
+    // Load launch j runs at time j + 1, run launch i at time L + i + 1 (L load
+    // launches); returned values live past the last launch.
+    let loads = plan.load.len();
+    let end = loads + plan.launches.len() + 1;
     let mut last_read = vec![0usize; n];
     let mut written = vec![None; n];
     let mut returned = vec![false; n];
     let fixed: Vec<TensorId> = plan.load.iter().flat_map(Launch::writes).collect();
-    for (time, launch) in std::iter::once(&plan.load)
-        .flatten()
-        .map(|l| (0, l))
-        .chain(plan.launches.iter().enumerate().map(|(i, l)| (i + 1, l)))
-    {
+    for (time, launch) in plan.load.iter().chain(&plan.launches).enumerate().map(|(i, l)| (i + 1, l)) {
         for t in launch.reads() {
             last_read[t] = last_read[t].max(time);
         }
@@ -79,7 +77,8 @@ pub(super) fn assign(
     for (_, t) in &plan.outputs {
         returned[*t] = true;
     }
-    // Per class (at its root): the last read, whether it is returned, whether it is fixed at load.
+    // Per class (at its root): the last read, whether it is returned, and
+    // whether it is computed at load and read by the runs (so it stays for ever).
     let mut class_last = vec![0usize; n];
     let mut class_returned = vec![false; n];
     let mut class_fixed = vec![false; n];
@@ -92,6 +91,9 @@ pub(super) fn assign(
         let r = classes.find(t);
         class_fixed[r] = true;
     }
+    for ((f, &last), &ret) in class_fixed.iter_mut().zip(&class_last).zip(&class_returned) {
+        *f &= last > loads || ret;
+    }
     for (i, launch) in plan.launches.iter_mut().enumerate() {
         let Launch::Op { op, inputs, outputs, origin } = launch else { continue };
         if !updates_in_place(op) {
@@ -103,7 +105,8 @@ pub(super) fn assign(
             Place::Input(_) => top,
             Place::Param(_) => false,
         };
-        if !ownable || class_last[old] != i + 1 || class_returned[old] || class_fixed[old] || old == new {
+        let now = loads + i + 1;
+        if !ownable || class_last[old] != now || class_returned[old] || class_fixed[old] || old == new {
             continue;
         }
         classes.join(new, old);
@@ -168,6 +171,7 @@ pub(super) fn assign(
         at += s;
     }
     for (t, &r) in roots.iter().enumerate() {
+        plan.tensors[t].storage = r;
         plan.tensors[t].place = match plan.tensors[r].place {
             Place::Arena(_) => Place::Arena(offsets[slot_of[r]]),
             other => other,

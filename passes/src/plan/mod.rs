@@ -46,6 +46,9 @@ pub struct Tensor {
     pub shape: Vec<usize>,
     /// Where it lives.
     pub place: Place,
+    /// The tensor whose storage it shares (itself, unless it is a reshape's
+    /// view or an update written in place).
+    pub storage: TensorId,
 }
 
 impl Tensor {

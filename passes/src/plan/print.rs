@@ -53,7 +53,8 @@ fn tensor(p: &Plan, t: TensorId) -> String {
         Place::Input(i) => format!("in{i}"),
         Place::Param(i) => format!("p{i}"),
     };
-    format!("{} {}[{}]@{place}", x.name, x.dtype, shape.join(","))
+    let view = if x.storage == t { String::new() } else { format!(" (in {})", p.tensors[x.storage].name) };
+    format!("{} {}[{}]@{place}{view}", x.name, x.dtype, shape.join(","))
 }
 
 fn list(p: &Plan, ts: &[TensorId]) -> String {

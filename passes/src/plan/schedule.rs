@@ -126,7 +126,8 @@ impl Builder<'_> {
         let num = self.number[&v.node];
         let name =
             if self.g.node(v.node).outputs.len() == 1 { format!("%{num}") } else { format!("%{num}.{}", v.output) };
-        self.tensors.push(Tensor { name, dtype: ty.dtype, shape, place });
+        let storage = self.tensors.len();
+        self.tensors.push(Tensor { name, dtype: ty.dtype, shape, place, storage });
         self.view.push(None);
         self.of.insert(v, self.tensors.len() - 1);
         Ok(self.tensors.len() - 1)
