@@ -464,7 +464,8 @@ fn compile_emits_optimised_ir_and_saturation_statistics() {
 fn compile_emits_the_plan_of_launches() {
     let dir = scratch("plan");
     let out = dir.to_str().unwrap();
-    let o = lsc(&["compile", "--model", "transformer", "--inference", "--emit", "plan", "--bind", "B=1,T=4", "-o", out]);
+    let o =
+        lsc(&["compile", "--model", "transformer", "--inference", "--emit", "plan", "--bind", "B=1,T=4", "-o", out]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("plan at"), "{}", stdout(&o));
     let plan = std::fs::read_to_string(dir.join("transformer.inference.plan.txt")).unwrap();

@@ -45,7 +45,12 @@ fn check_liveness(plan: &Plan) {
         let outs: Vec<_> = l.writes().into_iter().filter_map(|t| span(t).map(|r| (t, r))).collect();
         for (i, (a, ra)) in outs.iter().enumerate() {
             for (b, rb) in &outs[i + 1..] {
-                assert!(ra.end <= rb.start || rb.end <= ra.start, "{} and {} overlap", plan.tensors[*a].name, plan.tensors[*b].name);
+                assert!(
+                    ra.end <= rb.start || rb.end <= ra.start,
+                    "{} and {} overlap",
+                    plan.tensors[*a].name,
+                    plan.tensors[*b].name
+                );
             }
         }
         match l {
@@ -68,11 +73,15 @@ fn in_place_count(plan: &Plan) -> usize {
 #[test]
 fn no_launch_reads_a_clobbered_tensor_in_any_models_plans() {
     for m in lsc_models::MODELS.iter().map(|m| m.name) {
-        let inference = lsc_runtime::prepare::optimize_for_inference(&lsc_models::build_inference(m, "tiny").unwrap()).unwrap();
+        let inference =
+            lsc_runtime::prepare::optimize_for_inference(&lsc_models::build_inference(m, "tiny").unwrap()).unwrap();
         let decode = lsc_models::build_decode(m, "tiny").unwrap();
         let forward = lsc_models::build(m, "tiny").unwrap();
-        let (step, _) = lsc_passes::saturate::optimize_training_step(&forward, &Default::default(), &Default::default()).unwrap();
-        for (what, p, b) in [("inference", &inference, bind(2, 13)), ("decode", &decode, bind(2, 1)), ("step", &step, bind(2, 16))] {
+        let (step, _) =
+            lsc_passes::saturate::optimize_training_step(&forward, &Default::default(), &Default::default()).unwrap();
+        for (what, p, b) in
+            [("inference", &inference, bind(2, 13)), ("decode", &decode, bind(2, 1)), ("step", &step, bind(2, 16))]
+        {
             let plan = build(p, &b).unwrap_or_else(|e| panic!("{m} {what}: {e}"));
             check_liveness(&plan);
             assert!(plan.arena_bytes < plan.unshared_bytes, "{m} {what}: arena space is reused");
@@ -194,6 +203,10 @@ fn a_loop_region_runs_its_body_each_trip() {
     ]);
     let want = Executable::new(p.clone(), Backend::Interp).unwrap().run(&feed, &Tensors::new()).unwrap();
     let got = Executable::new(p, Backend::Cranelift).unwrap().run(&feed, &Tensors::new()).unwrap();
-    let c = lsc_runtime::numerics::compare(&got[0].1.to_f64_vec(), &want[0].1.to_f64_vec(), lsc_runtime::numerics::tolerance(DType::F32));
+    let c = lsc_runtime::numerics::compare(
+        &got[0].1.to_f64_vec(),
+        &want[0].1.to_f64_vec(),
+        lsc_runtime::numerics::tolerance(DType::F32),
+    );
     assert!(c.ok(), "max |Δ| {}", c.max_abs_diff);
 }

@@ -101,7 +101,15 @@ impl Compiled {
         outputs: &mut [&mut [f32]],
         threads: usize,
     ) -> Result<(), String> {
-        self.handle(name).ok_or_else(|| format!("no compiled kernel `{name}`"))?.run(inputs, outputs, threads)
+        let handle = self.handle(name).ok_or_else(|| format!("no compiled kernel `{name}`"))?;
+        handle.run_on(inputs, outputs, threads, &|tasks, f| {
+            std::thread::scope(|s| {
+                for t in 1..tasks {
+                    s.spawn(move || f(t));
+                }
+                f(0);
+            })
+        })
     }
 
     /// Runs kernel `name` over its whole index space.
@@ -110,6 +118,9 @@ impl Compiled {
         self.run_range(name, bufs, 0, n)
     }
 }
+
+/// Runs `f(0)`, …, `f(tasks − 1)` on threads of its choice and returns when all are done.
+pub type Split = dyn Fn(usize, &(dyn Fn(usize) + Sync));
 
 /// A compiled kernel ready to run: its code and the buffer lengths it was
 /// checked for. Valid while the backend that compiled it lives.
@@ -125,9 +136,16 @@ pub struct Handle {
 
 impl Handle {
     /// Runs the kernel reading `inputs` and writing `outputs` (in buffer
-    /// order, each at least as long as declared), splitting its outer loop
-    /// between `threads` threads when its schedule says the loop is parallel.
-    pub fn run(&self, inputs: &[&[f32]], outputs: &mut [&mut [f32]], threads: usize) -> Result<(), String> {
+    /// order, each at least as long as declared). A parallel outer loop is
+    /// cut into `threads` ranges, handed to `split(tasks, f)`, which must call
+    /// `f(0)`, …, `f(tasks − 1)` (on threads of its choice) and return when they are done.
+    pub fn run_on(
+        &self,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+        threads: usize,
+        split: &Split,
+    ) -> Result<(), String> {
         let name = &self.name;
         if inputs.len() != self.inputs || inputs.len() + outputs.len() != self.lens.len() {
             return Err(format!(
@@ -156,15 +174,9 @@ impl Handle {
         }
         let chunk = (n + threads as i64 - 1) / threads as i64;
         let table = Pointers(ptrs);
-        std::thread::scope(|s| {
-            for t in 1..threads as i64 {
-                let table = &table;
-                // SAFETY: bounds were checked; iterations of a parallel outer loop write disjoint elements.
-                s.spawn(move || unsafe { f(table.0.as_ptr(), (t * chunk).min(n), ((t + 1) * chunk).min(n)) });
-            }
-            // SAFETY: as above, for the first chunk on this thread.
-            unsafe { f(table.0.as_ptr(), 0, chunk.min(n)) };
-        });
+        // SAFETY: bounds were checked; iterations of a parallel outer loop write disjoint elements.
+        let table = &table;
+        split(threads, &|t| unsafe { f(table.ptr(), (t as i64 * chunk).min(n), ((t as i64 + 1) * chunk).min(n)) });
         Ok(())
     }
 }
@@ -173,3 +185,9 @@ impl Handle {
 struct Pointers(Vec<*mut f32>);
 // SAFETY: the threads read inputs and write disjoint parts of the outputs.
 unsafe impl Sync for Pointers {}
+
+impl Pointers {
+    fn ptr(&self) -> *const *mut f32 {
+        self.0.as_ptr()
+    }
+}

@@ -49,6 +49,9 @@ pub struct BenchArgs {
     /// attention against global, ternary against f32 matmul, greedy decoding.
     #[arg(long, conflicts_with = "calibrate")]
     pub kernels: bool,
+    /// With --kernels: only these sections (gemm, attention, ternary, decode, routed, step).
+    #[arg(long, value_delimiter = ',', requires = "kernels")]
+    pub only: Vec<String>,
 }
 
 /// Runs the benchmark.

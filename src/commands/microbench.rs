@@ -107,22 +107,21 @@ fn ternary() -> Result<Vec<Json>, CliError> {
     Ok(rows)
 }
 
-/// Greedy-decode tokens/s of `ls-transformer` `small` (after a 16-token prompt and one
-/// untimed token) on
-/// `backend`, against the interpreter alone.
-fn decode(backend: Backend) -> Result<Vec<Json>, CliError> {
+/// Greedy-decode tokens/s of `ls-transformer` `small` (after a 16-token
+/// prompt and one untimed token) on every code generator built, B = 1 and 8.
+/// `bench/pytorch/bench_decode.py` times PyTorch the same way, as the baseline.
+fn decode() -> Result<Vec<Json>, CliError> {
     let full = lsc_models::build("ls-transformer", "small").map_err(|e| CliError::new(e.to_string()))?;
     let step = lsc_models::build_decode("ls-transformer", "small").map_err(|e| CliError::new(e.to_string()))?;
     let params: Tensors<f32> = init::init_params(&full, 0).map_err(CliError::new)?;
     let mut rows = Vec::new();
     for batch in [1, 8] {
-        let mut speed = Vec::new();
-        for b in [Backend::Interp, backend] {
+        for b in Backend::native() {
             // As `lsc generate` runs it: saturated, parameter-only work done once.
             let prepared = lsc_runtime::prepare::prepare(&step, &params, b)?;
             let mut dec = Decoder::on(&prepared.exe, &prepared.params, batch)?;
             dec.feed(&Value::ints(vec![batch, 16], vec![1; batch * 16]))?;
-            // One untimed token: kernels are generated at the first call of each shape.
+            // One untimed token: the one-token program is compiled at its first call.
             dec.feed(&Value::ints(vec![batch, 1], vec![1; batch]))?;
             let (tokens, start) = (64, Instant::now());
             let mut next = vec![1i64; batch];
@@ -137,9 +136,9 @@ fn decode(backend: Backend) -> Result<Vec<Json>, CliError> {
                     })
                     .collect();
             }
-            speed.push((batch * tokens) as f64 / start.elapsed().as_secs_f64());
+            let tps = (batch * tokens) as f64 / start.elapsed().as_secs_f64();
+            rows.push(json!({ "batch": batch, "backend": b.name(), "tokens_per_s": tps }));
         }
-        rows.push(json!({ "batch": batch, "interp_tokens_per_s": speed[0], "tokens_per_s": speed[1], "speedup": speed[1] / speed[0] }));
     }
     Ok(rows)
 }
@@ -202,23 +201,44 @@ fn step_breakdown(a: &super::bench::BenchArgs) -> Result<Vec<Json>, CliError> {
         .collect())
 }
 
+/// The sections `--only` selects.
+const SECTIONS: [&str; 6] = ["gemm", "attention", "ternary", "decode", "routed", "step"];
+
 /// Runs the kernel benchmarks and prints them (`--json`: one document).
 pub fn run(a: &super::bench::BenchArgs) -> CliResult {
     let json_out = a.json;
     let backend = Backend::default();
     let machine = calibrate::calibrate();
     let peak = machine.machine.peak_flops;
-    let doc = json!({
-        "fma_peak_gflops": peak / 1e9,
-        "isa": machine.isa,
-        "threads": machine.threads,
-        "gemm": gemm(peak)?,
-        "attention": attention()?,
-        "ternary": ternary()?,
-        "decode": { "backend": backend.to_string(), "rows": decode(backend)? },
-        "routed": { "backend": backend.to_string(), "mor": routed(backend)? },
-        "step_breakdown": { "backend": backend.to_string(), "batch": a.batch, "seq": a.seq, "ops": step_breakdown(a)? },
-    });
+    for o in &a.only {
+        if !SECTIONS.contains(&o.as_str()) {
+            return Err(CliError::with_fix(
+                format!("unknown --only section `{o}`"),
+                format!("use {}", SECTIONS.join(", ")),
+            ));
+        }
+    }
+    let wanted = |s: &str| a.only.is_empty() || a.only.iter().any(|o| o == s);
+    let mut doc = json!({ "fma_peak_gflops": peak / 1e9, "isa": machine.isa, "threads": machine.threads });
+    if wanted("gemm") {
+        doc["gemm"] = json!(gemm(peak)?);
+    }
+    if wanted("attention") {
+        doc["attention"] = json!(attention()?);
+    }
+    if wanted("ternary") {
+        doc["ternary"] = json!(ternary()?);
+    }
+    if wanted("decode") {
+        doc["decode"] = json!({ "rows": decode()? });
+    }
+    if wanted("routed") {
+        doc["routed"] = json!({ "backend": backend.to_string(), "mor": routed(backend)? });
+    }
+    if wanted("step") {
+        doc["step_breakdown"] =
+            json!({ "backend": backend.to_string(), "batch": a.batch, "seq": a.seq, "ops": step_breakdown(a)? });
+    }
     if json_out {
         println!("{doc}");
         return Ok(());
@@ -230,7 +250,9 @@ pub fn run(a: &super::bench::BenchArgs) -> CliResult {
         doc["threads"],
         f(&doc, "fma_peak_gflops")
     );
-    println!("GEMM (the library kernel):");
+    if !doc["gemm"].is_null() {
+        println!("GEMM (the library kernel):");
+    }
     for r in doc["gemm"].as_array().into_iter().flatten() {
         println!(
             "  {:>4}×{:<4}×{:<4}{}  {:7.1} GFLOP/s  {:5.1}% of peak",
@@ -242,7 +264,9 @@ pub fn run(a: &super::bench::BenchArgs) -> CliResult {
             100.0 * f(r, "of_peak")
         );
     }
-    println!("attention forward, B = 1, 8 heads × 32, w = 64 (time; speedup over 8 global heads):");
+    if !doc["attention"].is_null() {
+        println!("attention forward, B = 1, 8 heads × 32, w = 64 (time; speedup over 8 global heads):");
+    }
     for r in doc["attention"].as_array().into_iter().flatten() {
         println!(
             "  T = {:<5} global {:8.2} ms   LS 4+4 {:8.2} ms ({:.2}×)   local {:8.2} ms ({:.2}×)",
@@ -254,7 +278,9 @@ pub fn run(a: &super::bench::BenchArgs) -> CliResult {
             f(r, "local_speedup")
         );
     }
-    println!("ternary x·Wᵀ at 4096×4096 against f32:");
+    if !doc["ternary"].is_null() {
+        println!("ternary x·Wᵀ at 4096×4096 against f32:");
+    }
     for r in doc["ternary"].as_array().into_iter().flatten() {
         println!(
             "  M = {:<4} f32 {:8.3} ms   ternary {:8.3} ms ({:.2}×)",
@@ -264,17 +290,21 @@ pub fn run(a: &super::bench::BenchArgs) -> CliResult {
             f(r, "speedup")
         );
     }
-    println!("greedy decode, ls-transformer small ({backend} against the interpreter alone):");
+    if !doc["decode"].is_null() {
+        println!("greedy decode, ls-transformer small (bench/pytorch/bench_decode.py times PyTorch alike):");
+    }
     for r in doc["decode"]["rows"].as_array().into_iter().flatten() {
         println!(
-            "  B = {:<2} {:8.1} tokens/s   interpreter {:8.1} tokens/s ({:.2}×)",
+            "  B = {:<2} {:<10} {:8.1} tokens/s",
             r["batch"],
-            f(r, "tokens_per_s"),
-            f(r, "interp_tokens_per_s"),
-            f(r, "speedup")
+            r["backend"].as_str().unwrap_or("?"),
+            f(r, "tokens_per_s")
         );
     }
     let r = &doc["routed"]["mor"];
+    if r.is_null() {
+        return Ok(());
+    }
     let shares: Vec<String> = r["active_share"]
         .as_array()
         .into_iter()

@@ -11,6 +11,7 @@
 //! | [`flash`] | online-softmax (LS-)attention forward and backward for AVX-512 |
 //! | [`attention`] | (LS-)attention blocked over query rows with GEMMs (other head sizes and CPUs) |
 //! | [`ternary`] | the packed-ternary product with adds and subtracts |
+//! | [`pool`] | spinning worker threads for short parallel loops (decoding's products, generated kernels) |
 //! | [`rows`] | row loops: softmax, dot products, a vectorisable `exp` |
 //! | [`index`] | row-wise gather and scatter |
 //! | [`layout`] | transposes, broadcasts and slices as strided copies; reductions over axes |
@@ -25,6 +26,7 @@ pub mod gemm;
 pub mod index;
 pub mod layout;
 pub mod matmul;
+pub mod pool;
 pub mod rows;
 pub mod ternary;
 

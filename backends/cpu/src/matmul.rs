@@ -93,6 +93,35 @@ pub fn gemm_slices(
 /// Products with at most this many rows skip the GEMM.
 const FEW_ROWS: usize = 4;
 
+/// `x · wᵀ` with at most this many rows of `x` against a shared `w` stream
+/// `w` once ([`crate::rows::row_dots`]) instead of packing it for the GEMM.
+const STREAMED_ROWS: usize = 32;
+
+/// Multiply-adds below which a streamed product stays on one thread.
+const STREAMED_SERIAL: usize = 1 << 15;
+
+/// `c [m, n] = x [m, k] · wᵀ` for `w [n, k]`, streaming `w` once, its rows split between threads.
+fn streamed(m: usize, k: usize, n: usize, x: &[f32], w: &[f32], c: &mut [f32]) {
+    if m * k * n < STREAMED_SERIAL {
+        crate::rows::row_dots(x, m, k, w, 0..n, c);
+        return;
+    }
+    let per_task = n.div_ceil(crate::pool::threads() * 4).max(16);
+    // Each task writes `m` rows of its columns, stored task by task, then put in place.
+    let mut parts = vec![0f32; m * n];
+    crate::pool::for_each_chunk(&mut parts, m * per_task, |t, part| {
+        let j0 = t * per_task;
+        let cols = part.len() / m;
+        crate::rows::row_dots(x, m, k, w, j0..j0 + cols, part);
+    });
+    for (t, part) in parts.chunks(m * per_task).enumerate() {
+        let (j0, cols) = (t * per_task, part.len() / m);
+        for r in 0..m {
+            c[r * n + j0..r * n + j0 + cols].copy_from_slice(&part[r * cols..(r + 1) * cols]);
+        }
+    }
+}
+
 /// Multiply-adds below which the products of a batch run one per thread.
 const SMALL_PRODUCT: usize = 1 << 26;
 
@@ -106,6 +135,12 @@ fn few_rows(m: usize, k: usize, n: usize, a: &[f32], sa: (usize, usize), b: &[f3
         let out = &mut c[i * n..(i + 1) * n];
         if sb.0 == 1 {
             crate::rows::dots(&row, b, sb.1, out);
+        } else if sb.1 == 1 {
+            // Rows of `b` scaled and added, contiguous: the loop vectorises.
+            out.fill(0.0);
+            for (p, &x) in row.iter().enumerate() {
+                out.iter_mut().zip(&b[p * sb.0..p * sb.0 + n]).for_each(|(o, &y)| *o += x * y);
+            }
         } else {
             out.fill(0.0);
             for (p, &x) in row.iter().enumerate() {
@@ -149,17 +184,31 @@ pub fn matmul(a: &View<'_, f32>, b: &View<'_, f32>, trans_a: bool, trans_b: bool
     // A batch of row-major `a` against one shared `b` (`x · W` over a batch of
     // sequences) is one product with the batch's rows stacked; a batch of a few
     // rows each (decoding) stays on the dot-product path below.
-    let fold = a_batched && !b_batched && !trans_a && m > FEW_ROWS;
+    let fold = a_batched && !b_batched && !trans_a && (m > FEW_ROWS || trans_b);
     let (m, batch) = if fold { (batch * m, 1) } else { (m, batch) };
+    if batch == 1 && !trans_a && trans_b && m <= STREAMED_ROWS {
+        streamed(m, k, n, av, bv, c);
+        return Ok(());
+    }
     // Row-major storage; a transposed operand is read with swapped strides, never copied.
     let sa = if trans_a { (1, m) } else { (k, 1) };
     let sb = if trans_b { (1, k) } else { (n, 1) };
     if m <= FEW_ROWS {
-        // A few rows (decoding): the GEMM's packing and threads cost more than the product.
-        for i in 0..batch {
-            let a = &av[if a_batched { i * m * k } else { 0 }..];
-            let b = &bv[if b_batched { i * k * n } else { 0 }..];
-            few_rows(m, k, n, a, sa, b, sb, &mut c[i * m * n..]);
+        // A few rows (decoding's attention): the GEMM's packing costs more than
+        // the product; the batch's products are split between threads.
+        let per_task = batch.div_ceil(crate::pool::threads() * 2).max(1);
+        let tasks = |t: usize, c: &mut [f32]| {
+            for (r, c) in c.chunks_mut(m * n).enumerate() {
+                let i = t * per_task + r;
+                let a = &av[if a_batched { i * m * k } else { 0 }..];
+                let b = &bv[if b_batched { i * k * n } else { 0 }..];
+                few_rows(m, k, n, a, sa, b, sb, c);
+            }
+        };
+        if batch * m * n * k < STREAMED_SERIAL {
+            tasks(0, c);
+        } else {
+            crate::pool::for_each_chunk(c, per_task * m * n, tasks);
         }
         return Ok(());
     }

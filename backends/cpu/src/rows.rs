@@ -13,6 +13,11 @@ pub fn scaled_softmax(row: &mut [f32], scale: f32) -> f32 {
         // SAFETY: the CPU has AVX-512F.
         return unsafe { scaled_softmax_avx512(row, scale) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { scaled_softmax_avx2(row, scale) };
+    }
     scaled_softmax_f32(row, scale)
 }
 
@@ -25,7 +30,95 @@ pub fn dots(x: &[f32], m: &[f32], stride: usize, out: &mut [f32]) {
         unsafe { dots_avx512(x, m, stride, out) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA.
+        unsafe { dots_avx2(x, m, stride, out) };
+        return;
+    }
     dots_f32(x, m, stride, out);
+}
+
+/// `out[r·n + j] = x_r · w[j·k ..][..k]` for the `m` rows `x_r` of `x` (`m·k`
+/// values) against rows `j` of `w` (decoding's `x · Wᵀ`: the weights stream once).
+pub fn row_dots(x: &[f32], m: usize, k: usize, w: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) {
+    assert!(x.len() >= m * k && w.len() >= rows.end * k && out.len() >= m * rows.len(), "row_dots out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        let width = rows.len();
+        for r0 in (0..m).step_by(SHARED_ROWS) {
+            let (x, out) = (&x[r0 * k..], &mut out[r0 * width..]);
+            // SAFETY: the CPU has AVX2 and FMA; the slices cover the rows (asserted above).
+            unsafe {
+                match m - r0 {
+                    1 => rows_avx2::<1>(x, k, w, rows.clone(), out),
+                    2 => rows_avx2::<2>(x, k, w, rows.clone(), out),
+                    3 => rows_avx2::<3>(x, k, w, rows.clone(), out),
+                    _ => rows_avx2::<SHARED_ROWS>(x, k, w, rows.clone(), out),
+                }
+            }
+        }
+        return;
+    }
+    row_dots_f32(x, m, k, w, rows, out);
+}
+
+/// Rows of `x` that share each load of a row of `w` in [`row_dots`].
+#[cfg(target_arch = "x86_64")]
+const SHARED_ROWS: usize = 4;
+
+/// `R` rows of `x` against rows `rows` of `w`: two 8-lane partial sums per
+/// row of `x`, each load of `w` feeding `R` fused multiply-adds.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `x` holds `R·k` values, `w` the rows, `out` `R` rows of `rows.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<const R: usize>(x: &[f32], k: usize, w: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let width = rows.len();
+    let split = k - k % 16;
+    let xp = x.as_ptr();
+    for (c, j) in rows.enumerate() {
+        let wp = w.as_ptr().add(j * k);
+        let mut lo = [_mm256_setzero_ps(); R];
+        let mut hi = [_mm256_setzero_ps(); R];
+        let mut p = 0;
+        while p < split {
+            let (w0, w1) = (_mm256_loadu_ps(wp.add(p)), _mm256_loadu_ps(wp.add(p + 8)));
+            for i in 0..R {
+                let xi = xp.add(i * k + p);
+                lo[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xi), w0, lo[i]);
+                hi[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xi.add(8)), w1, hi[i]);
+            }
+            p += 16;
+        }
+        for i in 0..R {
+            let v = _mm256_add_ps(lo[i], hi[i]);
+            let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+            let q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+            let mut sum = _mm_cvtss_f32(q);
+            for t in split..k {
+                sum += *xp.add(i * k + t) * *wp.add(t);
+            }
+            out[i * width + c] = sum;
+        }
+    }
+}
+
+/// [`row_dots`] for rows `rows` of `w`; `out` holds `rows.len()` values per
+/// row of `x`, row-major. Each row of `w` is read from memory once and stays
+/// in L1 while every row of `x` takes its dot product with it.
+#[inline(always)]
+fn row_dots_f32(x: &[f32], m: usize, k: usize, w: &[f32], rows: std::ops::Range<usize>, out: &mut [f32]) {
+    let width = rows.len();
+    for (c, j) in rows.enumerate() {
+        let wj = &w[j * k..(j + 1) * k];
+        for r in 0..m {
+            out[r * width + c] = dot_f32(&x[r * k..(r + 1) * k], wj);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -55,6 +148,18 @@ fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     }
     let tail: f32 = x[split..n].iter().zip(&y[split..n]).map(|(a, b)| a * b).sum();
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scaled_softmax_avx2(row: &mut [f32], scale: f32) -> f32 {
+    scaled_softmax_f32(row, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(x: &[f32], m: &[f32], stride: usize, out: &mut [f32]) {
+    dots_f32(x, m, stride, out)
 }
 
 #[cfg(target_arch = "x86_64")]

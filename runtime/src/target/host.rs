@@ -113,8 +113,7 @@ pub struct Host {
 impl Host {
     /// A host target generating kernels with `compiler` (named `name`, e.g. `cranelift`).
     pub fn new(compiler: Box<dyn NativeCompiler>, name: &'static str) -> Host {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Host { compiler: Mutex::new((compiler, 0)), threads, name }
+        Host { compiler: Mutex::new((compiler, 0)), threads: lsc_cpu::pool::threads(), name }
     }
 }
 
@@ -187,7 +186,7 @@ impl Target for Host {
                 _ => return Err("generated kernels write f32 tensors".into()),
             }
         }
-        kernel.run(&ins, &mut outs, self.threads)
+        kernel.run_on(&ins, &mut outs, self.threads, &lsc_cpu::pool::parallel)
     }
 
     fn run_op(&self, op: &Op, inputs: &[At<'_, HostMemory>], outputs: &[At<'_, HostMemory>]) -> Result<(), String> {
