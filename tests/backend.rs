@@ -192,3 +192,38 @@ fn the_training_steps_norm_is_one_kernel_with_its_saved_values_as_outputs() {
     assert!(norm.outputs.len() > 1, "saved values are outputs: {:?}", norm.outputs);
     lsc_passes::partition::lowerable(g, norm).unwrap();
 }
+
+/// An LS-transformer with heads of 32 (the head size the CPU library's
+/// online-softmax attention kernels take): inference and the training step
+/// on generated code agree with the interpreter, so the fast attention
+/// forward and backward are checked inside a real model.
+#[test]
+fn an_ls_transformer_with_heads_of_32_agrees_with_the_interpreter() {
+    let cfg = lsc_models::TransformerConfig {
+        d_model: 64,
+        n_layers: 1,
+        n_heads: 2,
+        n_local_heads: 1,
+        window: 5,
+        d_hidden: 96,
+        max_pos: 40,
+        ..lsc_models::TransformerConfig::named("tiny", true).unwrap()
+    };
+    let forward = lsc_models::transformer::build(&cfg).unwrap();
+    let params = init::init_params(&forward, 5).unwrap();
+    let p = lsc_runtime::prepare::optimize_for_inference(&forward).unwrap();
+    let ids = Value::ints(vec![2, 37], (0..74).map(|i| (i * 31 % 256) as i64).collect());
+    let inputs = Tensors::from([("input_ids".to_string(), ids)]);
+    let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
+    let (step, _) =
+        lsc_passes::saturate::optimize_training_step(&forward, &Default::default(), &Default::default()).unwrap();
+    assert!(step.main.dag.node_weights().any(|n| matches!(n.op, lsc_ir::Op::LsAttentionGrad { .. })));
+    let feed = common::step_feed(&step, 0.01);
+    let want_step = Interpreter::new(&step).unwrap().run(&feed, &params).unwrap();
+    for backend in Backend::native() {
+        let got = Executable::new(p.clone(), backend).unwrap().run(&inputs, &params).unwrap();
+        same(&want, &got, &format!("head size 32, inference on {backend}"));
+        let got = Executable::new(step.clone(), backend).unwrap().run(&feed, &params).unwrap();
+        same(&want_step, &got, &format!("head size 32, training step on {backend}"));
+    }
+}
