@@ -347,7 +347,9 @@ impl Executable {
             }));
         }
         let plan = lsc_passes::plan::build(&self.program, bindings).map_err(RuntimeError::Input)?;
-        self.backend.load_plan(plan)
+        let loaded = self.backend.load_plan(plan)?;
+        crate::allocator::release_free_memory();
+        Ok(loaded)
     }
 
     /// How many generated kernels a run at `bindings` launches (0 on the interpreter).

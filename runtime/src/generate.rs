@@ -125,6 +125,12 @@ impl<'p> Decoder<'p> {
         self.pos
     }
 
+    /// Starts a new sequence (zero caches at the next call); compiled programs are kept.
+    pub fn reset(&mut self) {
+        self.current = None;
+        self.pos = 0;
+    }
+
     /// The program loaded for `len` new tokens, holding the current caches.
     fn loaded_for(&mut self, len: usize) -> Result<&mut Box<dyn Loaded>, RuntimeError> {
         if !self.loaded.contains_key(&len) {
@@ -185,8 +191,7 @@ impl<'p> Decoder<'p> {
             }
             Err(e) => {
                 // The caches may be half updated: start again from empty ones.
-                self.current = None;
-                self.pos = 0;
+                self.reset();
                 Err(RuntimeError::Input(format!("{e} (the decoder was reset to an empty sequence)")))
             }
         }

@@ -1,9 +1,10 @@
-//! The lsc runtime: parameter initialisation, safetensors weights with atomic
-//! writes, the numerics contract, and inference helpers over the interpreter.
+//! The lsc runtime: programs on a backend (the reference interpreter, or
+//! compiled plans on a target), training, decoding, evaluation, checkpoints,
+//! weights and data.
 //!
 //! | module | contents |
 //! |---|---|
-//! | [`allocator`] | keeps freed tensor memory in the process (no page faults per step) |
+//! | [`allocator`] | heap settings for the process, and giving compile-time memory back |
 //! | [`backend`] | the registry of backends, and programs loaded on one at fixed shapes |
 //! | [`exec`] | the executor of compiled plans: memory once, launches in order |
 //! | [`target`] | where plans run: memory, kernels and library ops (the host CPU) |

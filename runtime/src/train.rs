@@ -172,6 +172,9 @@ impl Trainer {
             profiled_steps: 0,
         };
         t.sampler.skip(draws, t.cfg.batch);
+        // The host copies of the parameters and state are gone once loaded.
+        drop((params, state));
+        crate::allocator::release_free_memory();
         Ok(t)
     }
 
