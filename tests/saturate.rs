@@ -58,10 +58,60 @@ fn small_feed() -> (Tensors<f32>, Tensors<f32>) {
 /// Selects the ops a rule should remove.
 type OpTest = fn(&Op) -> bool;
 
-#[test]
-fn algebra_rules_fire_where_they_must() {
-    let (inputs, params) = small_feed();
-    let cases: Vec<(&str, Program, OpTest)> = vec![
+/// For each algebra and inference rule, a program where it must fire, the
+/// ops it removes, and the saturation config to run.
+fn rule_cases() -> Vec<(&'static str, Program, OpTest, Config)> {
+    let scalar = |b: &ModelBuilder, v: f64| b.constant(v, DType::F32, &[]);
+    let mut cases: Vec<(&str, Program, OpTest, Config)> = vec![
+        (
+            "reshape-identity",
+            program(|_, x, _| x.reshape(&dims(&[2, 3, 4])).exp()),
+            |o| matches!(o, Op::Reshape { .. }),
+            Config::default(),
+        ),
+        (
+            "broadcast-broadcast",
+            program(|b, x, _| &scalar(b, 0.5).broadcast_to(&dims(&[3, 4])).broadcast_to(&dims(&[2, 3, 4])) * x),
+            |o| matches!(o, Op::Broadcast { .. }),
+            Config::default(),
+        ),
+        (
+            "reshape-broadcast-scalar",
+            program(|b, x, _| &scalar(b, 0.5).broadcast_to(&dims(&[6, 4])).reshape(&dims(&[2, 3, 4])) * x),
+            |o| matches!(o, Op::Reshape { .. }),
+            Config::default(),
+        ),
+        (
+            "boolean-constant",
+            program(|b, x, _| {
+                let mask = x.gt(&scalar(b, 0.0).broadcast_to(&dims(&[2, 3, 4])));
+                let always = b.constant(1.0, DType::Bool, &[]).broadcast_to(&dims(&[2, 3, 4]));
+                mask.and(&always).select(x, &x.exp())
+            }),
+            |o| matches!(o, Op::Binary(lsc_ir::BinaryOp::And)),
+            Config::default(),
+        ),
+        (
+            "drop-stop-gradient",
+            program(|_, x, _| x.stop_gradient().exp()),
+            |o| matches!(o, Op::StopGradient),
+            forward_values_only(),
+        ),
+    ];
+    // A loop of 3 trips of `h ← tanh(h·w)`, which becomes 3 calls.
+    let b = ModelBuilder::new();
+    let x = b.input("x", DType::F32, &dims(&[2, 3, 4]));
+    let w = b.param("w", DType::F32, &dims(&[4, 4]));
+    let args = [
+        ("i", lsc_ir::TensorType::scalar(DType::I64)),
+        ("h", lsc_ir::TensorType::new(DType::F32, dims(&[2, 3, 4]))),
+        ("w", lsc_ir::TensorType::new(DType::F32, dims(&[4, 4]))),
+    ];
+    b.function("step", &args, |_, a| vec![("h".into(), a[1].matmul(&a[2]).tanh())]);
+    let y = b.repeat("step", 3, &[&x], &[&w]).remove(0);
+    b.output("y", &y);
+    cases.push(("loop-unroll", b.finish().unwrap(), |o| matches!(o, Op::Loop { .. }), Config::default()));
+    let plain: Vec<(&str, Program, OpTest)> = vec![
         ("transpose-transpose", program(|_, x, _| x.transpose(&[1, 0, 2]).transpose(&[1, 0, 2]).exp()), |o| {
             matches!(o, Op::Transpose { .. })
         }),
@@ -79,11 +129,40 @@ fn algebra_rules_fire_where_they_must() {
             matches!(o, Op::Binary(lsc_ir::BinaryOp::Add) | Op::Concat { .. })
         }),
     ];
-    for (rule, p, counted) in cases {
-        let (q, stats) = run_both(&p, &inputs, &params);
+    cases.extend(plain.into_iter().map(|(r, p, t)| (r, p, t, Config::default())));
+    cases
+}
+
+/// Each rule of [`rule_cases`] fires, removes what it targets, and the result
+/// computes what the input did.
+#[test]
+fn algebra_rules_fire_where_they_must() {
+    let (inputs, params) = small_feed();
+    for (rule, p, counted, cfg) in rule_cases() {
+        let (q, stats) = run_both_with(&p, &inputs, &params, &cfg);
         assert!(stats.fired.get(rule).copied().unwrap_or(0) > 0, "{rule} did not fire: {:?}", stats.fired);
-        assert!(count(&q, counted) < count(&p, counted), "{rule}: the extracted program still has the redundant op");
+        assert!(count(&q, counted) < count(&p, counted), "{rule}: the extracted program still has the op");
     }
+}
+
+/// Every rule of the saturation passes fires somewhere in the suite's
+/// programs: the cases above, or a built-in model's inference or training step.
+#[test]
+fn every_rule_fires_on_a_case_or_a_built_in_model() {
+    let mut fired: std::collections::BTreeSet<String> = Default::default();
+    for (_, p, _, cfg) in rule_cases() {
+        fired.extend(optimize(&p, &cfg).unwrap().1.fired.into_keys());
+    }
+    for m in lsc_models::MODELS.iter().map(|m| m.name) {
+        let inference = lsc_models::build_inference(m, "tiny").unwrap();
+        fired.extend(optimize(&inference, &forward_values_only()).unwrap().1.fired.into_keys());
+        let forward = lsc_models::build(m, "tiny").unwrap();
+        let (_, stats) =
+            lsc_passes::saturate::optimize_training_step(&forward, &Default::default(), &Config::default()).unwrap();
+        fired.extend(stats.fired.into_keys());
+    }
+    let missing: Vec<&str> = lsc_passes::saturate::rule_names().into_iter().filter(|r| !fired.contains(*r)).collect();
+    assert!(missing.is_empty(), "rules that fire nowhere: {missing:?}");
 }
 
 /// `concat(a, 0) + concat(0, b)` along the last axis, zeros broadcast from a scalar

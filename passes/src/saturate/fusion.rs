@@ -1,8 +1,6 @@
-//! The `inference`, `ternary` and `gam` rule groups.
+//! The `ternary` and `gam` rule groups.
 //!
-//! - `inference` (forward values only, never before autodiff): a
-//!   straight-through estimator `sg(q) + (w − sg(w))` is `q` in value, and
-//!   `stop_gradient` is the identity.
+//! (The `inference` group's rewrites are plain patterns, in `rules.rs`.)
 //! - `ternary`: `matmul(x, clamp(round(w / s), −1, 1) · s)` → `ternary_matmul(x,
 //!   ternary_pack(w, s), s)`, for a scalar scale `s`.
 //! - `gam`: `σ(z)[:d] · (conv(x) + b) + σ(z)[d:] · softmax(x·Mᵀ)·M` → `gam(x, …, z)`.
@@ -12,24 +10,6 @@ use super::lang::LscNode;
 use super::rules::{broadcast_of, decode, find, is, op, ops, Expr};
 use egg::Id;
 use lsc_ir::{BinaryOp, Dim, Op, UnaryOp};
-
-pub(super) fn drop_stop_gradient(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
-    match decode(g, n) {
-        Some((Op::StopGradient, ch)) => vec![Expr::Class(ch[0])],
-        _ => vec![],
-    }
-}
-
-/// `sg(q) + (w − sg(w)) → q`.
-pub(super) fn straight_through_forward(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
-    let Some((Op::Binary(BinaryOp::Add), ch)) = decode(g, n) else { return vec![] };
-    let Some(q) = is(g, ch[0], &Op::StopGradient) else { return vec![] };
-    let Some(diff) = is(g, ch[1], &Op::Binary(BinaryOp::Sub)) else { return vec![] };
-    match is(g, diff[1], &Op::StopGradient) {
-        Some(w) if g.find(w[0]) == g.find(diff[0]) => vec![Expr::Class(q[0])],
-        _ => vec![],
-    }
-}
 
 /// The scalar `s` of a class that is `broadcast(s)`.
 fn broadcast_scalar(g: &LscGraph, id: Id) -> Option<Id> {

@@ -3,7 +3,8 @@
 //! type); multi-output ops are read through projection nodes.
 
 use egg::{define_language, Id, Symbol};
-use lsc_ir::{Op, TensorType};
+use lsc_ir::{BinaryOp, CmpOp, Op, TensorType, UnaryOp};
+use std::collections::HashMap;
 
 define_language! {
     /// An e-node: an interned key (see [`Key`]) and its children.
@@ -21,15 +22,56 @@ pub enum Key {
     Proj(u32),
 }
 
-/// Interns keys as symbols `"{index}:{name}"`.
-#[derive(Clone, Debug, Default)]
+/// Interns keys as symbols. An op without attributes or declared type is
+/// its own `.lsir` name (`neg`, `stop_gradient`), so egg patterns written in
+/// those names match and build its nodes; every other key is `"{index}:{name}"`.
+#[derive(Clone, Debug)]
 pub struct Interner {
     keys: Vec<Key>,
+    /// The keys of the plain names, by name.
+    plain: HashMap<&'static str, usize>,
+}
+
+impl Default for Interner {
+    /// An interner that knows every plain name.
+    fn default() -> Interner {
+        let mut i = Interner { keys: Vec::new(), plain: HashMap::new() };
+        for op in plain_ops() {
+            i.plain.insert(op.name(), i.keys.len());
+            i.keys.push(Key::Op(op, None));
+        }
+        i
+    }
+}
+
+/// Every op without attributes (and that is not a leaf with a declared type).
+fn plain_ops() -> Vec<Op> {
+    let named = ["select", "stop_gradient", "embedding", "causal_conv1d", "causal_conv1d_grad", "rotary"]
+        .into_iter()
+        .chain(["cross_entropy", "softmax_cross_entropy", "ternary_pack", "gam"])
+        .filter_map(|n| Op::from_parts(n, None, Vec::new()).ok());
+    UnaryOp::ALL
+        .iter()
+        .map(|&u| Op::Unary(u))
+        .chain(BinaryOp::ALL.iter().map(|&b| Op::Binary(b)))
+        .chain(CmpOp::ALL.iter().map(|&c| Op::Compare(c)))
+        .chain(named)
+        .collect()
+}
+
+/// Whether `key` is spelled by its plain name.
+fn is_plain(key: &Key) -> bool {
+    matches!(key, Key::Op(op, None) if op.attrs().is_empty() && !op.is_leaf())
 }
 
 impl Interner {
     /// The symbol of `key`, interning it if new.
     pub fn symbol(&mut self, key: Key) -> Symbol {
+        if is_plain(&key) {
+            if let Key::Op(op, _) = &key {
+                return Symbol::from(op.name());
+            }
+        }
         let index = match self.keys.iter().position(|k| *k == key) {
             Some(i) => i,
             None => {
@@ -44,10 +86,14 @@ impl Interner {
         Symbol::from(format!("{index}:{name}"))
     }
 
-    /// The key of a symbol made by [`Interner::symbol`].
+    /// The key of a symbol made by [`Interner::symbol`] (or written in a pattern).
     pub fn key(&self, sym: Symbol) -> &Key {
-        let index: usize = sym.as_str().split(':').next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
-        self.keys.get(index).unwrap_or(&Key::Proj(u32::MAX))
+        let s = sym.as_str();
+        let index = match s.split_once(':') {
+            Some((i, _)) => i.parse().ok(),
+            None => self.plain.get(s).copied(),
+        };
+        index.and_then(|i| self.keys.get(i)).unwrap_or(&Key::Proj(u32::MAX))
     }
 }
 

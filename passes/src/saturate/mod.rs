@@ -237,19 +237,31 @@ fn run_stage(
 ) -> (StopReason, usize) {
     for iteration in 1..=cfg.iter_limit {
         let mut proposals: Vec<(Id, usize, rules::Expr)> = Vec::new();
+        let mut pattern_matches = Vec::new();
         for (k, r) in rules.iter().enumerate() {
-            match r.apply {
+            match &r.apply {
+                rules::Apply::Pattern(rw) => pattern_matches.push((k, rw.search(eg))),
                 rules::Apply::Node(f) => {
+                    let f = *f;
                     for class in eg.classes() {
                         for n in &class.nodes {
                             proposals.extend(f(eg, n).into_iter().map(|e| (class.id, k, e)));
                         }
                     }
                 }
-                rules::Apply::Graph(f) => proposals.extend(f(eg).into_iter().map(|(id, e)| (id, k, e))),
+                rules::Apply::Graph(f) => proposals.extend((*f)(eg).into_iter().map(|(id, e)| (id, k, e))),
             }
         }
         let mut changed = false;
+        // Patterns rewrite terms to terms of the same value, so of the same type.
+        for (k, matches) in pattern_matches {
+            let rules::Apply::Pattern(rw) = &rules[k].apply else { continue };
+            let merged = rw.apply(eg, &matches).len();
+            if merged > 0 {
+                changed = true;
+                *stats.fired.entry(rules[k].name.to_string()).or_insert(0) += merged;
+            }
+        }
         for (id, k, e) in proposals {
             let new = add_expr(eg, &e, &mut HashMap::new());
             // Only a type-preserving rewrite may merge (the analysis knows both types).
@@ -273,6 +285,11 @@ fn run_stage(
         }
     }
     (StopReason::IterationLimit, cfg.iter_limit)
+}
+
+/// Every rule's name.
+pub fn rule_names() -> Vec<&'static str> {
+    rules::all().iter().map(|r| r.name).collect()
 }
 
 /// The rule groups, in stage order.

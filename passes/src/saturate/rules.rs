@@ -5,7 +5,7 @@
 use super::analysis::{ty, LscGraph};
 use super::lang::{Key, LscNode};
 use egg::Id;
-use lsc_ir::{BinaryOp, Op, UnaryOp};
+use lsc_ir::{BinaryOp, Op};
 
 /// An expression to add to the e-graph: an existing class or a new node.
 #[derive(Clone, Debug)]
@@ -19,9 +19,11 @@ pub enum Expr {
 }
 
 /// How a rule finds its matches.
-#[derive(Clone, Copy)]
 pub enum Apply {
-    /// Proposals for the class of one e-node.
+    /// A plain term rewrite, as an egg pattern over the ops' `.lsir` names.
+    Pattern(egg::Rewrite<LscNode, super::analysis::Types>),
+    /// Proposals for the class of one e-node: rules that read the analysis
+    /// (types, constants) or compute attributes, which a pattern cannot.
     Node(fn(&LscGraph, &LscNode) -> Vec<Expr>),
     /// Proposals over the whole e-graph, each for a class (horizontal fusions,
     /// and fusions that rewrite several classes at once).
@@ -53,12 +55,18 @@ pub fn all() -> Vec<Rule> {
     use super::{fusion, recursion, step};
     let node = |name, group, f| Rule { name, group, apply: Apply::Node(f) };
     let graph = |name, group, f| Rule { name, group, apply: Apply::Graph(f) };
+    let pattern = |name: &'static str, group, lhs: &str, rhs: &str| {
+        let (l, r): (egg::Pattern<LscNode>, egg::Pattern<LscNode>) =
+            (lhs.parse().expect("a valid pattern"), rhs.parse().expect("a valid pattern"));
+        let rw = egg::Rewrite::new(name, l, r).expect("a valid rewrite");
+        Rule { name, group, apply: Apply::Pattern(rw) }
+    };
     vec![
         node("transpose-transpose", "algebra", transpose_transpose),
         node("transpose-identity", "algebra", transpose_identity),
         node("reshape-reshape", "algebra", reshape_reshape),
         node("reshape-identity", "algebra", reshape_identity),
-        node("neg-neg", "algebra", neg_neg),
+        pattern("neg-neg", "algebra", "(neg (neg ?x))", "?x"),
         node("mul-one", "algebra", mul_one),
         node("add-zero", "algebra", add_zero),
         node("add-concat", "algebra", add_concat),
@@ -67,8 +75,9 @@ pub fn all() -> Vec<Rule> {
         node("boolean-constant", "algebra", boolean_constant),
         node("matmul-absorb-transpose", "algebra", matmul_absorb_transpose),
         node("scale-through-matmul", "algebra", scale_through_matmul),
-        node("drop-stop-gradient", "inference", fusion::drop_stop_gradient),
-        node("straight-through-forward", "inference", fusion::straight_through_forward),
+        pattern("drop-stop-gradient", "inference", "(stop_gradient ?x)", "?x"),
+        // A straight-through estimator's forward value: `sg(q) + (w − sg(w)) → q`.
+        pattern("straight-through-forward", "inference", "(add (stop_gradient ?q) (sub ?w (stop_gradient ?w)))", "?q"),
         node("ls-attention", "attention", ls_attention),
         node("attention-row-max", "attention", attention_row_max),
         node("ternary-matmul", "ternary", fusion::ternary_matmul),
@@ -224,14 +233,6 @@ fn boolean_constant(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
         _ => {}
     }
     out
-}
-
-fn neg_neg(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
-    let Some((Op::Unary(UnaryOp::Neg), ch)) = decode(g, n) else { return vec![] };
-    ops(g, ch[0])
-        .into_iter()
-        .filter_map(|(o, inner)| matches!(o, Op::Unary(UnaryOp::Neg)).then(|| Expr::Class(inner[0])))
-        .collect()
 }
 
 /// `x ∘ c → x` when `c` is the constant `unit` (either side for commutative ops).
