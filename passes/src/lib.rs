@@ -10,6 +10,7 @@
 //! | [`routing`] | whether a function may run on the active rows only (`routed_call`) |
 //! | [`inline`] | `main`'s calls replaced by their callees' bodies (the training step keeps forward values) |
 //! | [`specialize`] | functions specialised on the constant arguments all their calls pass |
+//! | [`fused`] | the fused ops, one module each: the rules that make them, their VJPs and costs |
 //! | [`dce`] | dead-code elimination |
 //! | [`plan`] | compiled programs: launches over a planned arena, at bound shapes |
 //! | [`partition`] | the optimised graph grouped into kernels (fused elementwise chains, library ops) |
@@ -20,6 +21,7 @@
 
 pub mod autodiff;
 pub mod dce;
+pub mod fused;
 pub mod hoist;
 pub mod inline;
 pub mod partition;

@@ -1,56 +1,20 @@
-//! VJP rules of the fused ops that the rewrite passes put into forward graphs
-//! (which autodiff then differentiates): ternary matmul, and GAM through its
-//! primitive decomposition (recomputed in the backward pass).
+//! The VJP of a fused op through its primitive decomposition (GAM's, in
+//! [`crate::fused::gam`]): recomputed in the backward pass.
 
 use super::emit::{Emit, R};
 use super::{backpropagate, copy_into, NodeGrad};
-use lsc_ir::{BinaryOp, Dim, Graph, Op, TensorType, UnaryOp, ValueRef};
+use lsc_ir::{Graph, Op, TensorType, ValueRef};
 
 type G = R<Vec<Option<ValueRef>>>;
-
-/// `y = (x·w)·s`: `dx = (dy·wᵀ)·s` (a ternary matmul again), `ds = Σ dy ⊙ (x·w)`;
-/// the packed weights get no gradient (training reaches the latent weights
-/// through the straight-through spelling, which this op never replaces).
-pub(super) fn ternary_matmul(e: &mut Emit, n: &NodeGrad) -> G {
-    let Op::TernaryMatmul { trans_b } = n.op else { unreachable!() };
-    let (x, w, s) = (n.operands[0], n.operands[1], n.operands[2]);
-    let Some(dy) = n.grads[0] else { return Ok(vec![None; 3]) };
-    let dx = e.op(Op::TernaryMatmul { trans_b: !trans_b }, &[dy, w, s])?;
-    let one = e.full(1.0, &e.ty(s))?;
-    let unscaled = e.op(Op::TernaryMatmul { trans_b }, &[x, w, one])?;
-    let prod = e.mul(dy, unscaled)?;
-    let axes: Vec<usize> = (0..e.ty(prod).rank()).collect();
-    let ds = e.sum(prod, axes)?;
-    Ok(vec![Some(dx), None, Some(ds)])
-}
-
-/// GAM in primitives: the function [`Op::Gam`] computes.
-pub fn gam_decomposed(e: &mut Emit, args: &[ValueRef]) -> R<Vec<ValueRef>> {
-    let (x, conv_w, conv_b, memory, gate_logits) = (args[0], args[1], args[2], args[3], args[4]);
-    let xt = e.ty(x);
-    let d = xt.shape[2].clone();
-    let conv = e.op(Op::CausalConv1d, &[x, conv_w])?;
-    let bias = e.broadcast(conv_b, &xt.shape)?;
-    let local = e.add(conv, bias)?;
-    let scores = e.op(Op::MatMul { trans_a: false, trans_b: true }, &[x, memory])?;
-    let p = e.op(Op::Softmax { axis: 2 }, &[scores])?;
-    let glob = e.op(Op::MatMul { trans_a: false, trans_b: false }, &[p, memory])?;
-    let gates = e.unary(UnaryOp::Sigmoid, gate_logits)?;
-    let g_local = e.op(Op::Slice { axis: 2, start: Dim::new(0), end: d.clone() }, &[gates])?;
-    let g_global = e.op(Op::Slice { axis: 2, start: d.clone(), end: d.scale(2) }, &[gates])?;
-    let a = e.mul(g_local, local)?;
-    let b = e.bin(BinaryOp::Mul, g_global, glob)?;
-    Ok(vec![e.add(a, b)?])
-}
-
-pub(super) fn gam(e: &mut Emit, n: &NodeGrad) -> G {
-    by_decomposition(e, n, gam_decomposed)
-}
 
 /// The VJP of a fused op through its decomposition: the decomposition is built
 /// and differentiated in a scratch graph, then copied in (so the backward
 /// recomputes the forward's intermediates instead of keeping them alive).
-fn by_decomposition(e: &mut Emit, n: &NodeGrad, decompose: fn(&mut Emit, &[ValueRef]) -> R<Vec<ValueRef>>) -> G {
+pub(crate) fn by_decomposition(
+    e: &mut Emit,
+    n: &NodeGrad,
+    decompose: fn(&mut Emit, &[ValueRef]) -> R<Vec<ValueRef>>,
+) -> G {
     let mut scratch = Graph::new("decomposition");
     let input =
         |g: &mut Graph, name: String, ty: TensorType| ValueRef::first(g.add_node(Op::Input { name }, &[], vec![ty]));

@@ -12,8 +12,11 @@ mod fused;
 mod rules;
 mod structured;
 
+pub(crate) use emit::R;
+pub(crate) use fused::by_decomposition;
+pub(crate) use rules::no_gradient;
+
 pub use emit::Emit;
-pub use fused::gam_decomposed;
 
 use lsc_ir::{Graph, NodeId, Op, Program, ValueRef};
 use std::collections::HashMap;
@@ -52,7 +55,7 @@ impl VjpTable {
         for c in CmpOp::ALL {
             t.register(c.name(), rules::no_gradient);
         }
-        let table: [(&'static str, VjpRule); 29] = [
+        let table: [(&'static str, VjpRule); 24] = [
             ("clamp", rules::clamp),
             ("select", rules::select),
             ("stop_gradient", rules::no_gradient),
@@ -71,20 +74,21 @@ impl VjpTable {
             ("slice", rules::slice),
             ("concat", rules::concat),
             ("broadcast", rules::broadcast),
-            ("causal_conv1d", rules::causal_conv1d),
             ("rotary", rules::rotary),
             ("topk", rules::topk),
             ("cross_entropy", rules::cross_entropy),
             ("cache_update", rules::cache_update),
-            ("ls_attention", rules::ls_attention),
-            ("ternary_pack", rules::no_gradient),
-            ("ternary_matmul", fused::ternary_matmul),
-            ("gam", fused::gam),
             ("call", structured::call),
             ("loop", structured::lp),
         ];
         for (name, rule) in table {
             t.register(name, rule);
+        }
+        // The fused ops' rules live with the ops (`crate::fused`).
+        for f in &crate::fused::ALL {
+            for &(name, rule) in f.vjps {
+                t.register(name, rule);
+            }
         }
         t
     }

@@ -160,7 +160,7 @@ pub(super) fn binary(e: &mut Emit, n: &NodeGrad) -> G {
     Ok(vec![Some(gx), Some(gz)])
 }
 
-pub(super) fn no_gradient(_: &mut Emit, n: &NodeGrad) -> G {
+pub(crate) fn no_gradient(_: &mut Emit, n: &NodeGrad) -> G {
     Ok(vec![None; n.operands.len()])
 }
 
@@ -399,14 +399,6 @@ pub(super) fn rotary(e: &mut Emit, n: &NodeGrad) -> G {
     Ok(vec![Some(dx), Some(dc), Some(ds)])
 }
 
-/// `y[t] = Σ_k w[k]·x[t − (K−1) + k]`: both gradients come from one fused
-/// `causal_conv1d_grad` (in primitives, each tap would shift, pad and multiply).
-pub(super) fn causal_conv1d(e: &mut Emit, n: &NodeGrad) -> G {
-    let (x, w, g) = (n.operands[0], n.operands[1], gy(n));
-    let grads = e.op_all(Op::CausalConv1dGrad, &[x, w, g])?;
-    Ok(vec![Some(grads[0]), Some(grads[1])])
-}
-
 pub(super) fn topk(e: &mut Emit, n: &NodeGrad) -> G {
     let Op::TopK { axis, .. } = n.op else { unreachable!() };
     let Some(gv) = n.grads[0] else { return Ok(vec![None]) };
@@ -441,15 +433,4 @@ pub(super) fn cache_update(e: &mut Emit, n: &NodeGrad) -> G {
     let idx = e.add(iota, offset)?;
     let gupdate = e.op(Op::Gather { axis }, &[g, idx])?;
     Ok(vec![Some(gcache), Some(gupdate), None])
-}
-
-/// The fused attention's own rule: a fused backward with recomputation (the
-/// row max is a monitor and has no gradient).
-pub(super) fn ls_attention(e: &mut Emit, n: &NodeGrad) -> G {
-    let Op::LsAttention { windows, scale } = &n.op else { unreachable!() };
-    let Some(g) = n.grads[0] else { return Ok(vec![None, None, None]) };
-    let mut args = n.operands.clone();
-    args.extend([n.outputs[0], g]);
-    let grads = e.op_all(Op::LsAttentionGrad { windows: windows.clone(), scale: *scale }, &args)?;
-    Ok(grads.into_iter().map(Some).collect())
 }

@@ -29,19 +29,13 @@ impl Default for Machine {
     }
 }
 
-fn numel(t: &TensorType) -> f64 {
+pub(crate) fn numel(t: &TensorType) -> f64 {
     let symbol_size = |d: &Dim| -> f64 {
         let b: Bindings = d.symbols().map(|s| (s.to_string(), if s == "B" { 8 } else { 64 })).collect();
         d.eval(&b).unwrap_or(64).max(0) as f64
     };
     t.shape.iter().map(symbol_size).product()
 }
-
-/// The share of rows a `routed_call` is expected to run on. It is data
-/// dependent; MoR's default capacities (1, 0.75, 0.5, 0.25) keep about half of
-/// the rows at the depths that route, and packing costs only a copy, so
-/// routing is priced as running on half of the rows.
-pub const ROUTED_SHARE: f64 = 0.5;
 
 /// Estimated seconds of one node; a call costs one run of its callee
 /// (`Types::call_costs`), a loop `trips` runs.
@@ -54,36 +48,14 @@ pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
     let ins: f64 = in_types.iter().map(|t| numel(t)).sum();
     let dim = |t: &TensorType, axis: usize| numel(&TensorType::new(t.dtype, [t.shape[axis].clone()]));
     let flops = match op {
+        _ if crate::fused::flops(op, &in_types, &out_types).is_some() => {
+            crate::fused::flops(op, &in_types, &out_types).unwrap_or(0.0)
+        }
         Op::MatMul { trans_a, .. } => {
             let k = in_types.first().map(|t| dim(t, t.rank() - if *trans_a { 2 } else { 1 })).unwrap_or(1.0);
             2.0 * outs * k
         }
-        Op::MatMulSum { .. } => {
-            // 2·m·n per row of the left operand's stacked batch·k rows.
-            let (rows, m) = (
-                in_types.first().map(|t| numel(t)).unwrap_or(1.0),
-                out_types.first().map(|t| dim(t, 0)).unwrap_or(1.0),
-            );
-            2.0 * outs * rows / m.max(1.0)
-        }
-        Op::TernaryMatmul { .. } => {
-            // Adds and subtracts, one per weight and row.
-            let k = in_types.first().map(|t| dim(t, t.rank() - 1)).unwrap_or(1.0);
-            outs * k
-        }
-        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::CrossEntropy | Op::SoftmaxCrossEntropy => 5.0 * ins,
-        Op::Gam => {
-            // Two (rows × slots × d) products for the memory read, plus the conv and gates.
-            let slots = in_types.get(3).map(|t| dim(t, 0)).unwrap_or(64.0);
-            outs * (4.0 * slots + 20.0)
-        }
-        Op::LsAttention { windows, .. } => {
-            // q·k and p·v over the visible keys: T/2 on average for a global head, w for a local one.
-            let t = in_types.first().map(|q| dim(q, 2)).unwrap_or(64.0);
-            let keys: f64 = windows.iter().map(|&w| if w == 0 { t / 2.0 } else { (w as f64).min(t) }).sum::<f64>()
-                / windows.len().max(1) as f64;
-            4.0 * ins / 3.0 * keys
-        }
+        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::CrossEntropy => 5.0 * ins,
         Op::Reshape { .. } | Op::Call { .. } | Op::Loop { .. } | Op::RoutedCall { .. } => 0.0,
         _ => outs.max(ins),
     };
@@ -91,7 +63,7 @@ pub fn node_cost(g: &LscGraph, n: &LscNode, m: &Machine) -> f64 {
     let callee = match op {
         Op::Call { callee } => return body(callee),
         Op::Loop { body: f, trips } => return *trips as f64 * (body(f) + m.launch),
-        Op::RoutedCall { callee, .. } => ROUTED_SHARE * body(callee),
+        Op::RoutedCall { callee, .. } => crate::fused::routed_call::ROUTED_SHARE * body(callee),
         _ => 0.0,
     };
     // A reshape is free; everything else reads its inputs and writes its outputs.

@@ -16,15 +16,14 @@
 //! 3. `step` (softmax + cross-entropy with its gradient, one AdamW over all
 //!    parameters), for training-step graphs.
 
-mod analysis;
-mod extract;
-mod fusion;
-mod lang;
+pub(crate) mod analysis;
+pub(crate) mod extract;
+pub(crate) mod lang;
 mod recursion;
-mod rules;
-mod step;
+pub(crate) mod rules;
 
-pub use extract::{Machine, ROUTED_SHARE};
+pub use crate::fused::routed_call::ROUTED_SHARE;
+pub use extract::Machine;
 pub use recursion::{UNROLL_MAX_NODES, UNROLL_MAX_TRIPS};
 
 use analysis::{LscGraph, Types};

@@ -50,11 +50,23 @@ pub const STAGES: [&[&str]; 3] =
 /// will still differentiate.
 pub const FORWARD_ONLY: [&str; 3] = ["inference", "routed", "gradients"];
 
-/// Every rule.
+impl Rule {
+    /// A rule that proposes forms for the class of one e-node.
+    pub(crate) fn node(name: &'static str, group: &'static str, f: fn(&LscGraph, &LscNode) -> Vec<Expr>) -> Rule {
+        Rule { name, group, apply: Apply::Node(f) }
+    }
+
+    /// A rule that proposes forms for classes over the whole e-graph.
+    pub(crate) fn graph(name: &'static str, group: &'static str, f: fn(&LscGraph) -> Vec<(Id, Expr)>) -> Rule {
+        Rule { name, group, apply: Apply::Graph(f) }
+    }
+}
+
+/// Every rule: the algebra, inference and unroll groups here, and each fused
+/// op's rules from its module ([`crate::fused`]).
 pub fn all() -> Vec<Rule> {
-    use super::{fusion, recursion, step};
-    let node = |name, group, f| Rule { name, group, apply: Apply::Node(f) };
-    let graph = |name, group, f| Rule { name, group, apply: Apply::Graph(f) };
+    use super::recursion;
+    let node = Rule::node;
     let pattern = |name: &'static str, group, lhs: &str, rhs: &str| {
         let (l, r): (egg::Pattern<LscNode>, egg::Pattern<LscNode>) =
             (lhs.parse().expect("a valid pattern"), rhs.parse().expect("a valid pattern"));
@@ -78,20 +90,15 @@ pub fn all() -> Vec<Rule> {
         pattern("drop-stop-gradient", "inference", "(stop_gradient ?x)", "?x"),
         // A straight-through estimator's forward value: `sg(q) + (w − sg(w)) → q`.
         pattern("straight-through-forward", "inference", "(add (stop_gradient ?q) (sub ?w (stop_gradient ?w)))", "?q"),
-        node("ls-attention", "attention", ls_attention),
-        node("attention-row-max", "attention", attention_row_max),
-        node("ternary-matmul", "ternary", fusion::ternary_matmul),
-        node("gam", "gam", fusion::gam),
-        node("routed-call", "routed", recursion::routed_call),
         node("loop-unroll", "unroll", recursion::loop_unroll),
-        graph("softmax-cross-entropy", "step", step::softmax_cross_entropy),
-        graph("fused-adamw", "step", step::fused_adamw),
-        node("matmul-sum", "gradients", step::matmul_sum),
     ]
+    .into_iter()
+    .chain(crate::fused::rules())
+    .collect()
 }
 
 /// The ops (with children) of a class.
-pub(super) fn ops(g: &LscGraph, id: Id) -> Vec<(Op, Vec<Id>)> {
+pub(crate) fn ops(g: &LscGraph, id: Id) -> Vec<(Op, Vec<Id>)> {
     g[id]
         .nodes
         .iter()
@@ -103,21 +110,21 @@ pub(super) fn ops(g: &LscGraph, id: Id) -> Vec<(Op, Vec<Id>)> {
 }
 
 /// The children of the first node of class `id` whose op satisfies `want`.
-pub(super) fn find(g: &LscGraph, id: Id, want: impl Fn(&Op) -> bool) -> Option<Vec<Id>> {
+pub(crate) fn find(g: &LscGraph, id: Id, want: impl Fn(&Op) -> bool) -> Option<Vec<Id>> {
     ops(g, id).into_iter().find_map(|(o, ch)| want(&o).then_some(ch))
 }
 
 /// The children of the first `want` node of class `id`.
-pub(super) fn is(g: &LscGraph, id: Id, want: &Op) -> Option<Vec<Id>> {
+pub(crate) fn is(g: &LscGraph, id: Id, want: &Op) -> Option<Vec<Id>> {
     find(g, id, |o| o == want)
 }
 
 /// The operand of a `broadcast` node of class `id`.
-pub(super) fn broadcast_of(g: &LscGraph, id: Id) -> Option<Id> {
+pub(crate) fn broadcast_of(g: &LscGraph, id: Id) -> Option<Id> {
     find(g, id, |o| matches!(o, Op::Broadcast { .. })).map(|ch| ch[0])
 }
 
-pub(super) fn decode(g: &LscGraph, n: &LscNode) -> Option<(Op, Vec<Id>)> {
+pub(crate) fn decode(g: &LscGraph, n: &LscNode) -> Option<(Op, Vec<Id>)> {
     let LscNode::Other(sym, ch) = n;
     match g.analysis.interner.key(*sym) {
         Key::Op(op, None) => Some((op.clone(), ch.clone())),
@@ -126,7 +133,7 @@ pub(super) fn decode(g: &LscGraph, n: &LscNode) -> Option<(Op, Vec<Id>)> {
 }
 
 /// The scalar constant a class is (directly, or broadcast), if any.
-pub(super) fn constant(g: &LscGraph, id: Id) -> Option<f64> {
+pub(crate) fn constant(g: &LscGraph, id: Id) -> Option<f64> {
     for LscNode::Other(sym, ch) in &g[id].nodes {
         match g.analysis.interner.key(*sym) {
             Key::Op(Op::Constant { value }, Some(t)) if t.shape.is_empty() => return Some(*value),
@@ -141,7 +148,28 @@ pub(super) fn constant(g: &LscGraph, id: Id) -> Option<f64> {
     None
 }
 
-pub(super) fn op(op: Op, children: Vec<Expr>) -> Expr {
+/// The scalar constant `c` of a class `broadcast(c)` (or `c` itself).
+pub(crate) fn broadcast_constant(g: &LscGraph, id: Id) -> Option<f64> {
+    broadcast_of(g, id).and_then(|c| constant(g, c)).or_else(|| constant(g, id))
+}
+
+/// Whether some node under class `from` (any choice) is in class `target`.
+pub(crate) fn reaches(g: &LscGraph, from: Id, target: Id) -> bool {
+    let (target, mut seen, mut stack) = (g.find(target), std::collections::HashSet::new(), vec![g.find(from)]);
+    while let Some(id) = stack.pop() {
+        if id == target {
+            return true;
+        }
+        if seen.insert(id) {
+            for LscNode::Other(_, ch) in &g[id].nodes {
+                stack.extend(ch.iter().map(|c| g.find(*c)));
+            }
+        }
+    }
+    false
+}
+
+pub(crate) fn op(op: Op, children: Vec<Expr>) -> Expr {
     Expr::Node(Key::Op(op, None), children)
 }
 
@@ -364,198 +392,4 @@ fn scale_through_matmul(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
         _ => {}
     }
     out
-}
-
-/// The window of a `[T, T]` mask class: `Some(0)` for causal `j ≤ i`,
-/// `Some(w)` for `j ≤ i ∧ i − j < w`, `None` for any other mask.
-fn mask_window(g: &LscGraph, id: Id) -> Option<usize> {
-    let is_iota = |id: Id, axis: usize| {
-        g[id].nodes.iter().any(|LscNode::Other(sym, _)| matches!(g.analysis.interner.key(*sym), Key::Op(Op::Iota { axis: a }, _) if *a == axis))
-    };
-    let causal = |id: Id| {
-        ops(g, id).iter().any(|(o, ch)| *o == Op::Compare(lsc_ir::CmpOp::Le) && is_iota(ch[0], 1) && is_iota(ch[1], 0))
-    };
-    if causal(id) {
-        return Some(0);
-    }
-    for (o, ch) in ops(g, id) {
-        if o != Op::Binary(BinaryOp::And) || !causal(ch[0]) {
-            continue;
-        }
-        for (lt, lch) in ops(g, ch[1]) {
-            if lt != Op::Compare(lsc_ir::CmpOp::Lt) {
-                continue;
-            }
-            let diff = ops(g, lch[0])
-                .iter()
-                .any(|(s, sch)| *s == Op::Binary(BinaryOp::Sub) && is_iota(sch[0], 0) && is_iota(sch[1], 1));
-            if let (true, Some(w)) = (diff, constant(g, lch[1])) {
-                if w >= 1.0 && w == w.trunc() {
-                    return Some(w as usize);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Per-head windows of a `[H, T, T]` mask made of per-head groups
-/// (`[n, T, T]` broadcasts of `[T, T]` masks) concatenated along the head axis.
-fn concat_windows(g: &LscGraph, mask: Id, heads: usize) -> Option<Vec<usize>> {
-    for (c, parts) in ops(g, mask) {
-        if c != (Op::Concat { axis: 0 }) {
-            continue;
-        }
-        let mut windows = Vec::new();
-        for part in parts {
-            let n = ty(g, part)?.shape[0].as_const()? as usize;
-            let w = ops(g, part)
-                .iter()
-                .find_map(|(b, bch)| matches!(b, Op::Broadcast { .. }).then(|| mask_window(g, bch[0])).flatten())?;
-            windows.extend(std::iter::repeat_n(w, n));
-        }
-        if windows.len() == heads {
-            return Some(windows);
-        }
-    }
-    None
-}
-
-/// Per-head windows of a `[T, T]`, `[H, T, T]` or `[B, H, T, T]` mask: one
-/// `[T, T]` mask for every head, or per-head groups (possibly broadcast).
-fn mask_windows(g: &LscGraph, mask: Id, heads: usize) -> Option<Vec<usize>> {
-    match ty(g, mask)?.rank() {
-        2 => return mask_window(g, mask).map(|w| vec![w; heads]),
-        3 => return concat_windows(g, mask, heads),
-        _ => {}
-    }
-    for (o, ch) in ops(g, mask) {
-        if matches!(o, Op::Broadcast { .. }) && ty(g, ch[0]).is_some_and(|t| t.rank() < 4) {
-            if let Some(w) = mask_windows(g, ch[0], heads) {
-                return Some(w);
-            }
-        }
-    }
-    None
-}
-
-/// `(mask, logits)` of a masked-logits class: `select(M, logits, −∞)`, or
-/// `logits + bias` with the bias `select(M, 0, −∞)` (possibly broadcast).
-fn masked(g: &LscGraph, s: Id) -> Vec<(Id, Id)> {
-    let mut out = Vec::new();
-    let bias_mask = |id: Id| -> Option<Id> {
-        let direct = |id: Id| {
-            ops(g, id).into_iter().find_map(|(o, ch)| {
-                (o == Op::Select && constant(g, ch[1]) == Some(0.0) && constant(g, ch[2]) == Some(f64::NEG_INFINITY))
-                    .then_some(ch[0])
-            })
-        };
-        direct(id).or_else(|| {
-            ops(g, id)
-                .into_iter()
-                .find_map(|(o, ch)| matches!(o, Op::Broadcast { .. }).then(|| direct(ch[0])).flatten())
-        })
-    };
-    for (o, ch) in ops(g, s) {
-        match o {
-            Op::Select if constant(g, ch[2]) == Some(f64::NEG_INFINITY) => out.push((ch[0], ch[1])),
-            Op::Binary(BinaryOp::Add) => {
-                for (bias, logits) in [(ch[1], ch[0]), (ch[0], ch[1])] {
-                    if let Some(m) = bias_mask(bias) {
-                        out.push((m, logits));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// `(q, k, scale, windows)` if class `s` is masked, scaled logits `(q·kᵀ)·c`
-/// (the scale on the logits or on `q`; the mask by select or added as −∞).
-fn masked_logits(g: &LscGraph, s: Id) -> Option<(Id, Id, f64, Vec<usize>)> {
-    let t = ty(g, s)?;
-    if t.rank() != 4 {
-        return None;
-    }
-    let heads = t.shape[1].as_const()? as usize;
-    for (mask, logits) in masked(g, s) {
-        let Some(windows) = mask_windows(g, mask, heads) else { continue };
-        let qk = |id: Id| -> Option<(Id, Id)> {
-            ops(g, id)
-                .into_iter()
-                .find_map(|(m, mch)| (m == Op::MatMul { trans_a: false, trans_b: true }).then_some((mch[0], mch[1])))
-        };
-        for (l, lch) in ops(g, logits) {
-            if l != Op::Binary(BinaryOp::Mul) {
-                continue;
-            }
-            let Some(c) = constant(g, lch[1]) else { continue };
-            if let Some((q, k)) = qk(lch[0]) {
-                return Some((q, k, c, windows));
-            }
-        }
-        for (m, mch) in ops(g, logits) {
-            if m != (Op::MatMul { trans_a: false, trans_b: true }) {
-                continue;
-            }
-            for (l, lch) in ops(g, mch[0]) {
-                if let (Op::Binary(BinaryOp::Mul), Some(c)) = (l, constant(g, lch[1])) {
-                    return Some((lch[0], mch[1], c, windows.clone()));
-                }
-            }
-            return Some((mch[0], mch[1], 1.0, windows));
-        }
-    }
-    None
-}
-
-/// `softmax(select(M, (q·kᵀ)·c, −∞))·v` with causal or banded per-head masks
-/// → one `ls_attention` (per-head windows; all-global is plain causal attention).
-fn ls_attention(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
-    let Some((Op::MatMul { trans_a: false, trans_b: false }, ch)) = decode(g, n) else { return vec![] };
-    let mut out = Vec::new();
-    for (sm, sch) in ops(g, ch[0]) {
-        if sm != (Op::Softmax { axis: 3 }) {
-            continue;
-        }
-        let Some((q, k, scale, windows)) = masked_logits(g, sch[0]) else { continue };
-        let same = |a: Id, b: Id| ty(g, a).is_some() && ty(g, a) == ty(g, b);
-        if !(same(q, k) && same(k, ch[1])) {
-            continue;
-        }
-        let fused = Expr::Node(
-            Key::Op(Op::LsAttention { windows, scale }, None),
-            vec![Expr::Class(q), Expr::Class(k), Expr::Class(ch[1])],
-        );
-        out.push(Expr::Node(Key::Proj(0), vec![fused]));
-    }
-    out
-}
-
-/// The monitor `max(masked logits, axes [0,2,3])` read from the fused op's row max.
-fn attention_row_max(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
-    let Some((Op::Reduce { kind: lsc_ir::ReduceKind::Max, axes, keep_dims: false }, ch)) = decode(g, n) else {
-        return vec![];
-    };
-    if axes != [0, 2, 3] {
-        return vec![];
-    }
-    let Some((q, k, scale, windows)) = masked_logits(g, ch[0]) else { return vec![] };
-    let want = Op::LsAttention { windows, scale };
-    for class in g.classes() {
-        for node in &class.nodes {
-            let LscNode::Other(sym, fch) = node;
-            if matches!(g.analysis.interner.key(*sym), Key::Op(o, None) if *o == want)
-                && g.find(fch[0]) == g.find(q)
-                && g.find(fch[1]) == g.find(k)
-            {
-                let rows = Expr::Node(Key::Proj(1), vec![Expr::Class(class.id)]);
-                let reduce = Op::Reduce { kind: lsc_ir::ReduceKind::Max, axes: vec![0, 2], keep_dims: false };
-                return vec![Expr::Node(Key::Op(reduce, None), vec![rows])];
-            }
-        }
-    }
-    vec![]
 }

@@ -1,45 +1,32 @@
-//! The `ternary` and `gam` rule groups.
+//! The Gated Associative Memory mixer in one op.
 //!
-//! (The `inference` group's rewrites are plain patterns, in `rules.rs`.)
-//! - `ternary`: `matmul(x, clamp(round(w / s), −1, 1) · s)` → `ternary_matmul(x,
-//!   ternary_pack(w, s), s)`, for a scalar scale `s`.
-//! - `gam`: `σ(z)[:d] · (conv(x) + b) + σ(z)[d:] · softmax(x·Mᵀ)·M` → `gam(x, …, z)`.
+//! - **Rule** (group `gam`): `σ(z)[:d] · (conv(x) + b) + σ(z)[d:] · softmax(x·Mᵀ)·M`
+//!   → `gam(x, conv_w, conv_b, M, z)`. Code, not a pattern: the gate halves are
+//!   read off the slices' bounds, and the two paths must read the same `x`.
+//! - **VJP**: through the mixer's primitive decomposition, recomputed in the backward.
+//! - **Cost**: two (rows × slots × d) products for the memory read, plus the conv and gates.
+//! - Typing: `lsc_ir::infer`; reference kernel: `lsc_interp::kernels` (`fused`);
+//!   CPU kernel: `lsc_cpu::fused`.
 
-use super::analysis::{ty, LscGraph};
-use super::lang::LscNode;
-use super::rules::{broadcast_of, decode, find, is, op, ops, Expr};
+use crate::autodiff::{by_decomposition, Emit, NodeGrad, VjpRule, R};
+use crate::saturate::analysis::{ty, LscGraph};
+use crate::saturate::lang::LscNode;
+use crate::saturate::rules::{decode, find, is, op, ops, Expr, Rule};
 use egg::Id;
-use lsc_ir::{BinaryOp, Dim, Op, UnaryOp};
+use lsc_ir::{BinaryOp, Dim, Op, TensorType, UnaryOp, ValueRef};
 
-/// The scalar `s` of a class that is `broadcast(s)`.
-fn broadcast_scalar(g: &LscGraph, id: Id) -> Option<Id> {
-    let s = broadcast_of(g, id)?;
-    ty(g, s).is_some_and(|t| t.rank() == 0).then_some(s)
+/// The op's registration.
+pub(crate) const OP: super::FusedOp = super::FusedOp { rules, vjps: &[("gam", vjp as VjpRule)], flops };
+
+fn rules() -> Vec<Rule> {
+    vec![Rule::node("gam", "gam", gam)]
 }
 
-/// `(w, s)` if class `id` is `clamp(round(w / s), −1, 1) · s` with a scalar `s`.
-fn ternarized(g: &LscGraph, id: Id) -> Option<(Id, Id)> {
-    for (o, ch) in ops(g, id) {
-        if o != Op::Binary(BinaryOp::Mul) {
-            continue;
-        }
-        let Some(s) = broadcast_scalar(g, ch[1]) else { continue };
-        let Some(c) = is(g, ch[0], &Op::Clamp { min: -1.0, max: 1.0 }) else { continue };
-        let Some(r) = is(g, c[0], &Op::Unary(UnaryOp::Round)) else { continue };
-        let Some(d) = is(g, r[0], &Op::Binary(BinaryOp::Div)) else { continue };
-        if broadcast_scalar(g, d[1]).map(|x| g.find(x)) == Some(g.find(s)) && ty(g, d[0]).is_some_and(|t| t.rank() == 2)
-        {
-            return Some((d[0], s));
-        }
-    }
-    None
-}
-
-pub(super) fn ternary_matmul(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
-    let Some((Op::MatMul { trans_a: false, trans_b }, ch)) = decode(g, n) else { return vec![] };
-    let Some((w, s)) = ternarized(g, ch[1]) else { return vec![] };
-    let packed = op(Op::TernaryPack, vec![Expr::Class(w), Expr::Class(s)]);
-    vec![op(Op::TernaryMatmul { trans_b }, vec![Expr::Class(ch[0]), packed, Expr::Class(s)])]
+/// Two (rows × slots × d) products for the memory read, plus the conv and gates.
+fn flops(op: &Op, ins: &[&TensorType], outs: &[TensorType]) -> Option<f64> {
+    let Op::Gam = op else { return None };
+    let slots = ins.get(3).map(|t| super::dim(t, 0)).unwrap_or(64.0);
+    Some(super::numels(outs.iter()) * (4.0 * slots + 20.0))
 }
 
 /// `(a, b)` for each `a ∘ b` node of `which` in class `id`, both orders.
@@ -86,7 +73,7 @@ fn memory_path(g: &LscGraph, id: Id) -> Option<(Id, Id)> {
     (g.find(scores[1]) == g.find(read[1])).then_some((scores[0], read[1]))
 }
 
-pub(super) fn gam(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
+pub(crate) fn gam(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
     let Some((Op::Binary(BinaryOp::Add), ch)) = decode(g, n) else { return vec![] };
     let Some(t) = ty(g, ch[0]).filter(|t| t.rank() == 3) else { return vec![] };
     let d = t.shape[2].clone();
@@ -106,4 +93,27 @@ pub(super) fn gam(g: &LscGraph, n: &LscNode) -> Vec<Expr> {
         }
     }
     out
+}
+
+/// GAM in primitives: the function [`Op::Gam`] computes.
+pub fn gam_decomposed(e: &mut Emit, args: &[ValueRef]) -> R<Vec<ValueRef>> {
+    let (x, conv_w, conv_b, memory, gate_logits) = (args[0], args[1], args[2], args[3], args[4]);
+    let xt = e.ty(x);
+    let d = xt.shape[2].clone();
+    let conv = e.op(Op::CausalConv1d, &[x, conv_w])?;
+    let bias = e.broadcast(conv_b, &xt.shape)?;
+    let local = e.add(conv, bias)?;
+    let scores = e.op(Op::MatMul { trans_a: false, trans_b: true }, &[x, memory])?;
+    let p = e.op(Op::Softmax { axis: 2 }, &[scores])?;
+    let glob = e.op(Op::MatMul { trans_a: false, trans_b: false }, &[p, memory])?;
+    let gates = e.unary(UnaryOp::Sigmoid, gate_logits)?;
+    let g_local = e.op(Op::Slice { axis: 2, start: Dim::new(0), end: d.clone() }, &[gates])?;
+    let g_global = e.op(Op::Slice { axis: 2, start: d.clone(), end: d.scale(2) }, &[gates])?;
+    let a = e.mul(g_local, local)?;
+    let b = e.bin(BinaryOp::Mul, g_global, glob)?;
+    Ok(vec![e.add(a, b)?])
+}
+
+fn vjp(e: &mut Emit, n: &NodeGrad) -> Result<Vec<Option<ValueRef>>, String> {
+    by_decomposition(e, n, gam_decomposed)
 }
