@@ -7,7 +7,7 @@
 
 use crate::lower::{lower_elementwise, Group, Node, Output};
 use crate::native::NativeCompiler;
-use crate::{eval, math, print, Body, Buffer, Expr, Index, Kernel, Schedule, Stmt};
+use crate::{eval, math, print, Body, Buffer, Elem, Expr, Index, Kernel, Schedule, Stmt};
 use lsc_ir::{BinaryOp, CmpOp, ReduceKind, UnaryOp};
 
 /// `out[i] = f(x[i])` over `n` elements, `lanes` at a time.
@@ -21,12 +21,13 @@ pub fn unary_kernel(name: &str, n: u64, lanes: u32, f: fn(&mut Body, Expr) -> Ex
     Kernel {
         name: name.into(),
         buffers: vec![
-            Buffer { name: "x".into(), len: n, output: false },
-            Buffer { name: "y".into(), len: n, output: true },
+            Buffer { name: "x".into(), len: n, output: false, elem: Elem::F32 },
+            Buffer { name: "y".into(), len: n, output: true, elem: Elem::F32 },
         ],
         body: vec![Stmt::Loop { var: i, extent: n, body: b.stmts }],
         vars: b.next_var,
         schedule: Schedule { parallel: false, vector_width: lanes },
+        launch: None,
     }
 }
 
@@ -227,12 +228,19 @@ pub fn row(
     kind: usize,
     axes: usize,
 ) -> Result<(), String> {
+    let w = c.vector_width();
+    agrees_with_eval(c, &lower_elementwise(&row_group(name, shape, ops, kind, axes), w)?, kind as u32 + 1)
+}
+
+/// A norm-like row group: a random value reduced over the last `axes` axes
+/// (`kind` picks sum, mean, max or min), then `exp(x − reduced)` per element;
+/// both are outputs.
+pub fn row_group(name: &str, shape: &[usize], ops: &[u8], kind: usize, axes: usize) -> Group {
     let (mut g, r) = reduced_group(name, shape, ops, kind, axes);
     g.nodes.push(Node::Binary(BinaryOp::Sub, 0, r));
     g.nodes.push(Node::Unary(UnaryOp::Exp, g.nodes.len() - 1));
     g.outputs = vec![Output::element("normed", g.nodes.len() - 1), Output::row("row", r)];
-    let w = c.vector_width();
-    agrees_with_eval(c, &lower_elementwise(&g, w)?, kind as u32 + 1)
+    g
 }
 
 /// RMSNorm as one row kernel: `x · rsqrt(mean(x²) + ε) · w` over rows of `d`.

@@ -4,25 +4,25 @@
 //! the order in which vector loops accumulate ([`crate::vector`]).
 
 use crate::vector::{accumulators, combine_lanes, identity, lanes, vectorizable};
-use crate::{Binary, Compare, Expr, Index, Kernel, Stmt, Unary};
+use crate::{Binary, Compare, Expr, GpuExpr, Index, Kernel, Stmt, Unary, Var};
 
 /// A scalar value.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum V {
+pub(crate) enum V {
     F(f32),
     I(i32),
     B(bool),
 }
 
 impl V {
-    fn f(self) -> f32 {
+    pub(crate) fn f(self) -> f32 {
         match self {
             V::F(x) => x,
             V::I(x) => x as f32,
             V::B(x) => x as u8 as f32,
         }
     }
-    fn i(self) -> i32 {
+    pub(crate) fn i(self) -> i32 {
         match self {
             V::I(x) => x,
             V::F(x) => x as i32,
@@ -61,7 +61,7 @@ struct State<'a> {
 }
 
 /// `a ∘ b` for an accumulation op.
-fn fold(op: Binary, a: f32, b: f32) -> f32 {
+pub(crate) fn fold(op: Binary, a: f32, b: f32) -> f32 {
     match op {
         Binary::Max => fmax(a, b),
         Binary::Min => fmin(a, b),
@@ -70,17 +70,43 @@ fn fold(op: Binary, a: f32, b: f32) -> f32 {
     }
 }
 
-fn index(s: &State, ix: &Index) -> usize {
-    let at = ix.terms.iter().fold(ix.offset, |acc, &(v, stride)| acc + s.vars[v].i() as i64 * stride);
-    at as usize
+/// Where an expression's variables and loads come from: one CPU kernel's
+/// state, or one GPU thread's.
+pub(crate) trait Scope {
+    /// The value of variable `v`.
+    fn var(&self, v: Var) -> V;
+    /// Element `index` of buffer `buf`.
+    fn load(&mut self, buf: usize, index: &Index) -> V;
+    /// A GPU-only expression.
+    fn gpu(&mut self, e: &GpuExpr) -> V;
 }
 
-fn expr(s: &State, e: &Expr) -> V {
+/// The element offset of an affine index at the scope's variables.
+pub(crate) fn offset(s: &impl Scope, ix: &Index) -> i64 {
+    ix.terms.iter().fold(ix.offset, |acc, &(v, stride)| acc + s.var(v).i() as i64 * stride)
+}
+
+impl Scope for State<'_> {
+    fn var(&self, v: Var) -> V {
+        self.vars[v]
+    }
+    fn load(&mut self, buf: usize, ix: &Index) -> V {
+        V::F(self.bufs[buf][offset(self, ix) as usize])
+    }
+    fn gpu(&mut self, e: &GpuExpr) -> V {
+        // `check::cpu_only` refuses these before any CPU kernel runs.
+        panic!("a CPU kernel holds the GPU-only {}", crate::check::gpu_expr_name(e))
+    }
+}
+
+/// The value of `e` in scope `s`.
+pub(crate) fn expr(s: &mut impl Scope, e: &Expr) -> V {
     match e {
         Expr::F32(x) => V::F(*x),
         Expr::I32(x) => V::I(*x),
-        Expr::Var(v) => s.vars[*v],
-        Expr::Load { buf, index: ix } => V::F(s.bufs[*buf][index(s, ix)]),
+        Expr::Var(v) => s.var(*v),
+        Expr::Load { buf, index: ix } => s.load(*buf, ix),
+        Expr::Gpu(g) => s.gpu(g),
         Expr::Unary(op, x) => {
             let x = expr(s, x).f();
             V::F(match op {
@@ -130,7 +156,7 @@ fn expr(s: &State, e: &Expr) -> V {
     }
 }
 
-fn cmp<T: PartialOrd>(op: Compare, a: T, b: T) -> bool {
+pub(crate) fn cmp<T: PartialOrd>(op: Compare, a: T, b: T) -> bool {
     match op {
         Compare::Eq => a == b,
         Compare::Ne => a != b,
@@ -158,15 +184,21 @@ fn stmts(s: &mut State, body: &[Stmt], outer: Option<(u64, u64)>) {
                     stmts(s, body, None);
                 }
             }
-            Stmt::Let { var, value } => s.vars[*var] = expr(s, value),
+            Stmt::Let { var, value } => {
+                let v = expr(s, value);
+                s.vars[*var] = v;
+            }
             Stmt::Accumulate { var, op, value } => {
-                let (a, b) = (s.vars[*var].f(), expr(s, value).f());
+                let b = expr(s, value).f();
+                let a = s.vars[*var].f();
                 s.vars[*var] = V::F(fold(*op, a, b));
             }
             Stmt::Store { buf, index: ix, value } => {
-                let (at, v) = (index(s, ix), expr(s, value).f());
+                let v = expr(s, value).f();
+                let at = offset(s, ix) as usize;
                 s.bufs[*buf][at] = v;
             }
+            Stmt::Gpu(g) => panic!("a CPU kernel holds the GPU-only {}", crate::check::gpu_stmt_name(g)),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | [`check`] | static bounds checks every backend runs first |
 //! | [`conformance`] | the tests every native backend must pass against the evaluator |
 //! | [`eval`] | the reference evaluator |
+//! | [`gpu`] | GPU kernels: lowering a group to a launch of threads, the GPU-semantics evaluator (blocks, barriers, warps, races) |
 //! | [`lower`] | fused elementwise/reduction groups of a graph → kernels |
 //! | [`math`] | exp, log, tanh, sigmoid as polynomials in kernel IR (one definition for every backend) |
 //! | [`native`] | the compiled-kernel calling convention, argument checks and thread split every native backend shares |
@@ -19,6 +20,7 @@
 pub mod check;
 pub mod conformance;
 pub mod eval;
+pub mod gpu;
 pub mod lower;
 pub mod math;
 pub mod native;
@@ -128,6 +130,73 @@ pub enum Expr {
     ToInt(Box<Expr>),
     /// i32 → f32.
     ToFloat(Box<Expr>),
+    /// A GPU-only expression (rejected by the CPU renderers).
+    Gpu(GpuExpr),
+}
+
+/// Expressions only a GPU kernel (one with a [`Launch`]) has.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GpuExpr {
+    /// An index of the launch (an i32).
+    Index(LaunchIndex),
+    /// Element `at` (an i32 expression, possibly loaded from an index buffer) of buffer `buf`.
+    LoadAt {
+        /// Buffer number.
+        buf: usize,
+        /// Element index.
+        at: Box<Expr>,
+    },
+    /// Element `at` of a shared or thread-local array.
+    ArrayLoad {
+        /// The array.
+        array: ArrayRef,
+        /// Element index.
+        at: Box<Expr>,
+    },
+    /// Integer arithmetic beyond `+`/`−` on two i32s.
+    Int(IntOp, Box<Expr>, Box<Expr>),
+}
+
+/// The indices of a launch, each an i32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaunchIndex {
+    /// The block's index in the grid (`ctaid.x`).
+    Block,
+    /// The thread's index in its block (`tid.x`).
+    Thread,
+    /// Threads per block (`ntid.x`).
+    BlockDim,
+    /// Blocks in the grid (`nctaid.x`).
+    GridDim,
+    /// The thread's lane in its warp (`thread % 32`).
+    Lane,
+    /// The thread's warp in its block (`thread / 32`).
+    Warp,
+}
+
+/// Integer ops of GPU index arithmetic (signed i32; division and remainder
+/// truncate toward zero and need a non-zero divisor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntOp {
+    /// `a · b` (wrapping)
+    Mul,
+    /// `a / b`
+    Div,
+    /// `a % b`
+    Rem,
+    /// `min(a, b)`
+    Min,
+    /// `max(a, b)`
+    Max,
+}
+
+/// A shared (per-block) or local (per-thread) array of a GPU kernel, by number in its [`Launch`] list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArrayRef {
+    /// `launch.shared[i]`
+    Shared(usize),
+    /// `launch.local[i]`
+    Local(usize),
 }
 
 /// A statement of a kernel body.
@@ -167,9 +236,151 @@ pub enum Stmt {
         /// The value.
         value: Expr,
     },
+    /// A GPU-only statement (rejected by the CPU renderers).
+    Gpu(GpuStmt),
 }
 
-/// A buffer a kernel reads or writes (f32 elements).
+/// Statements only a GPU kernel has. Barriers and warp operations are
+/// *convergent*: every thread of the block (of the warp) must execute them
+/// together, so the loops and conditionals around them must have the same
+/// bounds and conditions in every thread; the evaluator reports it otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GpuStmt {
+    /// `for var = start; var < end; var += step { body }` with i32 bounds computed in the kernel (`step > 0`).
+    Range {
+        /// The index variable.
+        var: Var,
+        /// First value.
+        start: Expr,
+        /// Bound (exclusive).
+        end: Expr,
+        /// Increment.
+        step: Expr,
+        /// Body.
+        body: Vec<Stmt>,
+    },
+    /// `if cond { body }`.
+    If {
+        /// A `Bool` expression.
+        cond: Expr,
+        /// Body.
+        body: Vec<Stmt>,
+    },
+    /// Assigns a new value to a variable bound earlier (running maxima and sums).
+    Set {
+        /// The variable.
+        var: Var,
+        /// Its new value.
+        value: Expr,
+    },
+    /// Writes `value` to element `at` (an i32 expression) of buffer `buf`.
+    StoreAt {
+        /// Buffer number.
+        buf: usize,
+        /// Element index.
+        at: Expr,
+        /// The value.
+        value: Expr,
+    },
+    /// Writes `value` to element `at` of a shared or local array.
+    ArrayStore {
+        /// The array.
+        array: ArrayRef,
+        /// Element index.
+        at: Expr,
+        /// The value.
+        value: Expr,
+    },
+    /// Every thread of the block waits here; shared-memory writes before it are visible after it.
+    Barrier,
+    /// Binds `var`, in every lane of the warp, to `value` folded over the warp's 32 lanes
+    /// by `op` (`Add`, `Max`, `Min`) in butterfly order (lane distance 16, 8, 4, 2, 1).
+    WarpReduce {
+        /// The result.
+        var: Var,
+        /// The combining op.
+        op: Binary,
+        /// Each lane's contribution.
+        value: Expr,
+    },
+    /// Binds `var` to `value` as computed in another lane of the warp.
+    Shuffle {
+        /// The result.
+        var: Var,
+        /// Each lane's value.
+        value: Expr,
+        /// Which lane is read.
+        mode: Shuffle,
+        /// The lane operand (an i32: a lane, a distance or an xor mask).
+        lane: Expr,
+    },
+}
+
+/// How a [`GpuStmt::Shuffle`] picks its source lane; a source outside the
+/// warp reads the thread's own value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shuffle {
+    /// Lane `lane`.
+    Index,
+    /// Lane `self + lane`.
+    Down,
+    /// Lane `self − lane`.
+    Up,
+    /// Lane `self ^ lane`.
+    Xor,
+}
+
+/// Element types of buffers. Floats load as f32 and are rounded to the
+/// buffer's type on store (round to nearest even); integers load as i32
+/// (u8/u32 zero-extended, i64 truncated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Elem {
+    /// 32-bit float.
+    #[default]
+    F32,
+    /// bfloat16.
+    BF16,
+    /// IEEE half.
+    F16,
+    /// 32-bit signed integer.
+    I32,
+    /// 64-bit signed integer.
+    I64,
+    /// Byte.
+    U8,
+    /// 32-bit unsigned integer (packed ternary planes).
+    U32,
+}
+
+impl Elem {
+    /// Bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Elem::U8 => 1,
+            Elem::BF16 | Elem::F16 => 2,
+            Elem::F32 | Elem::I32 | Elem::U32 => 4,
+            Elem::I64 => 8,
+        }
+    }
+    /// Whether it loads as an f32 (else as an i32).
+    pub fn is_float(self) -> bool {
+        matches!(self, Elem::F32 | Elem::BF16 | Elem::F16)
+    }
+    /// Its name in printed kernels and manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Elem::F32 => "f32",
+            Elem::BF16 => "bf16",
+            Elem::F16 => "f16",
+            Elem::I32 => "i32",
+            Elem::I64 => "i64",
+            Elem::U8 => "u8",
+            Elem::U32 => "u32",
+        }
+    }
+}
+
+/// A buffer a kernel reads or writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Buffer {
     /// Name, for printing and manifests.
@@ -178,7 +389,43 @@ pub struct Buffer {
     pub len: u64,
     /// Written by the kernel.
     pub output: bool,
+    /// Element type (CPU kernels: f32 only).
+    pub elem: Elem,
 }
+
+/// A per-block shared or per-thread local array of a GPU kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Array {
+    /// Name, for printing.
+    pub name: String,
+    /// Elements.
+    pub len: u32,
+    /// `F32` or `I32`.
+    pub scalar: Scalar,
+}
+
+/// The launch shape of a GPU kernel: a one-dimensional grid of blocks of threads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    /// Blocks.
+    pub grid: u32,
+    /// Threads per block (a multiple of the warp size, 32).
+    pub block: u32,
+    /// Arrays each block shares.
+    pub shared: Vec<Array>,
+    /// Arrays each thread has.
+    pub local: Vec<Array>,
+}
+
+impl Launch {
+    /// Bytes of shared memory a block uses.
+    pub fn shared_bytes(&self) -> u64 {
+        self.shared.iter().map(|a| u64::from(a.len) * 4).sum()
+    }
+}
+
+/// Threads per warp.
+pub const WARP: u32 = 32;
 
 /// How a kernel runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,6 +449,8 @@ pub struct Kernel {
     pub vars: usize,
     /// Schedule.
     pub schedule: Schedule,
+    /// For a GPU kernel, its launch shape and arrays (its body then runs once per thread).
+    pub launch: Option<Launch>,
 }
 
 impl Kernel {

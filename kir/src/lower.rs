@@ -8,7 +8,7 @@
 //! over one row instead of kernels that round-trip through memory. Adjacent
 //! axes are merged wherever every access is contiguous across them.
 
-use crate::{math, Binary, Body, Buffer, Expr, Index, Kernel, Schedule, Stmt, Unary, Var};
+use crate::{math, Binary, Body, Buffer, Elem, Expr, Index, Kernel, Schedule, Stmt, Unary, Var};
 use lsc_ir::{BinaryOp, CmpOp, ReduceKind, UnaryOp};
 use std::collections::HashMap;
 
@@ -161,6 +161,12 @@ struct Lowering<'g> {
 
 /// The kernel computing `g`, with vector loops of `vector_width` lanes (1: none).
 pub fn lower_elementwise(g: &Group, vector_width: u32) -> Result<Kernel, String> {
+    lower_nest(g, vector_width).map(|(k, _)| k)
+}
+
+/// The kernel computing `g`, and how many of its outermost nested loops run
+/// over rows (the rest of each row's statements run inside them).
+pub(crate) fn lower_nest(g: &Group, vector_width: u32) -> Result<(Kernel, usize), String> {
     let rank = g.shape.len();
     let reduces = g.nodes.iter().any(|n| matches!(n, Node::Reduce(..)));
     if g.reduced_axes > rank || (reduces && g.reduced_axes == 0) {
@@ -259,20 +265,26 @@ pub fn lower_elementwise(g: &Group, vector_width: u32) -> Result<Kernel, String>
     }
     let row_len: u64 = g.shape[..split].iter().product::<usize>() as u64;
     let numel: u64 = g.shape.iter().product::<usize>() as u64;
-    let mut buffers: Vec<Buffer> =
-        g.inputs.iter().map(|(name, len)| Buffer { name: name.clone(), len: *len, output: false }).collect();
+    let mut buffers: Vec<Buffer> = g
+        .inputs
+        .iter()
+        .map(|(name, len)| Buffer { name: name.clone(), len: *len, output: false, elem: Elem::F32 })
+        .collect();
     buffers.extend(g.outputs.iter().map(|o| Buffer {
         name: o.name.clone(),
         len: if o.per_row { row_len } else { numel },
         output: true,
+        elem: Elem::F32,
     }));
-    Ok(Kernel {
+    let kernel = Kernel {
         name: g.name.clone(),
         buffers,
         body,
         vars: l.body.next_var,
         schedule: Schedule { parallel: numel >= 1 << 14 && outer_ext.first().is_some_and(|&e| e > 1), vector_width },
-    })
+        launch: None,
+    };
+    Ok((kernel, outer_ext.len()))
 }
 
 impl Lowering<'_> {

@@ -68,6 +68,7 @@ pub fn vectorizable(var: Var, body: &[Stmt]) -> bool {
             Expr::Unary(_, x) | Expr::FromBits(x) | Expr::ToBits(x) | Expr::ToInt(x) | Expr::ToFloat(x) => ok(x),
             Expr::Binary(_, a, b) | Expr::Compare(_, a, b) => ok(a) && ok(b),
             Expr::Select(c, a, b) => ok(c) && ok(a) && ok(b),
+            Expr::Gpu(_) => false,
         }
     }
     body.iter().all(|s| match s {
@@ -76,7 +77,7 @@ pub fn vectorizable(var: Var, body: &[Stmt]) -> bool {
             matches!(op, Binary::Add | Binary::Mul | Binary::Max | Binary::Min) && expr_ok(value, var, &accs, &index_ok)
         }
         Stmt::Store { index, value, .. } => index_ok(index, true) && expr_ok(value, var, &accs, &index_ok),
-        Stmt::Loop { .. } => false,
+        Stmt::Loop { .. } | Stmt::Gpu(_) => false,
     })
 }
 

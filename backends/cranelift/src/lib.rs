@@ -53,6 +53,7 @@ impl Jit {
 impl NativeCompiler for Jit {
     /// Compiles `k` (its buffer accesses are checked in bounds first).
     fn compile(&mut self, k: &Kernel) -> Result<(), String> {
+        lsc_kir::check::cpu_only(k)?;
         lsc_kir::check::in_bounds(k)?;
         if k.schedule.vector_width > 1 && k.schedule.vector_width != simd::LANES {
             return Err(format!(
@@ -193,6 +194,7 @@ impl Codegen<'_> {
                     let addr = self.address(*buf, index);
                     self.b.ins().store(MemFlagsData::trusted(), v, addr, 0);
                 }
+                Stmt::Gpu(g) => return Err(format!("a {} is a GPU-only construct", lsc_kir::check::gpu_stmt_name(g))),
             }
         }
         Ok(())
@@ -298,6 +300,7 @@ impl Codegen<'_> {
                 let x = self.expr(x)?;
                 self.b.ins().fcvt_from_sint(types::F32, x)
             }
+            Expr::Gpu(g) => return Err(format!("a {} is a GPU-only construct", lsc_kir::check::gpu_expr_name(g))),
         })
     }
 }

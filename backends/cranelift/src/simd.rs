@@ -74,7 +74,7 @@ impl Codegen<'_> {
                     let folded = self.fold(op, lanes, v);
                     self.b.def_var(x, folded);
                 }
-                Stmt::Loop { .. } => return Err("not a vectorizable loop body".into()),
+                Stmt::Loop { .. } | Stmt::Gpu(_) => return Err("not a vectorizable loop body".into()),
             }
         }
         let at = self.b.use_var(i);
@@ -166,6 +166,7 @@ impl Codegen<'_> {
                 let x = self.vexpr(x)?;
                 self.b.ins().fcvt_from_sint(types::F32X4, x)
             }
+            Expr::Gpu(g) => return Err(format!("a {} is a GPU-only construct", lsc_kir::check::gpu_expr_name(g))),
         })
     }
 }

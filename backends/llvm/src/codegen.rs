@@ -135,6 +135,7 @@ impl Codegen<'_> {
                     let at = self.address(*buf, index)?;
                     self.b.build_store(at, v).map_err(err)?.set_alignment(4).map_err(err)?;
                 }
+                Stmt::Gpu(g) => return Err(format!("a {} is a GPU-only construct", lsc_kir::check::gpu_stmt_name(g))),
             }
         }
         Ok(())
@@ -217,7 +218,7 @@ impl Codegen<'_> {
                     let folded = self.fold(op, lanes, v)?;
                     self.b.build_store(p, folded).map_err(err)?;
                 }
-                Stmt::Loop { .. } => return Err("not a vectorizable loop body".into()),
+                Stmt::Loop { .. } | Stmt::Gpu(_) => return Err("not a vectorizable loop body".into()),
             }
         }
         let at = self.b.build_load(i64t, slot, "i").map_err(err)?.into_int_value();
@@ -461,6 +462,7 @@ impl Codegen<'_> {
                 V::VectorValue(v) => self.b.build_signed_int_to_float(v, f32t.vec_type(w), "fl").map_err(err)?.into(),
                 other => return Err(format!("int → float of {}", other.get_type())),
             },
+            Expr::Gpu(g) => return Err(format!("a {} is a GPU-only construct", lsc_kir::check::gpu_expr_name(g))),
         })
     }
 }

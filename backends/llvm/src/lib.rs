@@ -108,6 +108,7 @@ impl Jit {
         let cpu = self.machine.get_cpu().to_string();
         let features = self.machine.get_feature_string().to_string_lossy().into_owned();
         for k in kernels {
+            lsc_kir::check::cpu_only(k)?;
             lsc_kir::check::in_bounds(k)?;
             codegen::kernel(self.context, &module, k, &cpu, &features)?;
         }
