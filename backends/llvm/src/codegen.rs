@@ -14,12 +14,12 @@ use inkwell::values::{
 };
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 use lsc_kir::vector::{accumulators, combine_lanes, identity, lanes, vectorizable};
-use lsc_kir::{Binary, Compare, Expr, Index, Kernel, Stmt, Unary, Var};
+use lsc_kir::{Binary, Compare, Elem, Expr, Index, Kernel, Stmt, Unary, Var};
 use std::collections::HashMap;
 
-type R<T> = Result<T, String>;
+pub(crate) type R<T> = Result<T, String>;
 
-fn err(e: impl std::fmt::Display) -> String {
+pub(crate) fn err(e: impl std::fmt::Display) -> String {
     format!("LLVM builder: {e}")
 }
 
@@ -58,6 +58,10 @@ pub(crate) fn kernel(cx: &'static Context, module: &Module<'static>, k: &Kernel,
         vector_var: None,
         lanes: lanes(&k.schedule).unwrap_or(1) as u32,
         range: Some((params[1].into_int_value(), params[2].into_int_value())),
+        elems: k.buffers.iter().map(|b| b.elem).collect(),
+        shared: Vec::new(),
+        local: Vec::new(),
+        gpu: false,
     };
     cg.stmts(&k.body)?;
     cg.b.build_return(None).map_err(err)?;
@@ -65,33 +69,40 @@ pub(crate) fn kernel(cx: &'static Context, module: &Module<'static>, k: &Kernel,
     Ok(())
 }
 
-struct Codegen<'m> {
-    cx: &'static Context,
-    module: &'m Module<'static>,
-    f: FunctionValue<'static>,
-    b: Builder<'static>,
+pub(crate) struct Codegen<'m> {
+    pub(crate) cx: &'static Context,
+    pub(crate) module: &'m Module<'static>,
+    pub(crate) f: FunctionValue<'static>,
+    pub(crate) b: Builder<'static>,
     /// Positioned in the entry block, where every stack slot is allocated.
-    slots: Builder<'static>,
-    bufs: Vec<PointerValue<'static>>,
-    vars: HashMap<Var, (PointerValue<'static>, BasicTypeEnum<'static>)>,
+    pub(crate) slots: Builder<'static>,
+    pub(crate) bufs: Vec<PointerValue<'static>>,
+    pub(crate) vars: HashMap<Var, (PointerValue<'static>, BasicTypeEnum<'static>)>,
     /// Variables of the vector loop being emitted, and its loop variable.
-    vvars: HashMap<Var, (PointerValue<'static>, BasicTypeEnum<'static>)>,
-    vector_var: Option<Var>,
+    pub(crate) vvars: HashMap<Var, (PointerValue<'static>, BasicTypeEnum<'static>)>,
+    pub(crate) vector_var: Option<Var>,
     /// Lanes of the schedule's vector loops (1: none).
-    lanes: u32,
+    pub(crate) lanes: u32,
     /// The `(begin, end)` of the outermost loop, until it is emitted.
-    range: Option<(IntValue<'static>, IntValue<'static>)>,
+    pub(crate) range: Option<(IntValue<'static>, IntValue<'static>)>,
+    /// Element types of the buffers.
+    pub(crate) elems: Vec<Elem>,
+    /// A GPU kernel's shared arrays (addrspace 3 globals) and local arrays (stack), with their array types.
+    pub(crate) shared: Vec<(PointerValue<'static>, BasicTypeEnum<'static>)>,
+    pub(crate) local: Vec<(PointerValue<'static>, BasicTypeEnum<'static>)>,
+    /// Rendering a GPU kernel: loop indices are i32, as the launch indices are.
+    pub(crate) gpu: bool,
 }
 
-type V = BasicValueEnum<'static>;
+pub(crate) type V = BasicValueEnum<'static>;
 
 impl Codegen<'_> {
-    fn slot(&self, ty: BasicTypeEnum<'static>) -> R<PointerValue<'static>> {
+    pub(crate) fn slot(&self, ty: BasicTypeEnum<'static>) -> R<PointerValue<'static>> {
         self.slots.build_alloca(ty, "v").map_err(err)
     }
 
     /// Stores `v` in variable `var`'s stack slot (of the vector loop's variables when `vector`).
-    fn bind(&mut self, var: Var, v: V, vector: bool) -> R<()> {
+    pub(crate) fn bind(&mut self, var: Var, v: V, vector: bool) -> R<()> {
         let ty = v.get_type();
         let known = if vector { self.vvars.get(&var) } else { self.vars.get(&var) }.map(|&(p, _)| p);
         let slot = match known {
@@ -106,7 +117,7 @@ impl Codegen<'_> {
         Ok(())
     }
 
-    fn block(&self, name: &str) -> BasicBlock<'static> {
+    pub(crate) fn block(&self, name: &str) -> BasicBlock<'static> {
         self.cx.append_basic_block(self.f, name)
     }
 
@@ -114,7 +125,7 @@ impl Codegen<'_> {
         self.vector_var.is_some()
     }
 
-    fn stmts(&mut self, body: &[Stmt]) -> R<()> {
+    pub(crate) fn stmts(&mut self, body: &[Stmt]) -> R<()> {
         for s in body {
             match s {
                 Stmt::Loop { var, extent, body } => self.for_loop(*var, *extent, body)?,
@@ -133,9 +144,9 @@ impl Codegen<'_> {
                 Stmt::Store { buf, index, value } => {
                     let v = self.expr(value)?;
                     let at = self.address(*buf, index)?;
-                    self.b.build_store(at, v).map_err(err)?.set_alignment(4).map_err(err)?;
+                    self.store(*buf, at, v)?;
                 }
-                Stmt::Gpu(g) => return Err(format!("a {} is a GPU-only construct", lsc_kir::check::gpu_stmt_name(g))),
+                Stmt::Gpu(g) => self.gpu_stmt(g)?,
             }
         }
         Ok(())
@@ -143,7 +154,7 @@ impl Codegen<'_> {
 
     /// `for var in lo..hi`: the vector loop first where [`vectorizable`], then the scalar loop.
     fn for_loop(&mut self, var: Var, extent: u64, body: &[Stmt]) -> R<()> {
-        let i64t = self.cx.i64_type();
+        let i64t = self.index_type();
         let (lo, hi) = match self.range.take() {
             Some(r) => r,
             None => (i64t.const_zero(), i64t.const_int(extent, false)),
@@ -267,31 +278,96 @@ impl Codegen<'_> {
         Ok(self.b.build_shuffle_vector(one, vt.get_poison(), mask, "splat").map_err(err)?.into())
     }
 
+    /// The integer type of loop indices: i64 on the CPU, i32 on the GPU.
+    pub(crate) fn index_type(&self) -> inkwell::types::IntType<'static> {
+        if self.gpu {
+            self.cx.i32_type()
+        } else {
+            self.cx.i64_type()
+        }
+    }
+
     fn address(&mut self, buf: usize, ix: &Index) -> R<PointerValue<'static>> {
         let i64t = self.cx.i64_type();
         let mut at = i64t.const_int(ix.offset as u64, true);
         for &(v, stride) in &ix.terms {
-            let &(slot, _) = self.vars.get(&v).ok_or_else(|| format!("index variable i{v} is not a loop"))?;
-            let i = self.b.build_load(i64t, slot, "i").map_err(err)?.into_int_value();
+            let &(slot, ty) = self.vars.get(&v).ok_or_else(|| format!("index variable i{v} is not a loop"))?;
+            let i = self.b.build_load(ty, slot, "i").map_err(err)?.into_int_value();
+            let i = self.b.build_int_s_extend_or_bit_cast(i, i64t, "i64").map_err(err)?;
             let scaled = self.b.build_int_mul(i, i64t.const_int(stride as u64, true), "s").map_err(err)?;
             at = self.b.build_int_add(at, scaled, "at").map_err(err)?;
         }
+        self.element(buf, at)
+    }
+
+    /// The LLVM type of a buffer element.
+    pub(crate) fn elem_type(&self, e: Elem) -> BasicTypeEnum<'static> {
+        match e {
+            Elem::F32 => self.cx.f32_type().into(),
+            Elem::BF16 => self.cx.bf16_type().into(),
+            Elem::F16 => self.cx.f16_type().into(),
+            Elem::I32 | Elem::U32 => self.cx.i32_type().into(),
+            Elem::I64 => self.cx.i64_type().into(),
+            Elem::U8 => self.cx.i8_type().into(),
+        }
+    }
+
+    /// The address of element `at` (an i64) of buffer `buf`.
+    pub(crate) fn element(&self, buf: usize, at: IntValue<'static>) -> R<PointerValue<'static>> {
+        let ty = self.elem_type(self.elems[buf]);
         // SAFETY: the kernel passed the static bounds check for these buffers.
-        unsafe { self.b.build_in_bounds_gep(self.cx.f32_type(), self.bufs[buf], &[at], "p") }.map_err(err)
+        unsafe { self.b.build_in_bounds_gep(ty, self.bufs[buf], &[at], "p") }.map_err(err)
+    }
+
+    /// A scalar element of buffer `buf` at `at`, as an f32 or an i32.
+    pub(crate) fn load(&self, buf: usize, at: PointerValue<'static>) -> R<V> {
+        let e = self.elems[buf];
+        let x = self.b.build_load(self.elem_type(e), at, "x").map_err(err)?;
+        x.as_instruction_value().ok_or("a load")?.set_alignment(e.bytes() as u32).map_err(err)?;
+        let (f32t, i32t) = (self.cx.f32_type(), self.cx.i32_type());
+        Ok(match e {
+            Elem::F32 | Elem::I32 | Elem::U32 => x,
+            Elem::BF16 | Elem::F16 => self.b.build_float_ext(x.into_float_value(), f32t, "ext").map_err(err)?.into(),
+            Elem::U8 => self.b.build_int_z_extend(x.into_int_value(), i32t, "zext").map_err(err)?.into(),
+            Elem::I64 => self.b.build_int_truncate(x.into_int_value(), i32t, "trunc").map_err(err)?.into(),
+        })
+    }
+
+    /// Stores f32 or i32 `v` to element `at` of buffer `buf`, converted to its element type.
+    pub(crate) fn store(&self, buf: usize, at: PointerValue<'static>, v: V) -> R<()> {
+        let e = self.elems[buf];
+        let ty = self.elem_type(e);
+        let v: V = match (e, v) {
+            (Elem::BF16 | Elem::F16, V::FloatValue(x)) => {
+                self.b.build_float_trunc(x, ty.into_float_type(), "round").map_err(err)?.into()
+            }
+            (Elem::U8, V::IntValue(x)) => self.b.build_int_truncate(x, ty.into_int_type(), "byte").map_err(err)?.into(),
+            (Elem::I64, V::IntValue(x)) => {
+                self.b.build_int_s_extend(x, ty.into_int_type(), "wide").map_err(err)?.into()
+            }
+            _ => v,
+        };
+        self.b.build_store(at, v).map_err(err)?.set_alignment(e.bytes() as u32).map_err(err)?;
+        Ok(())
     }
 
     /// A call of intrinsic `name` overloaded on `types`.
-    fn intrinsic(&self, name: &str, types: &[BasicTypeEnum<'static>], args: &[V]) -> R<V> {
+    pub(crate) fn intrinsic(&self, name: &str, types: &[BasicTypeEnum<'static>], args: &[V]) -> R<V> {
+        self.call_intrinsic(name, types, args)?.ok_or_else(|| format!("{name} returned nothing"))
+    }
+
+    /// A call of intrinsic `name`, and its result unless it returns `void`.
+    pub(crate) fn call_intrinsic(&self, name: &str, types: &[BasicTypeEnum<'static>], args: &[V]) -> R<Option<V>> {
         let f = Intrinsic::find(name)
             .and_then(|i| i.get_declaration(self.module, types))
             .ok_or_else(|| format!("LLVM has no intrinsic {name}"))?;
         let args: Vec<BasicMetadataValueEnum> = args.iter().map(|&a| a.into()).collect();
-        let call = self.b.build_call(f, &args, name).map_err(err)?;
-        call.try_as_basic_value().basic().ok_or_else(|| format!("{name} returned nothing"))
+        let call = self.b.build_call(f, &args, "").map_err(err)?;
+        Ok(call.try_as_basic_value().basic())
     }
 
     /// `a ∘ b` for an accumulation op (scalars or vectors alike).
-    fn fold(&self, op: Binary, a: V, b: V) -> R<V> {
+    pub(crate) fn fold(&self, op: Binary, a: V, b: V) -> R<V> {
         self.binary(
             match op {
                 Binary::Max | Binary::Min | Binary::Mul => op,
@@ -366,7 +442,7 @@ impl Codegen<'_> {
         })
     }
 
-    fn expr(&mut self, e: &Expr) -> R<V> {
+    pub(crate) fn expr(&mut self, e: &Expr) -> R<V> {
         let vector = self.in_vector_loop();
         let w = self.lanes;
         let f32t = self.cx.f32_type();
@@ -393,8 +469,7 @@ impl Codegen<'_> {
                     load.as_instruction_value().ok_or("a load")?.set_alignment(4).map_err(err)?;
                     load
                 } else {
-                    let x = self.b.build_load(f32t, at, "x").map_err(err)?;
-                    x.as_instruction_value().ok_or("a load")?.set_alignment(4).map_err(err)?;
+                    let x = self.load(*buf, at)?;
                     broadcast(self, x)?
                 }
             }
@@ -462,7 +537,7 @@ impl Codegen<'_> {
                 V::VectorValue(v) => self.b.build_signed_int_to_float(v, f32t.vec_type(w), "fl").map_err(err)?.into(),
                 other => return Err(format!("int → float of {}", other.get_type())),
             },
-            Expr::Gpu(g) => return Err(format!("a {} is a GPU-only construct", lsc_kir::check::gpu_expr_name(g))),
+            Expr::Gpu(g) => self.gpu_expr(g)?,
         })
     }
 }
@@ -479,7 +554,7 @@ fn float_op<T: FloatMathValue<'static>>(b: &Builder<'static>, op: Binary, x: T, 
 }
 
 /// The LLVM predicates of a comparison: ordered on floats except `Ne`, signed on integers.
-fn predicates(op: Compare) -> (FloatPredicate, IntPredicate) {
+pub(crate) fn predicates(op: Compare) -> (FloatPredicate, IntPredicate) {
     match op {
         Compare::Eq => (FloatPredicate::OEQ, IntPredicate::EQ),
         Compare::Ne => (FloatPredicate::UNE, IntPredicate::NE),

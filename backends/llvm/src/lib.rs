@@ -16,6 +16,9 @@
 #![warn(missing_docs)]
 
 mod codegen;
+mod gpu;
+pub mod ptx;
+pub mod ptxas;
 
 use inkwell::context::Context;
 use inkwell::execution_engine::ExecutionEngine;
