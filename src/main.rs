@@ -42,7 +42,7 @@ enum Command {
     Compile {
         #[command(flatten)]
         model: ModelArgs,
-        /// Comma-separated artifacts to write: ir, opt-ir, egraph-stats, kernels, kir, clif, ll, asm, obj (ll, asm and obj need `--features llvm`).
+        /// Comma-separated artifacts to write: ir, opt-ir, egraph-stats, plan, kernels, kir, clif, ll, asm, obj (CPU), ptx (with `--target cuda`); ll, asm, obj and ptx need `--features llvm`.
         #[arg(long, default_value = "ir", value_delimiter = ',')]
         emit: Vec<String>,
         /// Output folder (created if missing).
@@ -59,6 +59,9 @@ enum Command {
         /// σ(router) ≥ 0.5 rule, whose recursion steps the `routed` rules route).
         #[arg(long, conflicts_with = "train")]
         inference: bool,
+        /// Compile one step of incremental decoding (new tokens against the KV or convolution caches).
+        #[arg(long, conflicts_with_all = ["train", "inference"])]
+        decode: bool,
         /// Only these rule groups in equality saturation (comma-separated; default all).
         #[arg(long, value_delimiter = ',')]
         rules: Vec<String>,
@@ -119,11 +122,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => commands::models::run(),
-        Command::Compile { model, emit, out_dir, train, recompute_calls, inference, rules, no_rules, bounds } => {
-            let graph = match (train, inference) {
-                (true, _) => commands::compile::Graph::TrainingStep { recompute_calls },
-                (false, true) => commands::compile::Graph::Inference,
-                (false, false) => commands::compile::Graph::Forward,
+        Command::Compile { model, emit, out_dir, train, recompute_calls, inference, decode, rules, no_rules, bounds } => {
+            let graph = match (train, inference, decode) {
+                (true, ..) => commands::compile::Graph::TrainingStep { recompute_calls },
+                (_, true, _) => commands::compile::Graph::Inference,
+                (.., true) => commands::compile::Graph::Decode,
+                _ => commands::compile::Graph::Forward,
             };
             commands::compile::run(&model, &emit, &out_dir, graph, &rules, &no_rules, &bounds)
         }

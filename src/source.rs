@@ -4,6 +4,17 @@ use crate::error::CliError;
 use crate::ModelArgs;
 use lsc_ir::Program;
 
+/// Which graph of a built-in model to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelGraph {
+    /// The training forward pass.
+    Forward,
+    /// The causal inference pass.
+    Inference,
+    /// One step of incremental decoding.
+    Decode,
+}
+
 /// A program with its display name and, for built-ins, the longest sequence it accepts.
 pub struct Source {
     /// `transformer`, `ls-transformer`, or the `.lsir` file stem.
@@ -18,7 +29,7 @@ pub struct Source {
 
 /// Builds or parses the program selected by `args`. With `inference`, built-in
 /// models use their causal inference graph (MoR's `σ(logit) ≥ 0.5` rule).
-pub fn load(args: &ModelArgs, inference: bool) -> Result<Source, CliError> {
+pub fn load(args: &ModelArgs, graph: ModelGraph) -> Result<Source, CliError> {
     if let Some(path) = &args.ir {
         let text = std::fs::read_to_string(path)
             .map_err(|e| CliError::with_fix(format!("{}: {e}", path.display()), "check the path"))?;
@@ -32,7 +43,11 @@ pub fn load(args: &ModelArgs, inference: bool) -> Result<Source, CliError> {
         return Ok(Source { name, config: None, program, max_len: None });
     }
     let model = args.model.clone().unwrap_or_default();
-    let build = if inference { lsc_models::build_inference } else { lsc_models::build };
+    let build = match graph {
+        ModelGraph::Forward => lsc_models::build,
+        ModelGraph::Inference => lsc_models::build_inference,
+        ModelGraph::Decode => lsc_models::build_decode,
+    };
     let program = build(&model, &args.config).map_err(|e| CliError::new(e.to_string()))?;
     let max_len = lsc_models::max_seq_len(&model, &args.config).ok();
     Ok(Source { name: model, config: Some(args.config.clone()), program, max_len })

@@ -12,6 +12,7 @@
 //! | [`lower`] | fused elementwise/reduction groups of a graph → kernels |
 //! | [`math`] | exp, log, tanh, sigmoid as polynomials in kernel IR (one definition for every backend) |
 //! | [`native`] | the compiled-kernel calling convention, argument checks and thread split every native backend shares |
+//! | [`op_group`] | library ops that are one group (transpose, broadcast, elementwise ops, reductions), for targets without a library for them |
 //! | [`print`] | the text form (`lsc compile --emit kir`) |
 //! | [`vector`] | which loops run 4 lanes at a time, and the order they accumulate in |
 
@@ -24,6 +25,7 @@ pub mod gpu;
 pub mod lower;
 pub mod math;
 pub mod native;
+pub mod op_group;
 pub mod print;
 pub mod vector;
 

@@ -7,6 +7,7 @@
 //! | [`allocator`] | heap settings for the process, and giving compile-time memory back |
 //! | [`backend`] | the registry of backends, and programs loaded on one at fixed shapes |
 //! | [`exec`] | the executor of compiled plans: memory once, launches in order |
+//! | [`gpu`] | plans lowered for a GPU: generated kernels, library calls (cuBLAS), unsupported ops |
 //! | [`target`] | where plans run: memory, kernels and library ops (the host CPU) |
 //! | [`calibrate`] | FMA peak, bandwidth and op cost of this machine for the cost model |
 //! | [`data`] | byte-token text splits |
@@ -31,6 +32,7 @@ pub mod error;
 pub mod eval;
 pub mod exec;
 pub mod generate;
+pub mod gpu;
 pub mod init;
 pub mod ngram;
 pub mod numerics;

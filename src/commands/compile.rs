@@ -8,7 +8,13 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Artifacts `--emit` accepts today.
-const EMIT_KINDS: [&str; 10] = ["ir", "opt-ir", "egraph-stats", "plan", "kernels", "kir", "clif", "ll", "asm", "obj"];
+const EMIT_KINDS: [&str; 11] =
+    ["ir", "opt-ir", "egraph-stats", "plan", "kernels", "kir", "clif", "ll", "asm", "obj", "ptx"];
+/// Artifacts made from the plan's kernels (they need the optimised program).
+const KERNEL_KINDS: [&str; 8] = ["plan", "kernels", "kir", "clif", "ll", "asm", "obj", "ptx"];
+/// Artifacts only the CPU target makes, and only the CUDA target.
+const CPU_ONLY: [&str; 3] = ["clif", "asm", "obj"];
+const CUDA_ONLY: [&str; 1] = ["ptx"];
 
 fn describe(name: &str, t: &TensorType) -> Value {
     json!({ "name": name, "dtype": t.dtype.name(), "shape": t.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>() })
@@ -62,18 +68,44 @@ fn bit_accounting(src: &source::Source) -> Option<lsc_runtime::quant::BitReport>
 }
 
 /// What kernels are generated for.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// This machine's CPU (Cranelift, and LLVM with `--features llvm`).
     Cpu,
+    /// An NVIDIA GPU of this architecture (`sm_80`, `sm_90`).
+    Cuda(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Cpu => write!(f, "cpu"),
+            Target::Cuda(arch) => write!(f, "cuda:{arch}"),
+        }
+    }
+}
+
+/// Parses `--target`: `cpu`, `cuda` or `cuda:sm_XX`.
+fn parse_target(s: &str) -> Result<Target, String> {
+    const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+    match s.split_once(':') {
+        None if s == "cpu" => Ok(Target::Cpu),
+        None if s == "cuda" => Ok(Target::Cuda(super::cuda::DEFAULT_ARCH.into())),
+        Some(("cuda", arch)) if ARCHS.contains(&arch) => Ok(Target::Cuda(arch.into())),
+        Some(("cuda", arch)) => Err(format!("unsupported GPU architecture `{arch}`: use one of {}", ARCHS.join(", "))),
+        _ => Err("use cpu, cuda, cuda:sm_80 or cuda:sm_90".into()),
+    }
 }
 
 /// How the program is lowered: saturation bounds, the target, and the shapes kernels are lowered at.
 #[derive(clap::Args, Debug)]
 pub struct Bounds {
-    /// Where the kernels run.
-    #[arg(long, value_enum, default_value = "cpu")]
+    /// Where the kernels run: `cpu`, or an NVIDIA GPU: `cuda` (sm_90), `cuda:sm_80`, `cuda:sm_90`.
+    #[arg(long, value_parser = parse_target, default_value = "cpu")]
     pub target: Target,
+    /// With `--target cuda`: write the kernels that lower even where some ops have no GPU kernel yet (listed in manifest.json).
+    #[arg(long)]
+    pub partial: bool,
     /// Shape symbols for `--emit plan,kir,clif`, e.g. `B=8,T=256` (default: B=1 and the model's context).
     #[arg(long, value_delimiter = ',')]
     pub bind: Vec<String>,
@@ -95,6 +127,8 @@ pub enum Graph {
     Forward,
     /// The causal inference pass (`lsc run`).
     Inference,
+    /// One step of incremental decoding (`lsc generate`): new tokens against the caches.
+    Decode,
     /// Forward, backward and update in one graph.
     TrainingStep {
         /// Differentiate calls by recomputing their callees (`call f__vjp`).
@@ -120,6 +154,16 @@ pub fn run(
             ));
         }
     }
+    let (wrong, target_fix) = match bounds.target {
+        Target::Cpu => (&CUDA_ONLY[..], "pass --target cuda (or cuda:sm_80)"),
+        Target::Cuda(_) => (&CPU_ONLY[..], "drop --target cuda, or emit ptx,ll,kir"),
+    };
+    if let Some(e) = emit.iter().find(|e| wrong.contains(&e.as_str())) {
+        return Err(CliError::with_fix(format!("--emit {e} is not made for --target {}", bounds.target), target_fix));
+    }
+    if bounds.partial && bounds.target == Target::Cpu {
+        return Err(CliError::with_fix("--partial is for --target cuda", "drop --partial"));
+    }
     let known = lsc_passes::saturate::groups();
     if let Some(bad) = rules.iter().chain(no_rules).find(|g| !known.contains(&g.as_str())) {
         return Err(CliError::with_fix(
@@ -128,7 +172,12 @@ pub fn run(
         ));
     }
     let train = matches!(graph, Graph::TrainingStep { .. });
-    let mut src = source::load(args, graph == Graph::Inference)?;
+    let which = match graph {
+        Graph::Inference => source::ModelGraph::Inference,
+        Graph::Decode => source::ModelGraph::Decode,
+        Graph::Forward | Graph::TrainingStep { .. } => source::ModelGraph::Forward,
+    };
+    let mut src = source::load(args, which)?;
     let forward = src.program.clone();
     let mut opts = lsc_passes::train::StepOptions {
         recompute_calls: matches!(graph, Graph::TrainingStep { recompute_calls: true }),
@@ -146,8 +195,10 @@ pub fn run(
         })?;
         src.name = format!("{}.train", src.name);
     }
-    if graph == Graph::Inference {
-        src.name = format!("{}.inference", src.name);
+    match graph {
+        Graph::Inference => src.name = format!("{}.inference", src.name),
+        Graph::Decode => src.name = format!("{}.decode", src.name),
+        _ => {}
     }
     lsc_passes::eliminate_dead_code(&mut src.program);
     std::fs::create_dir_all(out_dir).map_err(|e| {
@@ -165,9 +216,7 @@ pub fn run(
         files.push(file);
     }
     let mut kernel_manifest = None;
-    if emit.iter().any(|e| {
-        matches!(e.as_str(), "opt-ir" | "egraph-stats" | "plan" | "kernels" | "kir" | "clif" | "ll" | "asm" | "obj")
-    }) {
+    if emit.iter().any(|e| e == "opt-ir" || e == "egraph-stats" || KERNEL_KINDS.contains(&e.as_str())) {
         // What `compile` emits runs as is (it is never differentiated again).
         let (machine, machine_source) = lsc_runtime::calibrate::machine()?;
         let cfg = lsc_passes::saturate::Config {
@@ -196,28 +245,50 @@ pub fn run(
             write(&file, lsc_ir::print_program(&opt).map_err(CliError::new)?.as_bytes())?;
             files.push(file);
         }
-        if emit.iter().any(|e| matches!(e.as_str(), "plan" | "kernels" | "kir" | "clif" | "ll" | "asm" | "obj")) {
+        if emit.iter().any(|e| KERNEL_KINDS.contains(&e.as_str())) {
             let mut bindings = super::kernels::parse_bindings(&bounds.bind)?;
-            if let Some(t) = src.max_len {
+            let t = if graph == Graph::Decode { Some(1) } else { src.max_len };
+            if let Some(t) = t {
                 bindings.entry("T".into()).or_insert(t as i64);
             }
             bindings.entry("B".into()).or_insert(1);
-            let artifacts = super::kernels::build(&opt, &bindings, super::kernels::backends(emit)?)?;
-            files.extend(super::kernels::write(&src.name, &artifacts, emit, &write)?);
-            let n = artifacts.manifest["fused_kernels"].as_u64().unwrap_or(0);
-            for (backend, t) in artifacts.manifest["codegen_seconds"].as_object().into_iter().flatten() {
-                println!("{backend}: {n} kernels compiled in {:.3}s", t.as_f64().unwrap_or(0.0));
-            }
-            let memory = &artifacts.manifest["memory"];
+            let manifest = match &bounds.target {
+                Target::Cpu => {
+                    let artifacts = super::kernels::build(&opt, &bindings, super::kernels::backends(emit)?)?;
+                    files.extend(super::kernels::write(&src.name, &artifacts, emit, &write)?);
+                    let n = artifacts.manifest["fused_kernels"].as_u64().unwrap_or(0);
+                    for (backend, t) in artifacts.manifest["codegen_seconds"].as_object().into_iter().flatten() {
+                        println!("{backend}: {n} kernels compiled in {:.3}s", t.as_f64().unwrap_or(0.0));
+                    }
+                    artifacts.manifest
+                }
+                Target::Cuda(arch) => {
+                    let render = emit.iter().any(|e| e == "ptx" || e == "ll");
+                    let model = src.name.clone();
+                    let a = super::cuda::build(&model, &opt, &bindings, arch, render, bounds.partial)?;
+                    files.extend(super::cuda::write(&src.name, &a, emit, &write)?);
+                    let m = &a.manifest;
+                    println!(
+                        "cuda:{arch}: {} GPU kernels generated in {:.3}s ({} PTX bytes), {} library calls, {} ops without a GPU kernel",
+                        m["gpu_kernels"].as_array().map_or(0, Vec::len),
+                        m["codegen_seconds"].as_f64().unwrap_or(0.0),
+                        m["ptx_bytes"].as_u64().unwrap_or(0),
+                        m["library_calls"].as_array().map_or(0, Vec::len),
+                        m["unsupported"].as_array().map_or(0, |u| u.iter().filter_map(|x| x["launches"].as_u64()).sum()),
+                    );
+                    a.manifest
+                }
+            };
+            let memory = &manifest["memory"];
             if let (Some(arena), Some(unshared)) = (memory["arena_bytes"].as_u64(), memory["unshared_bytes"].as_u64()) {
                 println!(
                     "plan at {}: an arena of {:.2} MiB ({:.2} MiB without reuse)",
-                    artifacts.manifest["bindings"],
+                    manifest["bindings"],
                     arena as f64 / (1 << 20) as f64,
                     unshared as f64 / (1 << 20) as f64
                 );
             }
-            kernel_manifest = Some(artifacts.manifest);
+            kernel_manifest = Some(manifest);
         }
         if emit.iter().any(|e| e == "egraph-stats") {
             let report = json!({
@@ -245,9 +316,7 @@ pub fn run(
     let mut m = manifest(&src.name, src.config.as_deref(), &src.program, &files);
     if let Some(k) = kernel_manifest {
         m["kernels"] = k;
-        m["kernels"]["target"] = json!(match bounds.target {
-            Target::Cpu => "cpu",
-        });
+        m["kernels"]["target"] = json!(bounds.target.to_string());
     }
     if let Some(report) = bit_accounting(&src) {
         println!(

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod compile;
+pub mod cuda;
 pub mod eval;
 pub mod generate;
 pub mod kernels;

@@ -43,7 +43,7 @@ pub fn run(
     out: Option<&Path>,
     backend: Backend,
 ) -> CliResult {
-    let src = source::load(args, true)?;
+    let src = source::load(args, source::ModelGraph::Inference)?;
     let (params, origin) = params(&src, weights_path, seed)?;
     let label = match &src.config {
         Some(c) => format!("{}/{c}", src.name),
