@@ -122,7 +122,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => commands::models::run(),
-        Command::Compile { model, emit, out_dir, train, recompute_calls, inference, decode, rules, no_rules, bounds } => {
+        Command::Compile {
+            model,
+            emit,
+            out_dir,
+            train,
+            recompute_calls,
+            inference,
+            decode,
+            rules,
+            no_rules,
+            bounds,
+        } => {
             let graph = match (train, inference, decode) {
                 (true, ..) => commands::compile::Graph::TrainingStep { recompute_calls },
                 (_, true, _) => commands::compile::Graph::Inference,

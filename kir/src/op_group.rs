@@ -1,10 +1,10 @@
 //! Library ops that are one group: a data movement (`transpose`,
-//! `broadcast`), an elementwise op or a reduction, computed by a generated
+//! `broadcast`), an elementwise op, a reduction or a softmax along the last axis, computed by a generated
 //! kernel rather than a library routine. A target that has no library of its
 //! own for them (a GPU) lowers the group like any fused one.
 
 use crate::lower::{supports_binary, supports_unary, Group, Node, Output};
-use lsc_ir::Op;
+use lsc_ir::{BinaryOp, Op, ReduceKind, UnaryOp};
 
 /// Row-major element strides of `shape`.
 fn contiguous(shape: &[usize]) -> Vec<i64> {
@@ -62,6 +62,31 @@ pub fn op_group(name: &str, op: &Op, inputs: &[Vec<usize>], out: &[usize]) -> Op
             let shape = order.iter().map(|&a| x[a]).collect();
             let strides = order.iter().map(|&a| s[a]).collect();
             one(shape, strides, axes.len(), true, Some(Node::Reduce(*kind, 0)))
+        }
+        Op::Softmax { axis } | Op::LogSoftmax { axis } if *axis + 1 == out.len() => {
+            // Along the last axis: one row per index of the others.
+            let (x, m, shifted) = (0, 1, 2);
+            let mut nodes = vec![
+                Node::Input { buf: 0, strides: contiguous(out) },
+                Node::Reduce(ReduceKind::Max, x),
+                Node::Binary(BinaryOp::Sub, x, m),
+                Node::Unary(UnaryOp::Exp, shifted),
+                Node::Reduce(ReduceKind::Sum, 3),
+            ];
+            if matches!(op, Op::Softmax { .. }) {
+                nodes.push(Node::Binary(BinaryOp::Div, 3, 4));
+            } else {
+                nodes.extend([Node::Unary(UnaryOp::Log, 4), Node::Binary(BinaryOp::Sub, shifted, 5)]);
+            }
+            let value = nodes.len() - 1;
+            Some(Group {
+                name: name.to_string(),
+                shape: out.to_vec(),
+                reduced_axes: 1,
+                inputs: vec![operand(0)],
+                nodes,
+                outputs: vec![Output::element("y", value)],
+            })
         }
         Op::Unary(u) if supports_unary(*u) => one(out.to_vec(), contiguous(out), 0, false, Some(Node::Unary(*u, 0))),
         Op::Clamp { min, max } => {

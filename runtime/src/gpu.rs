@@ -5,10 +5,13 @@
 //! walked at the shapes planned. What `lsc compile --target cuda` renders to
 //! PTX, and what the CUDA target launches.
 
+use lsc_ir::{DType, Op};
+use lsc_kir::gpu::attention::{self, Attention};
 use lsc_kir::gpu::lower::lower_group;
+use lsc_kir::gpu::movement::{op_kernel, Operand};
 use lsc_kir::lower::Group;
 use lsc_kir::op_group::op_group;
-use lsc_kir::Kernel;
+use lsc_kir::{Elem, Kernel};
 use lsc_passes::plan::{Launch, Origin, Place, Plan, TensorId};
 use std::collections::HashSet;
 
@@ -24,8 +27,8 @@ pub struct GpuKernel {
     pub origin: Origin,
     /// Whether it computes a fused group (else one library op).
     pub fused: bool,
-    /// The group it was lowered from.
-    pub group: Group,
+    /// The group it was lowered from (`None`: a data movement or integer op, [`lsc_kir::gpu::movement`]).
+    pub group: Option<Group>,
     /// The plan's tensor behind each buffer (inputs, then outputs): its name and place.
     pub tensors: Vec<(String, Place)>,
 }
@@ -55,15 +58,17 @@ impl GpuProgram {
         Ok(p)
     }
 
+    /// Adds `kernel` (computing `group`, if it came from one) for the launch at `origin`
+    /// whose buffers are the tensors `at.1` of plan `at.0`.
     fn add(
         &mut self,
-        group: &Group,
+        mut kernel: Kernel,
+        group: Option<&Group>,
         at: (&Plan, &[TensorId]),
         origin: &Origin,
         fused: bool,
         names: &mut HashSet<String>,
-    ) -> Result<(), String> {
-        let mut kernel = lower_group(group)?;
+    ) {
         let (plan, ids) = at;
         let tensors = ids.iter().map(|&t| (plan.tensors[t].name.clone(), plan.tensors[t].place)).collect();
         // A region's plan may name its groups as another plan does.
@@ -73,40 +78,70 @@ impl GpuProgram {
             n += 1;
             kernel.name = format!("{base}_{n}");
         }
-        self.kernels.push(GpuKernel { kernel, origin: origin.clone(), fused, group: group.clone(), tensors });
-        Ok(())
+        self.kernels.push(GpuKernel { kernel, origin: origin.clone(), fused, group: group.cloned(), tensors });
     }
 
     fn walk(&mut self, plan: &Plan, names: &mut HashSet<String>) -> Result<(), String> {
+        let operand = |t: TensorId| {
+            let t = &plan.tensors[t];
+            let elem = match t.dtype {
+                DType::Bool => Elem::U8,
+                DType::Ternary => return None,
+                d if d.is_int() => Elem::I64,
+                _ => Elem::F32,
+            };
+            Some(Operand { shape: t.shape.clone(), elem })
+        };
         for l in plan.load.iter().chain(&plan.launches) {
             let o = l.origin();
+            let name = format!("{}_{}_{}", o.graph, o.node, o.op).replace(|c: char| !c.is_alphanumeric(), "_");
             match l {
                 Launch::Kernel { group, inputs, outputs, .. } => {
                     let ids: Vec<TensorId> = inputs.iter().chain(outputs).copied().collect();
-                    self.add(group, (plan, &ids), o, true, names)?;
+                    self.add(lower_group(group)?, Some(group), (plan, &ids), o, true, names);
                 }
                 Launch::Op { op, inputs, outputs, .. } => {
                     if let Some(lib) = library(o.op) {
                         self.library.push((o.clone(), lib));
                         continue;
                     }
-                    let t = |i: usize| &plan.tensors[i];
-                    let floats = inputs.iter().chain(outputs).all(|&i| t(i).dtype.is_float());
-                    let shapes: Vec<Vec<usize>> = inputs.iter().map(|&i| t(i).shape.clone()).collect();
-                    let name = format!("{}_{}_{}", o.graph, o.node, o.op).replace(|c: char| !c.is_alphanumeric(), "_");
-                    let group = match outputs.as_slice() {
-                        [out] if floats => op_group(&name, op, &shapes, &t(*out).shape),
+                    let ids: Vec<TensorId> = inputs.iter().chain(outputs).copied().collect();
+                    let Some(operands) = ids.iter().map(|&t| operand(t)).collect::<Option<Vec<_>>>() else {
+                        self.unsupported.push(o.clone());
+                        continue;
+                    };
+                    let (ins, outs) = operands.split_at(inputs.len());
+                    let floats = operands.iter().all(|x| x.elem == Elem::F32);
+                    let shapes: Vec<Vec<usize>> = ins.iter().map(|x| x.shape.clone()).collect();
+                    let group = match outs {
+                        [out] if floats => op_group(&name, op, &shapes, &out.shape),
                         _ => None,
                     };
-                    match group {
-                        Some(g) => {
-                            let ids: Vec<TensorId> = inputs.iter().chain(outputs).copied().collect();
-                            self.add(&g, (plan, &ids), o, false, names)?
-                        }
+                    if let (Op::LsAttention { windows, scale }, [q, ..]) = (op, ins) {
+                        let [batch, heads, seq, dim] = q.shape[..] else {
+                            return Err(format!("@{} %{}: ls_attention of a {:?} query", o.graph, o.node, q.shape));
+                        };
+                        let shape =
+                            Attention { batch, heads, seq, dim, windows: windows.clone(), scale: *scale as f32 };
+                        self.add(attention::forward(&name, &shape)?, None, (plan, &ids), o, true, names);
+                    } else if let Some(g) = group {
+                        self.add(lower_group(&g)?, Some(&g), (plan, &ids), o, false, names);
+                    } else if let Some(k) = op_kernel(&name, op, ins, outs, false) {
+                        self.add(k, None, (plan, &ids), o, false, names);
+                    } else {
+                        self.unsupported.push(o.clone());
+                    }
+                }
+                Launch::InPlace { op, target, inputs, .. } => {
+                    let ids: Vec<TensorId> = inputs.iter().chain([target]).copied().collect();
+                    let operands = ids.iter().map(|&t| operand(t)).collect::<Option<Vec<_>>>();
+                    let kernel =
+                        operands.and_then(|x| op_kernel(&name, op, &x[..inputs.len()], &x[inputs.len()..], true));
+                    match kernel {
+                        Some(k) => self.add(k, None, (plan, &ids), o, false, names),
                         None => self.unsupported.push(o.clone()),
                     }
                 }
-                Launch::InPlace { .. } => self.unsupported.push(o.clone()),
                 Launch::Loop { body, .. } => self.walk(body, names)?,
                 Launch::Routed { region, .. } => {
                     // Packing the active rows is the routing's own step.

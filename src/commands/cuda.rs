@@ -50,7 +50,10 @@ pub fn build(
     let gpu = GpuProgram::from_plan(&plan).map_err(|e| CliError::new(format!("model {model}: {e}")))?;
     if !partial {
         gpu.require_supported(model).map_err(|e| {
-            CliError::with_fix(e, "pass --partial to write the kernels that do lower (the rest are listed in manifest.json)")
+            CliError::with_fix(
+                e,
+                "pass --partial to write the kernels that do lower (the rest are listed in manifest.json)",
+            )
         })?;
     }
     let ptx = if render { Some(render_ptx(model, &gpu, arch)?) } else { None };

@@ -27,7 +27,8 @@ pub struct KernelReport {
 /// PyPI's `nvidia-cuda-nvcc` installs next to `python3`'s packages.
 pub fn find() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("LSC_PTXAS") {
-        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+        // Named explicitly: used as given, so a wrong path fails loudly instead of skipping.
+        return Some(PathBuf::from(p));
     }
     let on_path = std::env::var_os("PATH")
         .into_iter()

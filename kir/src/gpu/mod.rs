@@ -8,7 +8,11 @@
 //! | module | contents |
 //! |---|---|
 //! | [`lower`] | a fused elementwise/row group → a GPU kernel: a grid-stride loop over elements, or one block per row with a block-wide reduction (warp butterflies, then one shared slot per warp) |
+//! | [`movement`] | data movement and integer/boolean elementwise ops (constant, iota, cast, slice, concat, broadcast, transpose, embedding, comparisons, select, cache updates) as grid-stride kernels |
+//! | [`attention`] | LS-attention forward: a warp per query row, key tiles of 32 with an online softmax, a local head visiting only its window |
 //! | [`eval`] | the GPU-semantics evaluator: every block and thread, barrier phases, shared memory, warp lanes; it reports races and divergent barriers |
 
+pub mod attention;
 pub mod eval;
 pub mod lower;
+pub mod movement;
