@@ -142,11 +142,11 @@ fn library_ops_that_are_one_group_match_the_reference_interpreter() {
 
 #[test]
 fn unsupported_ops_are_named_with_the_model() {
-    let (m, _, p, b) = programs().into_iter().find(|(m, w, ..)| *m == "ls-transformer" && *w == "inference").unwrap();
+    let (m, _, p, b) = programs().into_iter().find(|(m, w, ..)| *m == "trilm" && *w == "inference").unwrap();
     let gpu = lowered(&p, &b);
     let e = gpu.require_supported(m).unwrap_err();
-    assert!(e.starts_with("model ls-transformer: the GPU lowering has no kernel for"), "{e}");
-    assert!(e.contains("rotary (4×)"), "{e}");
+    assert!(e.starts_with("model trilm: the GPU lowering has no kernel for"), "{e}");
+    assert!(e.contains("ternary_matmul (14×)"), "{e}");
 }
 
 #[cfg(feature = "llvm")]
@@ -309,5 +309,45 @@ fn ls_attention_forward_matches_the_reference_interpreter() {
                 assert!((w - g).abs() <= 2e-5 * (1.0 + w.abs()), "{seq}×{dim} {windows:?} {what}[{i}]: {w} vs {g}");
             }
         }
+    }
+}
+
+#[test]
+fn sin_cos_and_rotary_kernels_match_the_reference_interpreter() {
+    use lsc_ir::{DType, Op, UnaryOp};
+    use lsc_kir::gpu::movement::{op_kernel, Operand};
+    let ramp = |shape: &[usize], lo: f32, hi: f32| {
+        let n: usize = shape.iter().product();
+        let v = (0..n).map(|i| lo + (hi - lo) * ((i * 7919) % n) as f32 / n as f32).collect();
+        Value::<f32>::floats(shape.to_vec(), v)
+    };
+    // Angles as rotary tables hold them (positions × frequencies), and beyond.
+    let cases: Vec<(Op, Vec<Value<f32>>, Vec<usize>)> = vec![
+        (Op::Unary(UnaryOp::Sin), vec![ramp(&[5000], -4096.0, 4096.0)], vec![5000]),
+        (Op::Unary(UnaryOp::Cos), vec![ramp(&[5000], -4096.0, 4096.0)], vec![5000]),
+        (Op::Unary(UnaryOp::Sin), vec![ramp(&[999], -1.0, 1.0)], vec![999]),
+        (
+            Op::Rotary,
+            vec![ramp(&[2, 3, 7, 8], -2.0, 2.0), ramp(&[7, 4], -1.0, 1.0), ramp(&[7, 4], -1.0, 1.0)],
+            vec![2, 3, 7, 8],
+        ),
+    ];
+    for (op, operands, shape) in cases {
+        let mut want = Value::<f32>::zeros(DType::F32, shape.clone());
+        let views: Vec<_> = operands.iter().map(|v| v.view()).collect();
+        lsc_interp::kernels::eval_into(&op, &views, &mut [want.view_mut()], &Bindings::new()).unwrap();
+        let ins: Vec<Operand> =
+            operands.iter().map(|v| Operand { shape: v.shape.clone(), elem: lsc_kir::Elem::F32 }).collect();
+        let out = Operand { shape, elem: lsc_kir::Elem::F32 };
+        let k = op_kernel("op", &op, &ins, &[out], false).unwrap_or_else(|| panic!("{op:?}"));
+        let mut bufs: Vec<Vec<f64>> = operands.iter().map(|v| device(v).0).collect();
+        bufs.push(vec![f64::NAN; want.numel()]);
+        lsc_kir::gpu::eval::run(&k, &mut bufs).unwrap();
+        let mut worst = 0f32;
+        for (&w, &g) in want.as_floats().unwrap().iter().zip(bufs.last().unwrap()) {
+            worst = worst.max((w - g as f32).abs());
+        }
+        eprintln!("{op:?}: largest error {worst:e}");
+        assert!(worst <= 1e-6, "{op:?}: largest error {worst:e}");
     }
 }

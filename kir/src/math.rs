@@ -119,3 +119,40 @@ pub fn sigmoid(b: &mut Body, x: Expr) -> Expr {
     let s = b.bind(f(1.0).bin(Binary::Div, f(1.0).bin(Binary::Add, t.clone())));
     b.bind(Expr::select(x.cmp(Compare::Lt, f(0.0)), t.bin(Binary::Mul, s.clone()), s))
 }
+
+/// `sin x` (`cos`: `quarter = 1`): `x = k·π/2 + r` (Cody–Waite in three
+/// parts, accurate for `|x|` up to about 10⁵), then sine or cosine
+/// polynomials on `|r| ≤ π/4` picked and signed by `(k + quarter) mod 4`.
+fn sin_quarter(b: &mut Body, x: Expr, quarter: i32) -> Expr {
+    let x = b.bind(x);
+    let k = b.bind(x.clone().bin(Binary::Mul, f(std::f32::consts::FRAC_2_PI)).un(Unary::Nearest));
+    let r = b.bind(
+        x.bin(Binary::Sub, k.clone().bin(Binary::Mul, f(1.570_312_5)))
+            .bin(Binary::Sub, k.clone().bin(Binary::Mul, f(4.837_513e-4)))
+            .bin(Binary::Sub, k.clone().bin(Binary::Mul, f(7.549_79e-8))),
+    );
+    let z = b.bind(r.clone().bin(Binary::Mul, r.clone()));
+    let sp = horner(b, &z, &[-1.666_665_5e-1, 8.332_161e-3, -1.951_529_6e-4]);
+    let s = b.bind(r.clone().bin(Binary::Add, r.bin(Binary::Mul, z.clone()).bin(Binary::Mul, sp)));
+    let cp = horner(b, &z, &[4.166_664_6e-2, -1.388_731_6e-3, 2.443_315_7e-5]);
+    let c = b.bind(
+        f(1.0)
+            .bin(Binary::Sub, z.clone().bin(Binary::Mul, f(0.5)))
+            .bin(Binary::Add, z.clone().bin(Binary::Mul, z).bin(Binary::Mul, cp)),
+    );
+    let q = b.bind(Expr::ToInt(Box::new(k)).bin(Binary::IAdd, i(quarter)).bin(Binary::And, i(3)));
+    let odd = b.bind(q.clone().bin(Binary::And, i(1)).cmp(Compare::Eq, i(1)));
+    let v = b.bind(Expr::select(odd, c, s));
+    let negative = b.bind(q.bin(Binary::And, i(2)).cmp(Compare::Eq, i(2)));
+    b.bind(Expr::select(negative, v.clone().un(Unary::Neg), v))
+}
+
+/// `sin x` (see [`sin_quarter`]).
+pub fn sin(b: &mut Body, x: Expr) -> Expr {
+    sin_quarter(b, x, 0)
+}
+
+/// `cos x = sin(x + π/2)`, reduced as `sin` is.
+pub fn cos(b: &mut Body, x: Expr) -> Expr {
+    sin_quarter(b, x, 1)
+}

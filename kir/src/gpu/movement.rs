@@ -11,7 +11,8 @@
 //! range, where the reference interpreter reports an error: a kernel cannot.
 
 use crate::{
-    Binary, Buffer, Compare, Elem, Expr, GpuExpr, GpuStmt, IntOp, Kernel, Launch, LaunchIndex, Schedule, Stmt, Var,
+    math, Binary, Body, Buffer, Compare, Elem, Expr, GpuExpr, GpuStmt, IntOp, Kernel, Launch, LaunchIndex, Schedule,
+    Stmt,
 };
 use lsc_ir::{BinaryOp, CmpOp, Op, UnaryOp};
 
@@ -91,20 +92,18 @@ fn flat(at: &[Expr], strides: &[i64]) -> Option<Expr> {
 /// The kernel under construction: its buffers and fresh variables.
 struct Build {
     buffers: Vec<Buffer>,
-    stmts: Vec<Stmt>,
-    vars: Var,
+    body: Body,
 }
 
 impl Build {
-    fn fresh(&mut self) -> Var {
-        self.vars += 1;
-        self.vars - 1
+    fn bind(&mut self, value: Expr) -> Expr {
+        let var = self.body.fresh();
+        self.body.stmts.push(Stmt::Let { var, value });
+        Expr::Var(var)
     }
 
-    fn bind(&mut self, value: Expr) -> Expr {
-        let var = self.fresh();
-        self.stmts.push(Stmt::Let { var, value });
-        Expr::Var(var)
+    fn store(&mut self, buf: usize, at: Expr, value: Expr) {
+        self.body.stmts.push(Stmt::Gpu(GpuStmt::StoreAt { buf, at, value }));
     }
 
     /// The index along each axis of `shape` of flat element `e`.
@@ -129,21 +128,21 @@ impl Build {
         for b in &self.buffers {
             i32_of(b.len)?;
         }
-        let var = self.fresh();
-        let outer = std::mem::take(&mut self.stmts);
+        let var = self.body.fresh();
+        let outer = std::mem::take(&mut self.body.stmts);
         body(&mut self, Expr::Var(var))?;
-        let inner = std::mem::replace(&mut self.stmts, outer);
+        let inner = std::mem::replace(&mut self.body.stmts, outer);
         let start = int(IntOp::Mul, index(LaunchIndex::Block), index(LaunchIndex::BlockDim))
             .bin(Binary::IAdd, index(LaunchIndex::Thread));
         let step = int(IntOp::Mul, index(LaunchIndex::GridDim), index(LaunchIndex::BlockDim));
         let end = Expr::I32(i32_of(count)?);
-        self.stmts.push(Stmt::Gpu(GpuStmt::Range { var, start, end, step, body: inner }));
+        self.body.stmts.push(Stmt::Gpu(GpuStmt::Range { var, start, end, step, body: inner }));
         let grid = count.div_ceil(u64::from(BLOCK)).clamp(1, MAX_GRID) as u32;
         Some(Kernel {
             name: name.to_string(),
             buffers: self.buffers,
-            body: self.stmts,
-            vars: self.vars,
+            body: self.body.stmts,
+            vars: self.body.next_var,
             schedule: Schedule { parallel: false, vector_width: 1 },
             launch: Some(Launch { grid, block: BLOCK, shared: vec![], local: vec![] }),
         })
@@ -162,7 +161,7 @@ fn buffers(inputs: &[Operand], outputs: &[Operand]) -> Vec<Buffer> {
 /// where the update goes (the cache is not an input then).
 pub fn op_kernel(name: &str, op: &Op, inputs: &[Operand], outputs: &[Operand], in_place: bool) -> Option<Kernel> {
     let [out] = outputs else { return None };
-    let b = Build { buffers: buffers(inputs, outputs), stmts: Vec::new(), vars: 0 };
+    let b = Build { buffers: buffers(inputs, outputs), body: Body::default() };
     let y = inputs.len();
     if in_place {
         return match (op, inputs) {
@@ -228,13 +227,16 @@ pub fn op_kernel(name: &str, op: &Op, inputs: &[Operand], outputs: &[Operand], i
                     BinaryOp::Div | BinaryOp::Pow => return None,
                 }
             }
+            Op::Unary(UnaryOp::Sin) if out.elem.is_float() => math::sin(&mut b.body, same(0)),
+            Op::Unary(UnaryOp::Cos) if out.elem.is_float() => math::cos(&mut b.body, same(0)),
+            Op::Rotary => rotary(b, &e, &at, inputs)?,
             Op::Unary(UnaryOp::Not) => byte(same(0).cmp(Compare::Eq, Expr::I32(0))),
             Op::Unary(UnaryOp::Neg) if !elem(0).is_float() => Expr::I32(0).bin(Binary::ISub, same(0)),
             Op::Compare(c) => byte(same(0).cmp(compare(*c), same(1))),
             Op::Select => Expr::select(truthy(same(0), elem(0)), same(1), same(2)),
             _ => return None,
         };
-        b.stmts.push(Stmt::Gpu(GpuStmt::StoreAt { buf: y, at: e, value }));
+        b.store(y, e, value);
         Some(())
     })
 }
@@ -322,7 +324,31 @@ fn cache_write(
         let mut dst = at.clone();
         dst[axis] = at[axis].clone().bin(Binary::IAdd, off);
         let to = flat(&dst, &strides(&cache.shape))?;
-        b.stmts.push(Stmt::Gpu(GpuStmt::StoreAt { buf: 2, at: to, value: load(0, e) }));
+        b.store(2, to, load(0, e));
         Some(())
     })
+}
+
+/// Rotary embedding at element `e` (index `at`) of `x [..., T, D]` with
+/// `cos, sin: [T, D/2]`: the first half of the last axis becomes
+/// `x₁·cos − x₂·sin`, the second `x₂·cos + x₁·sin`.
+fn rotary(b: &mut Build, e: &Expr, at: &[Expr], inputs: &[Operand]) -> Option<Expr> {
+    let [x, cos, _] = inputs else { return None };
+    let (&d, rank) = (x.shape.last()?, x.shape.len());
+    let half = i32_of(d / 2)?;
+    if d % 2 != 0 || rank < 2 || cos.shape != [x.shape[rank - 2], d / 2] {
+        return None;
+    }
+    let c = at[rank - 1].clone();
+    let first = b.bind(c.clone().cmp(Compare::Lt, Expr::I32(half)));
+    let h = b.bind(int(IntOp::Rem, c, Expr::I32(half)));
+    let width = Expr::I32(i32_of(d)?);
+    let row = b.bind(int(IntOp::Mul, int(IntOp::Div, e.clone(), width.clone()), width));
+    let x1 = b.bind(load(0, row.clone().bin(Binary::IAdd, h.clone())));
+    let x2 = b.bind(load(0, row.bin(Binary::IAdd, h.clone()).bin(Binary::IAdd, Expr::I32(half))));
+    let angle = b.bind(int(IntOp::Mul, at[rank - 2].clone(), Expr::I32(half)).bin(Binary::IAdd, h));
+    let (cs, sn) = (b.bind(load(1, angle.clone())), b.bind(load(2, angle)));
+    let lo = x1.clone().bin(Binary::Mul, cs.clone()).bin(Binary::Sub, x2.clone().bin(Binary::Mul, sn.clone()));
+    let hi = x2.bin(Binary::Mul, cs).bin(Binary::Add, x1.bin(Binary::Mul, sn));
+    Some(Expr::select(first, lo, hi))
 }
