@@ -351,3 +351,70 @@ fn sin_cos_and_rotary_kernels_match_the_reference_interpreter() {
         assert!(worst <= 1e-6, "{op:?}: largest error {worst:e}");
     }
 }
+
+#[test]
+fn softmax_cross_entropy_and_adamw_match_the_reference_interpreter() {
+    use lsc_ir::{DType, Op};
+    use lsc_kir::gpu::training::{adamw, softmax_cross_entropy, AdamW};
+    let f = |n: usize, seed: u32| -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 125.0 - 4.0).collect()
+    };
+    let f64s = |d: &[f32]| d.iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
+    // Vocabularies below a warp, between warps, and longer than a block.
+    for (rows, vocab) in [(3usize, 5usize), (7, 100), (2, 700)] {
+        let logits = Value::<f32>::floats(vec![rows, vocab], f(rows * vocab, 1));
+        let targets = Value::<f32>::ints(vec![rows], (0..rows as i64).map(|r| (r * 37) % vocab as i64).collect());
+        let d_loss = Value::<f32>::floats(vec![rows], f(rows, 2));
+        let mut loss = Value::<f32>::zeros(DType::F32, vec![rows]);
+        let mut grad = Value::<f32>::zeros(DType::F32, vec![rows, vocab]);
+        let views = [logits.view(), targets.view(), d_loss.view()];
+        lsc_interp::kernels::eval_into(
+            &Op::SoftmaxCrossEntropy,
+            &views,
+            &mut [loss.view_mut(), grad.view_mut()],
+            &Bindings::new(),
+        )
+        .unwrap();
+        let k = softmax_cross_entropy("sce", rows as u64, vocab as u64).unwrap();
+        let mut bufs = vec![
+            device(&logits).0,
+            device(&targets).0,
+            device(&d_loss).0,
+            vec![f64::NAN; rows],
+            vec![f64::NAN; rows * vocab],
+        ];
+        lsc_kir::gpu::eval::run(&k, &mut bufs).unwrap();
+        for (what, want, got) in [("loss", &loss, &bufs[3]), ("d_logits", &grad, &bufs[4])] {
+            for (i, (&w, &g)) in want.as_floats().unwrap().iter().zip(got).enumerate() {
+                assert!((w - g as f32).abs() <= 2e-6 * (1.0 + w.abs()), "{rows}×{vocab} {what}[{i}]: {w} vs {g}");
+            }
+        }
+    }
+    // Three parameters, one not decayed, sizes around the block.
+    let sizes = [7usize, 256, 1000];
+    let h = AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decay: vec![true, false, true] };
+    let op =
+        Op::AdamW { beta1: h.beta1, beta2: h.beta2, eps: h.eps, weight_decay: h.weight_decay, decay: h.decay.clone() };
+    let mut operands: Vec<Value<f32>> =
+        [1e-3f32, 0.1, 0.05, 0.7].iter().map(|&x| Value::floats(vec![], vec![x])).collect();
+    for (p, &n) in sizes.iter().enumerate() {
+        let seed = 10 * p as u32;
+        let v: Vec<f32> = f(n, seed + 3).iter().map(|x| x.abs()).collect();
+        operands.extend(
+            [f(n, seed), f(n, seed + 1), f(n, seed + 2), v].into_iter().map(|d| Value::floats(vec![d.len()], d)),
+        );
+    }
+    let mut outs: Vec<Value<f32>> =
+        sizes.iter().flat_map(|&n| (0..3).map(move |_| Value::zeros(DType::F32, vec![n]))).collect();
+    let views: Vec<_> = operands.iter().map(|v| v.view()).collect();
+    let mut out_views: Vec<_> = outs.iter_mut().map(|v| v.view_mut()).collect();
+    lsc_interp::kernels::eval_into(&op, &views, &mut out_views, &Bindings::new()).unwrap();
+    let k = adamw("adamw", &sizes.map(|n| n as u64), &h).unwrap();
+    let mut bufs: Vec<Vec<f64>> = operands.iter().map(|v| f64s(v.as_floats().unwrap())).collect();
+    bufs.extend(outs.iter().map(|v| vec![f64::NAN; v.numel()]));
+    lsc_kir::gpu::eval::run(&k, &mut bufs).unwrap();
+    for (o, want) in outs.iter().enumerate() {
+        let got: Vec<f32> = bufs[operands.len() + o].iter().map(|&x| x as f32).collect();
+        assert_eq!(got, want.as_floats().unwrap(), "AdamW output {o} is the interpreter's bit for bit");
+    }
+}

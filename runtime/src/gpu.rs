@@ -9,6 +9,7 @@ use lsc_ir::{DType, Op};
 use lsc_kir::gpu::attention::{self, Attention};
 use lsc_kir::gpu::lower::lower_group;
 use lsc_kir::gpu::movement::{op_kernel, Operand};
+use lsc_kir::gpu::training;
 use lsc_kir::lower::Group;
 use lsc_kir::op_group::op_group;
 use lsc_kir::{Elem, Kernel};
@@ -47,6 +48,37 @@ pub struct GpuProgram {
 /// Whether `op` runs as a library call on the GPU.
 fn library(op: &str) -> Option<&'static str> {
     matches!(op, "matmul" | "matmul_sum").then_some(GEMM_LIBRARY)
+}
+
+/// The generated kernel of a fused op that is not a group: LS-attention,
+/// softmax + cross-entropy, AdamW (`None` for any other op).
+fn fused_kernel(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Kernel, String>> {
+    let numel = |x: &Operand| x.shape.iter().map(|&d| d as u64).product::<u64>();
+    Some(match (op, ins) {
+        (Op::LsAttention { windows, scale }, [q, ..]) => match q.shape[..] {
+            [batch, heads, seq, dim] => {
+                let shape = Attention { batch, heads, seq, dim, windows: windows.clone(), scale: *scale as f32 };
+                attention::forward(name, &shape)
+            }
+            _ => Err(format!("ls_attention of a {:?} query", q.shape)),
+        },
+        (Op::SoftmaxCrossEntropy, [logits, targets, _]) => {
+            let vocab = logits.shape.last().copied().unwrap_or(1) as u64;
+            training::softmax_cross_entropy(name, numel(targets), vocab)
+        }
+        (Op::AdamW { beta1, beta2, eps, weight_decay, decay }, _) if ins.len() >= 4 => {
+            let sizes: Vec<u64> = ins[4..].chunks(4).map(|p| numel(&p[0])).collect();
+            let h = training::AdamW {
+                beta1: *beta1,
+                beta2: *beta2,
+                eps: *eps,
+                weight_decay: *weight_decay,
+                decay: decay.clone(),
+            };
+            training::adamw(name, &sizes, &h)
+        }
+        _ => return None,
+    })
 }
 
 impl GpuProgram {
@@ -117,13 +149,9 @@ impl GpuProgram {
                         [out] if floats => op_group(&name, op, &shapes, &out.shape),
                         _ => None,
                     };
-                    if let (Op::LsAttention { windows, scale }, [q, ..]) = (op, ins) {
-                        let [batch, heads, seq, dim] = q.shape[..] else {
-                            return Err(format!("@{} %{}: ls_attention of a {:?} query", o.graph, o.node, q.shape));
-                        };
-                        let shape =
-                            Attention { batch, heads, seq, dim, windows: windows.clone(), scale: *scale as f32 };
-                        self.add(attention::forward(&name, &shape)?, None, (plan, &ids), o, true, names);
+                    if let Some(k) = fused_kernel(&name, op, ins) {
+                        let k = k.map_err(|e| format!("@{} %{}: {e}", o.graph, o.node))?;
+                        self.add(k, None, (plan, &ids), o, true, names);
                     } else if let Some(g) = group {
                         self.add(lower_group(&g)?, Some(&g), (plan, &ids), o, false, names);
                     } else if let Some(k) = op_kernel(&name, op, ins, outs, false) {

@@ -8,56 +8,15 @@
 //! visits only its window `i − w < j ≤ i`, so the work is O(T·w); a global
 //! head is causal. The row's largest scaled logit is the second output.
 
+use super::build::{add, counted, index, int, load, mul, mutable, nested};
 use crate::math::exp;
 use crate::{
     Array, ArrayRef, Binary, Body, Buffer, Compare, Elem, Expr, GpuExpr, GpuStmt, IntOp, Kernel, Launch, LaunchIndex,
-    Scalar, Schedule, Shuffle, Stmt, Var, WARP,
+    Scalar, Schedule, Shuffle, Stmt, WARP,
 };
 
 /// The largest grid launched (rows beyond it are taken in a grid-stride loop).
 const MAX_GRID: u64 = 65_535;
-
-fn index(i: LaunchIndex) -> Expr {
-    Expr::Gpu(GpuExpr::Index(i))
-}
-
-fn int(op: IntOp, a: Expr, b: Expr) -> Expr {
-    Expr::Gpu(GpuExpr::Int(op, Box::new(a), Box::new(b)))
-}
-
-fn load(buf: usize, at: Expr) -> Expr {
-    Expr::Gpu(GpuExpr::LoadAt { buf, at: Box::new(at) })
-}
-
-fn add(a: Expr, b: Expr) -> Expr {
-    a.bin(Binary::IAdd, b)
-}
-
-fn mul(a: Expr, n: i32) -> Expr {
-    int(IntOp::Mul, a, Expr::I32(n))
-}
-
-/// Statements built in a nested scope that shares `b`'s variable numbering.
-fn nested(b: &mut Body, build: impl FnOnce(&mut Body)) -> Vec<Stmt> {
-    let mut inner = Body { stmts: Vec::new(), next_var: b.next_var };
-    build(&mut inner);
-    b.next_var = inner.next_var;
-    inner.stmts
-}
-
-/// `for var in 0..extent` over a body built in its own scope.
-fn counted(b: &mut Body, extent: u64, build: impl FnOnce(&mut Body, Expr)) {
-    let var = b.fresh();
-    let body = nested(b, |inner| build(inner, Expr::Var(var)));
-    b.stmts.push(Stmt::Loop { var, extent, body });
-}
-
-/// A variable bound to `value` that `Set` may change later.
-fn mutable(b: &mut Body, value: Expr) -> Var {
-    let var = b.fresh();
-    b.stmts.push(Stmt::Let { var, value });
-    var
-}
 
 /// The shape of one `ls_attention`: `q, k, v, out: [batch, heads, seq, dim]`.
 #[derive(Clone, Debug, PartialEq)]

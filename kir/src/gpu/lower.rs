@@ -24,11 +24,11 @@ use crate::{
 };
 
 /// Threads per block of an elementwise kernel.
-const ELEMENT_BLOCK: u32 = 256;
+pub(crate) const ELEMENT_BLOCK: u32 = 256;
 /// The most threads a row kernel gives one row.
-const ROW_BLOCK: u32 = 256;
+pub(crate) const ROW_BLOCK: u32 = 256;
 /// The largest grid a kernel is launched on (grid-stride loops take the rest).
-const MAX_GRID: u64 = 65_535;
+pub(crate) const MAX_GRID: u64 = 65_535;
 
 fn index(i: LaunchIndex) -> Expr {
     Expr::Gpu(GpuExpr::Index(i))
@@ -155,7 +155,7 @@ fn split_row(body: Vec<Stmt>, warps: u32, fresh: &mut impl FnMut() -> Var) -> Ve
 }
 
 /// Replaces each thread's partial `acc` by the block's fold of all of them.
-fn block_reduce(out: &mut Vec<Stmt>, acc: Var, op: Binary, warps: u32, fresh: &mut impl FnMut() -> Var) {
+pub(crate) fn block_reduce(out: &mut Vec<Stmt>, acc: Var, op: Binary, warps: u32, fresh: &mut impl FnMut() -> Var) {
     let in_warp = fresh();
     out.push(Stmt::Gpu(GpuStmt::WarpReduce { var: in_warp, op, value: Expr::Var(acc) }));
     if warps == 1 {

@@ -10,10 +10,8 @@
 //! Indices read from memory (token ids, a cache offset) are clamped into
 //! range, where the reference interpreter reports an error: a kernel cannot.
 
-use crate::{
-    math, Binary, Body, Buffer, Compare, Elem, Expr, GpuExpr, GpuStmt, IntOp, Kernel, Launch, LaunchIndex, Schedule,
-    Stmt,
-};
+use super::build::{clamp, grid_stride, int, load};
+use crate::{math, Binary, Body, Buffer, Compare, Elem, Expr, GpuStmt, IntOp, Kernel, Launch, Schedule, Stmt};
 use lsc_ir::{BinaryOp, CmpOp, Op, UnaryOp};
 
 /// Threads per block.
@@ -28,22 +26,6 @@ pub struct Operand {
     pub shape: Vec<usize>,
     /// How its elements are stored: `F32`, `I64` or `U8`.
     pub elem: Elem,
-}
-
-fn index(i: LaunchIndex) -> Expr {
-    Expr::Gpu(GpuExpr::Index(i))
-}
-
-fn int(op: IntOp, a: Expr, b: Expr) -> Expr {
-    Expr::Gpu(GpuExpr::Int(op, Box::new(a), Box::new(b)))
-}
-
-fn load(buf: usize, at: Expr) -> Expr {
-    Expr::Gpu(GpuExpr::LoadAt { buf, at: Box::new(at) })
-}
-
-fn clamp(x: Expr, lo: i32, hi: i32) -> Expr {
-    int(IntOp::Min, int(IntOp::Max, x, Expr::I32(lo)), Expr::I32(hi))
 }
 
 /// A boolean as the byte stored for it.
@@ -132,9 +114,7 @@ impl Build {
         let outer = std::mem::take(&mut self.body.stmts);
         body(&mut self, Expr::Var(var))?;
         let inner = std::mem::replace(&mut self.body.stmts, outer);
-        let start = int(IntOp::Mul, index(LaunchIndex::Block), index(LaunchIndex::BlockDim))
-            .bin(Binary::IAdd, index(LaunchIndex::Thread));
-        let step = int(IntOp::Mul, index(LaunchIndex::GridDim), index(LaunchIndex::BlockDim));
+        let (start, step) = grid_stride();
         let end = Expr::I32(i32_of(count)?);
         self.body.stmts.push(Stmt::Gpu(GpuStmt::Range { var, start, end, step, body: inner }));
         let grid = count.div_ceil(u64::from(BLOCK)).clamp(1, MAX_GRID) as u32;
