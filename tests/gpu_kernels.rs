@@ -418,3 +418,42 @@ fn softmax_cross_entropy_and_adamw_match_the_reference_interpreter() {
         assert_eq!(got, want.as_floats().unwrap(), "AdamW output {o} is the interpreter's bit for bit");
     }
 }
+
+#[test]
+fn causal_conv1d_and_its_gradient_match_the_reference_interpreter() {
+    use lsc_ir::{DType, Op};
+    use lsc_kir::gpu::conv::{forward, grad_w, grad_x, Conv};
+    let f = |shape: &[usize], seed: u32| {
+        let n: usize = shape.iter().product();
+        let v = (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0);
+        Value::<f32>::floats(shape.to_vec(), v.collect())
+    };
+    // More taps than positions, and more positions than a block.
+    for (batch, seq, channels, taps) in [(2usize, 5usize, 3usize, 4usize), (1, 3, 2, 5), (3, 130, 4, 3)] {
+        let s = Conv { batch, seq, channels, taps };
+        let (x, w, dy) = (f(&[batch, seq, channels], 1), f(&[channels, 1, taps], 2), f(&[batch, seq, channels], 3));
+        let mut y = Value::<f32>::zeros(DType::F32, x.shape.clone());
+        lsc_interp::kernels::eval_into(&Op::CausalConv1d, &[x.view(), w.view()], &mut [y.view_mut()], &Bindings::new())
+            .unwrap();
+        let mut dx = Value::<f32>::zeros(DType::F32, x.shape.clone());
+        let mut dw = Value::<f32>::zeros(DType::F32, w.shape.clone());
+        let views = [x.view(), w.view(), dy.view()];
+        lsc_interp::kernels::eval_into(
+            &Op::CausalConv1dGrad,
+            &views,
+            &mut [dx.view_mut(), dw.view_mut()],
+            &Bindings::new(),
+        )
+        .unwrap();
+        let run = |k: lsc_kir::Kernel, ins: [&Value<f32>; 2], want: &Value<f32>| {
+            let mut bufs = vec![device(ins[0]).0, device(ins[1]).0, vec![f64::NAN; want.numel()]];
+            lsc_kir::gpu::eval::run(&k, &mut bufs).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+            for (i, (&a, &b)) in want.as_floats().unwrap().iter().zip(&bufs[2]).enumerate() {
+                assert!((a - b as f32).abs() <= 1e-5 * (1.0 + a.abs()), "{s:?} {}[{i}]: {a} vs {b}", k.name);
+            }
+        };
+        run(forward("y", &s).unwrap(), [&x, &w], &y);
+        run(grad_x("d_x", &s).unwrap(), [&w, &dy], &dx);
+        run(grad_w("d_w", &s).unwrap(), [&x, &dy], &dw);
+    }
+}

@@ -9,7 +9,7 @@ use lsc_ir::{DType, Op};
 use lsc_kir::gpu::attention::{self, Attention};
 use lsc_kir::gpu::lower::lower_group;
 use lsc_kir::gpu::movement::{op_kernel, Operand};
-use lsc_kir::gpu::training;
+use lsc_kir::gpu::{conv, training};
 use lsc_kir::lower::Group;
 use lsc_kir::op_group::op_group;
 use lsc_kir::{Elem, Kernel};
@@ -50,21 +50,24 @@ fn library(op: &str) -> Option<&'static str> {
     matches!(op, "matmul" | "matmul_sum").then_some(GEMM_LIBRARY)
 }
 
-/// The generated kernel of a fused op that is not a group: LS-attention,
-/// softmax + cross-entropy, AdamW (`None` for any other op).
-fn fused_kernel(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Kernel, String>> {
+/// The kernels of a fused op that is not a group (LS-attention, softmax +
+/// cross-entropy, AdamW, the causal convolution and its gradient), each with
+/// the positions of its buffers among the op's operands and then results;
+/// `None` for any other op.
+fn fused_kernels(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Vec<(Kernel, Vec<usize>)>, String>> {
     let numel = |x: &Operand| x.shape.iter().map(|&d| d as u64).product::<u64>();
+    let all = |k: Result<Kernel, String>, n: usize| k.map(|k| vec![(k, (0..n).collect())]);
     Some(match (op, ins) {
         (Op::LsAttention { windows, scale }, [q, ..]) => match q.shape[..] {
             [batch, heads, seq, dim] => {
                 let shape = Attention { batch, heads, seq, dim, windows: windows.clone(), scale: *scale as f32 };
-                attention::forward(name, &shape)
+                all(attention::forward(name, &shape), 5)
             }
             _ => Err(format!("ls_attention of a {:?} query", q.shape)),
         },
         (Op::SoftmaxCrossEntropy, [logits, targets, _]) => {
             let vocab = logits.shape.last().copied().unwrap_or(1) as u64;
-            training::softmax_cross_entropy(name, numel(targets), vocab)
+            all(training::softmax_cross_entropy(name, numel(targets), vocab), 5)
         }
         (Op::AdamW { beta1, beta2, eps, weight_decay, decay }, _) if ins.len() >= 4 => {
             let sizes: Vec<u64> = ins[4..].chunks(4).map(|p| numel(&p[0])).collect();
@@ -75,10 +78,30 @@ fn fused_kernel(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Kernel, S
                 weight_decay: *weight_decay,
                 decay: decay.clone(),
             };
-            training::adamw(name, &sizes, &h)
+            all(training::adamw(name, &sizes, &h), ins.len() + 3 * sizes.len())
+        }
+        (Op::CausalConv1d | Op::CausalConv1dGrad, [x, w, ..]) => {
+            let (Some(&[batch, seq, channels]), Some(&taps)) =
+                (Some(&x.shape[..]).filter(|s| s.len() == 3), w.shape.last())
+            else {
+                return Some(Err(format!("causal_conv1d of {:?} by {:?}", x.shape, w.shape)));
+            };
+            let s = conv::Conv { batch, seq, channels, taps };
+            if matches!(op, Op::CausalConv1d) {
+                all(conv::forward(name, &s), 3)
+            } else {
+                conv_grad(name, &s)
+            }
         }
         _ => return None,
     })
+}
+
+/// The two kernels of a convolution's gradient: operands `(x, w, d_y)`, results `(d_x, d_w)`.
+fn conv_grad(name: &str, s: &conv::Conv) -> Result<Vec<(Kernel, Vec<usize>)>, String> {
+    let dx = conv::grad_x(&format!("{name}_dx"), s)?;
+    let dw = conv::grad_w(&format!("{name}_dw"), s)?;
+    Ok(vec![(dx, vec![1, 2, 3]), (dw, vec![0, 2, 4])])
 }
 
 impl GpuProgram {
@@ -149,9 +172,11 @@ impl GpuProgram {
                         [out] if floats => op_group(&name, op, &shapes, &out.shape),
                         _ => None,
                     };
-                    if let Some(k) = fused_kernel(&name, op, ins) {
-                        let k = k.map_err(|e| format!("@{} %{}: {e}", o.graph, o.node))?;
-                        self.add(k, None, (plan, &ids), o, true, names);
+                    if let Some(kernels) = fused_kernels(&name, op, ins) {
+                        for (k, at) in kernels.map_err(|e| format!("@{} %{}: {e}", o.graph, o.node))? {
+                            let ids: Vec<TensorId> = at.iter().map(|&i| ids[i]).collect();
+                            self.add(k, None, (plan, &ids), o, true, names);
+                        }
                     } else if let Some(g) = group {
                         self.add(lower_group(&g)?, Some(&g), (plan, &ids), o, false, names);
                     } else if let Some(k) = op_kernel(&name, op, ins, outs, false) {

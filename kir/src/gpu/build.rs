@@ -1,5 +1,6 @@
 //! Shorthands for building GPU kernels in kernel IR, shared by the lowerings.
 
+use super::lower::block_reduce;
 use crate::{Binary, Body, Expr, GpuExpr, IntOp, LaunchIndex, Stmt, Var};
 
 /// A launch index.
@@ -60,4 +61,16 @@ pub(crate) fn mutable(b: &mut Body, value: Expr) -> Var {
     let var = b.fresh();
     b.stmts.push(Stmt::Let { var, value });
     var
+}
+
+/// Replaces every thread's `acc` by the block's fold of all of them (`warps` warps;
+/// more than one needs the kernel's first shared array to hold one slot per warp).
+pub(crate) fn reduce(b: &mut Body, acc: Var, op: Binary, warps: u32) {
+    let mut next = b.next_var;
+    let mut fresh = || {
+        next += 1;
+        next - 1
+    };
+    block_reduce(&mut b.stmts, acc, op, warps, &mut fresh);
+    b.next_var = next;
 }

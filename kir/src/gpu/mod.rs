@@ -11,10 +11,12 @@
 //! | [`movement`] | data movement and integer/boolean elementwise ops (constant, iota, cast, slice, concat, broadcast, transpose, embedding, comparisons, select, cache updates) as grid-stride kernels |
 //! | [`attention`] | LS-attention forward: a warp per query row, key tiles of 32 with an online softmax, a local head visiting only its window |
 //! | [`training`] | softmax + cross-entropy with its gradient (a block per row), AdamW over every parameter in one launch |
+//! | [`conv`] | GAM's causal depthwise convolution and its gradient (`d_x` per element, `d_w` a block per tap) |
 //! | [`eval`] | the GPU-semantics evaluator: every block and thread, barrier phases, shared memory, warp lanes; it reports races and divergent barriers |
 
 pub mod attention;
 mod build;
+pub mod conv;
 pub mod eval;
 pub mod lower;
 pub mod movement;

@@ -8,8 +8,8 @@
 //!   parameter's elements in turn, in the reference's order of f32 operations
 //!   (so the update is the interpreter's bit for bit).
 
-use super::build::{add, clamp, grid_stride, index, load, mul, mutable, nested};
-use super::lower::{block_reduce, ELEMENT_BLOCK, MAX_GRID, ROW_BLOCK};
+use super::build::{add, clamp, grid_stride, index, load, mul, mutable, nested, reduce};
+use super::lower::{ELEMENT_BLOCK, MAX_GRID, ROW_BLOCK};
 use crate::math::{exp, log};
 use crate::{
     Array, Binary, Body, Buffer, Compare, Elem, Expr, GpuStmt, Kernel, Launch, LaunchIndex, Scalar, Schedule, Stmt,
@@ -90,17 +90,6 @@ pub fn softmax_cross_entropy(name: &str, rows: u64, vocab: u64) -> Result<Kernel
         schedule: Schedule { parallel: false, vector_width: 1 },
         launch: Some(Launch { grid: rows.clamp(1, MAX_GRID) as u32, block, shared, local: vec![] }),
     })
-}
-
-/// The block-wide fold of every thread's `acc`, in every thread.
-fn reduce(b: &mut Body, acc: usize, op: Binary, warps: u32) {
-    let mut next = b.next_var;
-    let mut fresh = || {
-        next += 1;
-        next - 1
-    };
-    block_reduce(&mut b.stmts, acc, op, warps, &mut fresh);
-    b.next_var = next;
 }
 
 /// AdamW's hyper-parameters.
