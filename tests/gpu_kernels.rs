@@ -457,3 +457,51 @@ fn causal_conv1d_and_its_gradient_match_the_reference_interpreter() {
         run(grad_w("d_w", &s).unwrap(), [&x, &dy], &dw);
     }
 }
+
+#[test]
+fn ls_attention_backward_matches_the_reference_interpreter() {
+    use lsc_ir::{DType, Op};
+    use lsc_kir::gpu::attention::Attention;
+    use lsc_kir::gpu::attention_grad::{grad_kv, grad_q, stats};
+    let cases = [(1, 2, 1, 8, vec![0, 3]), (2, 3, 37, 8, vec![0, 4, 100]), (1, 2, 70, 40, vec![5, 32])];
+    for (batch, heads, seq, dim, windows) in cases {
+        let n = batch * heads * seq * dim;
+        let shape = vec![batch, heads, seq, dim];
+        let x = |seed: u32| {
+            let v =
+                (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0);
+            Value::<f32>::floats(shape.clone(), v.collect())
+        };
+        let (q, k, v, d_out) = (x(1), x(2), x(3), x(4));
+        let scale = 1.0 / (dim as f32).sqrt();
+        let fwd = Op::LsAttention { windows: windows.clone(), scale: f64::from(scale) };
+        let mut out = Value::<f32>::zeros(DType::F32, shape.clone());
+        let mut row_max = Value::<f32>::zeros(DType::F32, vec![batch, heads, seq]);
+        let views = [q.view(), k.view(), v.view()];
+        lsc_interp::kernels::eval_into(&fwd, &views, &mut [out.view_mut(), row_max.view_mut()], &Bindings::new())
+            .unwrap();
+        let bwd = Op::LsAttentionGrad { windows: windows.clone(), scale: f64::from(scale) };
+        let mut grads: Vec<Value<f32>> = (0..3).map(|_| Value::zeros(DType::F32, shape.clone())).collect();
+        let views = [q.view(), k.view(), v.view(), out.view(), d_out.view()];
+        let mut gv: Vec<_> = grads.iter_mut().map(|g| g.view_mut()).collect();
+        lsc_interp::kernels::eval_into(&bwd, &views, &mut gv, &Bindings::new()).unwrap();
+        let a = Attention { batch, heads, seq, dim, windows: windows.clone(), scale };
+        let h = |v: &Value<f32>| device(v).0;
+        // The three kernels in order, d_q holding the row statistics until the last.
+        let mut d_q = vec![f64::NAN; n];
+        let mut bufs = vec![h(&q), h(&k), h(&out), h(&d_out), d_q];
+        lsc_kir::gpu::eval::run(&stats("s", &a).unwrap(), &mut bufs).unwrap();
+        d_q = bufs.pop().unwrap();
+        let mut bufs = vec![h(&q), h(&k), h(&v), h(&d_out), d_q.clone(), vec![f64::NAN; n], vec![f64::NAN; n]];
+        lsc_kir::gpu::eval::run(&grad_kv("kv", &a).unwrap(), &mut bufs).unwrap_or_else(|e| panic!("{e}"));
+        let (d_k, d_v) = (bufs[5].clone(), bufs[6].clone());
+        let mut bufs = vec![h(&q), h(&k), h(&v), h(&out), h(&d_out), d_q];
+        lsc_kir::gpu::eval::run(&grad_q("q", &a).unwrap(), &mut bufs).unwrap();
+        for (what, want, got) in [("d_q", &grads[0], &bufs[5]), ("d_k", &grads[1], &d_k), ("d_v", &grads[2], &d_v)] {
+            for (i, (&w, &g)) in want.as_floats().unwrap().iter().zip(got).enumerate() {
+                let g = g as f32;
+                assert!((w - g).abs() <= 5e-5 * (1.0 + w.abs()), "{seq}×{dim} {windows:?} {what}[{i}]: {w} vs {g}");
+            }
+        }
+    }
+}

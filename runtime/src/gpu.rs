@@ -9,7 +9,7 @@ use lsc_ir::{DType, Op};
 use lsc_kir::gpu::attention::{self, Attention};
 use lsc_kir::gpu::lower::lower_group;
 use lsc_kir::gpu::movement::{op_kernel, Operand};
-use lsc_kir::gpu::{conv, training};
+use lsc_kir::gpu::{attention_grad, conv, training};
 use lsc_kir::lower::Group;
 use lsc_kir::op_group::op_group;
 use lsc_kir::{Elem, Kernel};
@@ -65,6 +65,13 @@ fn fused_kernels(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Vec<(Ker
             }
             _ => Err(format!("ls_attention of a {:?} query", q.shape)),
         },
+        (Op::LsAttentionGrad { windows, scale }, [q, ..]) => match q.shape[..] {
+            [batch, heads, seq, dim] => {
+                let shape = Attention { batch, heads, seq, dim, windows: windows.clone(), scale: *scale as f32 };
+                attention_grad(name, &shape)
+            }
+            _ => Err(format!("ls_attention_grad of a {:?} query", q.shape)),
+        },
         (Op::SoftmaxCrossEntropy, [logits, targets, _]) => {
             let vocab = logits.shape.last().copied().unwrap_or(1) as u64;
             all(training::softmax_cross_entropy(name, numel(targets), vocab), 5)
@@ -95,6 +102,15 @@ fn fused_kernels(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Vec<(Ker
         }
         _ => return None,
     })
+}
+
+/// The three kernels of LS-attention's backward, in order: operands `(q, k, v, out, d_out)`,
+/// results `(d_q, d_k, d_v)`; the first writes row statistics into `d_q`, which the last rewrites.
+fn attention_grad(name: &str, a: &Attention) -> Result<Vec<(Kernel, Vec<usize>)>, String> {
+    let stats = attention_grad::stats(&format!("{name}_stats"), a)?;
+    let kv = attention_grad::grad_kv(&format!("{name}_dkv"), a)?;
+    let q = attention_grad::grad_q(&format!("{name}_dq"), a)?;
+    Ok(vec![(stats, vec![0, 1, 3, 4, 5]), (kv, vec![0, 1, 2, 4, 5, 6, 7]), (q, vec![0, 1, 2, 3, 4, 5])])
 }
 
 /// The two kernels of a convolution's gradient: operands `(x, w, d_y)`, results `(d_x, d_w)`.

@@ -7,12 +7,14 @@
 //! (`lane, lane + 32, …`) in a per-thread array. A local head's row `i`
 //! visits only its window `i − w < j ≤ i`, so the work is O(T·w); a global
 //! head is causal. The row's largest scaled logit is the second output.
+//! The backward's kernels ([`super::attention_grad`]) are built from the
+//! same pieces.
 
 use super::build::{add, counted, index, int, load, mul, mutable, nested};
 use crate::math::exp;
 use crate::{
     Array, ArrayRef, Binary, Body, Buffer, Compare, Elem, Expr, GpuExpr, GpuStmt, IntOp, Kernel, Launch, LaunchIndex,
-    Scalar, Schedule, Shuffle, Stmt, WARP,
+    Scalar, Schedule, Shuffle, Stmt, Var, WARP,
 };
 
 /// The largest grid launched (rows beyond it are taken in a grid-stride loop).
@@ -36,130 +38,172 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn i32(&self, n: usize, what: &str) -> Result<i32, String> {
-        i32::try_from(n).map_err(|_| format!("ls_attention: {what} {n} exceeds the GPU lowering's 32-bit indices"))
+    /// Rows (`batch · heads · seq`), checked to fit the 32-bit indices of the kernels.
+    pub(crate) fn check(&self) -> Result<usize, String> {
+        let fits = |n: usize, what: &str| {
+            i32::try_from(n).map(|_| ()).map_err(|_| format!("ls_attention: {what} {n} exceeds 32-bit indices"))
+        };
+        if self.windows.len() != self.heads || self.dim == 0 || self.seq == 0 {
+            let (w, h, d) = (self.windows.len(), self.heads, self.dim);
+            return Err(format!("ls_attention: {w} windows for {h} heads, head size {d}"));
+        }
+        fits(self.batch * self.heads * self.seq * self.dim, "tensor size")?;
+        for &w in &self.windows {
+            fits(w, "window")?;
+        }
+        Ok(self.batch * self.heads * self.seq)
+    }
+
+    /// Output columns each lane holds.
+    pub(crate) fn slots(&self) -> u32 {
+        self.dim.div_ceil(WARP as usize) as u32
     }
 }
 
-/// The forward kernel: buffers `q, k, v` (inputs), `out`, `row_max` (outputs).
-pub fn forward(name: &str, a: &Attention) -> Result<Kernel, String> {
-    if a.windows.len() != a.heads || a.dim == 0 || a.seq == 0 {
-        return Err(format!("ls_attention: {} windows for {} heads, head size {}", a.windows.len(), a.heads, a.dim));
+/// Where a kernel's row `row` (a query or a key row of one head) sits.
+pub(crate) struct Row {
+    /// Position in the sequence.
+    pub i: Expr,
+    /// First element of the head (`bh · T · D`).
+    pub base: Expr,
+    /// First element of the row.
+    pub at: Expr,
+    /// The head's window (0: global).
+    pub window: Expr,
+}
+
+/// Binds row `row`'s position, head and window.
+pub(crate) fn row(b: &mut Body, a: &Attention, row: Var) -> Row {
+    let (t, d) = (a.seq as i32, a.dim as i32);
+    let bh = b.bind(int(IntOp::Div, Expr::Var(row), Expr::I32(t)));
+    let i = b.bind(int(IntOp::Rem, Expr::Var(row), Expr::I32(t)));
+    let head = b.bind(int(IntOp::Rem, bh.clone(), Expr::I32(a.heads as i32)));
+    // The window of this row's head: a select over the (few) heads.
+    let mut w = Expr::I32(a.windows[a.heads - 1] as i32);
+    for (h, &win) in a.windows.iter().enumerate().rev().skip(1) {
+        w = Expr::select(head.clone().cmp(Compare::Eq, Expr::I32(h as i32)), Expr::I32(win as i32), w);
     }
-    let rows = a.batch * a.heads * a.seq;
-    let elements = rows * a.dim;
-    let (t, d) = (a.i32(a.seq, "sequence length")?, a.i32(a.dim, "head size")?);
-    let rows_i = a.i32(rows, "row count")?;
-    a.i32(elements, "tensor size")?;
-    for &w in &a.windows {
-        a.i32(w, "window")?;
-    }
-    // Output columns per lane.
-    let slots = a.dim.div_ceil(WARP as usize) as u32;
-    let acc = ArrayRef::Local(0);
+    let window = b.bind(w);
+    let base = b.bind(mul(bh, t * d));
+    let at = b.bind(add(base.clone(), mul(i.clone(), d)));
+    Row { i, base, at, window }
+}
+
+/// The first key query `r` sees: `max(i + 1 − w, 0)`, or 0 for a global head.
+pub(crate) fn first_key(b: &mut Body, r: &Row) -> Expr {
+    let windowed = int(IntOp::Max, add(r.i.clone(), Expr::I32(1)).bin(Binary::ISub, r.window.clone()), Expr::I32(0));
+    b.bind(Expr::select(r.window.clone().cmp(Compare::Eq, Expr::I32(0)), Expr::I32(0), windowed))
+}
+
+/// `Σ_c x[x_at + c] · y[y_at + c]` over a head row of `dim` elements, in one thread.
+pub(crate) fn dot(b: &mut Body, dim: usize, x: (usize, Expr), y: (usize, Expr)) -> Expr {
+    let sum = mutable(b, Expr::F32(0.0));
+    counted(b, dim as u64, |b, c| {
+        let value = load(x.0, add(x.1.clone(), c.clone())).bin(Binary::Mul, load(y.0, add(y.1.clone(), c)));
+        b.stmts.push(Stmt::Accumulate { var: sum, op: Binary::Add, value });
+    });
+    Expr::Var(sum)
+}
+
+/// A warp-wide fold of each lane's `value`.
+pub(crate) fn warp(b: &mut Body, op: Binary, value: Expr) -> Expr {
+    let var = b.fresh();
+    b.stmts.push(Stmt::Gpu(GpuStmt::WarpReduce { var, op, value }));
+    Expr::Var(var)
+}
+
+/// Column `lane + 32·r` of a head row, and whether it is inside the row.
+fn column(b: &mut Body, r: &Expr, dim: usize) -> (Expr, Expr) {
+    let c = b.bind(add(index(LaunchIndex::Lane), mul(r.clone(), WARP as i32)));
+    (c.clone(), c.cmp(Compare::Lt, Expr::I32(dim as i32)))
+}
+
+fn slot(array: ArrayRef, r: Expr) -> Expr {
+    Expr::Gpu(GpuExpr::ArrayLoad { array, at: Box::new(r) })
+}
+
+/// `acc[r] = value(acc[r])` for every slot of the per-lane row array.
+pub(crate) fn each_slot(b: &mut Body, a: &Attention, acc: ArrayRef, value: impl Fn(Expr) -> Expr) {
+    counted(b, u64::from(a.slots()), |b, r| {
+        let value = value(slot(acc, r.clone()));
+        b.stmts.push(Stmt::Gpu(GpuStmt::ArrayStore { array: acc, at: r, value }));
+    });
+}
+
+/// `acc[·] += Σ_jj weight(lane jj) · src[base + (tile + jj)·D + ·]` over the
+/// tile's rows `tile + jj ≤ last`: each lane's weight is broadcast to the
+/// warp, which adds its row of `src` into the columns the lanes hold.
+pub(crate) fn gather_rows(
+    b: &mut Body,
+    a: &Attention,
+    acc: ArrayRef,
+    weight: &Expr,
+    rows: (&Expr, &Expr),
+    src: (usize, &Expr),
+) {
+    let (tile, last) = rows;
+    let d = a.dim as i32;
+    counted(b, u64::from(WARP), |b, jj| {
+        let w = b.fresh();
+        let shuffle = GpuStmt::Shuffle { var: w, value: weight.clone(), mode: Shuffle::Index, lane: jj.clone() };
+        b.stmts.push(Stmt::Gpu(shuffle));
+        let other = b.bind(add(tile.clone(), jj));
+        let other_at = b.bind(add(src.1.clone(), mul(int(IntOp::Min, other.clone(), last.clone()), d)));
+        let body = nested(b, |b| {
+            counted(b, u64::from(a.slots()), |b, r| {
+                let (c, inside) = column(b, &r, a.dim);
+                let update = nested(b, |b| {
+                    let x = load(src.0, add(other_at.clone(), int(IntOp::Min, c, Expr::I32(d - 1))));
+                    let value = slot(acc, r.clone()).bin(Binary::Add, Expr::Var(w).bin(Binary::Mul, x));
+                    b.stmts.push(Stmt::Gpu(GpuStmt::ArrayStore { array: acc, at: r, value }));
+                });
+                b.stmts.push(Stmt::Gpu(GpuStmt::If { cond: inside, body: update }));
+            });
+        });
+        b.stmts.push(Stmt::Gpu(GpuStmt::If { cond: other.cmp(Compare::Le, last.clone()), body }));
+    });
+}
+
+/// Stores the per-lane row array `acc · factor` into `buf` at row `at`.
+pub(crate) fn store_row(b: &mut Body, a: &Attention, acc: ArrayRef, factor: Option<Expr>, buf: usize, at: &Expr) {
+    let d = a.dim as i32;
+    counted(b, u64::from(a.slots()), |b, r| {
+        let (c, inside) = column(b, &r, a.dim);
+        let store = nested(b, |b| {
+            let mut value = slot(acc, r);
+            if let Some(f) = &factor {
+                value = value.bin(Binary::Mul, f.clone());
+            }
+            let at = add(at.clone(), int(IntOp::Min, c, Expr::I32(d - 1)));
+            b.stmts.push(Stmt::Gpu(GpuStmt::StoreAt { buf, at, value }));
+        });
+        b.stmts.push(Stmt::Gpu(GpuStmt::If { cond: inside, body: store }));
+    });
+}
+
+/// `for tile = start; tile < end; tile += 32` over a body built in its own scope.
+pub(crate) fn tiles(b: &mut Body, start: Expr, end: Expr, build: impl FnOnce(&mut Body, Expr)) {
+    let tile = b.fresh();
+    let body = nested(b, |b| build(b, Expr::Var(tile)));
+    let step = Expr::I32(WARP as i32);
+    b.stmts.push(Stmt::Gpu(GpuStmt::Range { var: tile, start, end, step, body }));
+}
+
+/// The statements `each_row` builds for every row, one warp (block) per row, grid-stride.
+pub(crate) fn per_row(rows: usize, each_row: impl FnOnce(&mut Body, Var)) -> Body {
     let mut b = Body::default();
     let row = b.fresh();
-    let body = nested(&mut b, |b| {
-        let lane = index(LaunchIndex::Lane);
-        let bh = b.bind(int(IntOp::Div, Expr::Var(row), Expr::I32(t)));
-        let i = b.bind(int(IntOp::Rem, Expr::Var(row), Expr::I32(t)));
-        let head = b.bind(int(IntOp::Rem, bh.clone(), Expr::I32(a.heads as i32)));
-        // The window of this row's head: a select over the (few) heads.
-        let mut w = Expr::I32(a.windows[a.heads - 1] as i32);
-        for (h, &win) in a.windows.iter().enumerate().rev().skip(1) {
-            w = Expr::select(head.clone().cmp(Compare::Eq, Expr::I32(h as i32)), Expr::I32(win as i32), w);
-        }
-        let w = b.bind(w);
-        let windowed = int(IntOp::Max, add(i.clone(), Expr::I32(1)).bin(Binary::ISub, w.clone()), Expr::I32(0));
-        let first = b.bind(Expr::select(w.cmp(Compare::Eq, Expr::I32(0)), Expr::I32(0), windowed));
-        let base = b.bind(mul(bh, t * d));
-        let q_row = b.bind(add(base.clone(), mul(i.clone(), d)));
-        let m = mutable(b, Expr::F32(f32::NEG_INFINITY));
-        let l = mutable(b, Expr::F32(0.0));
-        counted(b, u64::from(slots), |b, r| {
-            b.stmts.push(Stmt::Gpu(GpuStmt::ArrayStore { array: acc, at: r, value: Expr::F32(0.0) }));
-        });
-        let tile = b.fresh();
-        let tile_body = nested(b, |b| {
-            let key = b.bind(add(Expr::Var(tile), lane.clone()));
-            let valid = b.bind(key.clone().cmp(Compare::Le, i.clone()));
-            let k_row = b.bind(add(base.clone(), mul(int(IntOp::Min, key.clone(), i.clone()), d)));
-            let dot = mutable(b, Expr::F32(0.0));
-            counted(b, a.dim as u64, |b, c| {
-                let x = load(0, add(q_row.clone(), c.clone())).bin(Binary::Mul, load(1, add(k_row.clone(), c)));
-                b.stmts.push(Stmt::Accumulate { var: dot, op: Binary::Add, value: x });
-            });
-            let logit = Expr::Var(dot).bin(Binary::Mul, Expr::F32(a.scale));
-            let s = b.bind(Expr::select(valid.clone(), logit, Expr::F32(f32::NEG_INFINITY)));
-            let tile_max = b.fresh();
-            b.stmts.push(Stmt::Gpu(GpuStmt::WarpReduce { var: tile_max, op: Binary::Max, value: s.clone() }));
-            let m_new = b.bind(Expr::Var(m).bin(Binary::Max, Expr::Var(tile_max)));
-            let corr = exp(b, Expr::Var(m).bin(Binary::Sub, m_new.clone()));
-            let e = exp(b, s.bin(Binary::Sub, m_new.clone()));
-            let p = b.bind(Expr::select(valid, e, Expr::F32(0.0)));
-            let tile_sum = b.fresh();
-            b.stmts.push(Stmt::Gpu(GpuStmt::WarpReduce { var: tile_sum, op: Binary::Add, value: p.clone() }));
-            let l_new = Expr::Var(l).bin(Binary::Mul, corr.clone()).bin(Binary::Add, Expr::Var(tile_sum));
-            b.stmts.push(Stmt::Gpu(GpuStmt::Set { var: l, value: l_new }));
-            counted(b, u64::from(slots), |b, r| {
-                let scaled =
-                    Expr::Gpu(GpuExpr::ArrayLoad { array: acc, at: Box::new(r.clone()) }).bin(Binary::Mul, corr);
-                b.stmts.push(Stmt::Gpu(GpuStmt::ArrayStore { array: acc, at: r, value: scaled }));
-            });
-            // Each key of the tile in turn: its probability from its lane, times its value row.
-            counted(b, u64::from(WARP), |b, jj| {
-                let pj = b.fresh();
-                let shuffle = GpuStmt::Shuffle { var: pj, value: p.clone(), mode: Shuffle::Index, lane: jj.clone() };
-                b.stmts.push(Stmt::Gpu(shuffle));
-                let key = b.bind(add(Expr::Var(tile), jj));
-                let v_row = b.bind(add(base.clone(), mul(int(IntOp::Min, key.clone(), i.clone()), d)));
-                let body = nested(b, |b| {
-                    counted(b, u64::from(slots), |b, r| {
-                        let c = b.bind(add(lane.clone(), mul(r.clone(), WARP as i32)));
-                        let update = nested(b, |b| {
-                            let v = load(2, add(v_row.clone(), int(IntOp::Min, c.clone(), Expr::I32(d - 1))));
-                            let old = Expr::Gpu(GpuExpr::ArrayLoad { array: acc, at: Box::new(r.clone()) });
-                            let value = old.bin(Binary::Add, Expr::Var(pj).bin(Binary::Mul, v));
-                            b.stmts.push(Stmt::Gpu(GpuStmt::ArrayStore { array: acc, at: r, value }));
-                        });
-                        let cond = c.cmp(Compare::Lt, Expr::I32(d));
-                        b.stmts.push(Stmt::Gpu(GpuStmt::If { cond, body: update }));
-                    });
-                });
-                b.stmts.push(Stmt::Gpu(GpuStmt::If { cond: key.cmp(Compare::Le, i.clone()), body }));
-            });
-            b.stmts.push(Stmt::Gpu(GpuStmt::Set { var: m, value: m_new }));
-        });
-        let end = add(i.clone(), Expr::I32(1));
-        let step = Expr::I32(WARP as i32);
-        b.stmts.push(Stmt::Gpu(GpuStmt::Range { var: tile, start: first, end, step, body: tile_body }));
-        let inv = b.bind(Expr::F32(1.0).bin(Binary::Div, Expr::Var(l)));
-        counted(b, u64::from(slots), |b, r| {
-            let c = b.bind(add(lane.clone(), mul(r.clone(), WARP as i32)));
-            let store = nested(b, |b| {
-                let value = Expr::Gpu(GpuExpr::ArrayLoad { array: acc, at: Box::new(r) }).bin(Binary::Mul, inv.clone());
-                let at = add(q_row.clone(), int(IntOp::Min, c.clone(), Expr::I32(d - 1)));
-                b.stmts.push(Stmt::Gpu(GpuStmt::StoreAt { buf: 3, at, value }));
-            });
-            b.stmts.push(Stmt::Gpu(GpuStmt::If { cond: c.cmp(Compare::Lt, Expr::I32(d)), body: store }));
-        });
-        let lead = vec![Stmt::Gpu(GpuStmt::StoreAt { buf: 4, at: Expr::Var(row), value: Expr::Var(m) })];
-        b.stmts.push(Stmt::Gpu(GpuStmt::If { cond: lane.cmp(Compare::Eq, Expr::I32(0)), body: lead }));
-    });
-    let start = index(LaunchIndex::Block);
-    let step = index(LaunchIndex::GridDim);
-    b.stmts.push(Stmt::Gpu(GpuStmt::Range { var: row, start, end: Expr::I32(rows_i), step, body }));
-    let buffer =
-        |name: &str, len: usize, output: bool| Buffer { name: name.into(), len: len as u64, output, elem: Elem::F32 };
-    Ok(Kernel {
+    let body = nested(&mut b, |b| each_row(b, row));
+    let (start, step) = (index(LaunchIndex::Block), index(LaunchIndex::GridDim));
+    b.stmts.push(Stmt::Gpu(GpuStmt::Range { var: row, start, end: Expr::I32(rows as i32), step, body }));
+    b
+}
+
+/// A kernel of one warp per block over `rows` rows, with `arrays` per-lane row arrays ([`ACC`], [`ACC2`]).
+pub(crate) fn kernel(name: &str, a: &Attention, rows: usize, buffers: Vec<Buffer>, b: Body, arrays: usize) -> Kernel {
+    Kernel {
         name: name.to_string(),
-        buffers: vec![
-            buffer("q", elements, false),
-            buffer("k", elements, false),
-            buffer("v", elements, false),
-            buffer("out", elements, true),
-            buffer("row_max", rows, true),
-        ],
+        buffers,
         body: b.stmts,
         vars: b.next_var,
         schedule: Schedule { parallel: false, vector_width: 1 },
@@ -167,7 +211,64 @@ pub fn forward(name: &str, a: &Attention) -> Result<Kernel, String> {
             grid: (rows as u64).clamp(1, MAX_GRID) as u32,
             block: WARP,
             shared: vec![],
-            local: vec![Array { name: "acc".into(), len: slots, scalar: Scalar::F32 }],
+            local: (0..arrays)
+                .map(|i| Array { name: format!("acc{i}"), len: a.slots(), scalar: Scalar::F32 })
+                .collect(),
         }),
-    })
+    }
+}
+
+/// A float buffer.
+pub(crate) fn buffer(name: &str, len: usize, output: bool) -> Buffer {
+    Buffer { name: name.into(), len: len as u64, output, elem: Elem::F32 }
+}
+
+/// The per-lane row arrays of a kernel built by [`kernel`].
+pub(crate) const ACC: ArrayRef = ArrayRef::Local(0);
+pub(crate) const ACC2: ArrayRef = ArrayRef::Local(1);
+
+/// The forward kernel: buffers `q, k, v` (inputs), `out`, `row_max` (outputs).
+pub fn forward(name: &str, a: &Attention) -> Result<Kernel, String> {
+    let rows = a.check()?;
+    let d = a.dim as i32;
+    let b = per_row(rows, |b, row_var| {
+        let lane = index(LaunchIndex::Lane);
+        let r = row(b, a, row_var);
+        let first = first_key(b, &r);
+        let m = mutable(b, Expr::F32(f32::NEG_INFINITY));
+        let l = mutable(b, Expr::F32(0.0));
+        each_slot(b, a, ACC, |_| Expr::F32(0.0));
+        tiles(b, first, add(r.i.clone(), Expr::I32(1)), |b, tile| {
+            let key = b.bind(add(tile.clone(), lane.clone()));
+            let valid = b.bind(key.clone().cmp(Compare::Le, r.i.clone()));
+            let k_at = b.bind(add(r.base.clone(), mul(int(IntOp::Min, key, r.i.clone()), d)));
+            let logit = dot(b, a.dim, (0, r.at.clone()), (1, k_at)).bin(Binary::Mul, Expr::F32(a.scale));
+            let s = b.bind(Expr::select(valid.clone(), logit, Expr::F32(f32::NEG_INFINITY)));
+            let tile_max = warp(b, Binary::Max, s.clone());
+            let m_new = b.bind(Expr::Var(m).bin(Binary::Max, tile_max));
+            let corr = exp(b, Expr::Var(m).bin(Binary::Sub, m_new.clone()));
+            let e = exp(b, s.bin(Binary::Sub, m_new.clone()));
+            let p = b.bind(Expr::select(valid, e, Expr::F32(0.0)));
+            let tile_sum = warp(b, Binary::Add, p.clone());
+            let l_new = Expr::Var(l).bin(Binary::Mul, corr.clone()).bin(Binary::Add, tile_sum);
+            b.stmts.push(Stmt::Gpu(GpuStmt::Set { var: l, value: l_new }));
+            each_slot(b, a, ACC, |x| x.bin(Binary::Mul, corr.clone()));
+            // Each key of the tile in turn: its probability from its lane, times its value row.
+            gather_rows(b, a, ACC, &p, (&tile, &r.i), (2, &r.base));
+            b.stmts.push(Stmt::Gpu(GpuStmt::Set { var: m, value: m_new }));
+        });
+        let inv = b.bind(Expr::F32(1.0).bin(Binary::Div, Expr::Var(l)));
+        store_row(b, a, ACC, Some(inv), 3, &r.at);
+        let lead = vec![Stmt::Gpu(GpuStmt::StoreAt { buf: 4, at: Expr::Var(row_var), value: Expr::Var(m) })];
+        b.stmts.push(Stmt::Gpu(GpuStmt::If { cond: lane.cmp(Compare::Eq, Expr::I32(0)), body: lead }));
+    });
+    let n = rows * a.dim;
+    let buffers = vec![
+        buffer("q", n, false),
+        buffer("k", n, false),
+        buffer("v", n, false),
+        buffer("out", n, true),
+        buffer("row_max", rows, true),
+    ];
+    Ok(kernel(name, a, rows, buffers, b, 1))
 }

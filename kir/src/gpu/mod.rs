@@ -12,9 +12,11 @@
 //! | [`attention`] | LS-attention forward: a warp per query row, key tiles of 32 with an online softmax, a local head visiting only its window |
 //! | [`training`] | softmax + cross-entropy with its gradient (a block per row), AdamW over every parameter in one launch |
 //! | [`conv`] | GAM's causal depthwise convolution and its gradient (`d_x` per element, `d_w` a block per tap) |
+//! | [`attention_grad`] | LS-attention backward: row statistics, `d_k`/`d_v` a warp per key row over the queries that see it, `d_q` a warp per query row |
 //! | [`eval`] | the GPU-semantics evaluator: every block and thread, barrier phases, shared memory, warp lanes; it reports races and divergent barriers |
 
 pub mod attention;
+pub mod attention_grad;
 mod build;
 pub mod conv;
 pub mod eval;
