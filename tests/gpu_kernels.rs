@@ -239,6 +239,27 @@ fn data_movement_and_integer_kernels_match_the_reference_interpreter() {
         (Op::Compare(CmpOp::Gt), vec![f(&[10], 1), f(&[10], 2)], DType::Bool, vec![10]),
         (Op::Select, vec![bools(&[2, 6], 1), f(&[2, 6], 3), f(&[2, 6], 4)], DType::F32, vec![2, 6]),
         (Op::CacheUpdate { axis: 1 }, vec![f(&[2, 8, 3], 1), f(&[2, 2, 3], 2), scalar(5)], DType::F32, vec![2, 8, 3]),
+        (Op::Gather { axis: 1 }, vec![f(&[2, 9, 3], 1), ints(&[2, 4, 3], 9, 2)], DType::F32, vec![2, 4, 3]),
+        (Op::Gather { axis: 0 }, vec![f(&[5, 4], 2), ints(&[3, 2], 5, 1)], DType::F32, vec![3, 2]),
+        // Repeated indices: the last write wins, sums add in order.
+        (
+            Op::Scatter { axis: 1 },
+            vec![f(&[2, 9, 3], 3), ints(&[2, 5, 3], 4, 1), f(&[2, 5, 3], 4)],
+            DType::F32,
+            vec![2, 9, 3],
+        ),
+        (
+            Op::ScatterAdd { axis: 1 },
+            vec![f(&[2, 9, 3], 5), ints(&[2, 7, 3], 3, 2), f(&[2, 7, 3], 6)],
+            DType::F32,
+            vec![2, 9, 3],
+        ),
+        (
+            Op::ScatterAdd { axis: 0 },
+            vec![ints(&[6, 2], 50, 1), ints(&[4, 2], 6, 3), ints(&[4, 2], 9, 2)],
+            DType::I64,
+            vec![6, 2],
+        ),
     ];
     for (op, operands, dtype, shape) in cases {
         let mut want = Value::<f32>::zeros(dtype, shape.clone());
@@ -259,11 +280,11 @@ fn data_movement_and_integer_kernels_match_the_reference_interpreter() {
         bufs.push(vec![f64::NAN; want.len()]);
         lsc_kir::gpu::eval::run(&k, &mut bufs).unwrap_or_else(|e| panic!("{op:?}: {e}"));
         assert_eq!(bufs.last().unwrap(), &want, "{op:?}");
-        // A cache updated in place: only the update's window is written.
-        if let Op::CacheUpdate { .. } = op {
+        // A cache updated, or a scatter written, in place: the first operand is the output.
+        if let Op::CacheUpdate { .. } | Op::Scatter { .. } | Op::ScatterAdd { .. } = op {
             let k = op_kernel("op", &op, &ins[1..], std::slice::from_ref(&ins[0]), true).unwrap();
             let mut bufs = vec![bufs[1].clone(), bufs[2].clone(), bufs[0].clone()];
-            lsc_kir::gpu::eval::run(&k, &mut bufs).unwrap();
+            lsc_kir::gpu::eval::run(&k, &mut bufs).unwrap_or_else(|e| panic!("{op:?} in place: {e}"));
             assert_eq!(bufs[2], want, "{op:?} in place");
         }
     }
@@ -503,5 +524,40 @@ fn ls_attention_backward_matches_the_reference_interpreter() {
                 assert!((w - g).abs() <= 5e-5 * (1.0 + w.abs()), "{seq}×{dim} {windows:?} {what}[{i}]: {w} vs {g}");
             }
         }
+    }
+}
+
+#[test]
+fn topk_matches_the_reference_interpreter() {
+    use lsc_ir::{DType, Dim, Op};
+    use lsc_kir::gpu::movement::{op_kernel, Operand};
+    use lsc_kir::Elem;
+    // Ties (values repeat every 7) go to the lower index.
+    for (shape, axis, k) in [(vec![3usize, 20usize], 1usize, 5usize), (vec![9, 4], 0, 9), (vec![2, 6, 3], 1, 2)] {
+        let n: usize = shape.iter().product();
+        let x = Value::<f32>::floats(shape.clone(), (0..n).map(|i| ((i * 5) % 7) as f32 - 3.0).collect());
+        let mut out_shape = shape.clone();
+        out_shape[axis] = k;
+        let op = Op::TopK { k: Dim::new(k as i64), axis };
+        let mut values = Value::<f32>::zeros(DType::F32, out_shape.clone());
+        let mut indices = Value::<f32>::zeros(DType::I64, out_shape.clone());
+        lsc_interp::kernels::eval_into(
+            &op,
+            &[x.view()],
+            &mut [values.view_mut(), indices.view_mut()],
+            &Bindings::new(),
+        )
+        .unwrap();
+        let ins = [Operand { shape: shape.clone(), elem: Elem::F32 }];
+        let outs = [
+            Operand { shape: out_shape.clone(), elem: Elem::F32 },
+            Operand { shape: out_shape.clone(), elem: Elem::I64 },
+        ];
+        let kernel = op_kernel("topk", &op, &ins, &outs, false).unwrap();
+        let m: usize = out_shape.iter().product();
+        let mut bufs = vec![device(&x).0, vec![f64::NAN; m], vec![f64::NAN; m]];
+        lsc_kir::gpu::eval::run(&kernel, &mut bufs).unwrap();
+        assert_eq!(bufs[1], device(&values).0, "{shape:?} values");
+        assert_eq!(bufs[2], device(&indices).0, "{shape:?} indices");
     }
 }

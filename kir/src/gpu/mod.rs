@@ -8,6 +8,7 @@
 //! | module | contents |
 //! |---|---|
 //! | [`lower`] | a fused elementwise/row group → a GPU kernel: a grid-stride loop over elements, or one block per row with a block-wide reduction (warp butterflies, then one shared slot per warp) |
+//! | `indexing` | gather, scatter, scatter_add (each output element scanning the index entries that could name it) and topk (by rank), behind [`movement::op_kernel`] |
 //! | [`movement`] | data movement and integer/boolean elementwise ops (constant, iota, cast, slice, concat, broadcast, transpose, embedding, comparisons, select, cache updates) as grid-stride kernels |
 //! | [`attention`] | LS-attention forward: a warp per query row, key tiles of 32 with an online softmax, a local head visiting only its window |
 //! | [`training`] | softmax + cross-entropy with its gradient (a block per row), AdamW over every parameter in one launch |
@@ -20,6 +21,7 @@ pub mod attention_grad;
 mod build;
 pub mod conv;
 pub mod eval;
+mod indexing;
 pub mod lower;
 pub mod movement;
 pub mod training;

@@ -29,7 +29,7 @@ pub struct Operand {
 }
 
 /// A boolean as the byte stored for it.
-fn byte(c: Expr) -> Expr {
+pub(super) fn byte(c: Expr) -> Expr {
     Expr::select(c, Expr::I32(1), Expr::I32(0))
 }
 
@@ -41,7 +41,7 @@ fn truthy(x: Expr, elem: Elem) -> Expr {
     }
 }
 
-fn strides(shape: &[usize]) -> Vec<i64> {
+pub(super) fn strides(shape: &[usize]) -> Vec<i64> {
     let mut s = vec![1i64; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
         s[i] = s[i + 1] * shape[i + 1] as i64;
@@ -49,16 +49,16 @@ fn strides(shape: &[usize]) -> Vec<i64> {
     s
 }
 
-fn elements(shape: &[usize]) -> u64 {
+pub(super) fn elements(shape: &[usize]) -> u64 {
     shape.iter().map(|&d| d as u64).product()
 }
 
-fn i32_of(n: impl TryInto<i32>) -> Option<i32> {
+pub(super) fn i32_of(n: impl TryInto<i32>) -> Option<i32> {
     n.try_into().ok()
 }
 
 /// `Σ at[i] · strides[i]` (terms with a zero stride left out).
-fn flat(at: &[Expr], strides: &[i64]) -> Option<Expr> {
+pub(super) fn flat(at: &[Expr], strides: &[i64]) -> Option<Expr> {
     let mut sum = Expr::I32(0);
     for (a, &s) in at.iter().zip(strides) {
         let term = match s {
@@ -72,24 +72,24 @@ fn flat(at: &[Expr], strides: &[i64]) -> Option<Expr> {
 }
 
 /// The kernel under construction: its buffers and fresh variables.
-struct Build {
-    buffers: Vec<Buffer>,
-    body: Body,
+pub(super) struct Build {
+    pub(super) buffers: Vec<Buffer>,
+    pub(super) body: Body,
 }
 
 impl Build {
-    fn bind(&mut self, value: Expr) -> Expr {
+    pub(super) fn bind(&mut self, value: Expr) -> Expr {
         let var = self.body.fresh();
         self.body.stmts.push(Stmt::Let { var, value });
         Expr::Var(var)
     }
 
-    fn store(&mut self, buf: usize, at: Expr, value: Expr) {
+    pub(super) fn store(&mut self, buf: usize, at: Expr, value: Expr) {
         self.body.stmts.push(Stmt::Gpu(GpuStmt::StoreAt { buf, at, value }));
     }
 
     /// The index along each axis of `shape` of flat element `e`.
-    fn unflatten(&mut self, e: &Expr, shape: &[usize]) -> Option<Vec<Expr>> {
+    pub(super) fn unflatten(&mut self, e: &Expr, shape: &[usize]) -> Option<Vec<Expr>> {
         let s = strides(shape);
         let mut at = Vec::with_capacity(shape.len());
         for (i, &n) in shape.iter().enumerate() {
@@ -106,7 +106,12 @@ impl Build {
     }
 
     /// A grid-stride loop over `count` elements around the statements `body` adds for element `e`.
-    fn finish(mut self, name: &str, count: u64, body: impl FnOnce(&mut Build, Expr) -> Option<()>) -> Option<Kernel> {
+    pub(super) fn finish(
+        mut self,
+        name: &str,
+        count: u64,
+        body: impl FnOnce(&mut Build, Expr) -> Option<()>,
+    ) -> Option<Kernel> {
         for b in &self.buffers {
             i32_of(b.len)?;
         }
@@ -129,7 +134,7 @@ impl Build {
     }
 }
 
-fn buffers(inputs: &[Operand], outputs: &[Operand]) -> Vec<Buffer> {
+pub(super) fn buffers(inputs: &[Operand], outputs: &[Operand]) -> Vec<Buffer> {
     let ins = inputs.iter().enumerate().map(|(i, o)| (format!("x{i}"), o, false));
     let outs = outputs.iter().enumerate().map(|(i, o)| (format!("y{i}"), o, true));
     ins.chain(outs).map(|(name, o, output)| Buffer { name, len: elements(&o.shape), output, elem: o.elem }).collect()
@@ -140,6 +145,9 @@ fn buffers(inputs: &[Operand], outputs: &[Operand]) -> Vec<Buffer> {
 /// `in_place`: a `cache_update` whose cache is its output, written only
 /// where the update goes (the cache is not an input then).
 pub fn op_kernel(name: &str, op: &Op, inputs: &[Operand], outputs: &[Operand], in_place: bool) -> Option<Kernel> {
+    if let Some(k) = super::indexing::op_kernel(name, op, inputs, outputs, in_place) {
+        return Some(k);
+    }
     let [out] = outputs else { return None };
     let b = Build { buffers: buffers(inputs, outputs), body: Body::default() };
     let y = inputs.len();
