@@ -9,7 +9,7 @@ use lsc_ir::{DType, Op};
 use lsc_kir::gpu::attention::{self, Attention};
 use lsc_kir::gpu::lower::lower_group;
 use lsc_kir::gpu::movement::{op_kernel, Operand};
-use lsc_kir::gpu::{attention_grad, conv, training};
+use lsc_kir::gpu::{attention_grad, conv, ternary, training};
 use lsc_kir::lower::Group;
 use lsc_kir::op_group::op_group;
 use lsc_kir::{Elem, Kernel};
@@ -71,6 +71,18 @@ fn fused_kernels(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Vec<(Ker
                 attention_grad(name, &shape)
             }
             _ => Err(format!("ls_attention_grad of a {:?} query", q.shape)),
+        },
+        (Op::TernaryPack, [w, _]) => match w.shape[..] {
+            [rows, cols] => all(ternary::pack(name, rows, cols), 3),
+            _ => Err(format!("ternary_pack of a {:?} matrix", w.shape)),
+        },
+        (Op::TernaryMatmul { trans_b }, [x, w, _]) => match (&x.shape[..], &w.shape[..]) {
+            ([lead @ .., k], &[r0, r1]) => {
+                let n = if *trans_b { r0 } else { r1 };
+                let m = lead.iter().product();
+                all(ternary::matmul(name, &ternary::TernaryProduct { m, k: *k, n, trans_b: *trans_b }), 4)
+            }
+            _ => Err(format!("ternary_matmul of {:?} by {:?}", x.shape, w.shape)),
         },
         (Op::SoftmaxCrossEntropy, [logits, targets, _]) => {
             let vocab = logits.shape.last().copied().unwrap_or(1) as u64;
@@ -157,7 +169,7 @@ impl GpuProgram {
             let t = &plan.tensors[t];
             let elem = match t.dtype {
                 DType::Bool => Elem::U8,
-                DType::Ternary => return None,
+                DType::Ternary => Elem::U32,
                 d if d.is_int() => Elem::I64,
                 _ => Elem::F32,
             };
