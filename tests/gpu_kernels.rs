@@ -605,3 +605,35 @@ fn ternary_pack_and_product_match_the_reference_interpreter() {
         }
     }
 }
+
+#[test]
+fn gam_mixer_matches_the_reference_interpreter() {
+    use lsc_ir::{DType, Op};
+    use lsc_kir::gpu::gam::{mixer, Gam};
+    let f = |shape: &[usize], seed: u32| {
+        let n: usize = shape.iter().product();
+        let v = (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0);
+        Value::<f32>::floats(shape.to_vec(), v.collect())
+    };
+    // Fewer and more memory slots than a warp; widths below and above it; more taps than positions.
+    for g in
+        [Gam { batch: 2, seq: 5, dim: 8, taps: 3, slots: 4 }, Gam { batch: 1, seq: 3, dim: 40, taps: 4, slots: 70 }]
+    {
+        let ops = [
+            f(&[g.batch, g.seq, g.dim], 1),
+            f(&[g.dim, 1, g.taps], 2),
+            f(&[g.dim], 3),
+            f(&[g.slots, g.dim], 4),
+            f(&[g.batch, g.seq, 2 * g.dim], 5),
+        ];
+        let mut y = Value::<f32>::zeros(DType::F32, vec![g.batch, g.seq, g.dim]);
+        let views: Vec<_> = ops.iter().map(|v| v.view()).collect();
+        lsc_interp::kernels::eval_into(&Op::Gam, &views, &mut [y.view_mut()], &Bindings::new()).unwrap();
+        let mut bufs: Vec<Vec<f64>> = ops.iter().map(|v| device(v).0).collect();
+        bufs.push(vec![f64::NAN; y.numel()]);
+        lsc_kir::gpu::eval::run(&mixer("gam", &g).unwrap(), &mut bufs).unwrap();
+        for (i, (&a, &b)) in y.as_floats().unwrap().iter().zip(&bufs[5]).enumerate() {
+            assert!((a - b as f32).abs() <= 2e-5 * (1.0 + a.abs()), "{g:?} y[{i}]: {a} vs {b}");
+        }
+    }
+}

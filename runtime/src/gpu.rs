@@ -9,7 +9,7 @@ use lsc_ir::{DType, Op};
 use lsc_kir::gpu::attention::{self, Attention};
 use lsc_kir::gpu::lower::lower_group;
 use lsc_kir::gpu::movement::{op_kernel, Operand};
-use lsc_kir::gpu::{attention_grad, conv, ternary, training};
+use lsc_kir::gpu::{attention_grad, conv, gam, ternary, training};
 use lsc_kir::lower::Group;
 use lsc_kir::op_group::op_group;
 use lsc_kir::{Elem, Kernel};
@@ -83,6 +83,12 @@ fn fused_kernels(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Vec<(Ker
                 all(ternary::matmul(name, &ternary::TernaryProduct { m, k: *k, n, trans_b: *trans_b }), 4)
             }
             _ => Err(format!("ternary_matmul of {:?} by {:?}", x.shape, w.shape)),
+        },
+        (Op::Gam, [x, conv_w, _, memory, _]) => match (&x.shape[..], conv_w.shape.last(), memory.shape.first()) {
+            (&[batch, seq, dim], Some(&taps), Some(&slots)) => {
+                all(gam::mixer(name, &gam::Gam { batch, seq, dim, taps, slots }), 6)
+            }
+            _ => Err(format!("gam of {:?} with memory {:?}", x.shape, memory.shape)),
         },
         (Op::SoftmaxCrossEntropy, [logits, targets, _]) => {
             let vocab = logits.shape.last().copied().unwrap_or(1) as u64;

@@ -53,11 +53,11 @@ impl Attention {
         }
         Ok(self.batch * self.heads * self.seq)
     }
+}
 
-    /// Output columns each lane holds.
-    pub(crate) fn slots(&self) -> u32 {
-        self.dim.div_ceil(WARP as usize) as u32
-    }
+/// Columns of a row of `dim` each lane holds.
+pub(crate) fn slots(dim: usize) -> u32 {
+    dim.div_ceil(WARP as usize) as u32
 }
 
 /// Where a kernel's row `row` (a query or a key row of one head) sits.
@@ -113,18 +113,18 @@ pub(crate) fn warp(b: &mut Body, op: Binary, value: Expr) -> Expr {
 }
 
 /// Column `lane + 32·r` of a head row, and whether it is inside the row.
-fn column(b: &mut Body, r: &Expr, dim: usize) -> (Expr, Expr) {
+pub(crate) fn column(b: &mut Body, r: &Expr, dim: usize) -> (Expr, Expr) {
     let c = b.bind(add(index(LaunchIndex::Lane), mul(r.clone(), WARP as i32)));
     (c.clone(), c.cmp(Compare::Lt, Expr::I32(dim as i32)))
 }
 
-fn slot(array: ArrayRef, r: Expr) -> Expr {
+pub(crate) fn slot(array: ArrayRef, r: Expr) -> Expr {
     Expr::Gpu(GpuExpr::ArrayLoad { array, at: Box::new(r) })
 }
 
 /// `acc[r] = value(acc[r])` for every slot of the per-lane row array.
-pub(crate) fn each_slot(b: &mut Body, a: &Attention, acc: ArrayRef, value: impl Fn(Expr) -> Expr) {
-    counted(b, u64::from(a.slots()), |b, r| {
+pub(crate) fn each_slot(b: &mut Body, dim: usize, acc: ArrayRef, value: impl Fn(Expr) -> Expr) {
+    counted(b, u64::from(slots(dim)), |b, r| {
         let value = value(slot(acc, r.clone()));
         b.stmts.push(Stmt::Gpu(GpuStmt::ArrayStore { array: acc, at: r, value }));
     });
@@ -135,14 +135,14 @@ pub(crate) fn each_slot(b: &mut Body, a: &Attention, acc: ArrayRef, value: impl 
 /// warp, which adds its row of `src` into the columns the lanes hold.
 pub(crate) fn gather_rows(
     b: &mut Body,
-    a: &Attention,
+    dim: usize,
     acc: ArrayRef,
     weight: &Expr,
     rows: (&Expr, &Expr),
     src: (usize, &Expr),
 ) {
     let (tile, last) = rows;
-    let d = a.dim as i32;
+    let d = dim as i32;
     counted(b, u64::from(WARP), |b, jj| {
         let w = b.fresh();
         let shuffle = GpuStmt::Shuffle { var: w, value: weight.clone(), mode: Shuffle::Index, lane: jj.clone() };
@@ -150,8 +150,8 @@ pub(crate) fn gather_rows(
         let other = b.bind(add(tile.clone(), jj));
         let other_at = b.bind(add(src.1.clone(), mul(int(IntOp::Min, other.clone(), last.clone()), d)));
         let body = nested(b, |b| {
-            counted(b, u64::from(a.slots()), |b, r| {
-                let (c, inside) = column(b, &r, a.dim);
+            counted(b, u64::from(slots(dim)), |b, r| {
+                let (c, inside) = column(b, &r, dim);
                 let update = nested(b, |b| {
                     let x = load(src.0, add(other_at.clone(), int(IntOp::Min, c, Expr::I32(d - 1))));
                     let value = slot(acc, r.clone()).bin(Binary::Add, Expr::Var(w).bin(Binary::Mul, x));
@@ -165,10 +165,10 @@ pub(crate) fn gather_rows(
 }
 
 /// Stores the per-lane row array `acc · factor` into `buf` at row `at`.
-pub(crate) fn store_row(b: &mut Body, a: &Attention, acc: ArrayRef, factor: Option<Expr>, buf: usize, at: &Expr) {
-    let d = a.dim as i32;
-    counted(b, u64::from(a.slots()), |b, r| {
-        let (c, inside) = column(b, &r, a.dim);
+pub(crate) fn store_row(b: &mut Body, dim: usize, acc: ArrayRef, factor: Option<Expr>, buf: usize, at: &Expr) {
+    let d = dim as i32;
+    counted(b, u64::from(slots(dim)), |b, r| {
+        let (c, inside) = column(b, &r, dim);
         let store = nested(b, |b| {
             let mut value = slot(acc, r);
             if let Some(f) = &factor {
@@ -200,7 +200,7 @@ pub(crate) fn per_row(rows: usize, each_row: impl FnOnce(&mut Body, Var)) -> Bod
 }
 
 /// A kernel of one warp per block over `rows` rows, with `arrays` per-lane row arrays ([`ACC`], [`ACC2`]).
-pub(crate) fn kernel(name: &str, a: &Attention, rows: usize, buffers: Vec<Buffer>, b: Body, arrays: usize) -> Kernel {
+pub(crate) fn kernel(name: &str, dim: usize, rows: usize, buffers: Vec<Buffer>, b: Body, arrays: usize) -> Kernel {
     Kernel {
         name: name.to_string(),
         buffers,
@@ -212,7 +212,7 @@ pub(crate) fn kernel(name: &str, a: &Attention, rows: usize, buffers: Vec<Buffer
             block: WARP,
             shared: vec![],
             local: (0..arrays)
-                .map(|i| Array { name: format!("acc{i}"), len: a.slots(), scalar: Scalar::F32 })
+                .map(|i| Array { name: format!("acc{i}"), len: slots(dim), scalar: Scalar::F32 })
                 .collect(),
         }),
     }
@@ -237,7 +237,7 @@ pub fn forward(name: &str, a: &Attention) -> Result<Kernel, String> {
         let first = first_key(b, &r);
         let m = mutable(b, Expr::F32(f32::NEG_INFINITY));
         let l = mutable(b, Expr::F32(0.0));
-        each_slot(b, a, ACC, |_| Expr::F32(0.0));
+        each_slot(b, a.dim, ACC, |_| Expr::F32(0.0));
         tiles(b, first, add(r.i.clone(), Expr::I32(1)), |b, tile| {
             let key = b.bind(add(tile.clone(), lane.clone()));
             let valid = b.bind(key.clone().cmp(Compare::Le, r.i.clone()));
@@ -252,13 +252,13 @@ pub fn forward(name: &str, a: &Attention) -> Result<Kernel, String> {
             let tile_sum = warp(b, Binary::Add, p.clone());
             let l_new = Expr::Var(l).bin(Binary::Mul, corr.clone()).bin(Binary::Add, tile_sum);
             b.stmts.push(Stmt::Gpu(GpuStmt::Set { var: l, value: l_new }));
-            each_slot(b, a, ACC, |x| x.bin(Binary::Mul, corr.clone()));
+            each_slot(b, a.dim, ACC, |x| x.bin(Binary::Mul, corr.clone()));
             // Each key of the tile in turn: its probability from its lane, times its value row.
-            gather_rows(b, a, ACC, &p, (&tile, &r.i), (2, &r.base));
+            gather_rows(b, a.dim, ACC, &p, (&tile, &r.i), (2, &r.base));
             b.stmts.push(Stmt::Gpu(GpuStmt::Set { var: m, value: m_new }));
         });
         let inv = b.bind(Expr::F32(1.0).bin(Binary::Div, Expr::Var(l)));
-        store_row(b, a, ACC, Some(inv), 3, &r.at);
+        store_row(b, a.dim, ACC, Some(inv), 3, &r.at);
         let lead = vec![Stmt::Gpu(GpuStmt::StoreAt { buf: 4, at: Expr::Var(row_var), value: Expr::Var(m) })];
         b.stmts.push(Stmt::Gpu(GpuStmt::If { cond: lane.cmp(Compare::Eq, Expr::I32(0)), body: lead }));
     });
@@ -270,5 +270,5 @@ pub fn forward(name: &str, a: &Attention) -> Result<Kernel, String> {
         buffer("out", n, true),
         buffer("row_max", rows, true),
     ];
-    Ok(kernel(name, a, rows, buffers, b, 1))
+    Ok(kernel(name, a.dim, rows, buffers, b, 1))
 }

@@ -77,7 +77,7 @@ pub fn stats(name: &str, a: &Attention) -> Result<Kernel, String> {
         buffer("d_out", n, false),
         buffer("scratch", n, true),
     ];
-    Ok(kernel(name, a, rows, buffers, b, 0))
+    Ok(kernel(name, a.dim, rows, buffers, b, 0))
 }
 
 /// Kernel 2: buffers `q, k, v, d_out, scratch` → `d_k, d_v`, one warp per key row.
@@ -92,8 +92,8 @@ pub fn grad_kv(name: &str, a: &Attention) -> Result<Kernel, String> {
         // Never before j itself (w ≥ 1 here): a bound the static check can see.
         let windowed = int(IntOp::Max, windowed, r.i.clone());
         let last = b.bind(Expr::select(r.window.clone().cmp(Compare::Eq, Expr::I32(0)), Expr::I32(t - 1), windowed));
-        each_slot(b, a, ACC, |_| Expr::F32(0.0));
-        each_slot(b, a, ACC2, |_| Expr::F32(0.0));
+        each_slot(b, a.dim, ACC, |_| Expr::F32(0.0));
+        each_slot(b, a.dim, ACC2, |_| Expr::F32(0.0));
         tiles(b, r.i.clone(), add(last.clone(), Expr::I32(1)), |b, tile| {
             let query = b.bind(add(tile.clone(), lane()));
             let valid = b.bind(query.clone().cmp(Compare::Le, last.clone()));
@@ -109,11 +109,11 @@ pub fn grad_kv(name: &str, a: &Attention) -> Result<Kernel, String> {
             let dp = dot(b, a.dim, (3, q_at), (2, r.at.clone()));
             let ds =
                 b.bind(p.clone().bin(Binary::Mul, dp.bin(Binary::Sub, delta)).bin(Binary::Mul, Expr::F32(a.scale)));
-            gather_rows(b, a, ACC2, &p, (&tile, &last), (3, &r.base));
-            gather_rows(b, a, ACC, &ds, (&tile, &last), (0, &r.base));
+            gather_rows(b, a.dim, ACC2, &p, (&tile, &last), (3, &r.base));
+            gather_rows(b, a.dim, ACC, &ds, (&tile, &last), (0, &r.base));
         });
-        store_row(b, a, ACC, None, 5, &r.at);
-        store_row(b, a, ACC2, None, 6, &r.at);
+        store_row(b, a.dim, ACC, None, 5, &r.at);
+        store_row(b, a.dim, ACC2, None, 6, &r.at);
     });
     let n = rows * a.dim;
     let buffers = vec![
@@ -125,7 +125,7 @@ pub fn grad_kv(name: &str, a: &Attention) -> Result<Kernel, String> {
         buffer("d_k", n, true),
         buffer("d_v", n, true),
     ];
-    Ok(kernel(name, a, rows, buffers, b, 2))
+    Ok(kernel(name, a.dim, rows, buffers, b, 2))
 }
 
 /// Kernel 3: buffers `q, k, v, out, d_out` → `d_q`, one warp per query row.
@@ -137,7 +137,7 @@ pub fn grad_q(name: &str, a: &Attention) -> Result<Kernel, String> {
         let lse = log_sum_exp(b, a, &r);
         let delta = dot(b, a.dim, (4, r.at.clone()), (3, r.at.clone()));
         let first = first_key(b, &r);
-        each_slot(b, a, ACC, |_| Expr::F32(0.0));
+        each_slot(b, a.dim, ACC, |_| Expr::F32(0.0));
         tiles(b, first, add(r.i.clone(), Expr::I32(1)), |b, tile| {
             let key = b.bind(add(tile.clone(), lane()));
             let valid = b.bind(key.clone().cmp(Compare::Le, r.i.clone()));
@@ -148,9 +148,9 @@ pub fn grad_q(name: &str, a: &Attention) -> Result<Kernel, String> {
             let dp = dot(b, a.dim, (4, r.at.clone()), (2, k_at));
             let ds =
                 b.bind(p.bin(Binary::Mul, dp.bin(Binary::Sub, delta.clone())).bin(Binary::Mul, Expr::F32(a.scale)));
-            gather_rows(b, a, ACC, &ds, (&tile, &r.i), (1, &r.base));
+            gather_rows(b, a.dim, ACC, &ds, (&tile, &r.i), (1, &r.base));
         });
-        store_row(b, a, ACC, None, 5, &r.at);
+        store_row(b, a.dim, ACC, None, 5, &r.at);
     });
     let n = rows * a.dim;
     let buffers = vec![
@@ -161,5 +161,5 @@ pub fn grad_q(name: &str, a: &Attention) -> Result<Kernel, String> {
         buffer("d_out", n, false),
         buffer("d_q", n, true),
     ];
-    Ok(kernel(name, a, rows, buffers, b, 1))
+    Ok(kernel(name, a.dim, rows, buffers, b, 1))
 }

@@ -15,6 +15,7 @@
 //! | [`training`] | softmax + cross-entropy with its gradient (a block per row), AdamW over every parameter in one launch |
 //! | [`conv`] | GAM's causal depthwise convolution and its gradient (`d_x` per element, `d_w` a block per tap) |
 //! | [`attention_grad`] | LS-attention backward: row statistics, `d_k`/`d_v` a warp per key row over the queries that see it, `d_q` a warp per query row |
+//! | [`gam`] | GAM's fused mixer: a warp per position, an online softmax over memory-slot tiles, the convolution and gates per column |
 //! | [`eval`] | the GPU-semantics evaluator: every block and thread, barrier phases, shared memory, warp lanes; it reports races and divergent barriers |
 
 pub mod attention;
@@ -22,6 +23,7 @@ pub mod attention_grad;
 mod build;
 pub mod conv;
 pub mod eval;
+pub mod gam;
 mod indexing;
 pub mod lower;
 pub mod movement;
