@@ -549,3 +549,63 @@ fn compile_emits_llvm_ir_and_assembly_or_names_the_feature() {
         assert!(stderr(&o).contains("--features llvm"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn compile_for_cuda_writes_gpu_kernels_and_their_launches_or_names_what_does_not_lower() {
+    let dir = scratch("cuda");
+    let d = dir.display().to_string();
+    let o = lsc(&["compile", "--model", "gam", "--train", "--target", "cuda:sm_80", "--emit", "kir,kernels", "-o", &d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cuda:sm_80:"), "{}", stdout(&o));
+    let kir = std::fs::read_to_string(dir.join("gam.train.kir")).unwrap();
+    assert!(kir.contains("launch") && kir.contains("barrier"), "GPU kernel IR:\n{kir}");
+    let kernels = std::fs::read_to_string(dir.join("gam.train.kernels.txt")).unwrap();
+    assert!(kernels.contains("library (cublas): matmul"), "{kernels}");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let k = &m["kernels"];
+    assert_eq!(k["target"], "cuda:sm_80");
+    let first = &k["gpu_kernels"][0];
+    assert!(first["grid"].as_u64().unwrap() >= 1 && first["block"].as_u64().unwrap() % 32 == 0, "{first}");
+    assert!(first["buffers"][0]["place"].is_string(), "{first}");
+    assert_eq!(k["unsupported"], serde_json::json!([]));
+    // Decoding ls-transformer needs integer division, which has no GPU kernel yet.
+    let o = lsc(&["compile", "--model", "ls-transformer", "--decode", "--target", "cuda", "--emit", "kir", "-o", &d]);
+    assert_bad(&o, "model ls-transformer.decode: the GPU lowering has no kernel for div");
+    assert!(stderr(&o).contains("--partial"), "{}", stderr(&o));
+    let o = lsc(&[
+        "compile",
+        "--model",
+        "ls-transformer",
+        "--decode",
+        "--target",
+        "cuda",
+        "--partial",
+        "--emit",
+        "kir",
+        "-o",
+        &d,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["kernels"]["unsupported"][0]["op"], "div");
+    // Bad targets and artifacts that are not made for the target.
+    assert_bad(
+        &lsc(&["compile", "--model", "gam", "--target", "cuda:sm_75", "--emit", "kir", "-o", &d]),
+        "sm_80, sm_90",
+    );
+    assert_bad(
+        &lsc(&["compile", "--model", "gam", "--target", "cuda", "--emit", "clif", "-o", &d]),
+        "--emit clif is not made for --target cuda:sm_90",
+    );
+    assert_bad(&lsc(&["compile", "--model", "gam", "--emit", "ptx", "-o", &d]), "pass --target cuda");
+    let ptx = lsc(&["compile", "--model", "gam", "--target", "cuda", "--emit", "ptx", "-o", &d]);
+    if cfg!(feature = "llvm") {
+        assert!(ptx.status.success(), "{}", stderr(&ptx));
+        let text = std::fs::read_to_string(dir.join("gam.ptx")).unwrap();
+        assert!(text.contains(".target sm_90") && text.contains(".entry"), "{text}");
+    } else {
+        assert_bad(&ptx, "--features llvm");
+    }
+}

@@ -227,6 +227,7 @@ fn data_movement_and_integer_kernels_match_the_reference_interpreter() {
         (Op::Slice { axis: 0, start: d(1), end: d(2) }, vec![ints(&[3, 4], 99, 1)], DType::I64, vec![1, 4]),
         (Op::Concat { axis: 1 }, vec![f(&[2, 3, 4], 3), f(&[2, 1, 4], 4), f(&[2, 5, 4], 5)], DType::F32, vec![2, 9, 4]),
         (Op::Concat { axis: 0 }, vec![ints(&[2, 3], 9, 1), ints(&[4, 3], 9, 2)], DType::I64, vec![6, 3]),
+        (Op::Concat { axis: 1 }, vec![f(&[2, 0, 4], 3), f(&[2, 3, 4], 4)], DType::F32, vec![2, 3, 4]),
         (Op::Broadcast { shape: vec![d(4), d(3), d(5)] }, vec![bools(&[3, 1], 2)], DType::Bool, vec![4, 3, 5]),
         (Op::Transpose { perm: vec![1, 0] }, vec![ints(&[3, 5], 100, 4)], DType::I64, vec![5, 3]),
         (Op::Embedding, vec![f(&[11, 6], 6), ints(&[2, 5], 11, 5)], DType::F32, vec![2, 5, 6]),

@@ -184,6 +184,11 @@ impl GpuProgram {
         for l in plan.load.iter().chain(&plan.launches) {
             let o = l.origin();
             let name = format!("{}_{}_{}", o.graph, o.node, o.op).replace(|c: char| !c.is_alphanumeric(), "_");
+            // A launch whose results are all empty has nothing to compute.
+            let writes = l.writes();
+            if !writes.is_empty() && writes.iter().all(|&t| plan.tensors[t].shape.contains(&0)) {
+                continue;
+            }
             match l {
                 Launch::Kernel { group, inputs, outputs, .. } => {
                     let ids: Vec<TensorId> = inputs.iter().chain(outputs).copied().collect();

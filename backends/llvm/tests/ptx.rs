@@ -111,3 +111,46 @@ fn rms_norm_ptx_snapshot() {
     let m = PtxGenerator::new("sm_90").unwrap().module("rms", &[lower_group(&rms_norm(4, 64)).unwrap()]).unwrap();
     insta::assert_snapshot!(m.ptx);
 }
+
+/// The kernels whose ptxas figures the README reports, at model-like sizes.
+fn reported_kernels() -> Vec<Kernel> {
+    use lsc_kir::gpu::attention::{forward, Attention};
+    use lsc_kir::gpu::{attention_grad, ternary, training};
+    let a = Attention { batch: 8, heads: 4, seq: 256, dim: 64, windows: vec![0, 64, 64, 64], scale: 0.125 };
+    let h = training::AdamW { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, decay: vec![true, false] };
+    vec![
+        forward("ls_attention", &a).unwrap(),
+        attention_grad::stats("ls_attention_grad_stats", &a).unwrap(),
+        attention_grad::grad_kv("ls_attention_grad_dkv", &a).unwrap(),
+        attention_grad::grad_q("ls_attention_grad_dq", &a).unwrap(),
+        ternary::pack("ternary_pack", 256, 256).unwrap(),
+        ternary::matmul("ternary_matmul", &ternary::TernaryProduct { m: 8, k: 256, n: 1024, trans_b: true }).unwrap(),
+        training::adamw("adamw", &[65536, 256], &h).unwrap(),
+        training::softmax_cross_entropy("softmax_cross_entropy", 2048, 256).unwrap(),
+    ]
+}
+
+#[test]
+fn attention_ternary_and_adamw_kernels_assemble_without_spills() {
+    let ks = reported_kernels();
+    for arch in ARCHS {
+        let m = PtxGenerator::new(arch).unwrap().module("reported", &ks).unwrap();
+        if let Some(report) = assemble(&m.ptx, arch) {
+            for r in report {
+                println!(
+                    "{arch} {}: {} registers, {} B shared, {} B stack, spills {}/{} B",
+                    r.name, r.registers, r.shared_bytes, r.stack_bytes, r.spill_stores, r.spill_loads
+                );
+                assert_eq!((r.spill_stores, r.spill_loads), (0, 0), "{arch}: {r:?} spills");
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_forward_ptx_snapshot() {
+    use lsc_kir::gpu::attention::{forward, Attention};
+    let a = Attention { batch: 1, heads: 2, seq: 64, dim: 32, windows: vec![0, 16], scale: 0.176_776_7 };
+    let m = PtxGenerator::new("sm_90").unwrap().module("attention", &[forward("ls_attention", &a).unwrap()]).unwrap();
+    insta::assert_snapshot!(m.ptx);
+}

@@ -259,6 +259,9 @@ fn concat(at: &[Expr], axis: usize, inputs: &[Operand]) -> Option<Expr> {
     let mut parts = Vec::new();
     for (i, x) in inputs.iter().enumerate() {
         let (start, n) = (end, i32_of(x.shape[axis])?);
+        if n == 0 {
+            continue; // an empty part holds no element
+        }
         end = start.checked_add(n)?;
         let mut src = at.to_vec();
         src[axis] = clamp(at[axis].clone().bin(Binary::ISub, Expr::I32(start)), 0, n - 1);
