@@ -187,6 +187,9 @@ fn device(v: &Value<f32>) -> (Vec<f64>, lsc_kir::Elem) {
     }
 }
 
+/// An op, its operands, and its result's dtype and shape.
+type Case = (lsc_ir::Op, Vec<Value<f32>>, lsc_ir::DType, Vec<usize>);
+
 #[test]
 fn data_movement_and_integer_kernels_match_the_reference_interpreter() {
     use lsc_interp::Buffer;
@@ -208,13 +211,13 @@ fn data_movement_and_integer_kernels_match_the_reference_interpreter() {
         Value::<f32> {
             dtype: DType::Bool,
             shape: shape.to_vec(),
-            data: Buffer::Bool((0..n).map(|i| (i * 5 + seed) % 3 == 0).collect()),
+            data: Buffer::Bool((0..n).map(|i| (i * 5 + seed).is_multiple_of(3)).collect()),
         }
     };
     let scalar = |x: i64| Value::<f32>::ints(vec![], vec![x]);
     let d = |x: i64| Dim::new(x);
     // (op, operands, result dtype and shape)
-    let cases: Vec<(Op, Vec<Value<f32>>, DType, Vec<usize>)> = vec![
+    let cases: Vec<Case> = vec![
         (Op::Constant { value: 2.5 }, vec![], DType::F32, vec![3, 5]),
         (Op::Constant { value: 7.0 }, vec![], DType::I64, vec![4]),
         (Op::Iota { axis: 1 }, vec![], DType::I64, vec![3, 6]),

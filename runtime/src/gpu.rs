@@ -50,11 +50,14 @@ fn library(op: &str) -> Option<&'static str> {
     matches!(op, "matmul" | "matmul_sum").then_some(GEMM_LIBRARY)
 }
 
+/// A kernel and the positions of its buffers among its op's operands, then results.
+type Placed = (Kernel, Vec<usize>);
+
 /// The kernels of a fused op that is not a group (LS-attention, softmax +
 /// cross-entropy, AdamW, the causal convolution and its gradient), each with
 /// the positions of its buffers among the op's operands and then results;
 /// `None` for any other op.
-fn fused_kernels(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Vec<(Kernel, Vec<usize>)>, String>> {
+fn fused_kernels(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Vec<Placed>, String>> {
     let numel = |x: &Operand| x.shape.iter().map(|&d| d as u64).product::<u64>();
     let all = |k: Result<Kernel, String>, n: usize| k.map(|k| vec![(k, (0..n).collect())]);
     Some(match (op, ins) {
@@ -124,7 +127,7 @@ fn fused_kernels(name: &str, op: &Op, ins: &[Operand]) -> Option<Result<Vec<(Ker
 
 /// The three kernels of LS-attention's backward, in order: operands `(q, k, v, out, d_out)`,
 /// results `(d_q, d_k, d_v)`; the first writes row statistics into `d_q`, which the last rewrites.
-fn attention_grad(name: &str, a: &Attention) -> Result<Vec<(Kernel, Vec<usize>)>, String> {
+fn attention_grad(name: &str, a: &Attention) -> Result<Vec<Placed>, String> {
     let stats = attention_grad::stats(&format!("{name}_stats"), a)?;
     let kv = attention_grad::grad_kv(&format!("{name}_dkv"), a)?;
     let q = attention_grad::grad_q(&format!("{name}_dq"), a)?;
@@ -132,7 +135,7 @@ fn attention_grad(name: &str, a: &Attention) -> Result<Vec<(Kernel, Vec<usize>)>
 }
 
 /// The two kernels of a convolution's gradient: operands `(x, w, d_y)`, results `(d_x, d_w)`.
-fn conv_grad(name: &str, s: &conv::Conv) -> Result<Vec<(Kernel, Vec<usize>)>, String> {
+fn conv_grad(name: &str, s: &conv::Conv) -> Result<Vec<Placed>, String> {
     let dx = conv::grad_x(&format!("{name}_dx"), s)?;
     let dw = conv::grad_w(&format!("{name}_dw"), s)?;
     Ok(vec![(dx, vec![1, 2, 3]), (dw, vec![0, 2, 4])])
