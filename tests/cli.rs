@@ -213,8 +213,8 @@ fn bad_prompts_and_arguments_exit_2() {
     assert_bad(&o, "at most 64");
     let o = lsc(&["run", "--model", "transformer", "--prompt", ""]);
     assert_bad(&o, "the prompt is empty");
-    let o = lsc(&["compile", "--model", "transformer", "--emit", "ptx"]);
-    assert_bad(&o, "unknown --emit kind `ptx`; use one of: ir");
+    let o = lsc(&["compile", "--model", "transformer", "--emit", "wasm"]);
+    assert_bad(&o, "unknown --emit kind `wasm`; use one of: ir");
     let o = lsc(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
     let o = lsc(&["run", "--model", "transformer"]);
@@ -515,7 +515,7 @@ fn compile_emits_kernels_kernel_ir_and_cranelift_ir() {
     }
     let o = lsc(&["compile", "--model", "transformer", "--target", "gpu", "--emit", "kir", "-o", out]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("possible values: cpu"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("use cpu, cuda, cuda:sm_80 or cuda:sm_90"), "{}", stderr(&o));
     let o = lsc(&["compile", "--model", "transformer", "--emit", "kir", "--bind", "B=two", "-o", out]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bad --bind `B=two`"), "{}", stderr(&o));
@@ -569,27 +569,27 @@ fn compile_for_cuda_writes_gpu_kernels_and_their_launches_or_names_what_does_not
     assert!(first["grid"].as_u64().unwrap() >= 1 && first["block"].as_u64().unwrap().is_multiple_of(32), "{first}");
     assert!(first["buffers"][0]["place"].is_string(), "{first}");
     assert_eq!(k["unsupported"], serde_json::json!([]));
-    // Decoding ls-transformer needs integer division, which has no GPU kernel yet.
-    let o = lsc(&["compile", "--model", "ls-transformer", "--decode", "--target", "cuda", "--emit", "kir", "-o", &d]);
-    assert_bad(&o, "model ls-transformer.decode: the GPU lowering has no kernel for div");
+    // A program with an op no GPU kernel computes yet (gelu).
+    let b = lsc_frontend::ModelBuilder::new();
+    let x = b.input("x", lsc_ir::DType::F32, &[lsc_ir::Dim::new(4), lsc_ir::Dim::new(8)]);
+    b.output("y", &x.gelu().sum(&[1], false));
+    let file = dir.join("mine.lsir");
+    std::fs::write(&file, lsc_ir::print_program(&b.finish().unwrap()).unwrap()).unwrap();
+    let f = file.display().to_string();
+    let o = lsc(&["compile", "--ir", &f, "--target", "cuda", "--emit", "kir", "-o", &d]);
+    assert_bad(&o, "model mine: the GPU lowering has no kernel for gelu (1×)");
     assert!(stderr(&o).contains("--partial"), "{}", stderr(&o));
-    let o = lsc(&[
-        "compile",
-        "--model",
-        "ls-transformer",
-        "--decode",
-        "--target",
-        "cuda",
-        "--partial",
-        "--emit",
-        "kir",
-        "-o",
-        &d,
-    ]);
+    let o = lsc(&["compile", "--ir", &f, "--target", "cuda", "--partial", "--emit", "kir", "-o", &d]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(m["kernels"]["unsupported"][0]["op"], "div");
+    assert_eq!(m["kernels"]["unsupported"][0]["op"], "gelu");
+    // Every built-in model's routed inference lowers, its routing included.
+    let o = lsc(&["compile", "--model", "mor", "--inference", "--target", "cuda", "--emit", "kernels", "-o", &d]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(m["kernels"]["workspace"].as_array().is_some_and(|w| !w.is_empty()), "{m}");
     // Bad targets and artifacts that are not made for the target.
     assert_bad(
         &lsc(&["compile", "--model", "gam", "--target", "cuda:sm_75", "--emit", "kir", "-o", &d]),

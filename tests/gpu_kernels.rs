@@ -140,12 +140,20 @@ fn library_ops_that_are_one_group_match_the_reference_interpreter() {
     }
 }
 
+/// A program with an op no GPU kernel computes yet (`gelu`), next to ones that lower.
+fn program_with_gelu() -> Program {
+    let b = lsc_frontend::ModelBuilder::new();
+    let x = b.input("x", lsc_ir::DType::F32, &[lsc_ir::Dim::new(4), lsc_ir::Dim::new(8)]);
+    b.output("y", &x.gelu().sum(&[1], false));
+    b.finish().unwrap()
+}
+
 #[test]
 fn unsupported_ops_are_named_with_the_model() {
-    let (m, _, p, b) = programs().into_iter().find(|(m, w, ..)| *m == "ls-transformer" && *w == "decode").unwrap();
-    let gpu = lowered(&p, &b);
-    let e = gpu.require_supported(m).unwrap_err();
-    assert!(e.starts_with("model ls-transformer: the GPU lowering has no kernel for div (6×)"), "{e}");
+    let gpu = lowered(&program_with_gelu(), &Bindings::new());
+    let e = gpu.require_supported("mine").unwrap_err();
+    assert!(e.starts_with("model mine: the GPU lowering has no kernel for gelu (1×)"), "{e}");
+    assert!(!gpu.kernels.is_empty(), "the sum still lowers");
 }
 
 #[cfg(feature = "llvm")]
@@ -236,6 +244,13 @@ fn data_movement_and_integer_kernels_match_the_reference_interpreter() {
         (Op::Embedding, vec![f(&[11, 6], 6), ints(&[2, 5], 11, 5)], DType::F32, vec![2, 5, 6]),
         (Op::Binary(BinaryOp::Add), vec![ints(&[7], 20, 1), ints(&[7], 20, 2)], DType::I64, vec![7]),
         (Op::Binary(BinaryOp::And), vec![bools(&[8], 0), bools(&[8], 1)], DType::Bool, vec![8]),
+        // Truncating division, negative operands included.
+        (
+            Op::Binary(BinaryOp::Div),
+            vec![Value::ints(vec![6], vec![7, -7, 9, -9, 0, 100]), Value::ints(vec![6], vec![2, 2, -4, -4, 3, 7])],
+            DType::I64,
+            vec![6],
+        ),
         (Op::Binary(BinaryOp::Or), vec![bools(&[8], 0), bools(&[8], 1)], DType::Bool, vec![8]),
         (Op::Unary(UnaryOp::Not), vec![bools(&[8], 2)], DType::Bool, vec![8]),
         (Op::Compare(CmpOp::Le), vec![ints(&[3, 4], 5, 1), ints(&[3, 4], 5, 3)], DType::Bool, vec![3, 4]),
@@ -640,4 +655,32 @@ fn gam_mixer_matches_the_reference_interpreter() {
             assert!((a - b as f32).abs() <= 2e-5 * (1.0 + a.abs()), "{g:?} y[{i}]: {a} vs {b}");
         }
     }
+}
+
+#[test]
+fn routed_packing_matches_the_reference_interpreter() {
+    use lsc_interp::routing::ActiveRows;
+    use lsc_interp::Buffer;
+    use lsc_kir::gpu::routing::{active_rows, pack, unpack, Rows};
+    // Sequences longer than a warp's tile, one with no active row.
+    let (batch, seq, width) = (3usize, 40usize, 3usize);
+    let on: Vec<bool> = (0..batch * seq).map(|i| i / seq != 2 && (i * 7) % 5 < 2).collect();
+    let mask = Value::<f32> { dtype: lsc_ir::DType::Bool, shape: vec![batch, seq], data: Buffer::Bool(on.clone()) };
+    let rows = ActiveRows::new(&mask.view()).unwrap();
+    let x = Value::<f32>::floats(vec![batch, seq, width], (0..batch * seq * width).map(|i| i as f32).collect());
+    let want_packed = rows.pack(&x).unwrap();
+    let want_back = rows.unpack(&want_packed).unwrap();
+    let mut bufs = vec![device(&mask).0, vec![f64::NAN; batch * seq], vec![-7.0; batch * seq], vec![f64::NAN; batch]];
+    lsc_kir::gpu::eval::run(&active_rows("rows", batch, seq).unwrap(), &mut bufs).unwrap();
+    let counts: Vec<f64> =
+        (0..batch).map(|b| on[b * seq..(b + 1) * seq].iter().filter(|&&a| a).count() as f64).collect();
+    assert_eq!(bufs[3], counts);
+    let (slots, positions) = (bufs[1].clone(), bufs[2].clone());
+    let r = Rows { batch, seq, packed: rows.packed, width, elem: lsc_kir::Elem::F32 };
+    let mut p = vec![device(&x).0, positions, counts, vec![f64::NAN; batch * rows.packed * width]];
+    lsc_kir::gpu::eval::run(&pack("pack", &r).unwrap(), &mut p).unwrap();
+    assert_eq!(p[3], device(&want_packed).0, "packed rows");
+    let mut u = vec![p[3].clone(), slots, vec![f64::NAN; batch * seq * width]];
+    lsc_kir::gpu::eval::run(&unpack("unpack", &r).unwrap(), &mut u).unwrap();
+    assert_eq!(u[2], device(&want_back).0, "unpacked rows");
 }

@@ -96,6 +96,17 @@ fn add(a: Span, b: Span) -> Span {
     (a.0.saturating_add(b.0), a.1.saturating_add(b.1))
 }
 
+/// Whether `e` is `x == 0 ? k : x` with a non-zero constant `k`: a divisor that is never zero.
+fn guarded(e: &Expr) -> bool {
+    match e {
+        Expr::Select(c, k, x) => match (c.as_ref(), k.as_ref()) {
+            (Expr::Compare(crate::Compare::Eq, y, zero), Expr::I32(k)) => *k != 0 && **zero == Expr::I32(0) && y == x,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 fn launch_span(l: &Launch, i: LaunchIndex) -> Span {
     let (grid, block) = (i64::from(l.grid), i64::from(l.block));
     match i {
@@ -138,6 +149,12 @@ impl Checker<'_> {
                 (a.0.min(b.0), a.1.max(b.1))
             }
             Expr::Gpu(GpuExpr::Index(i)) => launch_span(self.launch("launch index")?, *i),
+            Expr::Gpu(GpuExpr::Int(IntOp::Div | IntOp::Rem, a, b)) if guarded(b) => {
+                // A divisor that is never zero but may take either sign: |a / b| ≤ |a|, |a % b| ≤ |a|.
+                let a = self.span(a)?;
+                let m = a.0.saturating_abs().max(a.1.saturating_abs());
+                (-m, m)
+            }
             Expr::Gpu(GpuExpr::Int(op, a, b)) => {
                 let (a, b) = (self.span(a)?, self.span(b)?);
                 match op {

@@ -9,11 +9,11 @@ use lsc_ir::{DType, Op};
 use lsc_kir::gpu::attention::{self, Attention};
 use lsc_kir::gpu::lower::lower_group;
 use lsc_kir::gpu::movement::{op_kernel, Operand};
-use lsc_kir::gpu::{attention_grad, conv, gam, ternary, training};
+use lsc_kir::gpu::{attention_grad, conv, gam, routing, ternary, training};
 use lsc_kir::lower::Group;
 use lsc_kir::op_group::op_group;
 use lsc_kir::{Elem, Kernel};
-use lsc_passes::plan::{Launch, Origin, Place, Plan, TensorId};
+use lsc_passes::plan::{Launch, Origin, Place, Plan, RoutedRegion, TensorId};
 use std::collections::HashSet;
 
 /// The library GEMMs are called from on the GPU.
@@ -30,8 +30,51 @@ pub struct GpuKernel {
     pub fused: bool,
     /// The group it was lowered from (`None`: a data movement or integer op, [`lsc_kir::gpu::movement`]).
     pub group: Option<Group>,
-    /// The plan's tensor behind each buffer (inputs, then outputs): its name and place.
-    pub tensors: Vec<(String, Place)>,
+    /// What each buffer is (inputs, then outputs).
+    pub buffers: Vec<BufferAt>,
+}
+
+/// The memory behind a GPU kernel's buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BufferAt {
+    /// A tensor of a plan: the plan's graph, the tensor's name and its place there.
+    Tensor {
+        /// The graph the plan is of (`main`, a loop body, a routed callee).
+        plan: String,
+        /// The tensor's `.lsir` name.
+        name: String,
+        /// Where it lives in that plan.
+        place: Place,
+    },
+    /// Scratch memory of the GPU program ([`GpuProgram::workspace`]).
+    Workspace(String),
+}
+
+impl std::fmt::Display for BufferAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BufferAt::Tensor { plan, name, place } => {
+                let at = match place {
+                    Place::Arena(o) => format!("arena+{o}"),
+                    Place::Input(i) => format!("input {i}"),
+                    Place::Param(i) => format!("parameter {i}"),
+                };
+                write!(f, "@{plan} {name} ({at})")
+            }
+            BufferAt::Workspace(w) => write!(f, "workspace {w}"),
+        }
+    }
+}
+
+/// Plan `plan`'s tensors `ids`.
+fn tensors(plan: &Plan, ids: &[TensorId]) -> Vec<BufferAt> {
+    ids.iter()
+        .map(|&t| BufferAt::Tensor {
+            plan: plan.graph.clone(),
+            name: plan.tensors[t].name.clone(),
+            place: plan.tensors[t].place,
+        })
+        .collect()
 }
 
 /// A plan lowered for a GPU.
@@ -43,6 +86,8 @@ pub struct GpuProgram {
     pub library: Vec<(Origin, &'static str)>,
     /// Ops the GPU lowering has no kernel for.
     pub unsupported: Vec<Origin>,
+    /// Scratch memory the kernels use besides the plans' tensors: name and bytes.
+    pub workspace: Vec<(String, u64)>,
 }
 
 /// Whether `op` runs as a library call on the GPU.
@@ -150,19 +195,16 @@ impl GpuProgram {
         Ok(p)
     }
 
-    /// Adds `kernel` (computing `group`, if it came from one) for the launch at `origin`
-    /// whose buffers are the tensors `at.1` of plan `at.0`.
+    /// Adds `kernel` (computing `group`, if it came from one) for the launch at `origin`.
     fn add(
         &mut self,
         mut kernel: Kernel,
         group: Option<&Group>,
-        at: (&Plan, &[TensorId]),
+        buffers: Vec<BufferAt>,
         origin: &Origin,
         fused: bool,
         names: &mut HashSet<String>,
     ) {
-        let (plan, ids) = at;
-        let tensors = ids.iter().map(|&t| (plan.tensors[t].name.clone(), plan.tensors[t].place)).collect();
         // A region's plan may name its groups as another plan does.
         let base = kernel.name.clone();
         let mut n = 1;
@@ -170,7 +212,7 @@ impl GpuProgram {
             n += 1;
             kernel.name = format!("{base}_{n}");
         }
-        self.kernels.push(GpuKernel { kernel, origin: origin.clone(), fused, group: group.cloned(), tensors });
+        self.kernels.push(GpuKernel { kernel, origin: origin.clone(), fused, group: group.cloned(), buffers });
     }
 
     fn walk(&mut self, plan: &Plan, names: &mut HashSet<String>) -> Result<(), String> {
@@ -195,7 +237,7 @@ impl GpuProgram {
             match l {
                 Launch::Kernel { group, inputs, outputs, .. } => {
                     let ids: Vec<TensorId> = inputs.iter().chain(outputs).copied().collect();
-                    self.add(lower_group(group)?, Some(group), (plan, &ids), o, true, names);
+                    self.add(lower_group(group)?, Some(group), tensors(plan, &ids), o, true, names);
                 }
                 Launch::Op { op, inputs, outputs, .. } => {
                     if let Some(lib) = library(o.op) {
@@ -217,12 +259,12 @@ impl GpuProgram {
                     if let Some(kernels) = fused_kernels(&name, op, ins) {
                         for (k, at) in kernels.map_err(|e| format!("@{} %{}: {e}", o.graph, o.node))? {
                             let ids: Vec<TensorId> = at.iter().map(|&i| ids[i]).collect();
-                            self.add(k, None, (plan, &ids), o, true, names);
+                            self.add(k, None, tensors(plan, &ids), o, true, names);
                         }
                     } else if let Some(g) = group {
-                        self.add(lower_group(&g)?, Some(&g), (plan, &ids), o, false, names);
+                        self.add(lower_group(&g)?, Some(&g), tensors(plan, &ids), o, false, names);
                     } else if let Some(k) = op_kernel(&name, op, ins, outs, false) {
-                        self.add(k, None, (plan, &ids), o, false, names);
+                        self.add(k, None, tensors(plan, &ids), o, false, names);
                     } else {
                         self.unsupported.push(o.clone());
                     }
@@ -233,17 +275,68 @@ impl GpuProgram {
                     let kernel =
                         operands.and_then(|x| op_kernel(&name, op, &x[..inputs.len()], &x[inputs.len()..], true));
                     match kernel {
-                        Some(k) => self.add(k, None, (plan, &ids), o, false, names),
+                        Some(k) => self.add(k, None, tensors(plan, &ids), o, false, names),
                         None => self.unsupported.push(o.clone()),
                     }
                 }
                 Launch::Loop { body, .. } => self.walk(body, names)?,
-                Launch::Routed { region, .. } => {
-                    // Packing the active rows is the routing's own step.
-                    self.unsupported.push(o.clone());
-                    self.walk(&region.bound, names)?;
+                Launch::Routed { region, mask, args, outputs, .. } => {
+                    self.routed(plan, (region, *mask, args, outputs), o, names)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// A routed region at all rows: the active rows of its mask, its per-row
+    /// arguments packed, its plan's kernels, and its results unpacked.
+    fn routed(
+        &mut self,
+        plan: &Plan,
+        launch: (&RoutedRegion, TensorId, &[TensorId], &[TensorId]),
+        o: &Origin,
+        names: &mut HashSet<String>,
+    ) -> Result<(), String> {
+        let (region, mask, args, outputs) = launch;
+        let [batch, seq] = plan.tensors[mask].shape[..] else {
+            return Err(format!("@{} %{}: a routed mask of shape {:?}", o.graph, o.node, plan.tensors[mask].shape));
+        };
+        let at = |e: String| format!("@{} %{}: {e}", o.graph, o.node);
+        let ws = format!("{}_{}_routed", o.graph, o.node);
+        let space = |what: &str| BufferAt::Workspace(format!("{ws}_{what}"));
+        for (what, bytes) in [("slots", batch * seq * 4), ("positions", batch * seq * 4), ("counts", batch * 4)] {
+            self.workspace.push((format!("{ws}_{what}"), bytes as u64));
+        }
+        let scan = routing::active_rows(&format!("{ws}_rows"), batch, seq).map_err(at)?;
+        let mut buffers = tensors(plan, &[mask]);
+        buffers.extend([space("slots"), space("positions"), space("counts")]);
+        self.add(scan, None, buffers, o, false, names);
+        // At all rows the packed count is the sequence length.
+        let rows = |t: &lsc_passes::plan::Tensor| {
+            let elem = match t.dtype {
+                DType::Bool => Elem::U8,
+                d if d.is_int() => Elem::I64,
+                _ => Elem::F32,
+            };
+            routing::Rows { batch, seq, packed: seq, width: t.shape[2..].iter().product(), elem }
+        };
+        for (i, &a) in args[..region.routed].iter().enumerate() {
+            let r = rows(&plan.tensors[a]);
+            let packed = format!("arg{i}");
+            self.workspace.push((format!("{ws}_{packed}"), (r.batch * r.packed * r.width) as u64 * r.elem.bytes()));
+            let k = routing::pack(&format!("{ws}_pack{i}"), &r).map_err(at)?;
+            let mut buffers = tensors(plan, &[a]);
+            buffers.extend([space("positions"), space("counts"), space(&packed)]);
+            self.add(k, None, buffers, o, false, names);
+        }
+        self.walk(&region.bound, names)?;
+        for (i, (&out, (_, result))) in outputs.iter().zip(&region.bound.outputs).enumerate() {
+            let r = rows(&plan.tensors[out]);
+            let k = routing::unpack(&format!("{ws}_unpack{i}"), &r).map_err(at)?;
+            let mut buffers = tensors(&region.bound, &[*result]);
+            buffers.push(space("slots"));
+            buffers.extend(tensors(plan, &[out]));
+            self.add(k, None, buffers, o, false, names);
         }
         Ok(())
     }

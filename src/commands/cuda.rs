@@ -6,7 +6,6 @@
 
 use crate::error::{CliError, CliResult};
 use lsc_ir::{Bindings, Program};
-use lsc_passes::plan::Place;
 use lsc_runtime::gpu::GpuProgram;
 use serde_json::{json, Value};
 
@@ -25,14 +24,6 @@ pub struct CudaArtifacts {
     pub kir: String,
     /// The PTX module and its NVVM IR (`--emit ptx`, `--emit ll`), when rendered.
     pub ptx: Option<(String, String)>,
-}
-
-fn place(p: Place) -> String {
-    match p {
-        Place::Arena(o) => format!("arena+{o}"),
-        Place::Input(i) => format!("input {i}"),
-        Place::Param(i) => format!("parameter {i}"),
-    }
 }
 
 /// Plans `p` at `bindings`, lowers it for `arch` and renders PTX when `render`.
@@ -77,10 +68,10 @@ pub fn build(
             .kernel
             .buffers
             .iter()
-            .zip(&k.tensors)
-            .map(|(b, (tensor, at))| {
+            .zip(&k.buffers)
+            .map(|(b, at)| {
                 json!({"name": b.name, "elem": b.elem.name(), "elements": b.len, "output": b.output,
-                       "tensor": tensor, "place": place(*at)})
+                       "place": at.to_string()})
             })
             .collect();
         entries.push(json!({
@@ -110,6 +101,7 @@ pub fn build(
             "gpu_kernels": entries,
             "library_calls": library,
             "unsupported": unsupported,
+            "workspace": gpu.workspace.iter().map(|(n, b)| json!({"name": n, "bytes": b})).collect::<Vec<_>>(),
             "memory": { "arena_bytes": plan.arena_bytes, "unshared_bytes": plan.unshared_bytes },
             "ptx_bytes": ptx.as_ref().map(|(p, _)| p.len()),
             "codegen_seconds": seconds,

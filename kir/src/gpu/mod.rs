@@ -11,6 +11,7 @@
 //! | `indexing` | gather, scatter, scatter_add (each output element scanning the index entries that could name it) and topk (by rank), behind [`movement::op_kernel`] |
 //! | [`movement`] | data movement and integer/boolean elementwise ops (constant, iota, cast, slice, concat, broadcast, transpose, embedding, comparisons, select, cache updates) as grid-stride kernels |
 //! | [`attention`] | LS-attention forward: a warp per query row, key tiles of 32 with an online softmax, a local head visiting only its window |
+//! | [`routing`] | a routed call's packing: active rows by a warp prefix sum per sequence, pack and unpack |
 //! | [`ternary`] | packing ternary weights into bit planes, and the packed product (adds and subtracts of x by plane bits) |
 //! | [`training`] | softmax + cross-entropy with its gradient (a block per row), AdamW over every parameter in one launch |
 //! | [`conv`] | GAM's causal depthwise convolution and its gradient (`d_x` per element, `d_w` a block per tap) |
@@ -27,5 +28,6 @@ pub mod gam;
 mod indexing;
 pub mod lower;
 pub mod movement;
+pub mod routing;
 pub mod ternary;
 pub mod training;

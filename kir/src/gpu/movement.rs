@@ -212,7 +212,13 @@ pub fn op_kernel(name: &str, op: &Op, inputs: &[Operand], outputs: &[Operand], i
                     BinaryOp::Min => int(IntOp::Min, x, z),
                     BinaryOp::And => x.bin(Binary::And, z),
                     BinaryOp::Or => x.bin(Binary::Or, z),
-                    BinaryOp::Div | BinaryOp::Pow => return None,
+                    BinaryOp::Div => {
+                        // A zero divisor divides by one (the interpreter reports it).
+                        let z = b.bind(same(1));
+                        let divisor = Expr::select(z.clone().cmp(Compare::Eq, Expr::I32(0)), Expr::I32(1), z);
+                        int(IntOp::Div, x, divisor)
+                    }
+                    BinaryOp::Pow => return None,
                 }
             }
             Op::Unary(UnaryOp::Sin) if out.elem.is_float() => math::sin(&mut b.body, same(0)),
