@@ -125,11 +125,13 @@ pub fn matmul(name: &str, p: &TernaryProduct) -> Result<Kernel, String> {
             let (row, col) = if p.trans_b { (j.clone(), kk.clone()) } else { (kk.clone(), j.clone()) };
             let word = b.bind(add(mul(row, h_i), int(IntOp::Div, col.clone(), Expr::I32(32))));
             let bit = b.bind(int(IntOp::Rem, col, Expr::I32(32)));
-            let plus = load(1, word.clone()).bin(Binary::ShrU, bit.clone()).bin(Binary::And, Expr::I32(1));
-            let minus = load(1, add(word, Expr::I32(words_i))).bin(Binary::ShrU, bit).bin(Binary::And, Expr::I32(1));
-            let w = Expr::ToFloat(Box::new(plus.bin(Binary::ISub, minus)));
-            let x = load(0, add(mul(i.clone(), k), kk));
-            b.stmts.push(Stmt::Accumulate { var: acc, op: Binary::Add, value: x.bin(Binary::Mul, w) });
+            let bit_of = |plane: Expr| plane.bin(Binary::ShrU, bit.clone()).bin(Binary::And, Expr::I32(1));
+            let plus = bit_of(load(1, word.clone())).cmp(Compare::Eq, Expr::I32(1));
+            let minus = bit_of(load(1, add(word, Expr::I32(words_i)))).cmp(Compare::Eq, Expr::I32(1));
+            let x = b.bind(load(0, add(mul(i.clone(), k), kk)));
+            // +x where the plus bit is set, −x where the minus bit is, nothing else.
+            let term = Expr::select(plus, x.clone(), Expr::select(minus, x.un(Unary::Neg), Expr::F32(0.0)));
+            b.stmts.push(Stmt::Accumulate { var: acc, op: Binary::Add, value: term });
         });
         b.stmts.push(Stmt::Gpu(GpuStmt::StoreAt { buf: 3, at: e, value: Expr::Var(acc).bin(Binary::Mul, s.clone()) }));
     });
