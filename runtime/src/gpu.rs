@@ -98,6 +98,61 @@ fn library(op: &str) -> Option<&'static str> {
 /// A kernel and the positions of its buffers among its op's operands, then results.
 type Placed = (Kernel, Vec<usize>);
 
+/// How a tensor of `dtype` is stored in a plan, as a GPU kernel's buffer sees it:
+/// floats as f32, integers as i64, booleans as bytes, packed ternary as 32-bit words.
+pub fn elem_of(dtype: DType) -> Elem {
+    match dtype {
+        DType::Bool => Elem::U8,
+        DType::Ternary => Elem::U32,
+        d if d.is_int() => Elem::I64,
+        _ => Elem::F32,
+    }
+}
+
+/// One GPU kernel of a library op.
+#[derive(Clone, Debug)]
+pub struct OpKernel {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// The group it was lowered from, if any.
+    pub group: Option<Group>,
+    /// The positions of its buffers among the op's operands, then its results.
+    pub at: Vec<usize>,
+    /// Whether the op is a fused one (attention, AdamW, …).
+    pub fused: bool,
+}
+
+/// The GPU kernels of library op `op` (not a GEMM) from `ins` into `outs`, run
+/// in order; `in_place`: `outs` is the operand the op updates. `None` if no
+/// GPU kernel computes the op.
+pub fn op_kernels(
+    name: &str,
+    op: &Op,
+    ins: &[Operand],
+    outs: &[Operand],
+    in_place: bool,
+) -> Option<Result<Vec<OpKernel>, String>> {
+    let all: Vec<usize> = (0..ins.len() + outs.len()).collect();
+    if !in_place {
+        if let Some(kernels) = fused_kernels(name, op, ins) {
+            return Some(kernels.map(|ks| {
+                ks.into_iter().map(|(kernel, at)| OpKernel { kernel, group: None, at, fused: true }).collect()
+            }));
+        }
+        let floats = ins.iter().chain(outs).all(|x| x.elem == Elem::F32);
+        let shapes: Vec<Vec<usize>> = ins.iter().map(|x| x.shape.clone()).collect();
+        if let ([out], true) = (outs, floats) {
+            if let Some(g) = op_group(name, op, &shapes, &out.shape) {
+                return Some(
+                    lower_group(&g).map(|kernel| vec![OpKernel { kernel, group: Some(g), at: all, fused: false }]),
+                );
+            }
+        }
+    }
+    let kernel = op_kernel(name, op, ins, outs, in_place)?;
+    Some(Ok(vec![OpKernel { kernel, group: None, at: all, fused: false }]))
+}
+
 /// The kernels of a fused op that is not a group (LS-attention, softmax +
 /// cross-entropy, AdamW, the causal convolution and its gradient), each with
 /// the positions of its buffers among the op's operands and then results;
@@ -215,17 +270,35 @@ impl GpuProgram {
         self.kernels.push(GpuKernel { kernel, origin: origin.clone(), fused, group: group.cloned(), buffers });
     }
 
+    /// The kernels of library op `op` (operands `inputs`, results `outputs`, or the
+    /// updated tensor for an op `in_place`), or the op among the unsupported.
+    fn op(
+        &mut self,
+        plan: &Plan,
+        launch: (&Op, &[TensorId], &[TensorId], bool),
+        o: &Origin,
+        name: &str,
+        names: &mut HashSet<String>,
+    ) -> Result<(), String> {
+        let (op, inputs, outputs, in_place) = launch;
+        let ids: Vec<TensorId> = inputs.iter().chain(outputs).copied().collect();
+        let operand =
+            |&t: &TensorId| Operand { shape: plan.tensors[t].shape.clone(), elem: elem_of(plan.tensors[t].dtype) };
+        let operands: Vec<Operand> = ids.iter().map(operand).collect();
+        let (ins, outs) = operands.split_at(inputs.len());
+        match op_kernels(name, op, ins, outs, in_place) {
+            Some(kernels) => {
+                for k in kernels.map_err(|e| format!("@{} %{}: {e}", o.graph, o.node))? {
+                    let at: Vec<TensorId> = k.at.iter().map(|&i| ids[i]).collect();
+                    self.add(k.kernel, k.group.as_ref(), tensors(plan, &at), o, k.fused, names);
+                }
+            }
+            None => self.unsupported.push(o.clone()),
+        }
+        Ok(())
+    }
+
     fn walk(&mut self, plan: &Plan, names: &mut HashSet<String>) -> Result<(), String> {
-        let operand = |t: TensorId| {
-            let t = &plan.tensors[t];
-            let elem = match t.dtype {
-                DType::Bool => Elem::U8,
-                DType::Ternary => Elem::U32,
-                d if d.is_int() => Elem::I64,
-                _ => Elem::F32,
-            };
-            Some(Operand { shape: t.shape.clone(), elem })
-        };
         for l in plan.load.iter().chain(&plan.launches) {
             let o = l.origin();
             let name = format!("{}_{}_{}", o.graph, o.node, o.op).replace(|c: char| !c.is_alphanumeric(), "_");
@@ -244,40 +317,10 @@ impl GpuProgram {
                         self.library.push((o.clone(), lib));
                         continue;
                     }
-                    let ids: Vec<TensorId> = inputs.iter().chain(outputs).copied().collect();
-                    let Some(operands) = ids.iter().map(|&t| operand(t)).collect::<Option<Vec<_>>>() else {
-                        self.unsupported.push(o.clone());
-                        continue;
-                    };
-                    let (ins, outs) = operands.split_at(inputs.len());
-                    let floats = operands.iter().all(|x| x.elem == Elem::F32);
-                    let shapes: Vec<Vec<usize>> = ins.iter().map(|x| x.shape.clone()).collect();
-                    let group = match outs {
-                        [out] if floats => op_group(&name, op, &shapes, &out.shape),
-                        _ => None,
-                    };
-                    if let Some(kernels) = fused_kernels(&name, op, ins) {
-                        for (k, at) in kernels.map_err(|e| format!("@{} %{}: {e}", o.graph, o.node))? {
-                            let ids: Vec<TensorId> = at.iter().map(|&i| ids[i]).collect();
-                            self.add(k, None, tensors(plan, &ids), o, true, names);
-                        }
-                    } else if let Some(g) = group {
-                        self.add(lower_group(&g)?, Some(&g), tensors(plan, &ids), o, false, names);
-                    } else if let Some(k) = op_kernel(&name, op, ins, outs, false) {
-                        self.add(k, None, tensors(plan, &ids), o, false, names);
-                    } else {
-                        self.unsupported.push(o.clone());
-                    }
+                    self.op(plan, (op, inputs, outputs, false), o, &name, names)?;
                 }
                 Launch::InPlace { op, target, inputs, .. } => {
-                    let ids: Vec<TensorId> = inputs.iter().chain([target]).copied().collect();
-                    let operands = ids.iter().map(|&t| operand(t)).collect::<Option<Vec<_>>>();
-                    let kernel =
-                        operands.and_then(|x| op_kernel(&name, op, &x[..inputs.len()], &x[inputs.len()..], true));
-                    match kernel {
-                        Some(k) => self.add(k, None, tensors(plan, &ids), o, false, names),
-                        None => self.unsupported.push(o.clone()),
-                    }
+                    self.op(plan, (op, inputs, std::slice::from_ref(target), true), o, &name, names)?;
                 }
                 Launch::Loop { body, .. } => self.walk(body, names)?,
                 Launch::Routed { region, mask, args, outputs, .. } => {
@@ -312,13 +355,12 @@ impl GpuProgram {
         buffers.extend([space("slots"), space("positions"), space("counts")]);
         self.add(scan, None, buffers, o, false, names);
         // At all rows the packed count is the sequence length.
-        let rows = |t: &lsc_passes::plan::Tensor| {
-            let elem = match t.dtype {
-                DType::Bool => Elem::U8,
-                d if d.is_int() => Elem::I64,
-                _ => Elem::F32,
-            };
-            routing::Rows { batch, seq, packed: seq, width: t.shape[2..].iter().product(), elem }
+        let rows = |t: &lsc_passes::plan::Tensor| routing::Rows {
+            batch,
+            seq,
+            packed: seq,
+            width: t.shape[2..].iter().product(),
+            elem: elem_of(t.dtype),
         };
         for (i, &a) in args[..region.routed].iter().enumerate() {
             let r = rows(&plan.tensors[a]);
