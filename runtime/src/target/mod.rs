@@ -2,8 +2,10 @@
 //! copies in and out), turns fused groups into kernels it can launch, and runs
 //! library ops through its own op library; the executor ([`crate::exec`])
 //! only walks launches. The host CPU is one implementation ([`host`]); a GPU
-//! is another implementation of the same trait.
+//! is another implementation of the same trait; [`emulated`] is one that runs
+//! the GPU's kernels in the GPU-semantics evaluator.
 
+pub mod emulated;
 pub mod host;
 
 use lsc_interp::routing::ActiveRows;
