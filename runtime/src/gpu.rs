@@ -259,7 +259,9 @@ impl GpuProgram {
         origin: &Origin,
         fused: bool,
         names: &mut HashSet<String>,
-    ) {
+    ) -> Result<(), String> {
+        // Every kernel is proved in bounds here, whatever is made of it later.
+        lsc_kir::check::in_bounds(&kernel).map_err(|e| format!("@{} %{}: {e}", origin.graph, origin.node))?;
         // A region's plan may name its groups as another plan does.
         let base = kernel.name.clone();
         let mut n = 1;
@@ -268,6 +270,7 @@ impl GpuProgram {
             kernel.name = format!("{base}_{n}");
         }
         self.kernels.push(GpuKernel { kernel, origin: origin.clone(), fused, group: group.cloned(), buffers });
+        Ok(())
     }
 
     /// The kernels of library op `op` (operands `inputs`, results `outputs`, or the
@@ -290,7 +293,7 @@ impl GpuProgram {
             Some(kernels) => {
                 for k in kernels.map_err(|e| format!("@{} %{}: {e}", o.graph, o.node))? {
                     let at: Vec<TensorId> = k.at.iter().map(|&i| ids[i]).collect();
-                    self.add(k.kernel, k.group.as_ref(), tensors(plan, &at), o, k.fused, names);
+                    self.add(k.kernel, k.group.as_ref(), tensors(plan, &at), o, k.fused, names)?;
                 }
             }
             None => self.unsupported.push(o.clone()),
@@ -310,7 +313,7 @@ impl GpuProgram {
             match l {
                 Launch::Kernel { group, inputs, outputs, .. } => {
                     let ids: Vec<TensorId> = inputs.iter().chain(outputs).copied().collect();
-                    self.add(lower_group(group)?, Some(group), tensors(plan, &ids), o, true, names);
+                    self.add(lower_group(group)?, Some(group), tensors(plan, &ids), o, true, names)?;
                 }
                 Launch::Op { op, inputs, outputs, .. } => {
                     if let Some(lib) = library(o.op) {
@@ -353,7 +356,7 @@ impl GpuProgram {
         let scan = routing::active_rows(&format!("{ws}_rows"), batch, seq).map_err(at)?;
         let mut buffers = tensors(plan, &[mask]);
         buffers.extend([space("slots"), space("positions"), space("counts")]);
-        self.add(scan, None, buffers, o, false, names);
+        self.add(scan, None, buffers, o, false, names)?;
         // At all rows the packed count is the sequence length.
         let rows = |t: &lsc_passes::plan::Tensor| routing::Rows {
             batch,
@@ -369,7 +372,7 @@ impl GpuProgram {
             let k = routing::pack(&format!("{ws}_pack{i}"), &r).map_err(at)?;
             let mut buffers = tensors(plan, &[a]);
             buffers.extend([space("positions"), space("counts"), space(&packed)]);
-            self.add(k, None, buffers, o, false, names);
+            self.add(k, None, buffers, o, false, names)?;
         }
         self.walk(&region.bound, names)?;
         for (i, (&out, (_, result))) in outputs.iter().zip(&region.bound.outputs).enumerate() {
@@ -378,7 +381,7 @@ impl GpuProgram {
             let mut buffers = tensors(&region.bound, &[*result]);
             buffers.push(space("slots"));
             buffers.extend(tensors(plan, &[out]));
-            self.add(k, None, buffers, o, false, names);
+            self.add(k, None, buffers, o, false, names)?;
         }
         Ok(())
     }
