@@ -141,9 +141,10 @@ pub(super) fn buffers(inputs: &[Operand], outputs: &[Operand]) -> Vec<Buffer> {
 }
 
 /// The kernel computing `op` from `inputs` into `outputs`, or `None` when
-/// `op` is not a data movement or integer/boolean elementwise op.
-/// `in_place`: a `cache_update` whose cache is its output, written only
-/// where the update goes (the cache is not an input then).
+/// `op` is not a data movement, integer/boolean elementwise or indexing op
+/// (`gather`, `scatter`, `scatter_add`, `topk`: see the `indexing` module).
+/// `in_place`: a `cache_update` or scatter whose updated operand is its
+/// output, written only where the update goes (it is not an input then).
 pub fn op_kernel(name: &str, op: &Op, inputs: &[Operand], outputs: &[Operand], in_place: bool) -> Option<Kernel> {
     if let Some(k) = super::indexing::op_kernel(name, op, inputs, outputs, in_place) {
         return Some(k);
