@@ -154,7 +154,7 @@ fn main() -> ExitCode {
             prompt.as_deref(),
             inputs.as_deref(),
             out.as_deref(),
-            backend.backend,
+            backend.run_on(),
         ),
     };
     match result {

@@ -79,6 +79,16 @@ pub struct BackendArg {
     /// What runs the program (`lsc --help` lists the backends this build has; the first is the default).
     #[arg(long = "backend", value_enum, default_value_t = lsc_runtime::backend::Backend::default())]
     pub backend: lsc_runtime::backend::Backend,
+    /// Precision of matrix products: f32, or bf16 operands with f32 accumulation (GPU backends).
+    #[arg(long = "precision", value_enum, default_value_t = lsc_runtime::target::gpu::Precision::F32)]
+    pub precision: lsc_runtime::target::gpu::Precision,
+}
+
+impl BackendArg {
+    /// Where the program runs.
+    pub fn run_on(&self) -> lsc_runtime::backend::RunOn {
+        lsc_runtime::backend::RunOn { backend: self.backend, precision: self.precision }
+    }
 }
 
 /// A model with its parameters and tokenizer.

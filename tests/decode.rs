@@ -111,7 +111,7 @@ fn decoding_on_the_emulated_gpu_matches_the_full_pass() {
     // The CUDA target's kernels (caches updated in place, ring buffers, routed recursion)
     // run by the GPU-semantics evaluator.
     for model in lsc_models::MODELS.iter().map(|m| m.name) {
-        let d = decode_on(Backend::GpuEmu, model, 2, 6, &[3, 1]);
+        let d = decode_on(Backend::CudaEmu, model, 2, 6, &[3, 1]);
         println!("{model}: emulated GPU decode vs full max |Δ| = {d:.3e}");
     }
 }

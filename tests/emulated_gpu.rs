@@ -1,4 +1,4 @@
-//! Every built-in model on the emulated GPU (`--backend gpu-emu`): the
+//! Every built-in model on the emulated GPU (`--backend cuda-emu`): the
 //! CUDA target's kernels — every fused group and every library op lowered
 //! to GPU kernel IR — run by the GPU-semantics evaluator, against the
 //! reference interpreter: the inference pass and the training step (loss,
@@ -29,7 +29,7 @@ fn every_model_runs_the_same_on_the_emulated_gpu() {
         let ids = Value::ints(vec![2, 13], (0..26).map(|i| (i * 53 % 256) as i64).collect());
         let inputs = Tensors::from([("input_ids".to_string(), ids)]);
         let want = Interpreter::new(&p).unwrap().run(&inputs, &params).unwrap();
-        let got = Executable::new(p, Backend::GpuEmu).unwrap().run(&inputs, &params).unwrap();
+        let got = Executable::new(p, Backend::CudaEmu).unwrap().run(&inputs, &params).unwrap();
         same(&want, &got, &format!("{m} inference on the emulated GPU"));
 
         let forward = lsc_models::build(m, "tiny").unwrap();
@@ -38,7 +38,7 @@ fn every_model_runs_the_same_on_the_emulated_gpu() {
         let params = init::init_params(&forward, 12).unwrap();
         let feed = common::step_feed(&step, 0.01);
         let want = Interpreter::new(&step).unwrap().run(&feed, &params).unwrap();
-        let got = Executable::new(step, Backend::GpuEmu).unwrap().run(&feed, &params).unwrap();
+        let got = Executable::new(step, Backend::CudaEmu).unwrap().run(&feed, &params).unwrap();
         same(&want, &got, &format!("{m} training step on the emulated GPU"));
     }
 }
@@ -50,7 +50,7 @@ fn the_emulated_gpu_reproduces_pytorch_golden_logits() {
         let p = lsc_models::build(m, "tiny").unwrap();
         let (params, _) = weights::load_params(&dir.join(format!("{m}-tiny.weights.safetensors")), &p).unwrap();
         let io = weights::load_tensors(&dir.join(format!("{m}-tiny.io.safetensors"))).unwrap();
-        let prepared = lsc_runtime::prepare::prepare(&p, &params, Backend::GpuEmu).unwrap();
+        let prepared = lsc_runtime::prepare::prepare(&p, &params, Backend::CudaEmu).unwrap();
         let got = lsc_runtime::generate::logits(&prepared.exe, &prepared.params, &io["input_ids"]).unwrap();
         let c = compare(&got.to_f64_vec(), &io["logits"].to_f64_vec(), tolerance(DType::F32));
         println!("{m}: emulated GPU vs PyTorch max |Δ| = {:.3e}", c.max_abs_diff);

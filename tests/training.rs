@@ -29,6 +29,7 @@ fn config(model: &str, steps: u64) -> TrainConfig {
         vocab: 256,
         fuse: true,
         backend: lsc_runtime::backend::Backend::default(),
+        precision: Default::default(),
         recompute_calls: false,
     }
 }

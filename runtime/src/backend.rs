@@ -9,6 +9,7 @@
 //! and one arm of [`Backend::load_plan`].
 
 use crate::exec::Compiled;
+use crate::target::gpu::{GpuTarget, Precision};
 use crate::target::host::Host;
 use crate::target::Target;
 use crate::RuntimeError;
@@ -26,9 +27,11 @@ pub enum Backend {
     Cranelift,
     /// Compiled plans on the CPU, fused kernels from LLVM (the `llvm` feature).
     Llvm,
-    /// Compiled plans on an emulated GPU: the GPU kernels run by the GPU-semantics evaluator.
-    #[serde(rename = "gpu-emu")]
-    GpuEmu,
+    /// Compiled plans on an NVIDIA GPU through the CUDA driver (the `cuda` feature).
+    Cuda,
+    /// The CUDA target on an emulated device: its kernels run by the GPU-semantics evaluator.
+    #[serde(rename = "cuda-emu")]
+    CudaEmu,
 }
 
 /// One backend of the registry.
@@ -74,9 +77,17 @@ pub const REGISTRY: &[Entry] = &[
         native: false,
     },
     Entry {
-        backend: Backend::GpuEmu,
-        name: "gpu-emu",
-        about: "compiled plan on an emulated GPU: the CUDA target's kernels run by the GPU-semantics evaluator (very slow; for checking without a GPU)",
+        backend: Backend::Cuda,
+        name: "cuda",
+        about: "compiled plan on an NVIDIA GPU: generated PTX kernels and cuBLAS (build with --features cuda; needs a CUDA driver)",
+        built: cfg!(feature = "cuda"),
+        generates_code: true,
+        native: true,
+    },
+    Entry {
+        backend: Backend::CudaEmu,
+        name: "cuda-emu",
+        about: "the CUDA target on an emulated device: its kernels run by the GPU-semantics evaluator (very slow; for checking without a GPU)",
         built: true,
         generates_code: true,
         native: false,
@@ -89,7 +100,9 @@ const BUILT: &[Backend] = &[
     Backend::Llvm,
     Backend::Cranelift,
     Backend::Interp,
-    Backend::GpuEmu,
+    #[cfg(feature = "cuda")]
+    Backend::Cuda,
+    Backend::CudaEmu,
 ];
 
 impl Backend {
@@ -113,8 +126,13 @@ impl Backend {
         BUILT.iter().copied().filter(|b| b.entry().generates_code && b.entry().native).collect()
     }
 
-    /// `plan` loaded on this backend's target.
-    fn load_plan(self, plan: Plan) -> Result<Box<dyn Loaded>, RuntimeError> {
+    /// Whether it runs on a GPU target (real or emulated).
+    pub fn is_gpu(self) -> bool {
+        matches!(self, Backend::Cuda | Backend::CudaEmu)
+    }
+
+    /// `plan` loaded on this backend's target, GEMMs in `precision`.
+    fn load_plan(self, plan: Plan, precision: Precision) -> Result<Box<dyn Loaded>, RuntimeError> {
         let err = RuntimeError::Input;
         match self {
             Backend::Interp => Err(err("the interpreter runs programs, not plans".into())),
@@ -129,10 +147,17 @@ impl Backend {
             }
             #[cfg(not(feature = "llvm"))]
             Backend::Llvm => Err(err(unbuilt("llvm"))),
-            Backend::GpuEmu => {
-                let device = crate::target::emulated::EmulatedGpu::new().map_err(err)?;
-                Ok(Box::new(Compiled::new(device, plan)?))
+            Backend::CudaEmu => {
+                let target = GpuTarget::new(crate::target::gpu::emulated::Emulated, precision);
+                Ok(Box::new(Compiled::new(target, plan)?))
             }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => {
+                let device = crate::target::gpu::cuda::Cuda::new().map_err(err)?;
+                Ok(Box::new(Compiled::new(GpuTarget::new(device, precision), plan)?))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Backend::Cuda => Err(err(unbuilt("cuda"))),
         }
     }
 }
@@ -329,20 +354,61 @@ impl Loaded for Interpreted {
     }
 }
 
-/// A verified program and the backend to run it on; loaded per shape.
+/// Where a program runs: a backend and the precision of its matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOn {
+    /// The backend.
+    pub backend: Backend,
+    /// GEMM precision (bf16 on the GPU backends only).
+    pub precision: Precision,
+}
+
+impl From<Backend> for RunOn {
+    fn from(backend: Backend) -> RunOn {
+        RunOn { backend, precision: Precision::F32 }
+    }
+}
+
+impl std::fmt::Display for RunOn {
+    /// `llvm`, or `cuda, bf16` when not f32.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.precision {
+            Precision::F32 => write!(f, "{}", self.backend),
+            Precision::Bf16 => write!(f, "{}, bf16", self.backend),
+        }
+    }
+}
+
+impl RunOn {
+    /// An error unless this backend runs this precision.
+    pub fn check(self) -> Result<RunOn, RuntimeError> {
+        if !self.backend.entry().built {
+            return Err(RuntimeError::Input(unbuilt(self.backend.name())));
+        }
+        if self.precision == Precision::Bf16 && !self.backend.is_gpu() {
+            return Err(RuntimeError::Input(format!(
+                "--precision bf16 runs on the GPU backends (cuda, cuda-emu), not on {}: pass --precision f32 \
+                 or --backend cuda",
+                self.backend
+            )));
+        }
+        Ok(self)
+    }
+}
+
+/// A verified program and where to run it; loaded per shape.
 pub struct Executable {
     program: Program,
     backend: Backend,
+    precision: Precision,
 }
 
 impl Executable {
-    /// `program` (verified) for `backend`; nothing is compiled until [`Executable::load`].
-    pub fn new(program: Program, backend: Backend) -> Result<Executable, RuntimeError> {
+    /// `program` (verified) for a backend; nothing is compiled until [`Executable::load`].
+    pub fn new(program: Program, on: impl Into<RunOn>) -> Result<Executable, RuntimeError> {
+        let on = on.into().check()?;
         lsc_ir::verify(&program).map_err(|e| RuntimeError::Input(format!("invalid program: {e}")))?;
-        if !backend.entry().built {
-            return Err(RuntimeError::Input(unbuilt(backend.name())));
-        }
-        Ok(Executable { program, backend })
+        Ok(Executable { program, backend: on.backend, precision: on.precision })
     }
 
     /// The program.
@@ -353,6 +419,11 @@ impl Executable {
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Where it runs.
+    pub fn run_on(&self) -> RunOn {
+        RunOn { backend: self.backend, precision: self.precision }
     }
 
     /// The program at the shapes `bindings` give its symbols (the
@@ -368,7 +439,7 @@ impl Executable {
             }));
         }
         let plan = lsc_passes::plan::build(&self.program, bindings).map_err(RuntimeError::Input)?;
-        let loaded = self.backend.load_plan(plan)?;
+        let loaded = self.backend.load_plan(plan, self.precision)?;
         crate::allocator::release_free_memory();
         Ok(loaded)
     }

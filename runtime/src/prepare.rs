@@ -3,7 +3,7 @@
 //! the parameter-only work (ternary packing, weight scales) computed once,
 //! when the weights are bound, instead of on every call.
 
-use crate::backend::{Backend, Executable};
+use crate::backend::{Executable, RunOn};
 use crate::RuntimeError;
 use lsc_interp::{Tensors, Value};
 use lsc_ir::Program;
@@ -25,7 +25,8 @@ pub struct Prepared {
 }
 
 /// Computes `program`'s parameter-only work on `params` once.
-pub fn bind_weights(program: &Program, params: &Tensors<f32>, backend: Backend) -> Result<Prepared, RuntimeError> {
+pub fn bind_weights(program: &Program, params: &Tensors<f32>, on: impl Into<RunOn>) -> Result<Prepared, RuntimeError> {
+    let backend = on.into();
     let Some(split) = lsc_passes::hoist::hoist_parameter_work(program).map_err(RuntimeError::Input)? else {
         return Ok(Prepared { exe: Executable::new(program.clone(), backend)?, params: params.clone() });
     };
@@ -36,6 +37,6 @@ pub fn bind_weights(program: &Program, params: &Tensors<f32>, backend: Backend) 
 }
 
 /// [`optimize_for_inference`] then [`bind_weights`].
-pub fn prepare(program: &Program, params: &Tensors<f32>, backend: Backend) -> Result<Prepared, RuntimeError> {
-    bind_weights(&optimize_for_inference(program)?, params, backend)
+pub fn prepare(program: &Program, params: &Tensors<f32>, on: impl Into<RunOn>) -> Result<Prepared, RuntimeError> {
+    bind_weights(&optimize_for_inference(program)?, params, on)
 }

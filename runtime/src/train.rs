@@ -50,6 +50,9 @@ pub struct TrainConfig {
     /// What runs the step.
     #[serde(default)]
     pub backend: crate::backend::Backend,
+    /// The precision of the step's matrix products (bf16 on the GPU backends).
+    #[serde(default)]
+    pub precision: crate::target::gpu::Precision,
     /// Recompute called functions' forward values in the backward
     /// ([`StepOptions::recompute_calls`]) instead of keeping them.
     #[serde(default)]
@@ -57,6 +60,11 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Where the step runs.
+    pub fn run_on(&self) -> crate::backend::RunOn {
+        crate::backend::RunOn { backend: self.backend, precision: self.precision }
+    }
+
     /// What the training-step graph is built with.
     pub fn step_options(&self) -> StepOptions {
         StepOptions {
@@ -151,7 +159,7 @@ impl Trainer {
         } else {
             lsc_passes::train::training_step(forward, &opts).map_err(RuntimeError::Input)?
         };
-        let step_program = crate::backend::Executable::new(step_program, cfg.backend)?;
+        let step_program = crate::backend::Executable::new(step_program, cfg.run_on())?;
         let mut loaded = step_program.load_with(cfg.batch, cfg.seq, &params)?;
         for (name, v) in &state {
             loaded.set(name, v)?;

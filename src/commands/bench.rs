@@ -179,6 +179,7 @@ pub(crate) fn config(a: &BenchArgs, model: &str) -> TrainConfig {
         vocab: 256,
         fuse: true,
         backend: Backend::default(),
+        precision: Default::default(),
         recompute_calls: false,
     }
 }

@@ -70,7 +70,7 @@ pub fn run(a: &EvalArgs) -> CliResult {
     let mut report = json!({"model": model, "config": config, "data": data_spec, "split": split_name});
     for (label, program) in &graphs {
         let window = max_len.min(tokens.len() - 1);
-        let prepared = lsc_runtime::prepare::prepare(program, &params, a.source.backend.backend)?;
+        let prepared = lsc_runtime::prepare::prepare(program, &params, a.source.backend.run_on())?;
         let loss = mean_nll(&prepared.exe, &prepared.params, &tokens, window, a.max_windows, a.batch)?;
         let key = if label.is_empty() { "loss".to_string() } else { format!("loss ({label})") };
         report[&key] = json!(loss.nll);

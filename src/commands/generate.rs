@@ -94,7 +94,7 @@ pub fn continue_text(m: &Model, prompt: &[u32], a: &GenerateArgs, emit: &mut dyn
             "shorten --prompt",
         ));
     }
-    let prepared = lsc_runtime::prepare::prepare(&program, m.params, a.source.backend.backend)?;
+    let prepared = lsc_runtime::prepare::prepare(&program, m.params, a.source.backend.run_on())?;
     let mut dec = Decoder::on(&prepared.exe, &prepared.params, 1)?;
     let mut rng = Rng::new(a.seed);
     let mut logits = dec.feed(&Value::ints(vec![1, prompt.len()], prompt.iter().map(|&b| b as i64).collect()))?;

@@ -4,7 +4,7 @@ use crate::error::{CliError, CliResult};
 use crate::source::{self, Source};
 use crate::ModelArgs;
 use lsc_interp::{Tensors, Value};
-use lsc_runtime::backend::Backend;
+use lsc_runtime::backend::RunOn;
 use lsc_runtime::{generate, init, weights};
 use std::path::Path;
 
@@ -41,7 +41,7 @@ pub fn run(
     prompt: Option<&str>,
     inputs: Option<&Path>,
     out: Option<&Path>,
-    backend: Backend,
+    backend: RunOn,
 ) -> CliResult {
     let src = source::load(args, source::ModelGraph::Inference)?;
     let (params, origin) = params(&src, weights_path, seed)?;
@@ -58,11 +58,12 @@ pub fn run(
     let top = generate::top_next(&prepared.exe, &prepared.params, prompt.as_bytes(), 5, max_len)?;
     let nodes: usize = src.program.graphs().map(|g| g.dag.node_count()).sum();
     let n_params = lsc_passes::parameter_count(&src.program).unwrap_or(0);
-    let on = match backend {
-        Backend::Interp => "interpreter".to_string(),
-        native => format!("a compiled plan ({native})"),
+    let on = match backend.backend {
+        lsc_runtime::backend::Backend::Interp => "interpreter on the CPU".to_string(),
+        b if b.is_gpu() => format!("a compiled plan ({backend}) on the GPU"),
+        _ => format!("a compiled plan ({backend}) on the CPU"),
     };
-    println!("{label}: {nodes} IR nodes, {n_params} parameters ({origin}), {on} on CPU");
+    println!("{label}: {nodes} IR nodes, {n_params} parameters ({origin}), {on}");
     println!("top-5 next bytes after {prompt:?}:");
     for (i, (b, p)) in top.iter().enumerate() {
         println!("  {}. {:<8} (0x{b:02x})  p = {p:.4}", i + 1, show_byte(*b));
@@ -70,7 +71,7 @@ pub fn run(
     Ok(())
 }
 
-fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path, backend: Backend) -> CliResult {
+fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path, backend: RunOn) -> CliResult {
     let tensors = weights::load_tensors(inputs)?;
     let ids = tensors.get("input_ids").ok_or_else(|| {
         CliError::with_fix(

@@ -170,6 +170,7 @@ fn config_from(a: &TrainArgs, seq: usize, vocab: usize) -> Result<TrainConfig, C
         vocab,
         fuse: !a.no_fuse,
         backend: a.backend.backend,
+        precision: a.backend.precision,
         recompute_calls: a.recompute_calls,
     })
 }
@@ -272,7 +273,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
         .map_err(|e| CliError::new(format!("{}: {e}", metrics_path.display())))?;
     let n_local = lsc_models::transformer_config(&a.model, &a.config).map(|c| c.n_local_heads).unwrap_or(0);
     let eval = |t: &Trainer| {
-        let p = lsc_runtime::prepare::bind_weights(&inference, &t.params()?, t.cfg.backend)?;
+        let p = lsc_runtime::prepare::bind_weights(&inference, &t.params()?, t.cfg.run_on())?;
         lsc_runtime::eval::mean_nll(&p.exe, &p.params, &valid, seq, Some(a.eval_windows), a.batch)
     };
 

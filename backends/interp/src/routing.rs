@@ -31,6 +31,16 @@ impl ActiveRows {
         Ok(ActiveRows { positions, full: t, packed })
     }
 
+    /// Per sequence, its active positions in order.
+    pub fn positions(&self) -> &[Vec<usize>] {
+        &self.positions
+    }
+
+    /// Rows per sequence before packing (`T`).
+    pub fn full(&self) -> usize {
+        self.full
+    }
+
     /// The shape of `x [B, T, ..]` packed: `[B, N, ..]`.
     pub fn packed_shape(&self, x: &[usize]) -> Vec<usize> {
         let mut s = x.to_vec();

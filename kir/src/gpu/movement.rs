@@ -251,7 +251,7 @@ fn compare(c: CmpOp) -> Compare {
 fn cast(x: Expr, from: Elem, to: Elem) -> Option<Expr> {
     Some(match (from.is_float(), to) {
         (_, Elem::U8) => byte(truthy(x, from)),
-        (true, Elem::F32) | (false, Elem::I64) => x,
+        (true, Elem::F32 | Elem::BF16 | Elem::F16) | (false, Elem::I64) => x,
         (true, Elem::I64) => Expr::ToInt(Box::new(x)),
         (false, Elem::F32) => Expr::ToFloat(Box::new(x)),
         _ => return None,

@@ -5,7 +5,7 @@
 //! is another implementation of the same trait; [`emulated`] is one that runs
 //! the GPU's kernels in the GPU-semantics evaluator.
 
-pub mod emulated;
+pub mod gpu;
 pub mod host;
 
 use lsc_interp::routing::ActiveRows;
