@@ -121,9 +121,19 @@ impl Backend {
         BUILT
     }
 
-    /// The code-generating backends this build has that run their code natively.
+    /// The code-generating backends this build has that run their code natively
+    /// on this machine (`cuda` only where the CUDA libraries load).
     pub fn native() -> Vec<Backend> {
-        BUILT.iter().copied().filter(|b| b.entry().generates_code && b.entry().native).collect()
+        BUILT.iter().copied().filter(|b| b.entry().generates_code && b.entry().native && b.available()).collect()
+    }
+
+    /// Whether this machine can run it (built, and for `cuda`, the driver's libraries load).
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => crate::target::gpu::cuda::libraries_present(),
+            b => b.entry().built && b != Backend::Cuda,
+        }
     }
 
     /// Whether it runs on a GPU target (real or emulated).

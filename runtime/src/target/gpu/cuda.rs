@@ -53,6 +53,12 @@ fn inside(p: &Ptr<'_, Buffer>, len: u64, what: &str) -> Result<u64, String> {
     }
 }
 
+/// Whether the CUDA driver and cuBLAS libraries can be loaded (a GPU may still be absent).
+pub fn libraries_present() -> bool {
+    // SAFETY: only asks whether the shared libraries can be loaded.
+    unsafe { sys::is_culib_present() && blas_sys::is_culib_present() }
+}
+
 impl Cuda {
     /// Device 0, or an error saying why there is none (never a panic: cudarc
     /// panics on first use when the driver library is missing, so that is checked first).
