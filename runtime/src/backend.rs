@@ -227,8 +227,12 @@ pub trait Loaded {
     fn has(&self, name: &str) -> bool;
     /// The current value of input or parameter `name`.
     fn get(&self, name: &str) -> Result<Value<f32>, RuntimeError>;
-    /// Runs the program once.
+    /// Runs the program once (on a GPU, queues it: see [`Loaded::synchronize`]).
     fn run(&mut self) -> Result<(), RuntimeError>;
+    /// Waits until the last run has finished (downloads wait by themselves).
+    fn synchronize(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     /// Output `name` of the last run.
     fn output(&self, name: &str) -> Result<Value<f32>, RuntimeError>;
     /// The output names, in order.
@@ -260,6 +264,9 @@ impl<T: Target> Loaded for Compiled<T> {
     }
     fn run(&mut self) -> Result<(), RuntimeError> {
         Compiled::run(self)
+    }
+    fn synchronize(&self) -> Result<(), RuntimeError> {
+        Compiled::synchronize(self)
     }
     fn output(&self, name: &str) -> Result<Value<f32>, RuntimeError> {
         Compiled::output(self, name)

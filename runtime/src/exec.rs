@@ -351,6 +351,11 @@ impl<T: Target> Compiled<T> {
         self.target.copy(from.at(&self.memories), to.at(&self.memories)).map_err(RuntimeError::Input)
     }
 
+    /// Waits until every launch queued on the target has run.
+    pub fn synchronize(&self) -> Result<(), RuntimeError> {
+        self.target.synchronize().map_err(RuntimeError::Input)
+    }
+
     /// Runs the launches once on the current inputs and parameters.
     pub fn run(&mut self) -> Result<(), RuntimeError> {
         self.main.run(&self.target, &mut self.memories, &mut self.profile)

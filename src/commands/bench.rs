@@ -52,12 +52,18 @@ pub struct BenchArgs {
     /// With --kernels: only these sections (gemm, attention, ternary, decode, routed, step).
     #[arg(long, value_delimiter = ',', requires = "kernels")]
     pub only: Vec<String>,
+    /// With a GPU backend (`cuda`, `cuda-emu`): the GPU figures instead (see `lsc bench --help`).
+    #[command(flatten)]
+    pub on: crate::source::BackendArg,
 }
 
 /// Runs the benchmark.
 pub fn run(a: &BenchArgs) -> CliResult {
     if a.calibrate {
         return run_calibrate(a);
+    }
+    if a.on.backend.is_gpu() {
+        return super::gpubench::run(a);
     }
     if a.kernels {
         return super::microbench::run(a);

@@ -112,43 +112,51 @@ fn ternary() -> Result<Vec<Json>, CliError> {
 /// generator built, B = 1 and 8.
 /// `bench/pytorch/bench_decode.py` times PyTorch the same way, as the baseline.
 fn decode() -> Result<Vec<Json>, CliError> {
-    let full = lsc_models::build("ls-transformer", "small").map_err(|e| CliError::new(e.to_string()))?;
-    let step = lsc_models::build_decode("ls-transformer", "small").map_err(|e| CliError::new(e.to_string()))?;
-    let params: Tensors<f32> = init::init_params(&full, 0).map_err(CliError::new)?;
     let mut rows = Vec::new();
     for batch in [1, 8] {
         for b in Backend::native() {
-            // As `lsc generate` runs it: saturated, parameter-only work done once.
-            let prepared = lsc_runtime::prepare::prepare(&step, &params, b)?;
-            let mut dec = Decoder::on(&prepared.exe, &prepared.params, batch)?;
-            // The median of 10 sequences after a warm-up one (which compiles the programs).
-            let mut speeds = Vec::new();
-            for _ in 0..11 {
-                dec.reset();
-                dec.feed(&Value::ints(vec![batch, 16], vec![1; batch * 16]))?;
-                dec.feed(&Value::ints(vec![batch, 1], vec![1; batch]))?;
-                let (tokens, start) = (64, Instant::now());
-                let mut next = vec![1i64; batch];
-                for _ in 0..tokens {
-                    let logits = dec.feed(&Value::ints(vec![batch, 1], next.clone()))?;
-                    let v = *logits.shape.last().unwrap_or(&1);
-                    let data = logits.as_floats().unwrap_or(&[]);
-                    next = (0..batch)
-                        .map(|r| {
-                            let row = &data[r * v..(r + 1) * v];
-                            (0..v).max_by(|&i, &j| row[i].total_cmp(&row[j])).unwrap_or(0) as i64
-                        })
-                        .collect();
-                }
-                speeds.push((batch * tokens) as f64 / start.elapsed().as_secs_f64());
-            }
-            speeds.remove(0);
-            speeds.sort_by(f64::total_cmp);
-            let tps = speeds[speeds.len() / 2];
+            let tps = greedy_tokens_per_s("ls-transformer", "small", b, batch)?;
             rows.push(json!({ "batch": batch, "backend": b.name(), "tokens_per_s": tps }));
         }
     }
     Ok(rows)
+}
+
+/// Greedy-decode tokens/s of `model` at `config` (random weights) on `backend`,
+/// as `lsc generate` runs it: the median of 10 sequences of 64 tokens (fewer
+/// where the context is shorter) after a 16-token prompt, following a warm-up
+/// sequence that compiles the programs.
+pub(crate) fn greedy_tokens_per_s(model: &str, config: &str, backend: Backend, batch: usize) -> Result<f64, CliError> {
+    let full = lsc_models::build(model, config).map_err(|e| CliError::new(e.to_string()))?;
+    let step = lsc_models::build_decode(model, config).map_err(|e| CliError::new(e.to_string()))?;
+    let params: Tensors<f32> = init::init_params(&full, 0).map_err(CliError::new)?;
+    let prepared = lsc_runtime::prepare::prepare(&step, &params, backend)?;
+    let mut dec = Decoder::on(&prepared.exe, &prepared.params, batch)?;
+    let context = lsc_models::max_seq_len(model, config).map_err(|e| CliError::new(e.to_string()))?;
+    let tokens = 64.min(context.saturating_sub(17)).max(1);
+    let mut speeds = Vec::new();
+    for _ in 0..11 {
+        dec.reset();
+        dec.feed(&Value::ints(vec![batch, 16], vec![1; batch * 16]))?;
+        dec.feed(&Value::ints(vec![batch, 1], vec![1; batch]))?;
+        let start = Instant::now();
+        let mut next = vec![1i64; batch];
+        for _ in 0..tokens {
+            let logits = dec.feed(&Value::ints(vec![batch, 1], next.clone()))?;
+            let v = *logits.shape.last().unwrap_or(&1);
+            let data = logits.as_floats().unwrap_or(&[]);
+            next = (0..batch)
+                .map(|r| {
+                    let row = &data[r * v..(r + 1) * v];
+                    (0..v).max_by(|&i, &j| row[i].total_cmp(&row[j])).unwrap_or(0) as i64
+                })
+                .collect();
+        }
+        speeds.push((batch * tokens) as f64 / start.elapsed().as_secs_f64());
+    }
+    speeds.remove(0);
+    speeds.sort_by(f64::total_cmp);
+    Ok(speeds[speeds.len() / 2])
 }
 
 /// `mor` `small` batch inference (B = 8, T = 256, random weights) with its

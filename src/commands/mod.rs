@@ -6,6 +6,7 @@ pub mod compile;
 pub mod cuda;
 pub mod eval;
 pub mod generate;
+pub mod gpubench;
 pub mod kernels;
 pub mod microbench;
 pub mod models;

@@ -75,6 +75,10 @@ pub trait Target {
     ) -> Result<(), String>;
     /// The active rows of a `bool[B, T]` mask (a routed call's).
     fn active_rows(&self, mask: At<'_, Self::Memory>) -> Result<ActiveRows, String>;
+    /// Waits for all work queued so far (a no-op where launches are synchronous).
+    fn synchronize(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Packs (`pack`) or unpacks the active rows of `from` into `to`.
     fn move_rows(
         &self,

@@ -93,9 +93,17 @@ impl Cuda {
         self.stream.cu_stream()
     }
 
-    /// Waits for everything queued.
-    pub fn synchronize(&self) -> Result<(), String> {
-        self.stream.synchronize().map_err(driver("synchronize"))
+    /// Peak dense FLOP/s of the tensor cores in bf16 and of the f32 cores
+    /// (SMs × clock × per-SM rate of the architecture: NVIDIA's A100 and H100 whitepapers).
+    pub fn peak_flops(&self) -> Result<(f64, f64), String> {
+        use sys::CUdevice_attribute as A;
+        let attr = |a| self.context.attribute(a).map_err(driver("device attribute"));
+        let sms = f64::from(attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?);
+        let hz = f64::from(attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)?) * 1e3;
+        let (major, _) = self.context.compute_capability().map_err(driver("compute capability"))?;
+        // FLOP per clock per SM: bf16 dense tensor-core and f32 FMA.
+        let (bf16, f32) = if major >= 9 { (4096.0, 256.0) } else { (2048.0, 128.0) };
+        Ok((sms * hz * bf16, sms * hz * f32))
     }
 }
 
@@ -119,6 +127,10 @@ impl Device for Cuda {
         let at = inside(&to, bytes.len() as u64, "a write")?;
         // SAFETY: in bounds (checked); from pageable memory the driver copies `bytes` before returning.
         unsafe { result::memcpy_htod_async(at, bytes, self.stream()) }.map_err(driver("copy to the device"))
+    }
+
+    fn synchronize(&self) -> Result<(), String> {
+        self.stream.synchronize().map_err(driver("synchronize"))
     }
 
     fn read(&self, from: Ptr<'_, Buffer>, len: u64) -> Result<Vec<u8>, String> {

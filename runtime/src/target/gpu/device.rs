@@ -85,6 +85,8 @@ pub trait Device {
     fn load(&self, kernel: &Kernel) -> Result<Self::Function, String>;
     /// Launches `f` on its launch shape with `args`, one per kernel buffer in order.
     fn launch(&self, f: &Self::Function, args: &[Ptr<'_, Self::Buffer>]) -> Result<(), String>;
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<(), String>;
     /// Runs `g` on `a`, `b` and `c`.
     fn gemm(
         &self,

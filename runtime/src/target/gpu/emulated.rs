@@ -126,6 +126,10 @@ impl Device for Emulated {
         Ok(())
     }
 
+    fn synchronize(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     fn gemm(&self, g: &Gemm, a: Ptr<'_, Memory>, b: Ptr<'_, Memory>, c: Ptr<'_, Memory>) -> Result<(), String> {
         let (na, nb, nc) = g.extents();
         let av = floats(a, na, g.operands)?;

@@ -308,6 +308,10 @@ impl<D: Device> Target for GpuTarget<D> {
         self.run_kernels(op, &ats, inputs.len(), true)
     }
 
+    fn synchronize(&self) -> Result<(), String> {
+        self.device.synchronize()
+    }
+
     fn active_rows(&self, mask: At<'_, D::Buffer>) -> Result<ActiveRows, String> {
         // The count of active rows picks the region's plan, so the host needs the mask.
         ActiveRows::new(&self.download(mask)?.view())
