@@ -7,6 +7,9 @@
 #
 #   bash scripts/gpu-check.sh              # on a machine with a GPU (target: < 8 min on one H200)
 #   bash scripts/gpu-check.sh --emulated   # the same steps on the CPU (cuda-emu), to check the script
+#
+# It needs LLVM 22 (installed from apt if absent) and the crates (from crates.io, or a warm
+# cargo cache): on a GPU machine without network, build there beforehand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 backend=cuda

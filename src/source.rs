@@ -76,7 +76,7 @@ pub struct TrainedArgs {
 /// `--backend`, the same on every command: one of the backends this build has.
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct BackendArg {
-    /// What runs the program (`lsc --help` lists the backends this build has; the first is the default).
+    /// What runs the program (the default is the first one this build has; an unbuilt one names its cargo feature).
     #[arg(long = "backend", value_enum, default_value_t = lsc_runtime::backend::Backend::default())]
     pub backend: lsc_runtime::backend::Backend,
     /// Precision of matrix products: f32, or bf16 operands with f32 accumulation (GPU backends).

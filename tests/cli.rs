@@ -609,3 +609,43 @@ fn compile_for_cuda_writes_gpu_kernels_and_their_launches_or_names_what_does_not
         assert_bad(&ptx, "--features llvm");
     }
 }
+
+#[test]
+fn the_cuda_backend_without_a_driver_or_a_cuda_build_and_bf16_on_the_cpu_are_clear_errors() {
+    let o = lsc(&["run", "--model", "transformer", "--prompt", "hi", "--backend", "cuda"]);
+    if cfg!(feature = "cuda") {
+        if o.status.success() {
+            println!("a CUDA device is present: the driver-less error is not checked here");
+        } else {
+            assert_bad(&o, "no CUDA driver");
+        }
+    } else {
+        assert_bad(&o, "--features cuda");
+    }
+    let o = lsc(&["run", "--model", "transformer", "--prompt", "hi", "--precision", "bf16"]);
+    assert_bad(&o, "--precision bf16 runs on the GPU backends");
+    let o = lsc(&["run", "--model", "transformer", "--prompt", "hi", "--backend", "cuda-emu", "--precision", "bf16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cuda-emu, bf16") && stdout(&o).contains("on the GPU"), "{}", stdout(&o));
+}
+
+#[test]
+fn bench_on_the_emulated_gpu_reports_every_section() {
+    let o = lsc(&["bench", "--backend", "cuda-emu", "--steps", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON document");
+    assert_eq!(doc["backend"], "cuda-emu");
+    assert_eq!(doc["emulated"], true);
+    for r in doc["gemm"].as_array().unwrap() {
+        assert!(r["tflops"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let a = &doc["attention"][0];
+    assert!(a["local_fwd_ms"].as_f64().unwrap() > 0.0 && a["ls_bwd_speedup"].as_f64().unwrap() > 0.0, "{a}");
+    assert!(doc["ternary"][0]["speedup"].as_f64().unwrap() > 0.0);
+    let steps = doc["training_step"].as_array().unwrap();
+    assert_eq!(steps.len(), lsc_models::MODELS.len());
+    for r in steps {
+        assert!(r["bf16_tokens_per_s"].as_f64().unwrap() > 0.0 && r["cpu_tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(doc["decode"].as_array().unwrap().len(), 2);
+}

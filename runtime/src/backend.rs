@@ -209,8 +209,10 @@ impl std::str::FromStr for Backend {
 }
 
 impl clap::ValueEnum for Backend {
+    /// Every backend, built or not: choosing an unbuilt one is an error that
+    /// names the cargo feature to rebuild with, rather than "invalid value".
     fn value_variants<'a>() -> &'a [Self] {
-        BUILT
+        &[Backend::Llvm, Backend::Cranelift, Backend::Interp, Backend::Cuda, Backend::CudaEmu]
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
