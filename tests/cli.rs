@@ -164,7 +164,7 @@ fn unknown_model_and_config_name_the_choices() {
     assert_bad(&o, "unknown model `gpt5`; choose one of transformer, ls-transformer");
     assert_one_line(&o);
     let o = lsc(&["compile", "--model", "transformer", "--config", "huge"]);
-    assert_bad(&o, "has no config `huge`; choose one of tiny, small, long");
+    assert_bad(&o, "has no config `huge`; choose one of tiny, small, long, medium");
 }
 
 #[test]

@@ -27,27 +27,27 @@ pub struct ModelInfo {
 pub const MODELS: [ModelInfo; 5] = [
     ModelInfo {
         name: "transformer",
-        configs: &["tiny", "small", "long"],
+        configs: &["tiny", "small", "long", "medium"],
         summary: "pre-norm decoder with causal multi-head self-attention (MHSA baseline)",
     },
     ModelInfo {
         name: "ls-transformer",
-        configs: &["tiny", "small", "long"],
+        configs: &["tiny", "small", "long", "medium"],
         summary: "the same decoder with LS-attention: half the heads local (causal window), half global",
     },
     ModelInfo {
         name: "gam",
-        configs: &["tiny", "small", "long"],
+        configs: &["tiny", "small", "long", "medium"],
         summary: "Gated Associative Memory: causal conv + memory retrieval + gate instead of attention",
     },
     ModelInfo {
         name: "trilm",
-        configs: &["tiny", "small"],
+        configs: &["tiny", "small", "medium"],
         summary: "Spectra's TriLM: the transformer with ternary block weights (straight-through training)",
     },
     ModelInfo {
         name: "mor",
-        configs: &["tiny", "small"],
+        configs: &["tiny", "small", "medium"],
         summary: "Mixture-of-Recursions: one shared block applied 4 times with expert-choice routing",
     },
 ];

@@ -49,6 +49,8 @@ impl TransformerConfig {
             "tiny" => (32, 2, 4, 64, 64, 4),
             "small" => (256, 4, 8, 768, 256, 64),
             "long" => (256, 4, 8, 768, 4096, 64),
+            // GPU-sized: about 155 M parameters.
+            "medium" => (1024, 12, 16, 2816, 2048, 256),
             _ => return None,
         };
         Some(TransformerConfig {

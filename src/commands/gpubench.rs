@@ -23,9 +23,10 @@ struct Shapes {
     dim: usize,
     window: usize,
     ternary: Vec<usize>,
+    /// Training steps: config, batch, tokens per sequence, and whether the CPU is timed as well.
+    training: Vec<(&'static str, usize, usize, bool)>,
+    /// The decoding config, and its batches.
     config: &'static str,
-    batch: usize,
-    tokens: usize,
     decode: Vec<usize>,
 }
 
@@ -39,9 +40,9 @@ impl Shapes {
                 dim: 64,
                 window: 256,
                 ternary: vec![4096, 8192],
+                // `medium` on the CPU would take longer than the whole GPU run: bf16 is timed against f32.
+                training: vec![("small", 8, 256, true), ("medium", 8, 1024, false)],
                 config: "small",
-                batch: 8,
-                tokens: 256,
                 decode: vec![1, 64],
             }
         } else {
@@ -52,9 +53,8 @@ impl Shapes {
                 dim: 8,
                 window: 16,
                 ternary: vec![64],
+                training: vec![("tiny", 2, 16, true)],
                 config: "tiny",
-                batch: 2,
-                tokens: 16,
                 decode: vec![1, 2],
             }
         }
@@ -204,12 +204,17 @@ fn ternary(s: &Shapes, b: Backend) -> Result<Vec<Json>, CliError> {
     Ok(rows)
 }
 
-/// Training-step tokens/s of `cfg` (median of `steps` steps after one warm-up).
-fn step_tokens_per_s(a: &BenchArgs, m: &str, s: &Shapes, on: RunOn) -> Result<f64, CliError> {
-    let forward = lsc_models::build(m, s.config).map_err(|e| CliError::new(e.to_string()))?;
+/// Training-step tokens/s of `m` at `(config, batch, seq)` (median of `a.steps` steps after one warm-up).
+fn step_tokens_per_s(
+    a: &BenchArgs,
+    m: &str,
+    (config, batch, seq): (&str, usize, usize),
+    on: RunOn,
+) -> Result<f64, CliError> {
+    let forward = lsc_models::build(m, config).map_err(|e| CliError::new(e.to_string()))?;
     let mut cfg = super::bench::config(a, m);
     (cfg.config, cfg.batch, cfg.seq, cfg.backend, cfg.precision) =
-        (s.config.to_string(), s.batch, s.tokens, on.backend, on.precision);
+        (config.to_string(), batch, seq, on.backend, on.precision);
     let params = lsc_runtime::init::init_params(&forward, cfg.seed).map_err(CliError::new)?;
     let text: Vec<u32> =
         lsc_runtime::data::load_text("synthetic", 0).map_err(CliError::from)?.into_iter().map(u32::from).collect();
@@ -222,27 +227,45 @@ fn step_tokens_per_s(a: &BenchArgs, m: &str, s: &Shapes, on: RunOn) -> Result<f6
         times.push(start.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
-    Ok((s.batch * s.tokens) as f64 / times[times.len() / 2])
+    Ok((batch * seq) as f64 / times[times.len() / 2])
 }
 
 fn training(a: &BenchArgs, s: &Shapes, b: Backend, peak: Option<(f64, f64)>) -> Result<Vec<Json>, CliError> {
     let mut rows = Vec::new();
-    for m in lsc_models::MODELS.iter().map(|m| m.name) {
-        let forward = lsc_models::build(m, s.config).map_err(|e| CliError::new(e.to_string()))?;
-        let n_params = lsc_passes::parameter_count(&forward).unwrap_or(0) as f64;
-        let cpu = step_tokens_per_s(a, m, s, Backend::default().into())?;
-        let mut row = json!({ "model": m, "config": s.config, "cpu_backend": Backend::default().name(),
-            "cpu_tokens_per_s": cpu, "parameters": n_params });
-        for precision in [Precision::F32, Precision::Bf16] {
-            let tps = step_tokens_per_s(a, m, s, RunOn { backend: b, precision })?;
-            let p = format!("{precision:?}").to_lowercase();
-            // Model FLOPs: 6 per parameter per token (forward and backward), attention left out.
-            let mfu = peak.map_or(Json::Null, |(bf16, _)| json!(6.0 * n_params * tps / bf16));
-            row[format!("{p}_tokens_per_s")] = json!(tps);
-            row[format!("{p}_speedup_over_cpu")] = json!(tps / cpu);
-            row[format!("{p}_mfu")] = mfu;
+    let models: Vec<&str> = lsc_models::MODELS
+        .iter()
+        .map(|m| m.name)
+        .filter(|m| a.models.is_empty() || a.models.iter().any(|x| x == m))
+        .collect();
+    for &(config, batch, seq, with_cpu) in &s.training {
+        for &m in &models {
+            let forward = lsc_models::build(m, config).map_err(|e| CliError::new(e.to_string()))?;
+            let n_params = lsc_passes::parameter_count(&forward).unwrap_or(0) as f64;
+            let shape = (config, batch, seq);
+            let mut row = json!({ "model": m, "config": config, "batch": batch, "seq": seq, "parameters": n_params });
+            let cpu = if with_cpu { Some(step_tokens_per_s(a, m, shape, Backend::default().into())?) } else { None };
+            if let Some(cpu) = cpu {
+                row["cpu_backend"] = json!(Backend::default().name());
+                row["cpu_tokens_per_s"] = json!(cpu);
+            }
+            let mut f32_tps = None;
+            for precision in [Precision::F32, Precision::Bf16] {
+                let tps = step_tokens_per_s(a, m, shape, RunOn { backend: b, precision })?;
+                let p = format!("{precision:?}").to_lowercase();
+                // Model FLOPs: 6 per parameter per token (forward and backward), attention left out.
+                let mfu = peak.map_or(Json::Null, |(bf16, _)| json!(6.0 * n_params * tps / bf16));
+                row[format!("{p}_tokens_per_s")] = json!(tps);
+                row[format!("{p}_mfu")] = mfu;
+                if let Some(cpu) = cpu {
+                    row[format!("{p}_speedup_over_cpu")] = json!(tps / cpu);
+                }
+                match f32_tps {
+                    None => f32_tps = Some(tps),
+                    Some(f) => row["bf16_speedup_over_f32"] = json!(tps / f),
+                }
+            }
+            rows.push(row);
         }
-        rows.push(row);
     }
     Ok(rows)
 }
@@ -340,16 +363,18 @@ fn print_table(doc: &Json) {
             f(&r, "speedup")
         );
     }
-    println!("training step tokens/s: CPU ({}) | GPU f32 | GPU bf16 (MFU)", Backend::default());
+    println!("training step tokens/s: CPU ({}) | GPU f32 (× CPU) | GPU bf16 (× CPU, × f32, MFU)", Backend::default());
     for r in rows("training_step") {
         println!(
-            "  {:<15} {:>10} | {:>10} ({}×) | {:>10} ({}×, MFU {})",
+            "  {:<15} {:<7} {:>10} | {:>10} ({}×) | {:>10} ({}×, {}×, MFU {})",
             r["model"].as_str().unwrap_or(""),
+            r["config"].as_str().unwrap_or(""),
             f(&r, "cpu_tokens_per_s"),
             f(&r, "f32_tokens_per_s"),
             f(&r, "f32_speedup_over_cpu"),
             f(&r, "bf16_tokens_per_s"),
             f(&r, "bf16_speedup_over_cpu"),
+            f(&r, "bf16_speedup_over_f32"),
             f(&r, "bf16_mfu")
         );
     }
