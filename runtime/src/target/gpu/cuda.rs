@@ -89,8 +89,10 @@ impl Cuda {
         Ok(Cuda { name: format!("{gpu} ({arch}, cuda)"), ptx: PtxGenerator::new(arch)?, context, stream, blas })
     }
 
-    fn stream(&self) -> sys::CUstream {
-        self.stream.cu_stream()
+    /// The stream, with the context made current on this thread (raw driver calls need it).
+    fn stream(&self) -> Result<sys::CUstream, String> {
+        self.context.bind_to_thread().map_err(driver("binding the context"))?;
+        Ok(self.stream.cu_stream())
     }
 
     /// Peak dense FLOP/s of the tensor cores in bf16 and of the f32 cores
@@ -126,7 +128,7 @@ impl Device for Cuda {
     fn write(&self, to: Ptr<'_, Buffer>, bytes: &[u8]) -> Result<(), String> {
         let at = inside(&to, bytes.len() as u64, "a write")?;
         // SAFETY: in bounds (checked); from pageable memory the driver copies `bytes` before returning.
-        unsafe { result::memcpy_htod_async(at, bytes, self.stream()) }.map_err(driver("copy to the device"))
+        unsafe { result::memcpy_htod_async(at, bytes, self.stream()?) }.map_err(driver("copy to the device"))
     }
 
     fn synchronize(&self) -> Result<(), String> {
@@ -137,7 +139,7 @@ impl Device for Cuda {
         let at = inside(&from, len, "a read")?;
         let mut out = vec![0u8; len as usize];
         // SAFETY: in bounds (checked); the stream is synchronised before `out` is used.
-        unsafe { result::memcpy_dtoh_async(&mut out, at, self.stream()) }.map_err(driver("copy from the device"))?;
+        unsafe { result::memcpy_dtoh_async(&mut out, at, self.stream()?) }.map_err(driver("copy from the device"))?;
         self.synchronize()?;
         Ok(out)
     }
@@ -145,7 +147,7 @@ impl Device for Cuda {
     fn copy(&self, from: Ptr<'_, Buffer>, to: Ptr<'_, Buffer>, bytes: u64) -> Result<(), String> {
         let (src, dst) = (inside(&from, bytes, "a copy")?, inside(&to, bytes, "a copy")?);
         // SAFETY: both ranges are in bounds (checked).
-        unsafe { result::memcpy_dtod_async(dst, src, bytes as usize, self.stream()) }.map_err(driver("device copy"))
+        unsafe { result::memcpy_dtod_async(dst, src, bytes as usize, self.stream()?) }.map_err(driver("device copy"))
     }
 
     fn load(&self, kernel: &Kernel) -> Result<Function, String> {
@@ -186,7 +188,7 @@ impl Device for Cuda {
         if g.k == 0 || g.batch == 0 {
             // No products: C = beta · C, which is zero for every call lsc makes.
             // SAFETY: in bounds (checked).
-            return unsafe { result::memset_d8_async(pc, 0, (nc * 4) as usize, self.stream()) }
+            return unsafe { result::memset_d8_async(pc, 0, (nc * 4) as usize, self.stream()?) }
                 .map_err(driver("memset"));
         }
         let int =
@@ -203,7 +205,8 @@ impl Device for Cuda {
             _ => blas_sys::cudaDataType::CUDA_R_32F,
         };
         let (alpha, beta) = (g.alpha, g.beta);
-        // SAFETY: every operand lies in its allocation (checked above); alpha and beta are host scalars.
+        self.stream()?; // cuBLAS runs on it, with the context current
+                        // SAFETY: every operand lies in its allocation (checked above); alpha and beta are host scalars.
         unsafe {
             blas::gemm_strided_batched_ex(
                 *self.blas.handle(),
