@@ -12,7 +12,6 @@ use lsc_interp::{Interpreter, Tensors, Value};
 use lsc_ir::DType;
 use lsc_runtime::backend::{Backend, Executable, RunOn};
 use lsc_runtime::numerics::{compare, tolerance};
-use lsc_runtime::schedule::Schedule;
 use lsc_runtime::target::gpu::Precision;
 use lsc_runtime::train::{TrainConfig, Trainer};
 use lsc_runtime::{init, weights};
@@ -62,26 +61,7 @@ fn golden_logits(backend: Backend) {
 }
 
 fn config(model: &str, steps: u64, on: RunOn) -> TrainConfig {
-    TrainConfig {
-        model: model.into(),
-        config: "tiny".into(),
-        data: "synthetic".into(),
-        batch: 2,
-        seq: 16,
-        steps,
-        schedule: Schedule::Cosine { max_lr: 3e-3, min_lr: 3e-4, warmup: 2, decay_end: steps },
-        optimizer: lsc_passes::train::Optimizer::adamw(),
-        clip_norm: Some(1.0),
-        decay_all: false,
-        seed: 5,
-        loss_terms: vec![],
-        tokenizer: "bytes".into(),
-        vocab: 256,
-        fuse: true,
-        backend: on.backend,
-        precision: on.precision,
-        recompute_calls: false,
-    }
+    TrainConfig { backend: on.backend, precision: on.precision, ..common::train_config(model, steps) }
 }
 
 fn text() -> Vec<u32> {

@@ -1,7 +1,8 @@
 //! Training: bit-exact resume, re-warming, checkpoints that detect corruption,
 //! and the loss going down.
 
-use lsc_passes::train::Optimizer;
+mod common;
+
 use lsc_runtime::checkpoint::Checkpoint;
 use lsc_runtime::data;
 use lsc_runtime::schedule::Schedule;
@@ -12,26 +13,7 @@ fn tokens(seed: u64, n: usize) -> Vec<u32> {
 }
 
 fn config(model: &str, steps: u64) -> TrainConfig {
-    TrainConfig {
-        model: model.into(),
-        config: "tiny".into(),
-        data: "synthetic".into(),
-        batch: 2,
-        seq: 16,
-        steps,
-        schedule: Schedule::Cosine { max_lr: 3e-3, min_lr: 3e-4, warmup: 2, decay_end: steps },
-        optimizer: Optimizer::adamw(),
-        clip_norm: Some(1.0),
-        decay_all: false,
-        seed: 5,
-        loss_terms: if model == "mor" { vec![("aux_loss".into(), 0.001)] } else { vec![] },
-        tokenizer: "bytes".into(),
-        vocab: 256,
-        fuse: true,
-        backend: lsc_runtime::backend::Backend::default(),
-        precision: Default::default(),
-        recompute_calls: false,
-    }
+    common::train_config(model, steps)
 }
 
 fn fresh(model: &str, steps: u64) -> (Trainer, lsc_ir::Program) {

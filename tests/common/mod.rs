@@ -88,3 +88,28 @@ pub fn step_feed(step: &Program, fill: f32) -> Tensors<f32> {
     }
     feed
 }
+
+/// The `tiny` training run the tests use: batch 2 × 16, cosine schedule, AdamW, seed 5.
+#[allow(dead_code)]
+pub fn train_config(model: &str, steps: u64) -> lsc_runtime::train::TrainConfig {
+    lsc_runtime::train::TrainConfig {
+        model: model.into(),
+        config: "tiny".into(),
+        data: "synthetic".into(),
+        batch: 2,
+        seq: 16,
+        steps,
+        schedule: lsc_runtime::schedule::Schedule::Cosine { max_lr: 3e-3, min_lr: 3e-4, warmup: 2, decay_end: steps },
+        optimizer: lsc_passes::train::Optimizer::adamw(),
+        clip_norm: Some(1.0),
+        decay_all: false,
+        seed: 5,
+        loss_terms: if model == "mor" { vec![("aux_loss".into(), 0.001)] } else { vec![] },
+        tokenizer: "bytes".into(),
+        vocab: 256,
+        fuse: true,
+        backend: lsc_runtime::backend::Backend::default(),
+        precision: Default::default(),
+        recompute_calls: false,
+    }
+}
