@@ -36,12 +36,17 @@ impl From<lsc_runtime::RuntimeError> for CliError {
     fn from(e: lsc_runtime::RuntimeError) -> CliError {
         use lsc_runtime::RuntimeError as E;
         let fix = match &e {
+            E::Io { source, .. }
+                if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::FileTooLarge) =>
+            {
+                Some("free disk space or raise the file-size limit (ulimit -f); the file it would have replaced is intact")
+            }
             E::Io { .. } => Some("check the path"),
             E::Format { .. } => Some("the file is corrupt or truncated; re-export it with safetensors"),
             E::Missing { .. } | E::Mismatch { .. } => {
                 Some("the weights were made for another model or config; pass the matching --model/--config")
             }
-            E::Exec(_) | E::Input(_) => None,
+            E::Exec(_) | E::Input(_) | E::Diverged(_) => None,
         };
         CliError { problem: e.to_string(), fix: fix.map(str::to_string) }
     }

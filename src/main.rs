@@ -1,5 +1,6 @@
 //! `lsc`: compile, inspect and run the built-in models and your own `.lsir` graphs.
 
+mod args;
 mod commands;
 mod error;
 mod plot;
@@ -119,7 +120,16 @@ fn main() -> ExitCode {
         eprintln!("internal error: {} (this is a bug in lsc; please report it)", msg.unwrap_or_else(|| "panic".into()));
     }));
     lsc_runtime::allocator::keep_freed_memory();
-    let cli = Cli::parse();
+    lsc_runtime::resources::report_file_size_limit_as_error();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Train(args), Some(m)) = (&mut cli.command, matches.subcommand_matches("train")) {
+        args.explicit = m
+            .ids()
+            .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+    }
     let result = match cli.command {
         Command::Models => commands::models::run(),
         Command::Compile {

@@ -131,7 +131,7 @@ pub fn load_trained(a: &TrainedArgs, seed: u64) -> Result<Trained, CliError> {
             warnings.iter().for_each(|w| eprintln!("warning: {w}"));
             params
         }
-        None => lsc_runtime::init::init_params(&program, seed).map_err(|e| CliError::with_fix(e, "pass --weights"))?,
+        None => lsc_runtime::init::init_params(&program, seed).map_err(CliError::new)?,
     };
     Ok(Trained { model, config: a.config.clone(), params, tokenizer: Tokenizer::Bytes, data: None })
 }

@@ -4,8 +4,22 @@ use crate::dim::{Bindings, Dim};
 use crate::dtype::DType;
 use std::fmt;
 
-/// The largest tensor lsc will allocate (2^34 elements, 64 GiB of f32).
+/// The largest tensor lsc will ever allocate (2^34 elements, 64 GiB of f32).
 pub const MAX_ELEMENTS: usize = 1 << 34;
+
+/// The largest tensor this machine could hold: [`MAX_ELEMENTS`], or fewer
+/// where physical memory (`MemTotal`) holds fewer f32 elements, so that a shape
+/// no allocation could satisfy is a type error rather than an aborted process.
+pub fn max_elements() -> usize {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| {
+            let line = t.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line["MemTotal:".len()..].trim().trim_end_matches("kB").trim().parse::<usize>().ok()
+        });
+        total.map_or(MAX_ELEMENTS, |kib| MAX_ELEMENTS.min(kib.saturating_mul(1024) / 4))
+    })
+}
 
 /// The type of one tensor value.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -38,7 +52,7 @@ impl TensorType {
     }
 
     /// Concrete dimensions under `bindings`; errors on negative sizes and on
-    /// tensors beyond [`MAX_ELEMENTS`].
+    /// tensors beyond [`max_elements`].
     pub fn concrete_shape(&self, bindings: &Bindings) -> Result<Vec<usize>, String> {
         let shape = self
             .shape
@@ -50,8 +64,13 @@ impl TensorType {
             .collect::<Result<Vec<usize>, String>>()?;
         let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         match n {
-            Some(n) if n <= MAX_ELEMENTS => Ok(shape),
-            _ => Err(format!("{self} = {shape:?} has more than {MAX_ELEMENTS} elements")),
+            Some(n) if n <= max_elements() => Ok(shape),
+            _ => Err(format!(
+                "{} = {} has more than {} elements, the most this machine's memory holds",
+                brief(&self.to_string()),
+                brief(&format!("{shape:?}")),
+                max_elements()
+            )),
         }
     }
 }
@@ -73,4 +92,17 @@ impl fmt::Display for TensorType {
         write!(f, "{}", self.dtype)?;
         fmt_shape(&self.shape, f)
     }
+}
+
+/// `text` cut to at most 200 characters around an ellipsis, so that an error
+/// about a type of rank 5000 stays one readable line.
+pub fn brief(text: &str) -> String {
+    const KEEP: usize = 100;
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 2 * KEEP {
+        return text.to_string();
+    }
+    let head: String = chars[..KEEP].iter().collect();
+    let tail: String = chars[chars.len() - KEEP..].iter().collect();
+    format!("{head} … {tail}")
 }

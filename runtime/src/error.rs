@@ -46,6 +46,9 @@ pub enum RuntimeError {
     /// Execution failed.
     #[error("{0}")]
     Exec(#[from] lsc_interp::InterpError),
+    /// Training produced a non-finite loss or gradient.
+    #[error("{0}")]
+    Diverged(String),
     /// Bad data given to the runtime (empty prompt, too long a sequence, ...).
     #[error("{0}")]
     Input(String),

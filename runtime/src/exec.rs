@@ -267,6 +267,20 @@ pub struct Compiled<T: Target> {
 impl<T: Target> Compiled<T> {
     /// Allocates `plan`'s memory on `target`, compiles its kernels and runs its load-time launches.
     pub fn new(target: T, plan: Plan) -> Result<Compiled<T>, RuntimeError> {
+        let own_bytes: u64 = plan.inputs.iter().chain(&plan.params).map(|(_, t)| plan.tensors[*t].bytes()).sum();
+        let planned = plan.arena_bytes.saturating_add(own_bytes);
+        if let Some(free) = target.available_memory().filter(|&free| planned > free) {
+            use crate::resources::show_bytes;
+            return Err(RuntimeError::Input(format!(
+                "@{} needs {} on {} (arena {}, inputs and parameters {}) but {} is available; lower --batch or --seq",
+                plan.graph,
+                show_bytes(planned),
+                target.name(),
+                show_bytes(plan.arena_bytes),
+                show_bytes(own_bytes),
+                show_bytes(free)
+            )));
+        }
         let mut memories = Vec::new();
         let own = |t: usize, memories: &mut Vec<T::Memory>| -> Result<Loc, String> {
             let x = &plan.tensors[t];

@@ -47,12 +47,27 @@ fn name_hash(name: &str) -> u64 {
 
 /// Initialises every parameter of `program`: rank-1 `*.weight` (norm gains)
 /// to 1, `*.bias` to 0, everything else from N(0, 0.02²).
+///
+/// The parameters are held up to three times while a program is prepared (here,
+/// in its optimised form and in its plan),
+/// so three times their bytes must fit in the available memory; otherwise nothing is
+/// allocated and the error gives both figures.
 pub fn init_params(program: &Program, seed: u64) -> Result<Tensors<f32>, String> {
-    let mut out = Tensors::new();
+    let mut shapes = Vec::new();
     for (n, name) in program.main.params() {
         let ty = &program.main.node(n).outputs[0];
         let shape =
             ty.concrete_shape(&Bindings::new()).map_err(|e| format!("parameter `{name}` has a symbolic shape: {e}"))?;
+        shapes.push((name, shape));
+    }
+    let bytes: u64 = shapes.iter().map(|(_, s)| 4 * s.iter().product::<usize>() as u64).sum();
+    crate::resources::check_fits(
+        &format!("initialising {} of parameters (held up to three times while a program is prepared)", crate::resources::show_bytes(bytes)),
+        3 * bytes,
+        "use a smaller model",
+    )?;
+    let mut out = Tensors::new();
+    for (name, shape) in shapes {
         let count: usize = shape.iter().product();
         let data = if name.ends_with(".bias") {
             vec![0.0; count]

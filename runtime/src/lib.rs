@@ -14,7 +14,9 @@
 //! | [`eval`] | mean NLL over non-overlapping context windows |
 //! | [`tokenizer`] | bytes or BPE (`bpe` feature) |
 //! | [`init`] | seeded, per-name parameter initialisation |
-//! | [`weights`] | safetensors load/save by name, atomic writes |
+//! | [`weights`] | safetensors load/save by name, atomic writes, stale temp files |
+//! | [`keeper`] | which training checkpoints reach the disk: the loss watch and the held checkpoint |
+//! | [`resources`] | available memory checked before work; file-size limits as errors |
 //! | [`prepare`] | inference programs: saturated, parameter-only work done once |
 //! | [`numerics`] | the project-wide `allclose` and its tolerances |
 //! | [`quant`] | packed ternary and group-wise k-bit formats, bit accounting |
@@ -34,10 +36,12 @@ pub mod exec;
 pub mod generate;
 pub mod gpu;
 pub mod init;
+pub mod keeper;
 pub mod ngram;
 pub mod numerics;
 pub mod prepare;
 pub mod quant;
+pub mod resources;
 pub mod schedule;
 pub mod target;
 pub mod tokenizer;

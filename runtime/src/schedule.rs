@@ -136,6 +136,69 @@ impl Schedule {
     }
 }
 
+/// The numbers a schedule is built from on the command line, so that a
+/// resumed run can change one of them and keep the others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleArgs {
+    /// `constant`, `cosine`, `wsd` or `inverse-sqrt`.
+    pub kind: String,
+    /// Peak (or constant) rate.
+    pub max_lr: f64,
+    /// Floor of the decaying schedules.
+    pub min_lr: f64,
+    /// Warmup steps.
+    pub warmup: u64,
+    /// Decay length: the cosine's end, the wsd's final decay.
+    pub decay: Option<u64>,
+    /// The run's total steps (the default horizon).
+    pub total: u64,
+}
+
+impl ScheduleArgs {
+    /// The schedule these numbers describe.
+    pub fn build(&self) -> Result<Schedule, String> {
+        Schedule::from_cli(&self.kind, self.max_lr, self.min_lr, self.warmup, self.total, self.decay)
+    }
+}
+
+impl Schedule {
+    /// The command-line numbers that rebuild this schedule in a run of `total` steps.
+    pub fn args(&self, total: u64) -> ScheduleArgs {
+        let (kind, max_lr, min_lr, warmup, decay, total) = match *self {
+            Schedule::Constant { lr } => ("constant", lr, lr, 0, None, total),
+            Schedule::Cosine { max_lr, min_lr, warmup, decay_end } => {
+                ("cosine", max_lr, min_lr, warmup, Some(decay_end), total)
+            }
+            Schedule::Wsd { max_lr, min_lr, warmup, decay, total } => ("wsd", max_lr, min_lr, warmup, Some(decay), total),
+            Schedule::InverseSqrt { max_lr, warmup } => ("inverse-sqrt", max_lr, 0.0, warmup, None, total),
+        };
+        ScheduleArgs { kind: kind.to_string(), max_lr, min_lr, warmup, decay, total }
+    }
+
+    /// Warmup steps (0 for a constant rate).
+    pub fn warmup(&self) -> u64 {
+        match *self {
+            Schedule::Constant { .. } => 0,
+            Schedule::Cosine { warmup, .. } | Schedule::Wsd { warmup, .. } | Schedule::InverseSqrt { warmup, .. } => {
+                warmup
+            }
+        }
+    }
+
+    /// Checks that every rate is finite and non-negative and the peak positive
+    /// (a schedule read from a checkpoint is checked like one built from flags).
+    pub fn validate(&self) -> Result<(), String> {
+        let a = self.args(0);
+        if !(a.max_lr.is_finite() && a.max_lr > 0.0) {
+            return Err(format!("the learning rate {} is not a positive finite number", a.max_lr));
+        }
+        if !(a.min_lr.is_finite() && a.min_lr >= 0.0) {
+            return Err(format!("the floor rate {} is not a finite number ≥ 0", a.min_lr));
+        }
+        Ok(())
+    }
+}
+
 /// Fits a schedule's horizon to a time budget (`lsc train --fit-to-time`): the
 /// number of steps is re-estimated from the measured time per step until the
 /// rate starts to depend on it (the end of a cosine's warmup, the start of a
@@ -224,6 +287,21 @@ mod tests {
         close(s.lr(99), 1e-3);
         close(s.lr(399), 5e-4);
         close(Schedule::Constant { lr: 3e-4 }.lr(12345), 3e-4);
+    }
+
+    #[test]
+    fn args_rebuild_every_schedule() {
+        for s in [
+            Schedule::Constant { lr: 1e-3 },
+            Schedule::Cosine { max_lr: 1e-3, min_lr: 1e-4, warmup: 10, decay_end: 70 },
+            Schedule::Wsd { max_lr: 1e-3, min_lr: 0.0, warmup: 4, decay: 9, total: 50 },
+            Schedule::InverseSqrt { max_lr: 2e-3, warmup: 7 },
+        ] {
+            assert_eq!(s.args(100).build(), Ok(s.clone()));
+            assert_eq!(s.validate(), Ok(()));
+        }
+        assert!(Schedule::Constant { lr: f64::NAN }.validate().is_err());
+        assert!(Schedule::Cosine { max_lr: 1e-3, min_lr: -1.0, warmup: 0, decay_end: 9 }.validate().is_err());
     }
 
     #[test]

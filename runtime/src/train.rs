@@ -65,6 +65,59 @@ impl TrainConfig {
         crate::backend::RunOn { backend: self.backend, precision: self.precision }
     }
 
+    /// Checks every setting as the command line would: settings read from a
+    /// checkpoint are not trusted more than flags. The error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let unit = |name: &str, x: f64| {
+            if (0.0..1.0).contains(&x) {
+                Ok(())
+            } else {
+                Err(format!("{name} is {x}, outside [0, 1)"))
+            }
+        };
+        let non_negative = |name: &str, x: f64| {
+            if x.is_finite() && x >= 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{name} is {x}, not a finite number ≥ 0"))
+            }
+        };
+        for (name, n) in [("batch", self.batch), ("seq", self.seq), ("vocab", self.vocab)] {
+            if n == 0 {
+                return Err(format!("{name} is 0"));
+            }
+        }
+        if self.steps == 0 {
+            return Err("steps is 0".into());
+        }
+        self.schedule.validate().map_err(|e| format!("schedule: {e}"))?;
+        match self.optimizer {
+            Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
+                unit("beta1", beta1)?;
+                unit("beta2", beta2)?;
+                if !(eps.is_finite() && eps > 0.0) {
+                    return Err(format!("eps is {eps}, not a positive finite number"));
+                }
+                non_negative("weight_decay", weight_decay)?;
+            }
+            Optimizer::Sgd { momentum, weight_decay } => {
+                unit("momentum", momentum)?;
+                non_negative("weight_decay", weight_decay)?;
+            }
+        }
+        if let Some(c) = self.clip_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(format!("clip_norm is {c}, not a positive finite number"));
+            }
+        }
+        for (name, w) in &self.loss_terms {
+            if !w.is_finite() {
+                return Err(format!("the weight of loss term `{name}` is {w}"));
+            }
+        }
+        Ok(())
+    }
+
     /// What the training-step graph is built with.
     pub fn step_options(&self) -> StepOptions {
         StepOptions {
@@ -242,8 +295,8 @@ impl Trainer {
         let scalar = |name: &str| l.output(name).map(|v| v.to_f64_vec()[0]).unwrap_or(f64::NAN);
         let (loss, lm_loss, grad_norm) = (scalar("loss"), scalar("lm_loss"), scalar("grad_norm"));
         if !loss.is_finite() || !grad_norm.is_finite() {
-            return Err(RuntimeError::Input(format!(
-                "step {}: the loss is {loss} and the gradient norm {grad_norm}; stopping (the last checkpoint is kept)",
+            return Err(RuntimeError::Diverged(format!(
+                "step {}: the loss is {loss} and the gradient norm {grad_norm}",
                 self.step + 1
             )));
         }

@@ -38,6 +38,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
     result.map_err(io)
 }
 
+/// Removes the temp files that killed writes left in `dir`: `.NAME.PID.tmp`
+/// of [`write_atomic`] whose process is no longer running. Returns each with its size.
+pub fn remove_stale_temps(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let running = |pid: u32| pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else { continue };
+        let Some(pid) = stem.rsplit('.').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if Path::new("/proc/self").exists() && running(pid) {
+            continue;
+        }
+        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        if std::fs::remove_file(entry.path()).is_ok() {
+            removed.push((entry.path(), size));
+        }
+    }
+    removed
+}
+
 fn dtype_name(d: Dtype) -> String {
     format!("{d:?}")
 }

@@ -34,13 +34,13 @@ pub struct BenchArgs {
     #[arg(long, default_value = "small")]
     pub config: String,
     /// Sequences per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::count)]
     pub batch: usize,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::args::count)]
     pub seq: usize,
     /// Timed steps per variant (after one untimed warm-up step).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::args::steps)]
     pub steps: u64,
     /// Print one JSON document instead of the table.
     #[arg(long)]

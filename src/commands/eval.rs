@@ -23,10 +23,10 @@ pub struct EvalArgs {
     #[arg(long)]
     pub train_split: bool,
     /// Evaluate at most this many windows.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::count)]
     pub max_windows: Option<usize>,
     /// Windows per batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::args::count)]
     pub batch: usize,
     /// Also report smoothed byte 1-, 2-, 3- and 5-gram losses of the same split.
     #[arg(long)]

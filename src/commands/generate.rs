@@ -17,10 +17,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub prompt: String,
     /// Tokens to generate.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::args::count)]
     pub max_tokens: usize,
     /// Softmax temperature (0: greedy).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = crate::args::non_negative)]
     pub temperature: f64,
     /// Sample among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 40)]

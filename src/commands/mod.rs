@@ -10,5 +10,6 @@ pub mod gpubench;
 pub mod kernels;
 pub mod microbench;
 pub mod models;
+pub mod resume;
 pub mod run;
 pub mod train;

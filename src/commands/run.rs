@@ -19,7 +19,7 @@ pub fn params(src: &Source, weights_path: Option<&Path>, seed: u64) -> Result<(T
             Ok((params, format!("weights {}", p.display())))
         }
         None => {
-            let params = init::init_params(&src.program, seed).map_err(|e| CliError::with_fix(e, "pass --weights"))?;
+            let params = init::init_params(&src.program, seed).map_err(CliError::new)?;
             Ok((params, format!("random init, seed {seed}")))
         }
     }

@@ -25,9 +25,14 @@ unsafe impl Send for HostMemory {}
 
 impl HostMemory {
     /// Zeroed memory of at least `bytes` bytes.
-    pub fn zeroed(bytes: u64) -> HostMemory {
+    pub fn zeroed(bytes: u64) -> Result<HostMemory, String> {
         let n = bytes.div_ceil(8) as usize;
-        HostMemory { words: (0..n).map(|_| UnsafeCell::new(0)).collect() }
+        let mut words: Vec<UnsafeCell<u64>> = Vec::new();
+        words.try_reserve_exact(n).map_err(|_| {
+            format!("cannot allocate {} on the CPU", crate::resources::show_bytes(bytes))
+        })?;
+        words.extend((0..n).map(|_| UnsafeCell::new(0)));
+        Ok(HostMemory { words: words.into_boxed_slice() })
     }
 
     /// `len` elements of type `E` at byte `offset`.
@@ -125,8 +130,12 @@ impl Target for Host {
         format!("cpu ({})", self.name)
     }
 
+    fn available_memory(&self) -> Option<u64> {
+        crate::resources::available_memory()
+    }
+
     fn allocate(&self, bytes: u64) -> Result<HostMemory, String> {
-        Ok(HostMemory::zeroed(bytes))
+        HostMemory::zeroed(bytes)
     }
 
     fn upload(&self, to: At<'_, HostMemory>, value: &Value<f32>) -> Result<(), String> {

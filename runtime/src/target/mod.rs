@@ -47,6 +47,11 @@ pub trait Target {
 
     /// A short name (`cpu`).
     fn name(&self) -> String;
+    /// Bytes this target can allocate now, where known: a plan that needs more
+    /// is refused before any of it is allocated.
+    fn available_memory(&self) -> Option<u64> {
+        None
+    }
     /// `bytes` of memory (contents unspecified).
     fn allocate(&self, bytes: u64) -> Result<Self::Memory, String>;
     /// Writes `value` (of the tensor's dtype kind and shape) into `to`.

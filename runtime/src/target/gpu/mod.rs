@@ -45,6 +45,16 @@ pub enum Precision {
     Bf16,
 }
 
+impl std::fmt::Display for Precision {
+    /// `f32` or `bf16`, as `--precision` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
 impl Precision {
     /// The element type of GEMM operands.
     fn operands(self) -> Elem {
