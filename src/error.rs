@@ -23,8 +23,9 @@ impl CliError {
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Keep it to one line even if a nested message had newlines.
-        let problem = self.problem.replace('\n', " ");
+        // One line of readable length, even if a nested message had newlines
+        // or quoted a huge type.
+        let problem = lsc_ir::types::brief(&self.problem.replace('\n', " "), 1000);
         match &self.fix {
             Some(fix) => write!(f, "{problem}; {fix}"),
             None => write!(f, "{problem}"),

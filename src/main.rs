@@ -90,7 +90,7 @@ enum Command {
     Run {
         #[command(flatten)]
         model: ModelArgs,
-        /// Weights (safetensors, by parameter name); random init from --seed if absent.
+        /// Weights (safetensors by parameter name, or a training checkpoint); random init from --seed if absent.
         #[arg(long)]
         weights: Option<PathBuf>,
         /// Seed of the random initialisation used without --weights.

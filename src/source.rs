@@ -27,12 +27,27 @@ pub struct Source {
     pub max_len: Option<usize>,
 }
 
+/// Reads a `.lsir` file as text; bytes that are not UTF-8 are an error with
+/// their line and column.
+pub fn read_lsir(path: &std::path::Path) -> Result<String, CliError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| CliError::with_fix(format!("{}: {e}", path.display()), "check the path"))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
+        let col = 1 + good.iter().rev().take_while(|&&b| b != b'\n').count();
+        CliError::with_fix(
+            format!("{}:{line}:{col}: the file is not UTF-8 text (byte {})", path.display(), good.len()),
+            "a .lsir file is UTF-8 text; regenerate it with `lsc compile --emit ir`",
+        )
+    })
+}
+
 /// Builds or parses the program selected by `args`. With `inference`, built-in
 /// models use their causal inference graph (MoR's `σ(logit) ≥ 0.5` rule).
 pub fn load(args: &ModelArgs, graph: ModelGraph) -> Result<Source, CliError> {
     if let Some(path) = &args.ir {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CliError::with_fix(format!("{}: {e}", path.display()), "check the path"))?;
+        let text = read_lsir(path)?;
         let program = lsc_ir::parse_and_verify(&text).map_err(|e| {
             CliError::with_fix(
                 format!("{}:{e}", path.display()),
@@ -66,7 +81,7 @@ pub struct TrainedArgs {
     /// Config of --model.
     #[arg(long, default_value = "tiny")]
     pub config: String,
-    /// Weights for --model (random init from --seed if absent).
+    /// Weights for --model (safetensors by name, or a training checkpoint; random init from --seed if absent).
     #[arg(long, requires = "model")]
     pub weights: Option<std::path::PathBuf>,
     #[command(flatten)]
@@ -127,7 +142,7 @@ pub fn load_trained(a: &TrainedArgs, seed: u64) -> Result<Trained, CliError> {
     let program = lsc_models::build(&model, &a.config).map_err(|e| CliError::new(e.to_string()))?;
     let params = match &a.weights {
         Some(w) => {
-            let (params, warnings) = lsc_runtime::weights::load_params(w, &program)?;
+            let (params, warnings) = lsc_runtime::checkpoint::load_params(w, &program)?;
             warnings.iter().for_each(|w| eprintln!("warning: {w}"));
             params
         }

@@ -67,8 +67,8 @@ impl TensorType {
             Some(n) if n <= max_elements() => Ok(shape),
             _ => Err(format!(
                 "{} = {} has more than {} elements, the most this machine's memory holds",
-                brief(&self.to_string()),
-                brief(&format!("{shape:?}")),
+                brief(&self.to_string(), 200),
+                brief(&format!("{shape:?}"), 200),
                 max_elements()
             )),
         }
@@ -94,15 +94,16 @@ impl fmt::Display for TensorType {
     }
 }
 
-/// `text` cut to at most 200 characters around an ellipsis, so that an error
-/// about a type of rank 5000 stays one readable line.
-pub fn brief(text: &str) -> String {
-    const KEEP: usize = 100;
+/// `text` cut to at most about `max` characters, keeping its start and its
+/// end around a note of what was left out, so that an error quoting a type of
+/// rank 5000 stays one readable line.
+pub fn brief(text: &str, max: usize) -> String {
+    let keep = max / 2;
     let chars: Vec<char> = text.chars().collect();
-    if chars.len() <= 2 * KEEP {
+    if chars.len() <= 2 * keep {
         return text.to_string();
     }
-    let head: String = chars[..KEEP].iter().collect();
-    let tail: String = chars[chars.len() - KEEP..].iter().collect();
-    format!("{head} … {tail}")
+    let head: String = chars[..keep].iter().collect();
+    let tail: String = chars[chars.len() - keep..].iter().collect();
+    format!("{head} … ({} characters left out) … {tail}", chars.len() - 2 * keep)
 }

@@ -117,6 +117,23 @@ impl Checkpoint {
     }
 }
 
+/// The parameters of `program` from `path`: a training checkpoint (its
+/// checksum verified, its optimizer state left out) or a plain safetensors
+/// file of weights by name. Extra tensors are returned as warnings.
+pub fn load_params(path: &Path, program: &lsc_ir::Program) -> Result<(Tensors<f32>, Vec<String>), RuntimeError> {
+    let bytes = read_file(path)?;
+    let is_checkpoint = SafeTensors::read_metadata(&bytes)
+        .ok()
+        .and_then(|(_, h)| h.metadata().as_ref().map(|m| m.contains_key("lsc.meta")))
+        .unwrap_or(false);
+    drop(bytes);
+    if is_checkpoint {
+        crate::weights::select_params(path, Checkpoint::load(path)?.params, program)
+    } else {
+        crate::weights::load_params(path, program)
+    }
+}
+
 /// Zeros shaped like each parameter, under each state name.
 pub fn zero_state(params: &Tensors<f32>, names: impl Fn(&str) -> Vec<String>) -> Tensors<f32> {
     let mut out = Tensors::new();

@@ -8,13 +8,52 @@ use std::collections::HashMap;
 
 /// Runs a language-model program on a batch of token ids `[B][T]` and returns
 /// the `logits` output `[B, T, V]`.
+/// Non-finite logits are an error, never a result.
 pub fn logits(exe: &Executable, params: &Tensors<f32>, ids: &Value<f32>) -> Result<Value<f32>, RuntimeError> {
     let inputs = Tensors::from([("input_ids".to_string(), ids.clone())]);
-    exe.run(&inputs, params)?
+    let logits = exe
+        .run(&inputs, params)?
         .into_iter()
         .find(|(n, _)| n == "logits")
         .map(|(_, v)| v)
-        .ok_or_else(|| RuntimeError::Input("the program has no `logits` output".into()))
+        .ok_or_else(|| RuntimeError::Input("the program has no `logits` output".into()))?;
+    check_finite(&logits)?;
+    Ok(logits)
+}
+
+/// Refuses logits holding NaN or ±Inf, giving the first one's index.
+pub fn check_finite(logits: &Value<f32>) -> Result<(), RuntimeError> {
+    match crate::numerics::non_finite_at(logits) {
+        Some(at) => Err(RuntimeError::Input(format!(
+            "the logits are not finite (the first at {at:?} of {:?}): the weights or the program compute NaN or ±Inf",
+            logits.shape
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Checks that `program` can be run as a language model: an `input_ids`
+/// input of integers `[B, T]` and a `logits` output of floats `[B, T, V]`
+/// with the same `B` and `T` and a constant vocabulary `V ≥ 1`.
+pub fn check_language_model(program: &Program) -> Result<(), RuntimeError> {
+    let g = &program.main;
+    let bad = |what: String| RuntimeError::Input(format!("the program cannot be run as a language model: {what}"));
+    let ids = g.input_types().into_iter().find(|(n, _)| *n == "input_ids").map(|(_, t)| t.clone());
+    let ids = ids.ok_or_else(|| bad("it has no `input_ids` input".into()))?;
+    if ids.rank() != 2 || !ids.dtype.is_int() {
+        return Err(bad(format!("`input_ids` is {}, not integers [B, T]", lsc_ir::types::brief(&ids.to_string(), 200))));
+    }
+    let logits = g.outputs.iter().find(|(n, _)| n == "logits").map(|(_, v)| g.value_type(*v).clone());
+    let logits = logits.ok_or_else(|| bad("it has no `logits` output".into()))?;
+    let vocab = logits.shape.last().and_then(|d| d.as_const());
+    if logits.rank() != 3 || !logits.dtype.is_float() || logits.shape[..2] != ids.shape[..] || !vocab.is_some_and(|v| v >= 1) {
+        return Err(bad(format!(
+            "`logits` is {}, not floats [B, T, V] over `input_ids` {} with a constant V ≥ 1",
+            lsc_ir::types::brief(&logits.to_string(), 200),
+            ids
+        )));
+    }
+    Ok(())
 }
 
 /// Softmax of one row.
@@ -184,7 +223,7 @@ impl<'p> Decoder<'p> {
             l.output("logits")
         };
         let result = self.loaded_for(len).and_then(step);
-        match result {
+        match result.and_then(|logits| check_finite(&logits).map(|()| logits)) {
             Ok(logits) => {
                 self.pos += len as i64;
                 Ok(logits)

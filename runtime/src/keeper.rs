@@ -5,7 +5,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::error::RuntimeError;
-use lsc_interp::{Buffer, Tensors};
+use crate::numerics::first_non_finite;
 use std::path::{Path, PathBuf};
 
 /// What one step's loss says about the weights that produced it.
@@ -74,14 +74,6 @@ impl LossWatch {
         }
         verdict
     }
-}
-
-/// The first non-finite tensor of `tensors`, by name.
-pub fn first_non_finite(tensors: &Tensors<f32>) -> Option<&str> {
-    tensors
-        .iter()
-        .find(|(_, v)| matches!(&v.data, Buffer::Float(x) if x.iter().any(|f| !f.is_finite())))
-        .map(|(n, _)| n.as_str())
 }
 
 /// Holds the newest checkpoint until the next step vouches for it.

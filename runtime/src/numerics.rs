@@ -1,4 +1,5 @@
-//! The numerics contract: the one `allclose` every test in the project uses.
+//! The numerics contract: the one `allclose` every test in the project uses,
+//! and the finiteness checks that keep NaN from passing as a result.
 //!
 //! `allclose(a, b)` holds when `max|a − b| ≤ atol + rtol · max|b|`, with `b`
 //! the reference. The tolerance is chosen by the dtype the values were computed in:
@@ -10,7 +11,25 @@
 //! | bf16 | 2e-2 | 1e-2 |
 //! | f16 | 4e-3 | 1e-3 |
 
+use lsc_interp::{Buffer, Tensors, Value};
 use lsc_ir::DType;
+
+/// The first tensor of `tensors` holding NaN or ±Inf, by name.
+pub fn first_non_finite(tensors: &Tensors<f32>) -> Option<&str> {
+    tensors.iter().find(|(_, v)| non_finite_at(v).is_some()).map(|(n, _)| n.as_str())
+}
+
+/// The index (per dimension) of the first NaN or ±Inf element of `v`, if any.
+pub fn non_finite_at(v: &Value<f32>) -> Option<Vec<usize>> {
+    let Buffer::Float(x) = &v.data else { return None };
+    let mut flat = x.iter().position(|f| !f.is_finite())?;
+    let mut index = vec![0; v.shape.len()];
+    for (i, &d) in v.shape.iter().enumerate().rev() {
+        index[i] = flat % d.max(1);
+        flat /= d.max(1);
+    }
+    Some(index)
+}
 
 /// Relative and absolute tolerance of a comparison.
 #[derive(Clone, Copy, Debug, PartialEq)]

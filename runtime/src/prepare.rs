@@ -25,7 +25,14 @@ pub struct Prepared {
 }
 
 /// Computes `program`'s parameter-only work on `params` once.
+/// Weights holding NaN or ±Inf are refused, naming the tensor.
 pub fn bind_weights(program: &Program, params: &Tensors<f32>, on: impl Into<RunOn>) -> Result<Prepared, RuntimeError> {
+    if let Some(name) = crate::numerics::first_non_finite(params) {
+        let at = params.get(name).and_then(crate::numerics::non_finite_at).unwrap_or_default();
+        return Err(RuntimeError::Input(format!(
+            "weight `{name}` holds a non-finite value (at {at:?}): the weights are corrupt or come from a diverged run"
+        )));
+    }
     let backend = on.into();
     let Some(split) = lsc_passes::hoist::hoist_parameter_work(program).map_err(RuntimeError::Input)? else {
         return Ok(Prepared { exe: Executable::new(program.clone(), backend)?, params: params.clone() });

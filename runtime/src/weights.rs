@@ -118,7 +118,16 @@ pub fn load_tensors(path: &Path) -> Result<Tensors<f32>, RuntimeError> {
 /// Loads the parameters of `program` from a safetensors file. Extra tensors
 /// are returned as warnings; a missing or mis-shaped tensor is an error naming it.
 pub fn load_params(path: &Path, program: &Program) -> Result<(Tensors<f32>, Vec<String>), RuntimeError> {
-    let mut all = load_tensors(path)?;
+    select_params(path, load_tensors(path)?, program)
+}
+
+/// The parameters of `program` out of the tensors read from `path`, checked
+/// like [`load_params`].
+pub fn select_params(
+    path: &Path,
+    mut all: Tensors<f32>,
+    program: &Program,
+) -> Result<(Tensors<f32>, Vec<String>), RuntimeError> {
     let mut params = Tensors::new();
     for (n, name) in program.main.params() {
         let ty = &program.main.node(n).outputs[0];

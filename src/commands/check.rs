@@ -5,8 +5,7 @@ use std::path::Path;
 
 /// Parses and verifies a file; errors carry `FILE:line:col`.
 pub fn run(path: &Path) -> CliResult {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::with_fix(format!("{}: {e}", path.display()), "check the path"))?;
+    let text = crate::source::read_lsir(path)?;
     let program = lsc_ir::parse_and_verify(&text).map_err(|e| CliError::new(format!("{}:{e}", path.display())))?;
     let nodes: usize = program.graphs().map(|g| g.dag.node_count()).sum();
     let outputs: Vec<&str> = program.main.outputs.iter().map(|(n, _)| n.as_str()).collect();

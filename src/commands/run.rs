@@ -12,7 +12,7 @@ use std::path::Path;
 pub fn params(src: &Source, weights_path: Option<&Path>, seed: u64) -> Result<(Tensors<f32>, String), CliError> {
     match weights_path {
         Some(p) => {
-            let (params, warnings) = weights::load_params(p, &src.program)?;
+            let (params, warnings) = lsc_runtime::checkpoint::load_params(p, &src.program)?;
             for w in warnings {
                 eprintln!("warning: {w}");
             }
@@ -44,6 +44,9 @@ pub fn run(
     backend: RunOn,
 ) -> CliResult {
     let src = source::load(args, source::ModelGraph::Inference)?;
+    generate::check_language_model(&src.program).map_err(|e| {
+        CliError::with_fix(e.to_string(), "`lsc run` needs a model's graph; `lsc check` verifies any other")
+    })?;
     let (params, origin) = params(&src, weights_path, seed)?;
     let label = match &src.config {
         Some(c) => format!("{}/{c}", src.name),
