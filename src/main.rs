@@ -110,7 +110,22 @@ enum Command {
     },
 }
 
+/// The main thread's stack: compiler passes recurse over graphs, and a
+/// hostile `.lsir` must get an error, not a stack overflow that aborts.
+const STACK_BYTES: usize = 256 << 20;
+
 fn main() -> ExitCode {
+    match std::thread::Builder::new().stack_size(STACK_BYTES).spawn(lsc_main).map(|t| t.join()) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => ExitCode::from(101),
+        Err(e) => {
+            eprintln!("error: cannot start the main thread: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn lsc_main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         let msg = info
             .payload()

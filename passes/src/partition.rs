@@ -33,6 +33,11 @@ pub fn is_elementwise(op: &Op) -> bool {
     }
 }
 
+/// The most nodes one generated kernel computes. Real models fuse a few dozen;
+/// the cap keeps a pathological chain (the gradient of a 20,000-way concat is
+/// a chain of 20,000 adds) from becoming one kernel that takes minutes to lower.
+pub const MAX_KERNEL_NODES: usize = 512;
+
 /// Partitions `g` (leaves belong to no kernel).
 pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
     let order = g.topo_order().map_err(|_| format!("@{} has a cycle", g.name))?;
@@ -41,6 +46,12 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
         for v in g.operands(n) {
             users.entry(v.node).or_default().push(n);
         }
+    }
+    // A node reading one value many times (a concat of 20,000 copies) is one user
+    // of it: duplicates would make the growth below quadratic.
+    for list in users.values_mut() {
+        list.sort_unstable();
+        list.dedup();
     }
     let returned: HashSet<NodeId> = g.outputs.iter().map(|(_, v)| v.node).collect();
     let position: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
@@ -71,8 +82,9 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
             // be stored (per element or per row) and every such use comes after this kernel.
             let mut frontier = vec![n];
             while let Some(m) = frontier.pop() {
-                for v in g.operands(m) {
-                    let p = v.node;
+                let mut producers: Vec<NodeId> = g.operands(m).into_iter().map(|v| v.node).collect();
+                producers.dedup();
+                for p in producers {
                     let row_reduction = row_reduction(g, p).filter(|&axes| {
                         *g.value_type(g.operands(p)[0]) == full && reduced_axes.is_none_or(|r| r == axes)
                     });
@@ -90,6 +102,7 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
                             || matches!(g.node(p).op, Op::Broadcast { .. })
                             || row_reduction.is_some())
                         && (outside.is_empty() || escapes);
+                    let joins = joins && members.len() < MAX_KERNEL_NODES;
                     if joins && (row_reduction.is_some() || (!outside.is_empty() && stored == Some(true))) {
                         reduced_axes = axes;
                     }
@@ -102,7 +115,8 @@ pub fn partition(g: &Graph) -> Result<Vec<Part>, String> {
             }
         }
         let member_set: HashSet<NodeId> = members.iter().copied().collect();
-        let nodes: Vec<NodeId> = order.iter().copied().filter(|x| member_set.contains(x)).collect();
+        let mut nodes = members;
+        nodes.sort_unstable_by_key(|m| position[m]);
         let mut outputs: Vec<ValueRef> = Vec::new();
         for &m in &nodes {
             for o in 0..g.node(m).outputs.len() as u32 {

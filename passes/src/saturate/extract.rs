@@ -10,6 +10,7 @@ use super::lang::{Key, LscNode};
 use egg::Id;
 use lsc_ir::{Bindings, Dim, Graph, Op, TensorType, ValueRef};
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 /// Machine limits of the cost model.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -103,35 +104,84 @@ pub fn dag_cost(g: &LscGraph, roots: &[Id], choice: &Choice, m: &Machine) -> f64
     reachable(g, roots, choice).iter().map(|id| choice.get(id).map(|n| node_cost(g, n, m)).unwrap_or(0.0)).sum()
 }
 
-/// Tree-cost greedy choice, then single-class swaps that lower the DAG cost.
-pub fn extract(g: &LscGraph, roots: &[Id], m: &Machine) -> Choice {
-    let mut best: HashMap<Id, (f64, LscNode)> = HashMap::new();
-    loop {
-        let mut changed = false;
-        for class in g.classes() {
-            for n in &class.nodes {
-                let LscNode::Other(_, ch) = n;
-                let Some(sub) = ch.iter().map(|c| best.get(&g.find(*c)).map(|b| b.0)).sum::<Option<f64>>() else {
-                    continue;
-                };
-                let cost = node_cost(g, n, m) + sub;
-                if best.get(&class.id).is_none_or(|b| cost < b.0 - 1e-15) {
-                    best.insert(class.id, (cost, n.clone()));
-                    changed = true;
+/// Every node's cost, computed once: the cost model is the slow part of
+/// extraction, and the DAG refinement prices each node many times.
+struct Costs<'g>(HashMap<&'g LscNode, f64>);
+
+impl<'g> Costs<'g> {
+    fn new(g: &'g LscGraph, m: &Machine) -> Costs<'g> {
+        Costs(g.classes().flat_map(|c| c.nodes.iter()).map(|n| (n, node_cost(g, n, m))).collect())
+    }
+
+    fn of(&self, n: &LscNode) -> f64 {
+        self.0.get(n).copied().unwrap_or(0.0)
+    }
+
+    fn dag(&self, g: &LscGraph, roots: &[Id], choice: &Choice) -> f64 {
+        reachable(g, roots, choice).iter().map(|id| choice.get(id).map(|n| self.of(n)).unwrap_or(0.0)).sum()
+    }
+}
+
+/// Per class, the node of least tree cost. A worklist relaxation: a class is
+/// priced again only when one of its children got cheaper, so a chain of
+/// 20,000 nodes costs 20,000 steps (sweeping all classes until nothing changes
+/// would cost the chain's depth times the graph).
+fn tree_choice(g: &LscGraph, costs: &Costs) -> Choice {
+    let mut parents: HashMap<Id, Vec<Id>> = HashMap::new();
+    for class in g.classes() {
+        for n in &class.nodes {
+            let LscNode::Other(_, ch) = n;
+            for c in ch {
+                parents.entry(g.find(*c)).or_default().push(class.id);
+            }
+        }
+    }
+    for list in parents.values_mut() {
+        list.sort_unstable();
+        list.dedup();
+    }
+    let mut best: HashMap<Id, (f64, &LscNode)> = HashMap::new();
+    let mut queue: std::collections::VecDeque<Id> = g.classes().map(|c| c.id).collect();
+    let mut queued: HashSet<Id> = queue.iter().copied().collect();
+    while let Some(id) = queue.pop_front() {
+        queued.remove(&id);
+        let mut improved = false;
+        for n in &g[id].nodes {
+            let LscNode::Other(_, ch) = n;
+            let Some(sub) = ch.iter().map(|c| best.get(&g.find(*c)).map(|b| b.0)).sum::<Option<f64>>() else {
+                continue;
+            };
+            let cost = costs.of(n) + sub;
+            if best.get(&id).is_none_or(|b| cost < b.0 - 1e-15) {
+                best.insert(id, (cost, n));
+                improved = true;
+            }
+        }
+        if improved {
+            for &p in parents.get(&id).map(Vec::as_slice).unwrap_or_default() {
+                if queued.insert(p) {
+                    queue.push_back(p);
                 }
             }
         }
-        if !changed {
-            break;
-        }
     }
-    let mut choice: Choice = best.into_iter().map(|(k, v)| (k, v.1)).collect();
+    best.into_iter().map(|(k, (_, n))| (k, n.clone())).collect()
+}
+
+/// Tree-cost greedy choice, then single-class swaps that lower the DAG cost,
+/// tried until `deadline`. The flag says whether the deadline cut the swaps short.
+pub fn extract(g: &LscGraph, roots: &[Id], m: &Machine, deadline: Instant) -> (Choice, bool) {
+    let costs = Costs::new(g, m);
+    let mut choice = tree_choice(g, &costs);
     // DAG-aware refinement, bounded: try each alternative of each shared-choice class once.
-    let mut current = dag_cost(g, roots, &choice, m);
+    let mut current = costs.dag(g, roots, &choice);
     for id in reachable(g, roots, &choice) {
         let class = &g[id];
         if class.nodes.len() < 2 {
             continue;
+        }
+        if Instant::now() > deadline {
+            return (choice, true);
         }
         for n in &class.nodes {
             let LscNode::Other(_, ch) = n;
@@ -141,7 +191,7 @@ pub fn extract(g: &LscGraph, roots: &[Id], m: &Machine) -> Choice {
             let old = choice.insert(id, n.clone());
             // A choice must stay acyclic.
             let cyclic = reachable(g, &ch.iter().map(|c| g.find(*c)).collect::<Vec<_>>(), &choice).contains(&id);
-            let cost = if cyclic { f64::INFINITY } else { dag_cost(g, roots, &choice, m) };
+            let cost = if cyclic { f64::INFINITY } else { costs.dag(g, roots, &choice) };
             if cost < current - 1e-15 {
                 current = cost;
             } else if let Some(o) = old {
@@ -149,13 +199,21 @@ pub fn extract(g: &LscGraph, roots: &[Id], m: &Machine) -> Choice {
             }
         }
     }
-    swap_multi_output_groups(g, roots, &mut choice, current, m);
-    choice
+    let cut = swap_multi_output_groups(g, roots, &mut choice, current, &costs, deadline);
+    (choice, cut)
 }
 
 /// A multi-output fusion (one AdamW for every parameter) pays only when all
 /// the classes reading its outputs switch to it at once: try each such group.
-fn swap_multi_output_groups(g: &LscGraph, roots: &[Id], choice: &mut Choice, mut current: f64, m: &Machine) {
+/// Returns whether `deadline` cut the tries short.
+fn swap_multi_output_groups(
+    g: &LscGraph,
+    roots: &[Id],
+    choice: &mut Choice,
+    mut current: f64,
+    costs: &Costs,
+    deadline: Instant,
+) -> bool {
     let mut groups: HashMap<Id, Vec<(Id, LscNode)>> = HashMap::new();
     for class in g.classes() {
         for n in &class.nodes {
@@ -172,11 +230,14 @@ fn swap_multi_output_groups(g: &LscGraph, roots: &[Id], choice: &mut Choice, mut
         if members.len() < 2 || !choice.contains_key(&source) {
             continue;
         }
+        if Instant::now() > deadline {
+            return true;
+        }
         let old: Vec<(Id, Option<LscNode>)> =
             members.iter().map(|(id, n)| (*id, choice.insert(*id, n.clone()))).collect();
         let below = reachable(g, &[source], choice);
         let cyclic = members.iter().any(|(id, _)| below.contains(id));
-        let cost = if cyclic { f64::INFINITY } else { dag_cost(g, roots, choice, m) };
+        let cost = if cyclic { f64::INFINITY } else { costs.dag(g, roots, choice) };
         if cost < current - 1e-15 {
             current = cost;
         } else {
@@ -188,6 +249,7 @@ fn swap_multi_output_groups(g: &LscGraph, roots: &[Id], choice: &mut Choice, mut
             }
         }
     }
+    false
 }
 
 /// Builds a graph named `name` from the choice; `inputs` are the input classes
@@ -213,6 +275,9 @@ pub fn to_graph(
     Ok(out)
 }
 
+/// Adds the chosen node of `id` and everything below it to `out`, children
+/// first. Iterative, with an explicit stack: a chain of 20,000 nodes (the
+/// gradient of a 20,000-way concat) must not overflow the thread's stack.
 fn build(
     g: &LscGraph,
     choice: &Choice,
@@ -220,27 +285,35 @@ fn build(
     out: &mut Graph,
     built: &mut HashMap<Id, ValueRef>,
 ) -> Result<ValueRef, String> {
-    if let Some(v) = built.get(&id) {
-        return Ok(*v);
-    }
-    let LscNode::Other(sym, ch) = choice.get(&id).ok_or("a class has no chosen node")?;
-    let mut args = Vec::new();
-    for c in ch {
-        args.push(build(g, choice, g.find(*c), out, built)?);
-    }
-    let v = match g.analysis.interner.key(*sym).clone() {
-        Key::Proj(i) => ValueRef { node: args[0].node, output: i },
-        Key::Op(op, declared) => {
-            let outputs = match declared {
-                Some(t) => vec![t],
-                None => g[id].data.clone(),
-            };
-            if outputs.is_empty() {
-                return Err(format!("`{}` has no known type", op.name()));
-            }
-            ValueRef::first(out.add_node(op, &args, outputs))
+    let chosen = |id: Id| choice.get(&id).ok_or_else(|| "a class has no chosen node".to_string());
+    // (class, whether its children have been pushed)
+    let mut stack = vec![(id, false)];
+    while let Some((id, expanded)) = stack.pop() {
+        if built.contains_key(&id) {
+            continue;
         }
-    };
-    built.insert(id, v);
-    Ok(v)
+        let LscNode::Other(sym, ch) = chosen(id)?;
+        if !expanded {
+            stack.push((id, true));
+            stack.extend(ch.iter().map(|c| g.find(*c)).filter(|c| !built.contains_key(c)).map(|c| (c, false)));
+            continue;
+        }
+        let args: Vec<ValueRef> =
+            ch.iter().map(|c| built.get(&g.find(*c)).copied().ok_or("the chosen nodes form a cycle")).collect::<Result<_, _>>()?;
+        let v = match g.analysis.interner.key(*sym).clone() {
+            Key::Proj(i) => ValueRef { node: args[0].node, output: i },
+            Key::Op(op, declared) => {
+                let outputs = match declared {
+                    Some(t) => vec![t],
+                    None => g[id].data.clone(),
+                };
+                if outputs.is_empty() {
+                    return Err(format!("`{}` has no known type", op.name()));
+                }
+                ValueRef::first(out.add_node(op, &args, outputs))
+            }
+        };
+        built.insert(id, v);
+    }
+    built.get(&id).copied().ok_or_else(|| "a class has no chosen node".to_string())
 }

@@ -30,15 +30,21 @@ pub struct Interner {
     keys: Vec<Key>,
     /// The keys of the plain names, by name.
     plain: HashMap<&'static str, usize>,
+    /// Candidate indices of each key by its printed form (`Op` holds floats,
+    /// so it is not `Hash`); equality is checked within a bucket. Without it,
+    /// interning is a linear search and a graph of 20,000 distinct slices quadratic.
+    index: HashMap<String, Vec<usize>>,
 }
 
 impl Default for Interner {
     /// An interner that knows every plain name.
     fn default() -> Interner {
-        let mut i = Interner { keys: Vec::new(), plain: HashMap::new() };
+        let mut i = Interner { keys: Vec::new(), plain: HashMap::new(), index: HashMap::new() };
         for op in plain_ops() {
             i.plain.insert(op.name(), i.keys.len());
-            i.keys.push(Key::Op(op, None));
+            let key = Key::Op(op, None);
+            i.index.entry(format!("{key:?}")).or_default().push(i.keys.len());
+            i.keys.push(key);
         }
         i
     }
@@ -72,9 +78,11 @@ impl Interner {
                 return Symbol::from(op.name());
             }
         }
-        let index = match self.keys.iter().position(|k| *k == key) {
+        let bucket = self.index.entry(format!("{key:?}")).or_default();
+        let index = match bucket.iter().copied().find(|&i| self.keys[i] == key) {
             Some(i) => i,
             None => {
+                bucket.push(self.keys.len());
                 self.keys.push(key);
                 self.keys.len() - 1
             }

@@ -203,7 +203,10 @@ fn optimize_graph(
         iterations += n;
         reasons.push(format!("{}: {stop:?} after {n}", stage.join("+")));
     }
-    let choice = extract::extract(&eg, &roots, &cfg.machine);
+    let (choice, cut) = extract::extract(&eg, &roots, &cfg.machine, start + cfg.time_limit);
+    if cut {
+        reasons.push("extraction: TimeLimit in the DAG refinement".into());
+    }
     let cost_after = extract::dag_cost(&eg, &roots, &choice, &cfg.machine);
     stats.enodes += eg.total_number_of_nodes();
     stats.eclasses += eg.number_of_classes();
@@ -234,15 +237,27 @@ fn run_stage(
     start: Instant,
     stats: &mut Stats,
 ) -> (StopReason, usize) {
+    // The bounds are checked inside an iteration too: on a graph of 40,000
+    // nodes one pass of the rules can take seconds.
+    let out_of_time = || start.elapsed() > cfg.time_limit;
     for iteration in 1..=cfg.iter_limit {
         let mut proposals: Vec<(Id, usize, rules::Expr)> = Vec::new();
         let mut pattern_matches = Vec::new();
+        let mut cut = false;
         for (k, r) in rules.iter().enumerate() {
+            if out_of_time() {
+                cut = true;
+                break;
+            }
             match &r.apply {
                 rules::Apply::Pattern(rw) => pattern_matches.push((k, rw.search(eg))),
                 rules::Apply::Node(f) => {
                     let f = *f;
                     for class in eg.classes() {
+                        if out_of_time() {
+                            cut = true;
+                            break;
+                        }
                         for n in &class.nodes {
                             proposals.extend(f(eg, n).into_iter().map(|e| (class.id, k, e)));
                         }
@@ -262,6 +277,10 @@ fn run_stage(
             }
         }
         for (id, k, e) in proposals {
+            if out_of_time() || eg.total_number_of_nodes() > cfg.node_limit {
+                cut = true;
+                break;
+            }
             let new = add_expr(eg, &e, &mut HashMap::new());
             // Only a type-preserving rewrite may merge (the analysis knows both types).
             if eg[new].data != eg[id].data {
@@ -273,6 +292,10 @@ fn run_stage(
             }
         }
         eg.rebuild();
+        if cut {
+            let reason = if out_of_time() { StopReason::TimeLimit } else { StopReason::NodeLimit };
+            return (reason, iteration);
+        }
         if !changed {
             return (StopReason::Saturated, iteration);
         }
