@@ -136,6 +136,7 @@ fn lsc_main() -> ExitCode {
     }));
     lsc_runtime::allocator::keep_freed_memory();
     lsc_runtime::resources::report_file_size_limit_as_error();
+    lsc_runtime::resources::end_quietly_on_closed_pipe();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let (Command::Train(args), Some(m)) = (&mut cli.command, matches.subcommand_matches("train")) {

@@ -32,6 +32,17 @@ pub fn report_file_size_limit_as_error() {
     }
 }
 
+/// Restores the default action of `SIGPIPE`, so that `lsc models | head -3`
+/// ends quietly when `head` stops reading, as other command-line tools do,
+/// instead of failing to print. Call it once, at program start.
+pub fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: SIG_DFL installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// `bytes` in GiB (or MiB below one GiB), for messages.
 pub fn show_bytes(bytes: u64) -> String {
     if bytes >= 1 << 30 {
