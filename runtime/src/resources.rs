@@ -4,8 +4,31 @@
 
 /// Bytes of memory the system can give this process now without swapping
 /// (`MemAvailable` of `/proc/meminfo`), or `None` where that is not known.
+/// An address-space limit (`ulimit -v`) lowers it to what is left under the limit.
 pub fn available_memory() -> Option<u64> {
-    meminfo_field("MemAvailable:")
+    let free = meminfo_field("MemAvailable:");
+    match (free, address_space_left()) {
+        (Some(f), Some(l)) => Some(f.min(l)),
+        (f, l) => f.or(l),
+    }
+}
+
+/// Bytes left under `RLIMIT_AS`, if one is set.
+fn address_space_left() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit struct, which `lim` is.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+            return None;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
+        let used: u64 = line["VmSize:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some((lim.rlim_cur as u64).saturating_sub(used * 1024))
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// Bytes of physical memory, or `None` where that is not known.

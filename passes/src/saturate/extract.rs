@@ -295,7 +295,8 @@ fn build(
         let LscNode::Other(sym, ch) = chosen(id)?;
         if !expanded {
             stack.push((id, true));
-            stack.extend(ch.iter().map(|c| g.find(*c)).filter(|c| !built.contains_key(c)).map(|c| (c, false)));
+            // Reversed, so that the first child is built first, as a recursion would.
+            stack.extend(ch.iter().rev().map(|c| g.find(*c)).filter(|c| !built.contains_key(c)).map(|c| (c, false)));
             continue;
         }
         let args: Vec<ValueRef> =
