@@ -41,12 +41,19 @@ pub fn check_language_model(program: &Program) -> Result<(), RuntimeError> {
     let ids = g.input_types().into_iter().find(|(n, _)| *n == "input_ids").map(|(_, t)| t.clone());
     let ids = ids.ok_or_else(|| bad("it has no `input_ids` input".into()))?;
     if ids.rank() != 2 || !ids.dtype.is_int() {
-        return Err(bad(format!("`input_ids` is {}, not integers [B, T]", lsc_ir::types::brief(&ids.to_string(), 200))));
+        return Err(bad(format!(
+            "`input_ids` is {}, not integers [B, T]",
+            lsc_ir::types::brief(&ids.to_string(), 200)
+        )));
     }
     let logits = g.outputs.iter().find(|(n, _)| n == "logits").map(|(_, v)| g.value_type(*v).clone());
     let logits = logits.ok_or_else(|| bad("it has no `logits` output".into()))?;
     let vocab = logits.shape.last().and_then(|d| d.as_const());
-    if logits.rank() != 3 || !logits.dtype.is_float() || logits.shape[..2] != ids.shape[..] || !vocab.is_some_and(|v| v >= 1) {
+    if logits.rank() != 3
+        || !logits.dtype.is_float()
+        || logits.shape[..2] != ids.shape[..]
+        || vocab.is_none_or(|v| v < 1)
+    {
         return Err(bad(format!(
             "`logits` is {}, not floats [B, T, V] over `input_ids` {} with a constant V ≥ 1",
             lsc_ir::types::brief(&logits.to_string(), 200),

@@ -62,7 +62,10 @@ pub fn init_params(program: &Program, seed: u64) -> Result<Tensors<f32>, String>
     }
     let bytes: u64 = shapes.iter().map(|(_, s)| 4 * s.iter().product::<usize>() as u64).sum();
     crate::resources::check_fits(
-        &format!("initialising {} of parameters (held up to three times while a program is prepared)", crate::resources::show_bytes(bytes)),
+        &format!(
+            "initialising {} of parameters (held up to three times while a program is prepared)",
+            crate::resources::show_bytes(bytes)
+        ),
         3 * bytes,
         "use a smaller model",
     )?;

@@ -25,7 +25,7 @@ fn address_space_left() -> Option<u64> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let line = status.lines().find(|l| l.starts_with("VmSize:"))?;
         let used: u64 = line["VmSize:".len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
-        Some((lim.rlim_cur as u64).saturating_sub(used * 1024))
+        Some(lim.rlim_cur.saturating_sub(used * 1024))
     }
     #[cfg(not(unix))]
     None
@@ -78,11 +78,9 @@ pub fn show_bytes(bytes: u64) -> String {
 /// Refuses work that needs more memory than is available, naming both figures.
 pub fn check_fits(what: &str, bytes: u64, fix: &str) -> Result<(), String> {
     match available_memory() {
-        Some(free) if bytes > free => Err(format!(
-            "{what} needs {} of memory but {} is available; {fix}",
-            show_bytes(bytes),
-            show_bytes(free)
-        )),
+        Some(free) if bytes > free => {
+            Err(format!("{what} needs {} of memory but {} is available; {fix}", show_bytes(bytes), show_bytes(free)))
+        }
         _ => Ok(()),
     }
 }

@@ -169,7 +169,9 @@ impl Schedule {
             Schedule::Cosine { max_lr, min_lr, warmup, decay_end } => {
                 ("cosine", max_lr, min_lr, warmup, Some(decay_end), total)
             }
-            Schedule::Wsd { max_lr, min_lr, warmup, decay, total } => ("wsd", max_lr, min_lr, warmup, Some(decay), total),
+            Schedule::Wsd { max_lr, min_lr, warmup, decay, total } => {
+                ("wsd", max_lr, min_lr, warmup, Some(decay), total)
+            }
             Schedule::InverseSqrt { max_lr, warmup } => ("inverse-sqrt", max_lr, 0.0, warmup, None, total),
         };
         ScheduleArgs { kind: kind.to_string(), max_lr, min_lr, warmup, decay, total }

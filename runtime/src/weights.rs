@@ -99,8 +99,11 @@ fn decode(view: &TensorView<'_>) -> Option<Value<f32>> {
 
 /// Every tensor of a safetensors file, decoded.
 pub fn load_tensors(path: &Path) -> Result<Tensors<f32>, RuntimeError> {
-    let bytes = read_file(path)?;
-    let st = SafeTensors::deserialize(&bytes)
+    decode_file(path, &read_file(path)?)
+}
+
+fn decode_file(path: &Path, bytes: &[u8]) -> Result<Tensors<f32>, RuntimeError> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| RuntimeError::Format { path: path.into(), reason: e.to_string() })?;
     let mut out = Tensors::new();
     for (name, view) in st.tensors() {
@@ -118,7 +121,17 @@ pub fn load_tensors(path: &Path) -> Result<Tensors<f32>, RuntimeError> {
 /// Loads the parameters of `program` from a safetensors file. Extra tensors
 /// are returned as warnings; a missing or mis-shaped tensor is an error naming it.
 pub fn load_params(path: &Path, program: &Program) -> Result<(Tensors<f32>, Vec<String>), RuntimeError> {
-    select_params(path, load_tensors(path)?, program)
+    let bytes = read_file(path)?;
+    select_params(path, decode_file(path, &bytes)?, program).map_err(|e| match e {
+        // Name the dtype the file holds, not the one it was widened to (I32 read as i64).
+        RuntimeError::Mismatch { path, name, found, expected } => {
+            let st = SafeTensors::deserialize(&bytes).ok();
+            let view = st.as_ref().and_then(|st| st.tensor(&name).ok());
+            let found = view.map_or(found, |v| format!("{}{:?}", dtype_name(v.dtype()), v.shape()));
+            RuntimeError::Mismatch { path, name, found, expected }
+        }
+        e => e,
+    })
 }
 
 /// The parameters of `program` out of the tensors read from `path`, checked

@@ -55,7 +55,12 @@ pub fn config(a: &TrainArgs, ckpt: &Checkpoint, path: &Path) -> Result<Resumed, 
     let kind = |o: &Optimizer| if matches!(o, Optimizer::AdamW { .. }) { "adamw" } else { "sgd" };
     if given("optimizer") && a.optimizer != kind(&cfg.optimizer) {
         return Err(CliError::with_fix(
-            format!("{} holds {} state; it cannot continue with --optimizer {}", path.display(), kind(&cfg.optimizer), a.optimizer),
+            format!(
+                "{} holds {} state; it cannot continue with --optimizer {}",
+                path.display(),
+                kind(&cfg.optimizer),
+                a.optimizer
+            ),
             "drop --optimizer, or start a new run without --resume",
         ));
     }
@@ -161,7 +166,12 @@ pub fn config(a: &TrainArgs, ckpt: &Checkpoint, path: &Path) -> Result<Resumed, 
     cfg.schedule = s.build().map_err(|e| CliError::with_fix(e, "pass --schedule constant|cosine|wsd|inverse-sqrt"))?;
     if cfg.steps <= ckpt.meta.step {
         return Err(CliError::with_fix(
-            format!("{} is at step {} and the run ends at step {}: nothing to train", path.display(), ckpt.meta.step, cfg.steps),
+            format!(
+                "{} is at step {} and the run ends at step {}: nothing to train",
+                path.display(),
+                ckpt.meta.step,
+                cfg.steps
+            ),
             format!("pass --steps above {}", ckpt.meta.step),
         ));
     }

@@ -88,6 +88,12 @@ fn batch(src: &Source, params: &Tensors<f32>, inputs: &Path, out: &Path, backend
             "it must be I64 [B, T]",
         ));
     }
+    if ids.shape.contains(&0) {
+        return Err(CliError::with_fix(
+            format!("{}: `input_ids` is empty ({:?})", inputs.display(), ids.shape),
+            "give at least one sequence of at least one token",
+        ));
+    }
     if let Some(max) = src.max_len.filter(|&m| ids.shape[1] > m) {
         return Err(CliError::with_fix(
             format!("`input_ids` has T = {} but the model accepts at most {max}", ids.shape[1]),

@@ -272,7 +272,9 @@ fn prepare_out(a: &TrainArgs, resumed_step: Option<u64>) -> Result<std::fs::File
         }
         None if ckpt_path.exists() || !old_metrics.trim().is_empty() => {
             let held = match Checkpoint::load(&ckpt_path) {
-                Ok(c) => format!("a checkpoint at step {} of {}", c.meta.step, c.meta.train["model"].as_str().unwrap_or("?")),
+                Ok(c) => {
+                    format!("a checkpoint at step {} of {}", c.meta.step, c.meta.train["model"].as_str().unwrap_or("?"))
+                }
                 Err(_) if ckpt_path.exists() => "a checkpoint".to_string(),
                 Err(_) => "the metrics of a run".to_string(),
             };
@@ -338,8 +340,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
     let on_disk = resumed.as_ref().filter(|(p, _)| same_file(p)).map(|(_, c)| c.meta.step);
     let mut keeper = Keeper::new(&ckpt_path, on_disk);
 
-    let graph =
-        |kind| lsc_models::build_graph(&model, &config, vocab, kind).map_err(|e| CliError::new(e.to_string()));
+    let graph = |kind| lsc_models::build_graph(&model, &config, vocab, kind).map_err(|e| CliError::new(e.to_string()));
     let forward = graph(GraphKind::Forward)?;
     let inference = lsc_runtime::prepare::optimize_for_inference(&graph(GraphKind::Inference)?)?;
     let tokenizer_json = tokenizer.to_json()?;

@@ -77,7 +77,18 @@ fn mutate_lsir(text: &str, rng: &mut Rng) -> String {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     let n = lines.len().max(1);
     let i = rng.next_u64() as usize % n;
-    match rng.next_u64() % 7 {
+    match rng.next_u64() % 9 {
+        7 | 8 => {
+            // A constant's value made hostile: the graph still verifies, so it runs.
+            let values = ["NaN", "inf", "-inf", "-1.0", "0.0", "1e38", "-1e-30", "1e-45"];
+            let constants: Vec<usize> = (0..lines.len()).filter(|&k| lines[k].contains("{value=")).collect();
+            if let Some(&k) = constants.get(rng.next_u64() as usize % constants.len().max(1)) {
+                let line = &lines[k];
+                let at = line.find("{value=").unwrap() + "{value=".len();
+                let end = at + line[at..].find('}').unwrap_or(0);
+                lines[k] = format!("{}{}{}", &line[..at], pick(rng, &values), &line[end..]);
+            }
+        }
         0 => {
             lines.remove(i.min(lines.len().saturating_sub(1)));
         }
@@ -139,7 +150,10 @@ fn model_irs(dir: &Path) -> Vec<PathBuf> {
             let o = lsc(&args);
             assert!(o.status.success(), "{}", stderr(&o));
             files.extend(
-                std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "lsir")),
+                std::fs::read_dir(&out)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "lsir")),
             );
         }
     }
@@ -178,7 +192,10 @@ fn mutated_lsir_of_every_built_in_model_is_refused_cleanly_or_runs() {
             }
         }
     }
-    eprintln!("{} mutations refused by `lsc check`, {} verified; {executed} runs and compiles", verdicts[0], verdicts[1]);
+    eprintln!(
+        "{} mutations refused by `lsc check`, {} verified; {executed} runs and compiles",
+        verdicts[0], verdicts[1]
+    );
     assert!(verdicts[0] > 0 && verdicts[1] > 0, "the mutations both break and keep graphs: {verdicts:?}");
 }
 
@@ -205,7 +222,13 @@ fn corrupt(bytes: &[u8], rng: &mut Rng) -> Vec<u8> {
         4 => {
             // A dtype or a shape rewritten in the header.
             let text = String::from_utf8_lossy(&b[8..8 + header]).into_owned();
-            let edits = [("\"F32\"", "\"I32\""), ("\"F32\"", "\"F16\""), ("[32]", "[33]"), ("[256,32]", "[32,256]"), ("\"F32\"", "\"U64\"")];
+            let edits = [
+                ("\"F32\"", "\"I32\""),
+                ("\"F32\"", "\"F16\""),
+                ("[32]", "[33]"),
+                ("[256,32]", "[32,256]"),
+                ("\"F32\"", "\"U64\""),
+            ];
             let (from, to) = pick(rng, &edits);
             let new = text.replacen(from, to, 1);
             b.splice(8..8 + header, new.bytes());
@@ -243,22 +266,88 @@ fn random_args(rng: &mut Rng) -> Vec<String> {
     // `bench` is left out: with valid arguments it times every model for minutes.
     let commands = ["models", "check", "compile", "train", "eval", "generate", "run", "bogus"];
     let flags = [
-        "--model", "--config", "--ir", "--emit", "--train", "--inference", "--decode", "--steps", "--batch", "--seq",
-        "--lr", "--min-lr", "--schedule", "--warmup", "--optimizer", "--clip", "--data", "--resume", "--ckpt",
-        "--weights", "--prompt", "--max-tokens", "--temperature", "--top-k", "--max-windows", "--backend",
-        "--precision", "--bind", "--egg-node-limit", "--egg-time-limit-ms", "--max-seconds", "--tokenizer",
-        "--eval-windows", "--beta1", "--seed", "--overwrite", "--json", "--models", "--inputs", "--out",
+        "--model",
+        "--config",
+        "--ir",
+        "--emit",
+        "--train",
+        "--inference",
+        "--decode",
+        "--steps",
+        "--batch",
+        "--seq",
+        "--lr",
+        "--min-lr",
+        "--schedule",
+        "--warmup",
+        "--optimizer",
+        "--clip",
+        "--data",
+        "--resume",
+        "--ckpt",
+        "--weights",
+        "--prompt",
+        "--max-tokens",
+        "--temperature",
+        "--top-k",
+        "--max-windows",
+        "--backend",
+        "--precision",
+        "--bind",
+        "--egg-node-limit",
+        "--egg-time-limit-ms",
+        "--max-seconds",
+        "--tokenizer",
+        "--eval-windows",
+        "--beta1",
+        "--seed",
+        "--overwrite",
+        "--json",
+        "--models",
+        "--inputs",
+        "--out",
     ];
     let values = [
-        "0", "1", "2", "-1", "NaN", "inf", "1e308", "99999999999999999999", "", "tiny", "small", "transformer",
-        "ls-transformer", "mor", "gam", "trilm", "bogus", "cosine", "constant", "sgd", "cranelift", "interp",
-        "cuda", "bf16", "B=1,T=4", "B=0", "T=-3", "ir,plan", "kir", "/nonexistent", "nonexistent.lsir", ".", "ab",
-        "\u{1F600}", "synthetic",
+        "0",
+        "1",
+        "2",
+        "-1",
+        "NaN",
+        "inf",
+        "1e308",
+        "99999999999999999999",
+        "",
+        "tiny",
+        "small",
+        "transformer",
+        "ls-transformer",
+        "mor",
+        "gam",
+        "trilm",
+        "bogus",
+        "cosine",
+        "constant",
+        "sgd",
+        "cranelift",
+        "interp",
+        "cuda",
+        "bf16",
+        "B=1,T=4",
+        "B=0",
+        "T=-3",
+        "ir,plan",
+        "kir",
+        "/nonexistent",
+        "nonexistent.lsir",
+        ".",
+        "ab",
+        "\u{1F600}",
+        "synthetic",
     ];
     let mut args = vec![pick(rng, &commands).to_string()];
     for _ in 0..rng.next_u64() % 7 {
         args.push(pick(rng, &flags).to_string());
-        if rng.next_u64() % 5 != 0 {
+        if !rng.next_u64().is_multiple_of(5) {
             args.push(pick(rng, &values).to_string());
         }
     }

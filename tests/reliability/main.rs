@@ -108,7 +108,10 @@ fn resume_continues_with_the_checkpoints_settings_and_reports_overrides() {
     let line = stdout(&o).lines().find(|l| l.starts_with("resuming")).unwrap().to_string();
     assert!(line.contains("--batch 2 (was 3)") && line.contains("--lr 0.002 (was 0.01)"), "{line}");
     // What cannot apply to this checkpoint is refused.
-    assert_bad(&train(&dir, &["--resume", c, "--steps", "9", "--optimizer", "sgd"]), "cannot continue with --optimizer sgd");
+    assert_bad(
+        &train(&dir, &["--resume", c, "--steps", "9", "--optimizer", "sgd"]),
+        "cannot continue with --optimizer sgd",
+    );
     let o = lsc(&["train", "--resume", c, "--out", dir.to_str().unwrap(), "--model", "gam"]);
     assert_bad(&o, "holds a run with --model transformer, not gam");
     assert_bad(&train(&dir, &["--resume", c, "--steps", "3"]), "nothing to train");
@@ -158,7 +161,10 @@ fn every_number_from_the_user_is_validated() {
         }
     }
     for bad in ["NaN", "inf", "-0.5"] {
-        assert_bad(&lsc(&["generate", "--model", "gam", "--prompt", "a", &format!("--temperature={bad}")]), "--temperature");
+        assert_bad(
+            &lsc(&["generate", "--model", "gam", "--prompt", "a", &format!("--temperature={bad}")]),
+            "--temperature",
+        );
     }
     let model = ["--model", "gam"];
     for (cmd, flag) in [
@@ -204,7 +210,9 @@ fn a_file_size_limit_is_an_error_that_keeps_the_old_file() {
     let o = Command::new("sh").args(["-c", &script]).output().unwrap();
     assert_bad(&o, "File too large");
     assert!(stderr(&o).contains("ulimit -f"), "{}", stderr(&o));
-    let temps = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"));
+    let temps = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"));
     assert_eq!(temps.count(), 0, "no temp file is left behind");
     // --overwrite removed the old run first, so the file is gone, never half-written.
     if let Ok(now) = std::fs::read(dir.join("checkpoint.safetensors")) {
@@ -224,7 +232,8 @@ fn work_that_cannot_fit_in_memory_is_refused_before_allocating() {
     let o = train(&dir, &["--batch", "1000000000", "--steps", "1"]);
     assert_bad(&o, "elements, the most this machine's memory holds");
     // A parameter of 10^11 floats: refused by its type, never allocated.
-    let ir = transformer_ir(&dir).replace("param \"embed.weight\" : f32[256,32]", "param \"embed.weight\" : f32[3125000000,32]");
+    let ir = transformer_ir(&dir)
+        .replace("param \"embed.weight\" : f32[256,32]", "param \"embed.weight\" : f32[3125000000,32]");
     let file = dir.join("huge.lsir");
     std::fs::write(&file, ir).unwrap();
     let o = lsc(&["run", "--ir", file.to_str().unwrap(), "--prompt", "a"]);
@@ -302,7 +311,8 @@ fn the_training_step_of_a_20000_way_concat_compiles_within_its_bounds() {
     let file = dir.join("concat.lsir");
     std::fs::write(&file, ir).unwrap();
     let out = dir.join("out");
-    let args = ["compile", "--ir", file.to_str().unwrap(), "--train", "--emit", "plan,egraph-stats", "--bind", "B=1,T=8"];
+    let args =
+        ["compile", "--ir", file.to_str().unwrap(), "--train", "--emit", "plan,egraph-stats", "--bind", "B=1,T=8"];
     let bounds = ["--egg-time-limit-ms", "50", "--egg-node-limit", "1000", "-o", out.to_str().unwrap()];
     let o = fuzz::run_bounded(&[&args[..], &bounds].concat(), std::time::Duration::from_secs(120), &dir);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -299,8 +299,10 @@ fn build(
             stack.extend(ch.iter().rev().map(|c| g.find(*c)).filter(|c| !built.contains_key(c)).map(|c| (c, false)));
             continue;
         }
-        let args: Vec<ValueRef> =
-            ch.iter().map(|c| built.get(&g.find(*c)).copied().ok_or("the chosen nodes form a cycle")).collect::<Result<_, _>>()?;
+        let args: Vec<ValueRef> = ch
+            .iter()
+            .map(|c| built.get(&g.find(*c)).copied().ok_or("the chosen nodes form a cycle"))
+            .collect::<Result<_, _>>()?;
         let v = match g.analysis.interner.key(*sym).clone() {
             Key::Proj(i) => ValueRef { node: args[0].node, output: i },
             Key::Op(op, declared) => {

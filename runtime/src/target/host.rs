@@ -28,9 +28,9 @@ impl HostMemory {
     pub fn zeroed(bytes: u64) -> Result<HostMemory, String> {
         let n = bytes.div_ceil(8) as usize;
         let mut words: Vec<UnsafeCell<u64>> = Vec::new();
-        words.try_reserve_exact(n).map_err(|_| {
-            format!("cannot allocate {} on the CPU", crate::resources::show_bytes(bytes))
-        })?;
+        words
+            .try_reserve_exact(n)
+            .map_err(|_| format!("cannot allocate {} on the CPU", crate::resources::show_bytes(bytes)))?;
         words.extend((0..n).map(|_| UnsafeCell::new(0)));
         Ok(HostMemory { words: words.into_boxed_slice() })
     }
