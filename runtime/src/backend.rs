@@ -334,6 +334,9 @@ impl Loaded for Interpreted {
         if self.profile.is_some() {
             interp = interp.with_profiling();
         }
+        if let Some(free) = crate::resources::available_memory() {
+            interp = interp.with_memory_limit(free);
+        }
         // The inputs go with the run, so a cache it only updates is written in place.
         self.outputs = interp.run_owned(std::mem::take(&mut self.inputs), &self.params)?;
         if let Some(p) = &mut self.profile {

@@ -41,6 +41,8 @@ pub struct Interpreter<'p> {
     program: &'p Program,
     orders: HashMap<String, Vec<NodeId>>,
     profile: Option<std::cell::RefCell<BTreeMap<&'static str, (usize, f64)>>>,
+    /// The most bytes one node's outputs may take (see [`Interpreter::with_memory_limit`]).
+    memory_limit: Option<u64>,
 }
 
 impl<'p> Interpreter<'p> {
@@ -48,7 +50,15 @@ impl<'p> Interpreter<'p> {
     pub fn new(program: &'p Program) -> Result<Interpreter<'p>, VerifyError> {
         verify(program)?;
         let orders = program.graphs().map(|g| (g.name.clone(), g.topo_order().unwrap_or_default())).collect();
-        Ok(Interpreter { program, orders, profile: None })
+        Ok(Interpreter { program, orders, profile: None, memory_limit: None })
+    }
+
+    /// Refuses, with an error naming the node, any node whose outputs would
+    /// take more than `bytes`, before allocating them: an allocation that
+    /// fails aborts the process, an error does not.
+    pub fn with_memory_limit(mut self, bytes: u64) -> Interpreter<'p> {
+        self.memory_limit = Some(bytes);
+        self
     }
 
     /// Records the time spent in each op kind (see [`Interpreter::profile`]).
@@ -164,6 +174,13 @@ impl<'p> Interpreter<'p> {
                 .map(|t| t.concrete_shape(&bindings).map(|s| (t.dtype, s)))
                 .collect::<Result<_, _>>()
                 .map_err(|m| err_at(n, m))?;
+            if let Some(limit) = self.memory_limit {
+                let elements: u64 = out_types.iter().map(|(_, s)| s.iter().product::<usize>() as u64).sum();
+                let bytes = elements.saturating_mul(std::mem::size_of::<T>() as u64);
+                if bytes > limit {
+                    return Err(err_at(n, format!("its result needs {bytes} bytes but {limit} are available")));
+                }
+            }
             let operands = g.operands(n);
             if let Op::Param { name } = &node.op {
                 values[n.index()] = Some(vec![Cow::Borrowed(&params[name])]);
