@@ -188,5 +188,12 @@ fn weights_round_trip_and_name_missing_tensors() {
     weights::save_tensors(&path, &bad).unwrap();
     let err = weights::load_params(&path, &p).unwrap_err().to_string();
     assert!(err.contains("`norm_f.weight` is f32[3], expected f32[32]"), "{err}");
+
+    // A dtype is named as the file has it, not as it was widened (I32 read as i64).
+    let ints = vec![0u8; 256 * 32 * 4];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![256, 32], &ints).unwrap();
+    std::fs::write(&path, safetensors::serialize([("embed.weight", view)], None).unwrap()).unwrap();
+    let err = weights::load_params(&path, &p).unwrap_err().to_string();
+    assert!(err.contains("`embed.weight` is i32[256, 32], expected f32[256,32]"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -127,7 +127,7 @@ pub fn load_params(path: &Path, program: &Program) -> Result<(Tensors<f32>, Vec<
         RuntimeError::Mismatch { path, name, found, expected } => {
             let st = SafeTensors::deserialize(&bytes).ok();
             let view = st.as_ref().and_then(|st| st.tensor(&name).ok());
-            let found = view.map_or(found, |v| format!("{}{:?}", dtype_name(v.dtype()), v.shape()));
+            let found = view.map_or(found, |v| format!("{}{:?}", dtype_name(v.dtype()).to_lowercase(), v.shape()));
             RuntimeError::Mismatch { path, name, found, expected }
         }
         e => e,
