@@ -117,6 +117,11 @@ impl Device for Cuda {
         self.name.clone()
     }
 
+    fn free_memory(&self) -> Option<u64> {
+        self.stream().ok()?;
+        cudarc::driver::result::mem_get_info().ok().map(|(free, _)| free as u64)
+    }
+
     fn alloc(&self, bytes: u64) -> Result<Buffer, String> {
         let n = usize::try_from(bytes.max(1)).map_err(|_| format!("{bytes} bytes"))?;
         let slice =

@@ -73,6 +73,10 @@ pub trait Device {
 
     /// A short description (`NVIDIA H200 (sm_90)`, `emulated`).
     fn name(&self) -> String;
+    /// Bytes of device memory free now, where known.
+    fn free_memory(&self) -> Option<u64> {
+        None
+    }
     /// `bytes` of zeroed memory.
     fn alloc(&self, bytes: u64) -> Result<Self::Buffer, String>;
     /// Copies `bytes` from the host to `to`.

@@ -83,6 +83,11 @@ impl Device for Emulated {
         "emulated device".into()
     }
 
+    /// The emulated device's memory is the host's.
+    fn free_memory(&self) -> Option<u64> {
+        crate::resources::available_memory()
+    }
+
     fn alloc(&self, bytes: u64) -> Result<Memory, String> {
         let n = usize::try_from(bytes).map_err(|_| format!("{bytes} bytes do not fit host memory"))?;
         let mut v = Vec::new();

@@ -279,6 +279,10 @@ impl<D: Device> Target for GpuTarget<D> {
         self.device.name()
     }
 
+    fn available_memory(&self) -> Option<u64> {
+        self.device.free_memory()
+    }
+
     fn allocate(&self, bytes: u64) -> Result<D::Buffer, String> {
         self.device.alloc(bytes)
     }
