@@ -84,6 +84,8 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Mean loss per token over non-overlapping context windows (and n-gram baselines).
     Eval(commands::eval::EvalArgs),
+    /// Quantise a checkpoint's linear weights (round-to-nearest or GPTQ) into a new checkpoint.
+    Quantize(commands::quantize::QuantizeArgs),
     /// Sample text from a checkpoint with the incremental-decoding state.
     Generate(commands::generate::GenerateArgs),
     /// Run a model: top-5 next bytes for a prompt, or batch logits from a file.
@@ -172,6 +174,7 @@ fn lsc_main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
+        Command::Quantize(args) => commands::quantize::run(&args),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Run { model, weights, seed, prompt, inputs, out, backend } => commands::run::run(
             &model,

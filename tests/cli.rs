@@ -588,3 +588,40 @@ fn bench_on_the_emulated_gpu_reports_every_section() {
     }
     assert_eq!(doc["decode"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn gptq_quantises_a_trained_model_better_than_round_to_nearest_and_the_result_runs() {
+    let dir = scratch("quantize");
+    let out = dir.to_str().unwrap();
+    let mut args = vec!["train", "--model", "transformer", "--config", "tiny", "--steps", "300", "--batch", "8"];
+    args.extend(["--seq", "64", "--eval-every", "0", "--sample-tokens", "0", "--out", out]);
+    let o = lsc(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = dir.join("checkpoint.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let after = |method: &str, bits: &str| -> f64 {
+        let q = dir.join(format!("{method}{bits}.safetensors"));
+        let o = lsc(&["quantize", "--ckpt", c, "--method", method, "--bits", bits, "--out", q.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line = stdout(&o).lines().find(|l| l.starts_with("validation loss")).unwrap().to_string();
+        line.split("f32, ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    for bits in ["3", "4"] {
+        let (rtn, gptq) = (after("rtn", bits), after("gptq", bits));
+        assert!(gptq <= rtn, "{bits} bits: GPTQ {gptq} vs RTN {rtn}");
+    }
+    // The quantised checkpoint runs like any other.
+    let q = dir.join("gptq3.safetensors");
+    let o = lsc(&["eval", "--ckpt", q.to_str().unwrap(), "--max-windows", "2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = lsc(&["generate", "--ckpt", q.to_str().unwrap(), "--prompt", "The ", "--max-tokens", "8"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bad = |extra: &[&str], needle: &str| {
+        let x = dir.join("x.safetensors");
+        let mut args = vec!["quantize", "--ckpt", c, "--out", x.to_str().unwrap()];
+        args.extend(extra);
+        assert_bad(&lsc(&args), needle);
+    };
+    bad(&["--method", "gptq", "--bits", "9"], "--bits");
+    bad(&["--method", "gptq", "--bits", "4", "--group", "24"], "does not divide the 32 input features");
+}

@@ -20,6 +20,7 @@
 //! | [`prepare`] | inference programs: saturated, parameter-only work done once |
 //! | [`numerics`] | the project-wide `allclose` and its tolerances |
 //! | [`quant`] | packed ternary and group-wise k-bit formats, bit accounting |
+//! | [`gptq`] | post-training quantisation of linear weights: round-to-nearest and GPTQ |
 //! | [`generate`] | logits and next-token distributions |
 //! | [`error`] | [`RuntimeError`] |
 
@@ -34,6 +35,7 @@ pub mod error;
 pub mod eval;
 pub mod exec;
 pub mod generate;
+pub mod gptq;
 pub mod gpu;
 pub mod init;
 pub mod keeper;

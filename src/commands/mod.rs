@@ -10,6 +10,7 @@ pub mod gpubench;
 pub mod kernels;
 pub mod microbench;
 pub mod models;
+pub mod quantize;
 pub mod resume;
 pub mod run;
 pub mod train;
