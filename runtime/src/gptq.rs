@@ -86,7 +86,14 @@ pub fn rtn(w: &[f32], shape: &[usize], bits: u32, group: usize) -> Result<Packed
 /// GPTQ of `w [out, in]` under the inputs' Hessian `h`, with `damp` × the mean
 /// diagonal added to it (1% in the paper). A group's scale is taken from the
 /// error-compensated weights when its first column is reached.
-pub fn gptq(w: &[f32], shape: &[usize], h: &Hessian, bits: u32, group: usize, damp: f64) -> Result<PackedGroupwise, String> {
+pub fn gptq(
+    w: &[f32],
+    shape: &[usize],
+    h: &Hessian,
+    bits: u32,
+    group: usize,
+    damp: f64,
+) -> Result<PackedGroupwise, String> {
     let (out, n) = check(shape, bits, group)?;
     if h.n != n || w.len() != out * n {
         return Err(format!("a Hessian of {} features for a weight of shape {shape:?}", h.n));

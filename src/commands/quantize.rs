@@ -96,6 +96,15 @@ pub fn run(a: &QuantizeArgs) -> CliResult {
     let vocab = tokenizer.vocab_size();
     let forward = lsc_models::build_graph(&model, &config, vocab, lsc_models::GraphKind::Forward)
         .map_err(|e| CliError::new(e.to_string()))?;
+    if !forward.functions.is_empty() {
+        return Err(CliError::with_fix(
+            format!(
+                "{model}/{config} runs weights inside called functions (@{}), which quantisation does not reach",
+                forward.functions[0].name
+            ),
+            "quantise a transformer, ls-transformer or gam checkpoint",
+        ));
+    }
     let weights = linear_weights(&forward);
     if weights.is_empty() {
         return Err(CliError::with_fix(
@@ -153,7 +162,9 @@ pub fn run(a: &QuantizeArgs) -> CliResult {
         let shape = w.shape.clone();
         let data = w.as_floats().ok_or_else(|| CliError::new(format!("`{name}` is not a float tensor")))?;
         let group = a.group.min(shape[1]);
-        let bad = |e: String| CliError::with_fix(format!("`{name}` {shape:?}: {e}"), "pass a --group that divides its input features");
+        let bad = |e: String| {
+            CliError::with_fix(format!("`{name}` {shape:?}: {e}"), "pass a --group that divides its input features")
+        };
         let packed = match a.method {
             Method::Rtn => gptq::rtn(data, &shape, a.bits, group).map_err(bad)?,
             Method::Gptq => gptq::gptq(data, &shape, &hessians[name], a.bits, group, a.damp).map_err(bad)?,
