@@ -95,6 +95,9 @@ enum Command {
         /// Weights (safetensors by parameter name, or a training checkpoint); random init from --seed if absent.
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Accept --weights holding tensors the model does not use (each is named in a warning).
+        #[arg(long, requires = "weights")]
+        allow_unused: bool,
         /// Seed of the random initialisation used without --weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -176,9 +179,9 @@ fn lsc_main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Generate(args) => commands::generate::run(&args),
-        Command::Run { model, weights, seed, prompt, inputs, out, backend } => commands::run::run(
+        Command::Run { model, weights, allow_unused, seed, prompt, inputs, out, backend } => commands::run::run(
             &model,
-            weights.as_deref(),
+            weights.as_deref().map(|path| commands::run::Weights { path, allow_unused }),
             seed,
             prompt.as_deref(),
             inputs.as_deref(),

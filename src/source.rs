@@ -84,6 +84,9 @@ pub struct TrainedArgs {
     /// Weights for --model (safetensors by name, or a training checkpoint; random init from --seed if absent).
     #[arg(long, requires = "model")]
     pub weights: Option<std::path::PathBuf>,
+    /// Accept --weights holding tensors the model does not use (each is named in a warning).
+    #[arg(long, requires = "weights")]
+    pub allow_unused: bool,
     #[command(flatten)]
     pub backend: BackendArg,
 }
@@ -141,12 +144,43 @@ pub fn load_trained(a: &TrainedArgs, seed: u64) -> Result<Trained, CliError> {
     let model = a.model.clone().unwrap_or_default();
     let program = lsc_models::build(&model, &a.config).map_err(|e| CliError::new(e.to_string()))?;
     let params = match &a.weights {
-        Some(w) => {
-            let (params, warnings) = lsc_runtime::checkpoint::load_params(w, &program)?;
-            warnings.iter().for_each(|w| eprintln!("warning: {w}"));
-            params
-        }
+        Some(w) => weights_for(w, &program, Some((&model, &a.config)), a.allow_unused)?,
         None => lsc_runtime::init::init_params(&program, seed).map_err(CliError::new)?,
     };
     Ok(Trained { model, config: a.config.clone(), params, tokenizer: Tokenizer::Bytes, data: None })
+}
+
+/// The parameters of `program` from `path`. A tensor the program does not use
+/// means the weights were made for another model or config, so it is an error
+/// naming it and the built-in models and configs that do use it, unless
+/// `allow_unused` (then each is a warning). `model` names the program when it
+/// is a built-in one.
+pub fn weights_for(
+    path: &std::path::Path,
+    program: &Program,
+    model: Option<(&str, &str)>,
+    allow_unused: bool,
+) -> Result<lsc_interp::Tensors<f32>, CliError> {
+    let (params, unused) = lsc_runtime::checkpoint::load_params(path, program)?;
+    let Some(first) = unused.first() else { return Ok(params) };
+    if allow_unused {
+        for name in &unused {
+            eprintln!("warning: {}: ignoring tensor `{name}`, which the model does not use", path.display());
+        }
+        return Ok(params);
+    }
+    let this = model.map_or_else(|| "the program".to_string(), |(m, c)| format!("{m}/{c}"));
+    let users: Vec<String> = lsc_models::MODELS
+        .iter()
+        .flat_map(|m| m.configs.iter().map(move |c| (m.name, *c)))
+        .filter(|(m, c)| lsc_models::build(m, c).is_ok_and(|p| p.main.params().iter().any(|(_, n)| n == first)))
+        .map(|(m, c)| format!("{m}/{c}"))
+        .collect();
+    let used_by =
+        if users.is_empty() { String::new() } else { format!(" (it is a parameter of {})", users.join(", ")) };
+    let more = if unused.len() > 1 { format!(" and {} more", unused.len() - 1) } else { String::new() };
+    Err(CliError::with_fix(
+        format!("{}: tensor `{first}`{more} is not used by {this}{used_by}: the weights were made for another model or config", path.display()),
+        "pass the matching --model/--config, or --allow-unused to run without those tensors",
+    ))
 }

@@ -119,7 +119,7 @@ impl Checkpoint {
 
 /// The parameters of `program` from `path`: a training checkpoint (its
 /// checksum verified, its optimizer state left out) or a plain safetensors
-/// file of weights by name. Extra tensors are returned as warnings.
+/// file of weights by name. The names of tensors the program does not use are returned too.
 pub fn load_params(path: &Path, program: &lsc_ir::Program) -> Result<(Tensors<f32>, Vec<String>), RuntimeError> {
     let bytes = read_file(path)?;
     let is_checkpoint = SafeTensors::read_metadata(&bytes)

@@ -8,15 +8,22 @@ use lsc_runtime::backend::RunOn;
 use lsc_runtime::{generate, init, weights};
 use std::path::Path;
 
+/// `--weights` and whether it may hold tensors the model does not use.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights<'a> {
+    /// The file.
+    pub path: &'a Path,
+    /// `--allow-unused`.
+    pub allow_unused: bool,
+}
+
 /// The parameters to run with: loaded from `--weights`, else initialised from `--seed`.
-pub fn params(src: &Source, weights_path: Option<&Path>, seed: u64) -> Result<(Tensors<f32>, String), CliError> {
-    match weights_path {
-        Some(p) => {
-            let (params, warnings) = lsc_runtime::checkpoint::load_params(p, &src.program)?;
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            Ok((params, format!("weights {}", p.display())))
+pub fn params(src: &Source, weights: Option<Weights>, seed: u64) -> Result<(Tensors<f32>, String), CliError> {
+    match weights {
+        Some(w) => {
+            let model = src.config.as_deref().map(|c| (src.name.as_str(), c));
+            let params = source::weights_for(w.path, &src.program, model, w.allow_unused)?;
+            Ok((params, format!("weights {}", w.path.display())))
         }
         None => {
             let params = init::init_params(&src.program, seed).map_err(CliError::new)?;
@@ -36,7 +43,7 @@ fn show_byte(b: usize) -> String {
 /// Runs the selected model.
 pub fn run(
     args: &ModelArgs,
-    weights_path: Option<&Path>,
+    weights: Option<Weights>,
     seed: u64,
     prompt: Option<&str>,
     inputs: Option<&Path>,
@@ -47,7 +54,7 @@ pub fn run(
     generate::check_language_model(&src.program).map_err(|e| {
         CliError::with_fix(e.to_string(), "`lsc run` needs a model's graph; `lsc check` verifies any other")
     })?;
-    let (params, origin) = params(&src, weights_path, seed)?;
+    let (params, origin) = params(&src, weights, seed)?;
     let label = match &src.config {
         Some(c) => format!("{}/{c}", src.name),
         None => src.name.clone(),

@@ -547,6 +547,7 @@ pub fn run(a: &TrainArgs) -> CliResult {
                 model: None,
                 config: config.clone(),
                 weights: None,
+                allow_unused: false,
                 backend: a.backend,
             },
             prompt: String::new(),

@@ -359,3 +359,23 @@ fn a_run_killed_at_random_moments_leaves_a_checkpoint_that_loads_and_resumes() {
     let steps = steps_in_metrics(&dir);
     assert_eq!(steps, (1..=step + 2).collect::<Vec<_>>(), "metrics continue without repeats");
 }
+
+#[test]
+fn weights_holding_tensors_the_model_does_not_use_are_refused_unless_allowed() {
+    let dir = scratch("unused");
+    // The RoPE transformer's weights plus a learned position table, as a learned-position model has.
+    let program = lsc_models::build("transformer", "tiny").unwrap();
+    let mut params = lsc_runtime::init::init_params(&program, 1).unwrap();
+    params.insert("pos_embed.weight".into(), Value::floats(vec![64, 32], vec![0.5; 64 * 32]));
+    let file = dir.join("learned-positions.safetensors");
+    lsc_runtime::weights::save_tensors(&file, &params).unwrap();
+    let f = file.to_str().unwrap();
+    let o = lsc(&["run", "--model", "transformer", "--weights", f, "--prompt", "ab"]);
+    assert_bad(&o, "tensor `pos_embed.weight` is not used by transformer/tiny (it is a parameter of gam/tiny");
+    assert!(stderr(&o).contains("--allow-unused"), "{}", stderr(&o));
+    let o = lsc(&["generate", "--model", "transformer", "--weights", f, "--prompt", "ab", "--max-tokens", "2"]);
+    assert_bad(&o, "`pos_embed.weight`");
+    let o = lsc(&["run", "--model", "transformer", "--weights", f, "--prompt", "ab", "--allow-unused"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: ") && stderr(&o).contains("ignoring tensor `pos_embed.weight`"));
+}
