@@ -227,7 +227,11 @@ fn work_that_cannot_fit_in_memory_is_refused_before_allocating() {
         return;
     }
     let dir = scratch("memory");
-    let o = train(&dir, &["--batch", "100000", "--seq", "64", "--steps", "1"]);
+    // A batch whose logits alone take half the available memory: every tensor is
+    // under the element cap, the whole plan (about twelve such tensors) is not.
+    let free = lsc_runtime::resources::available_memory().unwrap();
+    let batch = (free / (2 * 64 * 256 * 4)).max(1).to_string();
+    let o = train(&dir, &["--batch", &batch, "--seq", "64", "--steps", "1"]);
     assert_bad(&o, "is available; lower --batch or --seq");
     let o = train(&dir, &["--batch", "1000000000", "--steps", "1"]);
     assert_bad(&o, "elements, the most this machine's memory holds");
