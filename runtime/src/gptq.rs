@@ -26,6 +26,12 @@ impl Hessian {
         Hessian { n, h: vec![0.0; n * n], rows: 0 }
     }
 
+    /// Adds another accumulator's rows (a weight read in several places sees all of them).
+    pub fn merge(&mut self, other: &Hessian) {
+        self.h.iter_mut().zip(&other.h).for_each(|(a, b)| *a += b);
+        self.rows += other.rows;
+    }
+
     /// Adds the rows of `x` (`[rows, n]`, row-major).
     pub fn add(&mut self, x: &[f32]) {
         let n = self.n;

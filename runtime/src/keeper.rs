@@ -111,11 +111,6 @@ impl Keeper {
         Ok(())
     }
 
-    /// The step of the held checkpoint, if one is held.
-    pub fn pending(&self) -> Option<u64> {
-        self.pending.as_ref().map(|c| c.meta.step)
-    }
-
     /// Writes the held checkpoint (atomically) and returns its step.
     pub fn confirm(&mut self) -> Result<Option<u64>, RuntimeError> {
         let Some(ckpt) = self.pending.take() else { return Ok(None) };

@@ -115,11 +115,23 @@ pub fn run(a: &QuantizeArgs) -> CliResult {
     let seq = lsc_models::max_seq_len(&model, &config).map_err(|e| CliError::new(e.to_string()))?.min(256);
     let run_on = a.backend.run_on();
 
+    let seed = ckpt.meta.train["seed"].as_u64().unwrap_or(0);
+    let data_spec = field("data");
+    // The checkpoint's data, read once, for the evaluation and the default calibration.
+    let needs_data = a.eval_windows > 0 || (a.method == Method::Gptq && a.calib.is_none());
+    let data_text = needs_data.then(|| data::load_text(&data_spec, seed)).transpose()?;
     let mut hessians: BTreeMap<String, Hessian> = BTreeMap::new();
     if a.method == Method::Gptq {
-        let calib = a.calib.clone().unwrap_or_else(|| field("data"));
-        let text = data::load_text(&calib, ckpt.meta.train["seed"].as_u64().unwrap_or(0))?;
-        let tokens = tokenizer.encode(data::split(&text, Split::Train))?;
+        let calib = a.calib.clone().unwrap_or_else(|| data_spec.clone());
+        let own;
+        let text: &[u8] = match &a.calib {
+            Some(c) => {
+                own = data::load_text(c, seed)?;
+                &own
+            }
+            None => data_text.as_deref().unwrap_or_default(),
+        };
+        let tokens = tokenizer.encode(data::split(text, Split::Train))?;
         let windows = (tokens.len().saturating_sub(1) / seq).min(a.calib_windows);
         if windows == 0 {
             return Err(CliError::with_fix(
@@ -127,14 +139,17 @@ pub fn run(a: &QuantizeArgs) -> CliResult {
                 "pass a larger text as --calib",
             ));
         }
-        // The forward graph, also returning the input of every linear weight.
+        // The forward graph, also returning the input of every linear weight: one
+        // Hessian per input value, shared by the weights that read it (q, k and v).
+        let mut inputs: Vec<ValueRef> = weights.values().flatten().copied().collect();
+        inputs.sort_unstable();
+        inputs.dedup();
         let mut probe = forward.clone();
-        for (name, uses) in &weights {
-            for (k, x) in uses.iter().enumerate() {
-                probe.main.outputs.push((format!("gptq.{k}.{name}"), *x));
-            }
-            let n = forward.main.value_type(uses[0]).shape.last().and_then(|d| d.as_const()).unwrap_or(0) as usize;
-            hessians.insert(name.clone(), Hessian::new(n));
+        let mut by_input: Vec<Hessian> = Vec::with_capacity(inputs.len());
+        for (i, x) in inputs.iter().enumerate() {
+            probe.main.outputs.push((format!("gptq.{i}"), *x));
+            let n = forward.main.value_type(*x).shape.last().and_then(|d| d.as_const()).unwrap_or(0) as usize;
+            by_input.push(Hessian::new(n));
         }
         let exe = lsc_runtime::backend::Executable::new(probe, run_on)?;
         let bar = indicatif::ProgressBar::new(windows as u64);
@@ -142,16 +157,22 @@ pub fn run(a: &QuantizeArgs) -> CliResult {
             let ids: Vec<i64> = tokens[w * seq..(w + 1) * seq].iter().map(|&t| t as i64).collect();
             let inputs = Tensors::from([("input_ids".to_string(), Value::ints(vec![1, seq], ids))]);
             for (out, v) in exe.run(&inputs, &ckpt.params)? {
-                let Some(name) = out.strip_prefix("gptq.").and_then(|s| s.split_once('.')).map(|(_, n)| n) else {
-                    continue;
-                };
-                if let (Some(h), Some(x)) = (hessians.get_mut(name), v.as_floats()) {
+                let i = out.strip_prefix("gptq.").and_then(|i| i.parse::<usize>().ok());
+                if let (Some(h), Some(x)) = (i.and_then(|i| by_input.get_mut(i)), v.as_floats()) {
                     h.add(x);
                 }
             }
             bar.inc(1);
         }
         bar.finish_and_clear();
+        for (name, uses) in &weights {
+            let mut found = uses.iter().filter_map(|x| inputs.binary_search(x).ok()).map(|k| &by_input[k]);
+            if let Some(first) = found.next() {
+                let mut h = first.clone();
+                found.for_each(|other| h.merge(other));
+                hessians.insert(name.clone(), h);
+            }
+        }
         println!("calibration: {windows} windows of {seq} tokens of `{calib}`");
     }
 
@@ -176,8 +197,7 @@ pub fn run(a: &QuantizeArgs) -> CliResult {
     }
 
     if a.eval_windows > 0 {
-        let valid_text = data::load_text(&field("data"), ckpt.meta.train["seed"].as_u64().unwrap_or(0))?;
-        let valid = tokenizer.encode(data::split(&valid_text, Split::Validation))?;
+        let valid = tokenizer.encode(data::split(data_text.as_deref().unwrap_or_default(), Split::Validation))?;
         let inference = lsc_models::build_graph(&model, &config, vocab, lsc_models::GraphKind::Inference)
             .map_err(|e| CliError::new(e.to_string()))?;
         let loss = |p: &Tensors<f32>| -> Result<f64, CliError> {

@@ -30,9 +30,6 @@ pub fn config(a: &TrainArgs, ckpt: &Checkpoint, path: &Path) -> Result<Resumed, 
     let mut cfg: TrainConfig = serde_json::from_value(ckpt.meta.train.clone())
         .map_err(|e| bad(format!("its training settings cannot be read ({e})")))?;
     cfg.validate().map_err(|e| bad(format!("its training setting {e}")))?;
-    if ckpt.meta.step >= cfg.steps && !a.explicit.iter().any(|e| e == "steps") {
-        cfg.steps = ckpt.meta.step;
-    }
     let given = |id: &str| a.explicit.iter().any(|e| e == id);
     for (flag, id, want, have) in [
         ("--model", "model", a.model.as_str(), cfg.model.as_str()),

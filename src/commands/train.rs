@@ -498,13 +498,14 @@ pub fn run(a: &TrainArgs) -> CliResult {
         }
     }
     bar.finish_and_clear();
+    // One download of the final weights serves the last evaluation, the probe and the checkpoint.
+    let final_ckpt = trainer.checkpoint(tokenizer_json.clone())?;
     if val_curve.last().map(|(s, _)| *s as u64) != Some(trainer.step) {
-        last_val = eval(&trainer)?.nll;
+        last_val = mean_nll(&final_ckpt.params, &valid)?.nll;
         val_curve.push((trainer.step as f64, last_val));
     }
     // The final weights have no next step to vouch for them: their loss on
     // training windows stands in for it.
-    let final_ckpt = trainer.checkpoint(tokenizer_json.clone())?;
     let probe = mean_nll(&final_ckpt.params, &train)?.nll;
     keeper.hold(final_ckpt).map_err(|e| stop(e, &keeper, true))?;
     if let Verdict::Spike { loss, mean } | Verdict::Diverged { loss, mean } = watch.judge(trainer.step + 1, probe) {

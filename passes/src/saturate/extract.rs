@@ -101,7 +101,12 @@ fn reachable(g: &LscGraph, roots: &[Id], choice: &Choice) -> Vec<Id> {
 
 /// The DAG cost of a choice: every reachable class's chosen node counted once.
 pub fn dag_cost(g: &LscGraph, roots: &[Id], choice: &Choice, m: &Machine) -> f64 {
-    reachable(g, roots, choice).iter().map(|id| choice.get(id).map(|n| node_cost(g, n, m)).unwrap_or(0.0)).sum()
+    dag_sum(g, roots, choice, |n| node_cost(g, n, m))
+}
+
+/// The sum of `price` over the chosen node of every class reachable from `roots`.
+fn dag_sum(g: &LscGraph, roots: &[Id], choice: &Choice, price: impl Fn(&LscNode) -> f64) -> f64 {
+    reachable(g, roots, choice).iter().map(|id| choice.get(id).map(&price).unwrap_or(0.0)).sum()
 }
 
 /// Every node's cost, computed once: the cost model is the slow part of
@@ -118,7 +123,7 @@ impl<'g> Costs<'g> {
     }
 
     fn dag(&self, g: &LscGraph, roots: &[Id], choice: &Choice) -> f64 {
-        reachable(g, roots, choice).iter().map(|id| choice.get(id).map(|n| self.of(n)).unwrap_or(0.0)).sum()
+        dag_sum(g, roots, choice, |n| self.of(n))
     }
 }
 
