@@ -5,6 +5,7 @@
 //! | module | contents |
 //! |---|---|
 //! | [`autodiff`] | reverse-mode autodiff as a graph transformation, the open VJP table |
+//! | [`hessian`] | the loss's gradient and exact Hessian-vector products (reverse over reverse) |
 //! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD |
 //! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
 //! | [`routing`] | whether a function may run on the active rows only (`routed_call`) |
@@ -22,6 +23,7 @@
 pub mod autodiff;
 pub mod dce;
 pub mod fused;
+pub mod hessian;
 pub mod hoist;
 pub mod inline;
 pub mod partition;
