@@ -84,6 +84,8 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Mean loss per token over non-overlapping context windows (and n-gram baselines).
     Eval(commands::eval::EvalArgs),
+    /// Hessian trace (Hutchinson), top eigenvalue and Fisher trace of the loss at a model's weights.
+    Flatness(commands::flatness::FlatnessArgs),
     /// Quantise a checkpoint's linear weights (round-to-nearest or GPTQ) into a new checkpoint.
     Quantize(commands::quantize::QuantizeArgs),
     /// Sample text from a checkpoint with the incremental-decoding state.
@@ -178,6 +180,7 @@ fn lsc_main() -> ExitCode {
         Command::Train(args) => commands::train::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
+        Command::Flatness(args) => commands::flatness::run(&args),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Run { model, weights, allow_unused, seed, prompt, inputs, out, backend } => commands::run::run(
             &model,

@@ -625,3 +625,39 @@ fn gptq_quantises_a_trained_model_better_than_round_to_nearest_and_the_result_ru
     bad(&["--method", "gptq", "--bits", "9"], "--bits");
     bad(&["--method", "gptq", "--bits", "4", "--group", "24"], "does not divide the 32 input features");
 }
+
+#[test]
+fn flatness_estimates_the_curvature_of_a_checkpoint_and_refuses_bad_input() {
+    let dir = scratch("flatness");
+    let out = dir.to_str().unwrap();
+    let train = ["train", "--model", "gam", "--steps", "3", "--batch", "2", "--seq", "16", "--sample-tokens", "0"];
+    let o = lsc(&[&train[..], &["--out", out]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = dir.join("checkpoint.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let json = dir.join("flat.json");
+    let args =
+        ["flatness", "--ckpt", c, "--probes", "4", "--fisher-batches", "3", "--power-iters", "5", "--batch", "2"];
+    let o = lsc(&[&args[..], &["--seq", "16", "--json", json.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("Tr(H), Hutchinson") && s.contains("Tr(F), sampled labels") && s.contains("λ_max(H)"), "{s}");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!((doc["model"].as_str(), doc["data"].as_str()), (Some("gam"), Some("synthetic")), "{doc}");
+    assert_eq!(doc["hessian_trace"]["samples"].as_array().map(Vec::len), Some(4), "{doc}");
+    assert_eq!(doc["fisher_trace"]["samples"].as_array().map(Vec::len), Some(3), "{doc}");
+    assert_eq!(doc["top_eigenvalue"]["history"].as_array().map(Vec::len), Some(5), "{doc}");
+    // A Fisher trace is a mean of squared norms: positive.
+    assert!(doc["fisher_trace"]["mean"].as_f64().unwrap() > 0.0, "{doc}");
+    // Bad input: a window longer than the context, no probes, a corrupt checkpoint.
+    assert_bad(&lsc(&[&args[..], &["--seq", "100000"]].concat()), "pass --seq 64 or less");
+    let o = lsc(&["flatness", "--ckpt", c, "--probes", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--probes"), "{}", stderr(&o));
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    let o = lsc(&["flatness", "--ckpt", cut.to_str().unwrap()]);
+    assert_bad(&o, "cut.safetensors");
+    assert_one_line(&o);
+}

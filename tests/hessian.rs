@@ -1,14 +1,19 @@
 //! Exact Hessian-vector products (reverse over reverse), checked in f64
 //! against central finite differences of the gradient for every built-in
 //! model's `tiny` config, and against the dense Hessian of a small model
-//! computed from second differences of the loss alone.
+//! computed from second differences of the loss alone; the curvature
+//! estimators of `lsc flatness` against that dense Hessian and against exact
+//! expectations, and their generated code against the interpreter.
 
 use lsc_frontend::modules::{CausalSelfAttention, Embedding, Linear, RmsNorm, SwiGlu};
 use lsc_frontend::ModelBuilder;
 use lsc_interp::{Buffer, Interpreter, Tensors, Value};
 use lsc_ir::{DType, Dim, Program};
 use lsc_passes::hessian::{direction_input, gradient_program, hessian_vector_program};
+use lsc_runtime::backend::{Backend, Executable};
+use lsc_runtime::flatness::{Batch, Curvature};
 use lsc_runtime::init::{self, Rng};
+use lsc_runtime::numerics::{compare, tolerance};
 
 fn ids(b: usize, t: usize, vocab: u64, rng: &mut Rng) -> Value<f64> {
     Value::ints(vec![b, t], (0..b * t).map(|_| (rng.next_u64() % vocab) as i64).collect())
@@ -230,9 +235,117 @@ fn hessian_vector_products_are_columns_of_the_dense_hessian() {
     assert!(scale > 0.1, "the Hessian is all but zero (max |H_ij| = {scale})");
     assert!(worst <= 1e-5 * scale.max(1.0), "max |H_exact − H_fd| = {worst} (max |H_ij| = {scale})");
     // Exactly symmetric up to rounding: both triangles come from one program.
-    for a in 0..n {
-        for b in 0..a {
-            assert!((exact[a][b] - exact[b][a]).abs() <= 1e-10 * scale, "H[{a}][{b}] ≠ H[{b}][{a}]");
+    for (a, row) in exact.iter().enumerate() {
+        for (b, h) in row.iter().enumerate().take(a) {
+            assert!((h - exact[b][a]).abs() <= 1e-10 * scale, "H[{a}][{b}] ≠ H[{b}][{a}]");
         }
     }
+}
+
+fn to32(t: &Tensors<f64>) -> Tensors<f32> {
+    t.iter().map(|(k, v)| (k.clone(), v.convert())).collect()
+}
+
+fn batch_of(x: &Tensors<f64>) -> Batch {
+    let ints = |n: &str| x[n].to_f64_vec().iter().map(|&v| v as i64).collect();
+    Batch { ids: ints("input_ids"), targets: ints("targets") }
+}
+
+#[test]
+fn curvature_on_generated_code_matches_the_interpreter() {
+    for m in lsc_models::MODELS.iter().map(|m| m.name) {
+        let forward = lsc_models::build(m, "tiny").unwrap();
+        let theta = to32(&params(&forward, 4));
+        let b = batch_of(&batch(2, 8, 256, 6));
+        let mut reference = Curvature::new(&forward, &theta, Backend::Interp, 2, 8).unwrap();
+        let v: Vec<f32> = {
+            let mut rng = Rng::new(1);
+            (0..reference.dimension()).map(|_| rng.normal() as f32).collect()
+        };
+        let (want_loss, want) = reference.hessian_vector(&b, &v).unwrap();
+        for backend in Backend::native() {
+            let mut c = Curvature::new(&forward, &theta, backend, 2, 8).unwrap();
+            let (loss, got) = c.hessian_vector(&b, &v).unwrap();
+            assert!((loss - want_loss).abs() <= 1e-4 * want_loss.abs(), "{m} on {backend}: loss {loss} vs {want_loss}");
+            let (got, want): (Vec<f64>, Vec<f64>) = got.iter().zip(&want).map(|(&a, &b)| (a as f64, b as f64)).unzip();
+            let cmp = compare(&got, &want, tolerance(DType::F32));
+            assert!(cmp.ok(), "{m} on {backend}: H·v differs by {} (bound {})", cmp.max_abs_diff, cmp.bound);
+        }
+    }
+}
+
+/// The small model's dense Hessian (f64, from HVPs) on one batch.
+fn dense_hessian(forward: &Program, theta: &Tensors<f64>, x: &Tensors<f64>) -> Vec<Vec<f64>> {
+    let hvp = hessian_vector_program(forward).unwrap();
+    let interp = Interpreter::new(&hvp).unwrap();
+    let elems = flatten(theta);
+    let zero: Tensors<f64> =
+        theta.iter().map(|(k, v)| (k.clone(), Value::floats(v.shape.clone(), vec![0.0; v.numel()]))).collect();
+    (0..elems.len())
+        .map(|j| {
+            let outs = interp.run(&with_direction(x, &bumped(&zero, &[(&elems[j], 1.0)])), theta).unwrap();
+            elems.iter().map(|(name, i)| output(&outs, &format!("hvp.{name}"))[*i]).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn hutchinson_and_power_iteration_agree_with_the_dense_hessian() {
+    let forward = small_model();
+    let theta = params(&forward, 7);
+    let x = batch(2, 4, 5, 11);
+    let h = dense_hessian(&forward, &theta, &x);
+    let trace: f64 = (0..h.len()).map(|i| h[i][i]).sum();
+    let b = batch_of(&x);
+    let mut c = Curvature::new(&forward, &to32(&theta), Backend::default(), 2, 4).unwrap();
+    let mut rng = Rng::new(3);
+    let est = c.hutchinson(&mut || Ok(b.clone()), 400, &mut rng, &mut || ()).unwrap();
+    assert!(
+        (est.mean - trace).abs() <= 2.0 * est.half_width,
+        "Hutchinson {} ± {} vs the exact trace {trace}",
+        est.mean,
+        est.half_width
+    );
+    let top = c.top_eigenvalue(&b, 200, &mut rng, &mut || ()).unwrap();
+    // An eigenvalue of H at least as large in magnitude as every Rayleigh
+    // quotient e_iᵀHe_i, with its iterate an eigenvector: ‖Hv − λv‖ small.
+    let max_diag = (0..h.len()).map(|i| h[i][i].abs()).fold(0.0, f64::max);
+    assert!(top.value.abs() >= max_diag, "λ = {} below max |H_ii| = {max_diag}", top.value);
+    assert!(top.relative_change() < 1e-3, "power iteration did not settle: {:?}", &top.history[190..]);
+    // Gershgorin: |λ| ≤ max_i Σ_j |H_ij|.
+    let bound = h.iter().map(|r| r.iter().map(|x| x.abs()).sum::<f64>()).fold(0.0, f64::max);
+    assert!(top.value.abs() <= bound, "λ = {} beyond the Gershgorin bound {bound}", top.value);
+}
+
+#[test]
+fn the_fisher_estimator_is_unbiased_with_labels_from_the_model() {
+    // Two tokens (B = 1, T = 2), so its expectation is a sum over 5² label pairs.
+    let forward = small_model();
+    let theta = to32(&params(&forward, 7));
+    let ids = vec![3i64, 1];
+    let exe = Executable::new(forward.clone(), Backend::Interp).unwrap();
+    let logits = lsc_runtime::generate::logits(&exe, &theta, &Value::ints(vec![1, 2], ids.clone())).unwrap();
+    let rows: Vec<Vec<f64>> = logits.as_floats().unwrap().chunks(5).map(lsc_runtime::generate::softmax).collect();
+    let mut c = Curvature::new(&forward, &theta, Backend::Interp, 1, 2).unwrap();
+    let (mut expected, mut mean_score) = (0.0, vec![0.0; c.dimension()]);
+    for y1 in 0..5 {
+        for y2 in 0..5 {
+            let p = rows[0][y1] * rows[1][y2];
+            let (_, g) = c.gradient(&ids, &[y1 as i64, y2 as i64]).unwrap();
+            expected += p * 2.0 * g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+            mean_score.iter_mut().zip(&g).for_each(|(m, g)| *m += p * *g as f64);
+        }
+    }
+    // The premise: the gradient at labels drawn from the model has mean zero,
+    // which is what removes the cross terms between tokens.
+    let largest = mean_score.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(largest < 1e-5, "E[∇L] = {largest}, not zero");
+    let b = Batch { ids: ids.clone(), targets: vec![0, 0] };
+    let est = c.fisher_trace(&mut || Ok(b.clone()), 3000, &mut Rng::new(5), &mut || ()).unwrap();
+    assert!(
+        (est.mean - expected).abs() <= 2.0 * est.half_width,
+        "the Fisher estimator {} ± {} vs its exact expectation {expected}",
+        est.mean,
+        est.half_width
+    );
 }

@@ -12,6 +12,7 @@
 //! | [`calibrate`] | FMA peak, bandwidth and op cost of this machine for the cost model |
 //! | [`data`] | byte-token text splits |
 //! | [`eval`] | mean NLL over non-overlapping context windows |
+//! | [`flatness`] | the loss's Hessian trace (Hutchinson), top eigenvalue and Fisher trace |
 //! | [`tokenizer`] | bytes or BPE (`bpe` feature) |
 //! | [`init`] | seeded, per-name parameter initialisation |
 //! | [`weights`] | safetensors load/save by name, atomic writes, stale temp files |
@@ -34,6 +35,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod flatness;
 pub mod generate;
 pub mod gptq;
 pub mod gpu;

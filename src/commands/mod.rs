@@ -5,6 +5,7 @@ pub mod check;
 pub mod compile;
 pub mod cuda;
 pub mod eval;
+pub mod flatness;
 pub mod generate;
 pub mod gpubench;
 pub mod kernels;
