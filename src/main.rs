@@ -86,6 +86,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Hessian trace (Hutchinson), top eigenvalue and Fisher trace of the loss at a model's weights.
     Flatness(commands::flatness::FlatnessArgs),
+    /// Reproduce a seed paper's claim at small scale: report.md, plots and metrics.jsonl.
+    Repro(commands::repro::ReproArgs),
     /// Quantise a checkpoint's linear weights (round-to-nearest or GPTQ) into a new checkpoint.
     Quantize(commands::quantize::QuantizeArgs),
     /// Sample text from a checkpoint with the incremental-decoding state.
@@ -181,6 +183,7 @@ fn lsc_main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Flatness(args) => commands::flatness::run(&args),
+        Command::Repro(args) => commands::repro::run(&args),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Run { model, weights, allow_unused, seed, prompt, inputs, out, backend } => commands::run::run(
             &model,

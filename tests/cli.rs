@@ -661,3 +661,38 @@ fn flatness_estimates_the_curvature_of_a_checkpoint_and_refuses_bad_input() {
     assert_bad(&o, "cut.safetensors");
     assert_one_line(&o);
 }
+
+#[test]
+fn repro_flatness_quick_writes_a_report_with_verdicts_plots_and_metrics() {
+    let dir = scratch("repro-flatness");
+    let o = lsc(&["repro", "flatness", "--quick", "--out", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("nats per token") && report.contains("**Verdict:"), "{report}");
+    // Six runs in the table, each claim with one of the three verdicts.
+    assert_eq!(report.lines().filter(|l| l.starts_with("| d=")).count(), 6, "{report}");
+    let verdicts = ["**reproduced**", "**not reproduced**", "**inconclusive at this scale**"];
+    let claims: Vec<&str> = report.lines().filter(|l| l.starts_with("| (")).collect();
+    assert_eq!(claims.len(), 12, "{report}");
+    assert!(claims.iter().all(|l| verdicts.iter().any(|v| l.contains(v))), "{report}");
+    for plot in ["loss.svg", "trace.svg", "probe.svg"] {
+        assert!(std::fs::read_to_string(dir.join(plot)).unwrap().contains("<polyline"), "{plot}");
+    }
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let measured: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("trace").is_some()).collect();
+    assert!(measured.len() >= 12, "{} measurements", measured.len());
+    for r in measured {
+        // Near a minimum the Fisher and the Hessian traces are both positive;
+        // the loss can never beat the HMM's optimum by more than sampling noise.
+        assert!(r["trace"].as_f64().unwrap() > 0.0 && r["fisher"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["loss"].as_f64().unwrap() > r["floor"].as_f64().unwrap() - 0.05, "{r}");
+        assert!((0.0..=1.0).contains(&r["probe_accuracy"].as_f64().unwrap()), "{r}");
+    }
+    let o = lsc(&["repro", "bogus"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("flatness"), "{}", stderr(&o));
+}

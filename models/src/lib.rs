@@ -178,3 +178,20 @@ pub fn quantized_weights(
 pub fn max_seq_len(model: &str, config: &str) -> Result<usize, ModelError> {
     Ok(transformer_config(model, config)?.max_pos)
 }
+
+/// `program` with one more output, `features`: the last hidden state, the
+/// `[B, T, d]` value that `lm_head` reads (after the final norm), for linear
+/// probes and detectors of frozen models.
+pub fn with_features(program: &Program) -> Result<Program, ModelError> {
+    let g = &program.main;
+    let head = g.dag.node_indices().find_map(|n| {
+        let lsc_ir::Op::MatMul { .. } = g.node(n).op else { return None };
+        let [x, w] = g.operands(n)[..] else { return None };
+        matches!(&g.node(w.node).op, lsc_ir::Op::Param { name } if name == "lm_head.weight").then_some(x)
+    });
+    let x = head
+        .ok_or_else(|| ModelError::Build("the graph has no `lm_head.weight` product to read features from".into()))?;
+    let mut out = program.clone();
+    out.main.outputs.push(("features".into(), x));
+    Ok(out)
+}

@@ -18,9 +18,11 @@
 //! | [`weights`] | safetensors load/save by name, atomic writes, stale temp files |
 //! | [`keeper`] | which training checkpoints reach the disk: the loss watch and the held checkpoint |
 //! | [`resources`] | available memory checked before work; file-size limits as errors |
+//! | [`probe`] | linear probes of frozen features (logistic regression, held-out accuracy) |
 //! | [`prepare`] | inference programs: saturated, parameter-only work done once |
 //! | [`numerics`] | the project-wide `allclose` and its tolerances |
 //! | [`quant`] | packed ternary and group-wise k-bit formats, bit accounting |
+//! | [`hmm`] | a hidden-Markov-model language with its exact optimal loss and state posteriors |
 //! | [`gptq`] | post-training quantisation of linear weights: round-to-nearest and GPTQ |
 //! | [`generate`] | logits and next-token distributions |
 //! | [`error`] | [`RuntimeError`] |
@@ -39,11 +41,13 @@ pub mod flatness;
 pub mod generate;
 pub mod gptq;
 pub mod gpu;
+pub mod hmm;
 pub mod init;
 pub mod keeper;
 pub mod ngram;
 pub mod numerics;
 pub mod prepare;
+pub mod probe;
 pub mod quant;
 pub mod resources;
 pub mod schedule;

@@ -278,8 +278,18 @@ impl Trainer {
     /// Takes one step on a batch drawn from `tokens`. A non-finite loss or
     /// gradient leaves parameters and state untouched and returns an error.
     pub fn step(&mut self, tokens: &[u32]) -> Result<StepStats, RuntimeError> {
+        let (ids, targets) = self.sampler.next(tokens, self.cfg.batch, self.cfg.seq)?;
+        self.step_on(ids, targets)
+    }
+
+    /// Takes one step on a batch the caller made (`batch × seq` input ids and
+    /// their targets), e.g. sentences sampled on the fly; the data position in
+    /// a checkpoint then says nothing about it.
+    pub fn step_on(&mut self, ids: Vec<i64>, targets: Vec<i64>) -> Result<StepStats, RuntimeError> {
         let (b, t) = (self.cfg.batch, self.cfg.seq);
-        let (ids, targets) = self.sampler.next(tokens, b, t)?;
+        if ids.len() != b * t || targets.len() != b * t {
+            return Err(RuntimeError::Input(format!("a training batch must hold {b} × {t} ids and targets")));
+        }
         let lr = self.lr();
         let l = self.loaded.as_mut();
         l.set("input_ids", &Value::ints(vec![b, t], ids))?;

@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod microbench;
 pub mod models;
 pub mod quantize;
+pub mod repro;
 pub mod resume;
 pub mod run;
 pub mod train;
