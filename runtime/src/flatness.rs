@@ -281,20 +281,8 @@ impl Curvature {
         crate::generate::check_finite(&logits)?;
         let vocab = *logits.shape.last().unwrap_or(&1);
         let data = logits.as_floats().unwrap_or_default();
-        Ok(data.chunks(vocab).map(|row| sample(&crate::generate::softmax(row), rng) as i64).collect())
+        Ok(data.chunks(vocab).map(|row| rng.categorical(&crate::generate::softmax(row)) as i64).collect())
     }
-}
-
-/// Index drawn from the distribution `p`.
-fn sample(p: &[f64], rng: &mut Rng) -> usize {
-    let mut u = rng.uniform();
-    for (i, &q) in p.iter().enumerate() {
-        if u < q {
-            return i;
-        }
-        u -= q;
-    }
-    p.len() - 1
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {

@@ -68,28 +68,17 @@ impl Hmm {
         self.vocab
     }
 
-    fn draw(p: &[f64], rng: &mut Rng) -> usize {
-        let mut u = rng.uniform();
-        for (i, &q) in p.iter().enumerate() {
-            if u < q {
-                return i;
-            }
-            u -= q;
-        }
-        p.len() - 1
-    }
-
     /// One sentence.
     pub fn sample(&self, rng: &mut Rng) -> Sentence {
         let (s, v) = (self.states, self.vocab);
-        let mut z = Self::draw(&self.initial, rng);
+        let mut z = rng.categorical(&self.initial);
         let (mut tokens, mut states) = (Vec::with_capacity(self.length), Vec::with_capacity(self.length));
         for t in 0..self.length {
             if t > 0 {
-                z = Self::draw(&self.transition[z * s..(z + 1) * s], rng);
+                z = rng.categorical(&self.transition[z * s..(z + 1) * s]);
             }
             states.push(z);
-            tokens.push(Self::draw(&self.emission[z * v..(z + 1) * v], rng));
+            tokens.push(rng.categorical(&self.emission[z * v..(z + 1) * v]));
         }
         Sentence { tokens, states }
     }
@@ -172,11 +161,11 @@ mod tests {
         let total: f64 = h.optimal_losses(&x).iter().sum();
         assert!((total - -p_all.ln()).abs() < 1e-12, "chain rule: Σ −log P(x_t|x_<t) = −log P(x)");
         let post = h.posteriors(&x);
-        for t in 0..3 {
-            for s in 0..3 {
+        for (t, row) in post.iter().enumerate() {
+            for (s, p) in row.iter().enumerate() {
                 let m: f64 =
                     joint.iter().enumerate().filter(|(k, _)| [k / 9, k / 3 % 3, k % 3][t] == s).map(|(_, j)| j).sum();
-                assert!((post[t][s] - m / p_all).abs() < 1e-12);
+                assert!((p - m / p_all).abs() < 1e-12);
             }
         }
     }

@@ -32,6 +32,19 @@ impl Rng {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// An index drawn from the distribution `p` (the last one if rounding
+    /// leaves the draw beyond the total).
+    pub fn categorical(&mut self, p: &[f64]) -> usize {
+        let mut u = self.uniform();
+        for (i, &q) in p.iter().enumerate() {
+            if u < q {
+                return i;
+            }
+            u -= q;
+        }
+        p.len().saturating_sub(1)
+    }
+
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.uniform();
