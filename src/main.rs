@@ -84,6 +84,11 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Mean loss per token over non-overlapping context windows (and n-gram baselines).
     Eval(commands::eval::EvalArgs),
+    /// AI-generated text detection with PAWN over a frozen language model's cached features.
+    Detect {
+        #[command(subcommand)]
+        command: commands::detect::DetectCommand,
+    },
     /// Hessian trace (Hutchinson), top eigenvalue and Fisher trace of the loss at a model's weights.
     Flatness(commands::flatness::FlatnessArgs),
     /// Reproduce a seed paper's claim at small scale: report.md, plots and metrics.jsonl.
@@ -183,6 +188,7 @@ fn lsc_main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Flatness(args) => commands::flatness::run(&args),
+        Command::Detect { command } => commands::detect::run(&command),
         Command::Repro(args) => commands::repro::run(&args),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Run { model, weights, allow_unused, seed, prompt, inputs, out, backend } => commands::run::run(

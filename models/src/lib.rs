@@ -7,6 +7,7 @@
 pub mod decode;
 pub mod gam;
 pub mod mor;
+pub mod pawn;
 pub mod transformer;
 
 use lsc_ir::Program;

@@ -123,10 +123,38 @@ pub fn training_step(forward: &Program, opts: &StepOptions) -> Result<Program, S
     let mut p = if opts.recompute_calls { forward.clone() } else { crate::inline::inline_calls(forward)? };
     let table = VjpTable::standard();
     let monitors = add_loss(&mut p, &opts.loss_terms, &table)?;
-    let grads = add_parameter_gradients(&mut p, "loss", &table)?;
+    add_update(&mut p, monitors, opts, &table)?;
+    Ok(p)
+}
+
+/// The training step of any program with a scalar `loss` output (a
+/// classifier's, say), whose other outputs are kept as monitors: the same
+/// gradients, clipping and optimizer update as [`training_step`].
+pub fn objective_step(program: &Program, opts: &StepOptions) -> Result<Program, String> {
+    let mut p = crate::inline::inline_calls(program)?;
+    let loss = output(&p, "loss")?;
+    if !p.main.value_type(loss).shape.is_empty() {
+        return Err(format!("the `loss` output is {}, not a scalar", p.main.value_type(loss)));
+    }
+    let monitors: Vec<(String, ValueRef)> = p.main.outputs.iter().filter(|(n, _)| n != "loss").cloned().collect();
+    p.main.outputs = vec![("loss".into(), loss)];
+    add_update(&mut p, monitors, opts, &VjpTable::standard())?;
+    Ok(p)
+}
+
+/// Adds the gradients of the `loss` output, their global norm (clipped per
+/// `opts`) and the optimizer's update of every parameter, as the outputs
+/// `grad_norm`, `param.{p}` and the state's names, then the monitors.
+fn add_update(
+    p: &mut Program,
+    monitors: Vec<(String, ValueRef)>,
+    opts: &StepOptions,
+    table: &VjpTable,
+) -> Result<(), String> {
+    let grads = add_parameter_gradients(p, "loss", table)?;
     let params: Vec<(String, ValueRef)> =
         p.main.params().into_iter().map(|(n, name)| (name.to_string(), ValueRef::first(n))).collect();
-    let mut e = Emit { g: &mut p.main, functions: &mut p.functions, table: &table };
+    let mut e = Emit { g: &mut p.main, functions: &mut p.functions, table };
     let scalar = TensorType::scalar(DType::F32);
     let input = |e: &mut Emit, name: &str, ty: &TensorType| {
         ValueRef::first(e.g.add_node(Op::Input { name: name.into() }, &[], vec![ty.clone()]))
@@ -211,9 +239,9 @@ pub fn training_step(forward: &Program, opts: &StepOptions) -> Result<Program, S
     }
     p.main.outputs.extend(outs);
     p.main.outputs.extend(monitors.into_iter().filter(|(n, _)| !n.starts_with("route.")));
-    crate::dce::eliminate_dead_code(&mut p);
-    lsc_ir::verify(&p).map_err(|e| format!("training step is invalid: {e}"))?;
-    Ok(p)
+    crate::dce::eliminate_dead_code(p);
+    lsc_ir::verify(p).map_err(|e| format!("training step is invalid: {e}"))?;
+    Ok(())
 }
 
 fn output(p: &Program, name: &str) -> Result<ValueRef, String> {

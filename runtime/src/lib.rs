@@ -11,7 +11,9 @@
 //! | [`target`] | where plans run: memory, kernels and library ops (the host CPU) |
 //! | [`calibrate`] | FMA peak, bandwidth and op cost of this machine for the cost model |
 //! | [`data`] | byte-token text splits |
+//! | [`detect`] | AI-text detection: labelled texts, cached next-token features of a frozen LM, accuracy / macro-F1 / AUROC |
 //! | [`eval`] | mean NLL over non-overlapping context windows |
+//! | [`fit`] | fitting any program with a scalar `loss` (a detector head) with lsc's optimizers |
 //! | [`flatness`] | the loss's Hessian trace (Hutchinson), top eigenvalue and Fisher trace |
 //! | [`tokenizer`] | bytes or BPE (`bpe` feature) |
 //! | [`init`] | seeded, per-name parameter initialisation |
@@ -19,6 +21,7 @@
 //! | [`keeper`] | which training checkpoints reach the disk: the loss watch and the held checkpoint |
 //! | [`resources`] | available memory checked before work; file-size limits as errors |
 //! | [`probe`] | linear probes of frozen features (logistic regression, held-out accuracy) |
+//! | [`pawn`] | training and running PAWN's detector head on cached features |
 //! | [`prepare`] | inference programs: saturated, parameter-only work done once |
 //! | [`numerics`] | the project-wide `allclose` and its tolerances |
 //! | [`quant`] | packed ternary and group-wise k-bit formats, bit accounting |
@@ -34,9 +37,11 @@ pub mod backend;
 pub mod calibrate;
 pub mod checkpoint;
 pub mod data;
+pub mod detect;
 pub mod error;
 pub mod eval;
 pub mod exec;
+pub mod fit;
 pub mod flatness;
 pub mod generate;
 pub mod gptq;
@@ -46,6 +51,7 @@ pub mod init;
 pub mod keeper;
 pub mod ngram;
 pub mod numerics;
+pub mod pawn;
 pub mod prepare;
 pub mod probe;
 pub mod quant;

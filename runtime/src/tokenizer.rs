@@ -5,6 +5,7 @@
 use crate::error::RuntimeError;
 
 /// A tokenizer.
+#[derive(Clone)]
 pub enum Tokenizer {
     /// One token per byte.
     Bytes,

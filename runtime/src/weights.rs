@@ -173,6 +173,10 @@ pub fn check_type(path: &Path, name: &str, ty: &TensorType, v: &Value<f32>) -> R
 
 fn encode(v: &Value<f32>) -> (Dtype, Vec<u8>) {
     match &v.data {
+        // Values tagged f16 (cached features, say) are stored in half the space.
+        Buffer::Float(x) if v.dtype == DType::F16 => {
+            (Dtype::F16, x.iter().flat_map(|f| half::f16::from_f32(*f).to_le_bytes()).collect())
+        }
         Buffer::Float(x) => (Dtype::F32, x.iter().flat_map(|f| f.to_le_bytes()).collect()),
         Buffer::Int(x) => (Dtype::I64, x.iter().flat_map(|i| i.to_le_bytes()).collect()),
         Buffer::Bool(x) => (Dtype::BOOL, x.iter().map(|&b| b as u8).collect()),

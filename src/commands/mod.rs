@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod compile;
 pub mod cuda;
+pub mod detect;
 pub mod eval;
 pub mod flatness;
 pub mod generate;
