@@ -696,3 +696,79 @@ fn repro_flatness_quick_writes_a_report_with_verdicts_plots_and_metrics() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("flatness"), "{}", stderr(&o));
 }
+
+#[test]
+fn detect_features_train_eval_predict_and_bad_input() {
+    let dir = scratch("detect");
+    let out = dir.to_str().unwrap();
+    let o = lsc(&[
+        "train",
+        "--model",
+        "transformer",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--sample-tokens",
+        "0",
+        "--out",
+        out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lm = dir.join("checkpoint.safetensors");
+    let lm = lm.to_str().unwrap();
+    // Human texts in lower case, machine texts in upper case: separable by the metrics.
+    let human: Vec<String> =
+        (0..30).map(|i| format!("the {i}th plain sentence of this small human corpus, written slowly")).collect();
+    let machine: Vec<String> = human.iter().map(|t| t.to_uppercase()).collect();
+    let data = dir.join("texts.json");
+    std::fs::write(&data, serde_json::json!({ "original": human, "sampled": machine }).to_string()).unwrap();
+    let d = data.to_str().unwrap();
+    let cache = dir.join("cache");
+    let c = cache.to_str().unwrap();
+    let o = lsc(&["detect", "features", "--ckpt", lm, "--data", d, "--cache", c]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("60 texts (30 machine, 30 human)") && stdout(&o).contains("0 from the cache, 60 computed"),
+        "{}",
+        stdout(&o)
+    );
+    // A corrupt cache file is recomputed with a warning; the rest come from the cache.
+    let first = std::fs::read_dir(&cache).unwrap().next().unwrap().unwrap().path();
+    std::fs::write(&first, b"not safetensors").unwrap();
+    let o = lsc(&["detect", "features", "--ckpt", lm, "--data", d, "--cache", c]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("59 from the cache, 1 computed"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("recomputing a corrupt feature cache file"), "{}", stderr(&o));
+    let head = dir.join("head.safetensors");
+    let h = head.to_str().unwrap();
+    let o = lsc(&[
+        "detect", "train", "--ckpt", lm, "--data", d, "--cache", c, "--out", h, "--epochs", "20", "--batch", "8",
+        "--lr", "0.01",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(PAWN)") && stdout(&o).contains("(mean aggregation)"), "{}", stdout(&o));
+    let o = lsc(&["detect", "eval", "--head", h, "--data", d, "--cache", c, "--part", "all", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(doc["texts"], 60);
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{doc}");
+    assert!(results[0]["auroc"].as_f64().unwrap() > 0.9, "PAWN separates upper from lower case: {doc}");
+    let o = lsc(&["detect", "predict", "--head", h, "--data", d, "--cache", c]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 60);
+    assert!(lines.iter().all(|l| (0.0..=1.0).contains(&l["probability"].as_f64().unwrap())));
+    // Malformed input names the file and the record; heads and language models are not confused.
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"original": ["fine text of enough bytes to count", 7], "sampled": []}"#).unwrap();
+    let o = lsc(&["detect", "features", "--ckpt", lm, "--data", bad.to_str().unwrap(), "--cache", c]);
+    assert_bad(&o, "bad.json: record 1 of `original` is not a string");
+    assert_one_line(&o);
+    assert_bad(&lsc(&["detect", "eval", "--head", lm, "--data", d, "--cache", c]), "not a detector head");
+    assert_bad(&lsc(&["detect", "features", "--ckpt", h, "--data", d, "--cache", c]), "is a detector head");
+    assert_bad(&lsc(&["detect", "features", "--ckpt", lm, "--data", d, "--max-tokens", "5000"]), "--max-tokens 5000");
+}

@@ -183,7 +183,7 @@ impl Extractor {
     pub fn new(
         forward: Program,
         params: &Tensors<f32>,
-        on: RunOn,
+        on: impl Into<RunOn>,
         tokenizer: crate::tokenizer::Tokenizer,
         max_tokens: usize,
         model_key: String,
