@@ -139,7 +139,7 @@ pub fn run(c: &DetectCommand) -> CliResult {
 }
 
 /// The backbone: its checkpoint, tokenizer, context and a key of its weights.
-struct Backbone {
+pub(crate) struct Backbone {
     ckpt: Checkpoint,
     tokenizer: Tokenizer,
     model: String,
@@ -147,7 +147,7 @@ struct Backbone {
     key: String,
 }
 
-fn backbone(path: &Path) -> Result<Backbone, CliError> {
+pub(crate) fn backbone(path: &Path) -> Result<Backbone, CliError> {
     let ckpt = Checkpoint::load(path)?;
     let field = |k: &str| ckpt.meta.train[k].as_str().unwrap_or_default().to_string();
     let (model, config) = (field("model"), field("config"));
@@ -193,8 +193,18 @@ fn records(d: &DataArgs, default: Part) -> Result<Vec<Record>, CliError> {
 }
 
 fn extractor(b: &Backbone, a: &FeatureArgs, max_tokens: Option<usize>) -> Result<Extractor, CliError> {
+    open_extractor(b, a.max_tokens.or(max_tokens), &a.data.cache, a.backend.run_on())
+}
+
+/// The feature extractor of a backbone (`max_tokens` default: its context, at most 512).
+pub(crate) fn open_extractor(
+    b: &Backbone,
+    max_tokens: Option<usize>,
+    cache: &Path,
+    on: lsc_runtime::backend::RunOn,
+) -> Result<Extractor, CliError> {
     let context = lsc_models::max_seq_len(&b.model, &b.config).map_err(|e| CliError::new(e.to_string()))?;
-    let max_tokens = a.max_tokens.or(max_tokens).unwrap_or(context.min(512));
+    let max_tokens = max_tokens.unwrap_or(context.min(512));
     if max_tokens > context || max_tokens < detect::MIN_TOKENS {
         return Err(CliError::with_fix(
             format!(
@@ -213,11 +223,11 @@ fn extractor(b: &Backbone, a: &FeatureArgs, max_tokens: Option<usize>) -> Result
     Ok(Extractor::new(
         forward,
         &b.ckpt.params,
-        a.backend.run_on(),
+        on,
         b.tokenizer.clone(),
         max_tokens,
         b.key.clone(),
-        a.data.cache.clone(),
+        cache.to_path_buf(),
     )?)
 }
 
@@ -237,51 +247,116 @@ fn zero_shot(f: &TextFeatures) -> [f64; 2] {
     [mean(0), -mean(1)]
 }
 
-const ZERO_SHOT: [&str; 2] = ["zero-shot: mean log-likelihood", "zero-shot: −mean entropy"];
+/// How the heads are trained.
+pub(crate) struct HeadSettings {
+    /// Features F.
+    pub width: usize,
+    /// Residual hidden layers.
+    pub layers: usize,
+    /// Label smoothing.
+    pub label_smoothing: f64,
+    /// The machine class's weight.
+    pub pos_weight: f64,
+    /// The optimisation.
+    pub opts: TrainOptions,
+}
 
-fn train(a: &TrainArgs) -> CliResult {
-    let (records, feats, ex) = load(&a.features, Part::Train)?;
-    let labels: Vec<u8> = records.iter().map(|r| r.label).collect();
+/// The PAWN head, its mean-aggregation ablation and the zero-shot thresholds,
+/// all fitted on the same texts.
+pub(crate) struct Detectors {
+    weighted: (Head, Tensors<f32>),
+    mean: (Head, Tensors<f32>),
+    thresholds: [f64; 2],
+    /// The last step's loss of each head.
+    pub final_losses: [f64; 2],
+}
+
+/// Fits every detector on `texts` (features of `positions + 1` tokens at most).
+pub(crate) fn fit(
+    texts: &[&TextFeatures],
+    labels: &[u8],
+    positions: usize,
+    s: &HeadSettings,
+    on: lsc_runtime::backend::RunOn,
+) -> Result<Detectors, CliError> {
     if labels.iter().all(|&y| y == labels[0]) {
         return Err(CliError::with_fix(
             "the training texts are all of one class",
             "pass files with human and machine texts",
         ));
     }
-    let texts: Vec<&TextFeatures> = feats.iter().collect();
     let cfg = |aggregation| PawnConfig {
         metrics: detect::METRICS.len(),
-        hidden: feats[0].dim,
-        features: a.width,
-        layers: a.layers,
+        hidden: texts[0].dim,
+        features: s.width,
+        layers: s.layers,
         aggregation,
+        label_smoothing: s.label_smoothing,
+        pos_weight: s.pos_weight,
+    };
+    let norm = MetricNorm::fit(texts);
+    let mut heads = Vec::new();
+    for aggregation in [Aggregation::Weighted, Aggregation::Mean] {
+        let head = Head { cfg: cfg(aggregation), positions, norm: norm.clone() };
+        let steps = (texts.len() / s.opts.batch.min(texts.len()).max(1) * s.opts.epochs) as u64;
+        let bar = indicatif::ProgressBar::new(steps).with_message(format!("{aggregation:?} head"));
+        let (p, losses) = pawn::train(&head, texts, labels, &s.opts, on, &mut || bar.inc(1))?;
+        bar.finish_and_clear();
+        heads.push((head, p, losses.last().copied().unwrap_or(f64::NAN)));
+    }
+    let zs = |j: usize| texts.iter().map(|f| zero_shot(f)[j]).collect::<Vec<_>>();
+    let thresholds = [detect::best_threshold(&zs(0), labels), detect::best_threshold(&zs(1), labels)];
+    let (mean, weighted) = (heads.pop().expect("two heads"), heads.pop().expect("two heads"));
+    Ok(Detectors {
+        final_losses: [weighted.2, mean.2],
+        weighted: (weighted.0, weighted.1),
+        mean: (mean.0, mean.1),
+        thresholds,
+    })
+}
+
+/// The detectors' names, in the order [`score`] gives them.
+pub(crate) const DETECTORS: [&str; 4] =
+    ["PAWN", "PAWN, mean aggregation", "zero-shot: mean log-likelihood", "zero-shot: −mean entropy"];
+
+/// Every detector's accuracy, macro-F1 and AUROC on `texts`.
+pub(crate) fn score(
+    d: &Detectors,
+    texts: &[&TextFeatures],
+    labels: &[u8],
+    on: lsc_runtime::backend::RunOn,
+) -> Result<Vec<Scores>, CliError> {
+    let weighted = pawn::logits(&d.weighted.0, &d.weighted.1, texts, on)?;
+    let mean = pawn::logits(&d.mean.0, &d.mean.1, texts, on)?;
+    let mut out = vec![detect::evaluate(&weighted, labels, 0.0), detect::evaluate(&mean, labels, 0.0)];
+    for j in 0..2 {
+        let s: Vec<f64> = texts.iter().map(|f| zero_shot(f)[j]).collect();
+        out.push(detect::evaluate(&s, labels, d.thresholds[j]));
+    }
+    Ok(out)
+}
+
+fn train(a: &TrainArgs) -> CliResult {
+    let (records, feats, ex) = load(&a.features, Part::Train)?;
+    let labels: Vec<u8> = records.iter().map(|r| r.label).collect();
+    let texts: Vec<&TextFeatures> = feats.iter().collect();
+    let settings = HeadSettings {
+        width: a.width,
+        layers: a.layers,
         label_smoothing: a.label_smoothing,
         pos_weight: a.pos_weight,
+        opts: TrainOptions {
+            epochs: a.epochs,
+            batch: a.batch,
+            lr: a.lr,
+            weight_decay: 1e-2,
+            token_dropout: a.token_dropout,
+            seed: a.seed,
+        },
     };
-    let positions = ex.max_tokens() - 1;
-    let norm = MetricNorm::fit(&texts);
-    let opts = TrainOptions {
-        epochs: a.epochs,
-        batch: a.batch,
-        lr: a.lr,
-        weight_decay: 1e-2,
-        token_dropout: a.token_dropout,
-        seed: a.seed,
-    };
-    let mut params = Tensors::new();
-    let mut last_losses = Vec::new();
-    for (prefix, aggregation) in [("", Aggregation::Weighted), ("mean.", Aggregation::Mean)] {
-        let head = Head { cfg: cfg(aggregation), positions, norm: norm.clone() };
-        let steps = (texts.len() / a.batch.min(texts.len()).max(1) * a.epochs) as u64;
-        let bar = indicatif::ProgressBar::new(steps).with_message(format!("{aggregation:?} head"));
-        let (p, losses) = pawn::train(&head, &texts, &labels, &opts, a.features.backend.run_on(), &mut || bar.inc(1))?;
-        bar.finish_and_clear();
-        params.extend(p.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
-        last_losses.push(losses.last().copied().unwrap_or(f64::NAN));
-    }
-    let thresholds: Vec<f64> = (0..2)
-        .map(|j| detect::best_threshold(&feats.iter().map(|f| zero_shot(f)[j]).collect::<Vec<_>>(), &labels))
-        .collect();
+    let d = fit(&texts, &labels, ex.max_tokens() - 1, &settings, a.features.backend.run_on())?;
+    let mut params = d.weighted.1.clone();
+    params.extend(d.mean.1.iter().map(|(k, v)| (format!("mean.{k}"), v.clone())));
     let meta = json!({
         "kind": "pawn-head",
         "backbone": a.features.ckpt.display().to_string(),
@@ -289,7 +364,7 @@ fn train(a: &TrainArgs) -> CliResult {
         "max_tokens": ex.max_tokens(),
         "width": a.width, "layers": a.layers, "hidden": feats[0].dim,
         "label_smoothing": a.label_smoothing, "pos_weight": a.pos_weight,
-        "norm": norm, "train": opts, "zero_shot_thresholds": thresholds,
+        "norm": d.weighted.0.norm, "train": settings.opts, "zero_shot_thresholds": d.thresholds,
         "data": a.features.data.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "texts": records.len(),
     });
@@ -310,8 +385,8 @@ fn train(a: &TrainArgs) -> CliResult {
         "trained on {} texts ({} machine): final loss {:.4} (PAWN), {:.4} (mean aggregation); wrote {}",
         records.len(),
         labels.iter().filter(|&&y| y == 1).count(),
-        last_losses[0],
-        last_losses[1],
+        d.final_losses[0],
+        d.final_losses[1],
         a.out.display()
     );
     Ok(())
@@ -319,9 +394,7 @@ fn train(a: &TrainArgs) -> CliResult {
 
 /// A head file's contents.
 struct TrainedHead {
-    weighted: (Head, Tensors<f32>),
-    mean: (Head, Tensors<f32>),
-    thresholds: [f64; 2],
+    detectors: Detectors,
     backbone: PathBuf,
     backbone_key: String,
     max_tokens: usize,
@@ -361,13 +434,17 @@ fn read_head(path: &Path) -> Result<TrainedHead, CliError> {
     let (mean, weighted): (Tensors<f32>, Tensors<f32>) =
         ckpt.params.into_iter().partition(|(k, _)| k.starts_with("mean."));
     let mean = mean.into_iter().map(|(k, v)| (k["mean.".len()..].to_string(), v)).collect();
+    let thresholds = [
+        *thresholds.first().ok_or_else(|| bad("no thresholds"))?,
+        *thresholds.get(1).ok_or_else(|| bad("no thresholds"))?,
+    ];
     Ok(TrainedHead {
-        weighted: (head(Aggregation::Weighted)?, weighted),
-        mean: (head(Aggregation::Mean)?, mean),
-        thresholds: [
-            *thresholds.first().ok_or_else(|| bad("no thresholds"))?,
-            *thresholds.get(1).ok_or_else(|| bad("no thresholds"))?,
-        ],
+        detectors: Detectors {
+            weighted: (head(Aggregation::Weighted)?, weighted),
+            mean: (head(Aggregation::Mean)?, mean),
+            thresholds,
+            final_losses: [f64::NAN; 2],
+        },
         backbone: PathBuf::from(m["backbone"].as_str().unwrap_or_default()),
         backbone_key: m["backbone_key"].as_str().unwrap_or_default().to_string(),
         max_tokens,
@@ -393,23 +470,15 @@ fn eval(a: &EvalArgs, predict: bool) -> CliResult {
     let feats = extractor(&b, &fa, Some(h.max_tokens))?.features(&records)?;
     let texts: Vec<&TextFeatures> = feats.iter().collect();
     let on = a.backend.run_on();
-    let weighted = pawn::logits(&h.weighted.0, &h.weighted.1, &texts, on)?;
+    let labels: Vec<u8> = records.iter().map(|r| r.label).collect();
     if predict {
-        for (r, z) in records.iter().zip(&weighted) {
-            println!("{}", json!({ "source": r.source, "label": r.label, "probability": sigmoid(*z) }));
+        let d = &h.detectors;
+        for (r, z) in records.iter().zip(pawn::logits(&d.weighted.0, &d.weighted.1, &texts, on)?) {
+            println!("{}", json!({ "source": r.source, "label": r.label, "probability": sigmoid(z) }));
         }
         return Ok(());
     }
-    let labels: Vec<u8> = records.iter().map(|r| r.label).collect();
-    let mean = pawn::logits(&h.mean.0, &h.mean.1, &texts, on)?;
-    let mut rows: Vec<(&str, Scores)> = vec![
-        ("PAWN", detect::evaluate(&weighted, &labels, 0.0)),
-        ("PAWN, mean aggregation", detect::evaluate(&mean, &labels, 0.0)),
-    ];
-    for (j, name) in ZERO_SHOT.iter().enumerate() {
-        let s: Vec<f64> = feats.iter().map(|f| zero_shot(f)[j]).collect();
-        rows.push((name, detect::evaluate(&s, &labels, h.thresholds[j])));
-    }
+    let rows: Vec<(&str, Scores)> = DETECTORS.into_iter().zip(score(&h.detectors, &texts, &labels, on)?).collect();
     let machine = labels.iter().filter(|&&y| y == 1).count();
     if a.json {
         let doc: Vec<serde_json::Value> = rows
