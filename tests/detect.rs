@@ -6,8 +6,11 @@ use lsc_interp::{Buffer, Interpreter, Tensors, Value};
 use lsc_models::pawn::{Aggregation, PawnConfig};
 use lsc_passes::autodiff::{add_parameter_gradients, VjpTable};
 use lsc_runtime::backend::Backend;
-use lsc_runtime::detect::{Extractor, Record, METRICS};
+use lsc_runtime::detect::{Extractor, Reading, Record, METRICS};
 use lsc_runtime::init::{self, Rng};
+
+/// 40 tokens per text in windows of 16: the window boundaries are crossed.
+const READ: Reading = Reading { max_tokens: 40, window: 16 };
 
 fn record(text: &str, label: u8) -> Record {
     Record { text: text.to_string(), label, source: "test".into() }
@@ -22,22 +25,28 @@ fn features_match_a_direct_computation_and_come_back_from_the_cache() {
     let _ = std::fs::remove_dir_all(&cache);
     let texts = [
         record("The quick brown fox jumps over the lazy dog.", 0),
-        record("A longer text, of more than forty bytes, that is cut at 32.", 1),
+        record("A longer text, of more than forty bytes, that is cut at forty.", 1),
     ];
     let tok = lsc_runtime::tokenizer::Tokenizer::Bytes;
     let mut ex =
-        Extractor::new(with.clone(), &params, Backend::default(), tok.clone(), 32, "k".into(), cache.clone()).unwrap();
+        Extractor::new(with.clone(), &params, Backend::default(), tok.clone(), READ, "k".into(), cache.clone())
+            .unwrap();
     let feats = ex.features(&texts).unwrap();
     assert_eq!((ex.hits, ex.misses), (0, 2));
     for (r, f) in texts.iter().zip(&feats) {
-        // The reference: the interpreter on the text alone, metrics from the definitions in f64.
-        let ids: Vec<i64> = r.text.bytes().take(32).map(|b| b as i64).collect();
+        // The reference: the interpreter on each window of 16 of the text alone,
+        // metrics from the definitions in f64.
+        let ids: Vec<i64> = r.text.bytes().take(40).map(|b| b as i64).collect();
         let n = ids.len();
         assert_eq!(f.tokens, n);
-        let inputs = Tensors::from([("input_ids".to_string(), Value::ints(vec![1, n], ids.clone()))]);
-        let outs = Interpreter::new(&with).unwrap().run(&inputs, &params).unwrap();
-        let get = |name: &str| outs.iter().find(|(k, _)| k == name).unwrap().1.to_f64_vec();
-        let (logits, hidden) = (get("logits"), get("features"));
+        let (mut logits, mut hidden) = (Vec::new(), Vec::new());
+        for w in ids.chunks(16) {
+            let inputs = Tensors::from([("input_ids".to_string(), Value::ints(vec![1, w.len()], w.to_vec()))]);
+            let outs = Interpreter::new(&with).unwrap().run(&inputs, &params).unwrap();
+            let get = |name: &str| outs.iter().find(|(k, _)| k == name).unwrap().1.to_f64_vec();
+            logits.extend(get("logits"));
+            hidden.extend(get("features"));
+        }
         for p in 0..n - 1 {
             let row = &logits[p * 256..(p + 1) * 256];
             let z = row.iter().map(|x| x.exp()).sum::<f64>().ln();
@@ -62,19 +71,21 @@ fn features_match_a_direct_computation_and_come_back_from_the_cache() {
     }
     // A second extractor reads the same features back from the cache.
     let mut again =
-        Extractor::new(with.clone(), &params, Backend::default(), tok.clone(), 32, "k".into(), cache.clone()).unwrap();
+        Extractor::new(with.clone(), &params, Backend::default(), tok.clone(), READ, "k".into(), cache.clone())
+            .unwrap();
     assert_eq!(again.features(&texts).unwrap(), feats);
     assert_eq!((again.hits, again.misses), (2, 0));
     // Another model key does not read them.
     let mut other =
-        Extractor::new(with.clone(), &params, Backend::default(), tok.clone(), 32, "j".into(), cache.clone()).unwrap();
+        Extractor::new(with.clone(), &params, Backend::default(), tok.clone(), READ, "j".into(), cache.clone())
+            .unwrap();
     other.features(&texts[..1]).unwrap();
     assert_eq!(other.misses, 1);
     // A corrupt cache file is recomputed, not trusted.
     for entry in std::fs::read_dir(&cache).unwrap() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
-    let mut fixed = Extractor::new(with, &params, Backend::default(), tok, 32, "k".into(), cache).unwrap();
+    let mut fixed = Extractor::new(with, &params, Backend::default(), tok, READ, "k".into(), cache).unwrap();
     assert_eq!(fixed.features(&texts).unwrap(), feats);
     assert_eq!(fixed.misses, 2);
     // Too short a text is refused, naming its source.

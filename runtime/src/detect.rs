@@ -164,7 +164,7 @@ pub fn token_metrics(logits: &[f32], next: usize) -> [f32; 5] {
 pub struct Extractor {
     loaded: Box<dyn Loaded>,
     batch: usize,
-    max_tokens: usize,
+    reading: Reading,
     model_key: String,
     cache: PathBuf,
     tokenizer: crate::tokenizer::Tokenizer,
@@ -177,6 +177,17 @@ pub struct Extractor {
 /// The fewest tokens a text must have (PAWN's minimum).
 pub const MIN_TOKENS: usize = 16;
 
+/// How much of each text the model reads: at most `max_tokens`, in
+/// consecutive windows of `window` (the model's context or less), each read
+/// afresh, so a text can be longer than the context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reading {
+    /// Tokens read per text.
+    pub max_tokens: usize,
+    /// Tokens per window.
+    pub window: usize,
+}
+
 impl Extractor {
     /// `forward` must have `logits` and `features` outputs (see
     /// `lsc_models::with_features`); `model_key` identifies the weights.
@@ -185,19 +196,22 @@ impl Extractor {
         params: &Tensors<f32>,
         on: impl Into<RunOn>,
         tokenizer: crate::tokenizer::Tokenizer,
-        max_tokens: usize,
+        reading: Reading,
         model_key: String,
         cache: PathBuf,
     ) -> Result<Extractor, RuntimeError> {
+        if reading.window == 0 || reading.max_tokens < MIN_TOKENS {
+            return Err(RuntimeError::Input(format!("cannot read texts as {reading:?}")));
+        }
         std::fs::create_dir_all(&cache).map_err(|source| RuntimeError::Io { path: cache.clone(), source })?;
         let batch = 8;
-        let loaded = Executable::new(forward, on)?.load_with(batch, max_tokens, params)?;
-        Ok(Extractor { loaded, batch, max_tokens, model_key, cache, tokenizer, hits: 0, misses: 0 })
+        let loaded = Executable::new(forward, on)?.load_with(batch, reading.window, params)?;
+        Ok(Extractor { loaded, batch, reading, model_key, cache, tokenizer, hits: 0, misses: 0 })
     }
 
     /// Tokens read per text.
     pub fn max_tokens(&self) -> usize {
-        self.max_tokens
+        self.reading.max_tokens
     }
 
     /// The key of the model's weights that the cache files are keyed by.
@@ -206,7 +220,8 @@ impl Extractor {
     }
 
     fn path(&self, text: &str) -> PathBuf {
-        let key = content_key(&[self.model_key.as_bytes(), &(self.max_tokens as u64).to_le_bytes(), text.as_bytes()]);
+        let (m, w) = (self.reading.max_tokens as u64, self.reading.window as u64);
+        let key = content_key(&[self.model_key.as_bytes(), &m.to_le_bytes(), &w.to_le_bytes(), text.as_bytes()]);
         self.cache.join(format!("{key}.safetensors"))
     }
 
@@ -230,7 +245,7 @@ impl Extractor {
                 }
             }
             let mut ids = self.tokenizer.encode(r.text.as_bytes())?;
-            ids.truncate(self.max_tokens);
+            ids.truncate(self.reading.max_tokens);
             if ids.len() < MIN_TOKENS {
                 return Err(RuntimeError::Input(format!(
                     "{}: a text of {} tokens (at least {MIN_TOKENS} are needed): {:?}",
@@ -241,9 +256,10 @@ impl Extractor {
             }
             todo.push((i, ids));
         }
-        for chunk in todo.chunks(self.batch) {
-            let computed = self.run_batch(chunk)?;
-            for ((i, _), f) in chunk.iter().zip(computed) {
+        // A group of texts at a time bounds the memory their logits take.
+        for group in todo.chunks(64) {
+            let computed = self.run_texts(group)?;
+            for ((i, _), f) in group.iter().zip(computed) {
                 save_cached(&self.path(&records[*i].text), &f)?;
                 out[*i] = Some(f);
                 self.misses += 1;
@@ -252,33 +268,55 @@ impl Extractor {
         Ok(out.into_iter().map(|f| f.expect("every text has features")).collect())
     }
 
-    fn run_batch(&mut self, chunk: &[(usize, Vec<u32>)]) -> Result<Vec<TextFeatures>, RuntimeError> {
-        let (b, t) = (self.batch, self.max_tokens);
-        let mut ids = vec![0i64; b * t];
-        for (row, (_, x)) in chunk.iter().enumerate() {
-            ids[row * t..row * t + x.len()].iter_mut().zip(x).for_each(|(d, s)| *d = *s as i64);
-        }
-        self.loaded.set("input_ids", &Value::ints(vec![b, t], ids))?;
-        self.loaded.run()?;
-        let logits = self.loaded.output("logits")?;
-        crate::generate::check_finite(&logits)?;
-        let hidden = self.loaded.output("features")?;
-        let (v, d) = (logits.shape[2], hidden.shape[2]);
-        let (logits, hidden) = (logits.as_floats().unwrap_or_default(), hidden.as_floats().unwrap_or_default());
-        Ok(chunk
-            .iter()
-            .enumerate()
-            .map(|(row, (_, x))| {
+    /// The features of texts, their windows run `batch` at a time.
+    fn run_texts(&mut self, texts: &[(usize, Vec<u32>)]) -> Result<Vec<TextFeatures>, RuntimeError> {
+        let (b, t) = (self.batch, self.reading.window);
+        let windows: Vec<(usize, usize)> =
+            texts.iter().enumerate().flat_map(|(k, (_, x))| (0..x.len().div_ceil(t)).map(move |w| (k, w))).collect();
+        let mut out: Vec<TextFeatures> = Vec::with_capacity(texts.len());
+        for chunk in windows.chunks(b) {
+            let mut ids = vec![0i64; b * t];
+            for (row, &(k, w)) in chunk.iter().enumerate() {
+                let x = &texts[k].1[w * t..((w + 1) * t).min(texts[k].1.len())];
+                ids[row * t..row * t + x.len()].iter_mut().zip(x).for_each(|(d, s)| *d = *s as i64);
+            }
+            self.loaded.set("input_ids", &Value::ints(vec![b, t], ids))?;
+            self.loaded.run()?;
+            let logits = self.loaded.output("logits")?;
+            crate::generate::check_finite(&logits)?;
+            let hidden = self.loaded.output("features")?;
+            let (v, d) = (logits.shape[2], hidden.shape[2]);
+            let (logits, hidden) = (logits.as_floats().unwrap_or_default(), hidden.as_floats().unwrap_or_default());
+            for (row, &(k, w)) in chunk.iter().enumerate() {
+                let x = &texts[k].1;
                 let n = x.len();
-                let metrics = (0..n - 1)
-                    .flat_map(|p| token_metrics(&logits[(row * t + p) * v..(row * t + p + 1) * v], x[p + 1] as usize))
-                    .collect();
-                // Rounded as the cache stores them (f16), so a rerun from the cache sees the same values.
-                let hidden =
-                    hidden[row * t * d..(row * t + n) * d].iter().map(|&h| half::f16::from_f32(h).to_f32()).collect();
-                TextFeatures { metrics, hidden, tokens: n, dim: d }
-            })
-            .collect())
+                if k == out.len() {
+                    out.push(TextFeatures {
+                        metrics: Vec::with_capacity((n - 1) * 5),
+                        hidden: Vec::new(),
+                        tokens: n,
+                        dim: d,
+                    });
+                }
+                let f = &mut out[k];
+                for o in 0..t.min(n - w * t) {
+                    let p = w * t + o;
+                    if p + 1 < n {
+                        f.metrics.extend(token_metrics(
+                            &logits[(row * t + o) * v..(row * t + o + 1) * v],
+                            x[p + 1] as usize,
+                        ));
+                    }
+                    // Rounded as the cache stores them (f16), so a rerun from the cache sees the same values.
+                    f.hidden.extend(
+                        hidden[(row * t + o) * d..(row * t + o + 1) * d]
+                            .iter()
+                            .map(|&h| half::f16::from_f32(h).to_f32()),
+                    );
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -53,7 +53,7 @@ pub struct FeatureArgs {
     pub ckpt: PathBuf,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Tokens read per text (default: the model's context, at most 512).
+    /// Tokens read per text (PAWN's 512 by default), in windows of the model's context.
     #[arg(long, value_parser = crate::args::count)]
     pub max_tokens: Option<usize>,
     #[command(flatten)]
@@ -147,6 +147,24 @@ pub(crate) struct Backbone {
     key: String,
 }
 
+impl Backbone {
+    /// The built-in model's name.
+    pub fn model_name(&self) -> &str {
+        &self.model
+    }
+
+    /// Its config.
+    pub fn config_name(&self) -> &str {
+        &self.config
+    }
+
+    /// Its parameter count.
+    pub fn parameters(&self) -> usize {
+        self.ckpt.params.values().map(|v| v.numel()).sum()
+    }
+}
+
+/// Loads a language model's checkpoint (refusing a detector head).
 pub(crate) fn backbone(path: &Path) -> Result<Backbone, CliError> {
     let ckpt = Checkpoint::load(path)?;
     let field = |k: &str| ckpt.meta.train[k].as_str().unwrap_or_default().to_string();
@@ -204,31 +222,20 @@ pub(crate) fn open_extractor(
     on: lsc_runtime::backend::RunOn,
 ) -> Result<Extractor, CliError> {
     let context = lsc_models::max_seq_len(&b.model, &b.config).map_err(|e| CliError::new(e.to_string()))?;
-    let max_tokens = max_tokens.unwrap_or(context.min(512));
-    if max_tokens > context || max_tokens < detect::MIN_TOKENS {
+    let max_tokens = max_tokens.unwrap_or(512);
+    if !(detect::MIN_TOKENS..=MAX_TOKENS).contains(&max_tokens) {
         return Err(CliError::with_fix(
-            format!(
-                "--max-tokens {max_tokens} is outside {}..={context} ({}/{}'s context)",
-                detect::MIN_TOKENS,
-                b.model,
-                b.config
-            ),
-            format!("pass --max-tokens {context} or less"),
+            format!("--max-tokens {max_tokens} is outside {}..={MAX_TOKENS}", detect::MIN_TOKENS),
+            "pass --max-tokens 512 (PAWN's limit)",
         ));
     }
+    // Longer texts are read in consecutive windows of the model's context.
+    let reading = detect::Reading { max_tokens, window: context.min(max_tokens) };
     let forward =
         lsc_models::build_graph(&b.model, &b.config, b.tokenizer.vocab_size(), lsc_models::GraphKind::Inference)
             .map_err(|e| CliError::new(e.to_string()))?;
     let forward = lsc_models::with_features(&forward).map_err(|e| CliError::new(e.to_string()))?;
-    Ok(Extractor::new(
-        forward,
-        &b.ckpt.params,
-        on,
-        b.tokenizer.clone(),
-        max_tokens,
-        b.key.clone(),
-        cache.to_path_buf(),
-    )?)
+    Ok(Extractor::new(forward, &b.ckpt.params, on, b.tokenizer.clone(), reading, b.key.clone(), cache.to_path_buf())?)
 }
 
 fn load(a: &FeatureArgs, default: Part) -> Result<(Vec<Record>, Vec<TextFeatures>, Extractor), CliError> {
@@ -239,7 +246,11 @@ fn load(a: &FeatureArgs, default: Part) -> Result<(Vec<Record>, Vec<TextFeatures
     Ok((records, feats, ex))
 }
 
-/// A text's mean log-likelihood and negated mean entropy (both higher for machine text).
+/// The most tokens read per text.
+const MAX_TOKENS: usize = 4096;
+
+/// A text's mean log-likelihood and negated mean entropy (machine text is
+/// expected to score higher; the direction is taken from the training texts).
 fn zero_shot(f: &TextFeatures) -> [f64; 2] {
     let k = detect::METRICS.len();
     let n = (f.metrics.len() / k).max(1) as f64;
@@ -266,9 +277,11 @@ pub(crate) struct HeadSettings {
 pub(crate) struct Detectors {
     weighted: (Head, Tensors<f32>),
     mean: (Head, Tensors<f32>),
-    thresholds: [f64; 2],
-    /// The last step's loss of each head.
-    pub final_losses: [f64; 2],
+    /// Each zero-shot score's direction (±1: which side is machine, from the
+    /// training texts) and threshold.
+    zero_shot: [(f64, f64); 2],
+    /// Each head's loss at every training step (PAWN, mean aggregation).
+    pub losses: [Vec<f64>; 2],
 }
 
 /// Fits every detector on `texts` (features of `positions + 1` tokens at most).
@@ -302,22 +315,45 @@ pub(crate) fn fit(
         let bar = indicatif::ProgressBar::new(steps).with_message(format!("{aggregation:?} head"));
         let (p, losses) = pawn::train(&head, texts, labels, &s.opts, on, &mut || bar.inc(1))?;
         bar.finish_and_clear();
-        heads.push((head, p, losses.last().copied().unwrap_or(f64::NAN)));
+        heads.push((head, p, losses));
     }
     let zs = |j: usize| texts.iter().map(|f| zero_shot(f)[j]).collect::<Vec<_>>();
-    let thresholds = [detect::best_threshold(&zs(0), labels), detect::best_threshold(&zs(1), labels)];
+    let oriented = |j: usize| {
+        let s = zs(j);
+        let sign = if detect::auroc(&s, labels) >= 0.5 { 1.0 } else { -1.0 };
+        let s: Vec<f64> = s.iter().map(|x| sign * x).collect();
+        (sign, detect::best_threshold(&s, labels))
+    };
+    let zero_shot = [oriented(0), oriented(1)];
     let (mean, weighted) = (heads.pop().expect("two heads"), heads.pop().expect("two heads"));
     Ok(Detectors {
-        final_losses: [weighted.2, mean.2],
+        losses: [weighted.2, mean.2],
         weighted: (weighted.0, weighted.1),
         mean: (mean.0, mean.1),
-        thresholds,
+        zero_shot,
     })
 }
 
 /// The detectors' names, in the order [`score`] gives them.
 pub(crate) const DETECTORS: [&str; 4] =
     ["PAWN", "PAWN, mean aggregation", "zero-shot: mean log-likelihood", "zero-shot: −mean entropy"];
+
+/// Every detector's score of every text (higher: machine) and its threshold.
+pub(crate) fn raw_scores(
+    d: &Detectors,
+    texts: &[&TextFeatures],
+    on: lsc_runtime::backend::RunOn,
+) -> Result<Vec<(Vec<f64>, f64)>, CliError> {
+    let mut out = vec![
+        (pawn::logits(&d.weighted.0, &d.weighted.1, texts, on)?, 0.0),
+        (pawn::logits(&d.mean.0, &d.mean.1, texts, on)?, 0.0),
+    ];
+    for j in 0..2 {
+        let (sign, threshold) = d.zero_shot[j];
+        out.push((texts.iter().map(|f| sign * zero_shot(f)[j]).collect(), threshold));
+    }
+    Ok(out)
+}
 
 /// Every detector's accuracy, macro-F1 and AUROC on `texts`.
 pub(crate) fn score(
@@ -326,14 +362,7 @@ pub(crate) fn score(
     labels: &[u8],
     on: lsc_runtime::backend::RunOn,
 ) -> Result<Vec<Scores>, CliError> {
-    let weighted = pawn::logits(&d.weighted.0, &d.weighted.1, texts, on)?;
-    let mean = pawn::logits(&d.mean.0, &d.mean.1, texts, on)?;
-    let mut out = vec![detect::evaluate(&weighted, labels, 0.0), detect::evaluate(&mean, labels, 0.0)];
-    for j in 0..2 {
-        let s: Vec<f64> = texts.iter().map(|f| zero_shot(f)[j]).collect();
-        out.push(detect::evaluate(&s, labels, d.thresholds[j]));
-    }
-    Ok(out)
+    Ok(raw_scores(d, texts, on)?.iter().map(|(s, t)| detect::evaluate(s, labels, *t)).collect())
 }
 
 fn train(a: &TrainArgs) -> CliResult {
@@ -364,7 +393,7 @@ fn train(a: &TrainArgs) -> CliResult {
         "max_tokens": ex.max_tokens(),
         "width": a.width, "layers": a.layers, "hidden": feats[0].dim,
         "label_smoothing": a.label_smoothing, "pos_weight": a.pos_weight,
-        "norm": d.weighted.0.norm, "train": settings.opts, "zero_shot_thresholds": d.thresholds,
+        "norm": d.weighted.0.norm, "train": settings.opts, "zero_shot": d.zero_shot,
         "data": a.features.data.data.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "texts": records.len(),
     });
@@ -385,8 +414,8 @@ fn train(a: &TrainArgs) -> CliResult {
         "trained on {} texts ({} machine): final loss {:.4} (PAWN), {:.4} (mean aggregation); wrote {}",
         records.len(),
         labels.iter().filter(|&&y| y == 1).count(),
-        d.final_losses[0],
-        d.final_losses[1],
+        d.losses[0].last().copied().unwrap_or(f64::NAN),
+        d.losses[1].last().copied().unwrap_or(f64::NAN),
         a.out.display()
     );
     Ok(())
@@ -414,8 +443,8 @@ fn read_head(path: &Path) -> Result<TrainedHead, CliError> {
     }
     let num = |k: &str| m[k].as_f64().ok_or_else(|| bad(&format!("no `{k}`")));
     let norm: MetricNorm = serde_json::from_value(m["norm"].clone()).map_err(|e| bad(&format!("`norm`: {e}")))?;
-    let thresholds: Vec<f64> = serde_json::from_value(m["zero_shot_thresholds"].clone())
-        .map_err(|e| bad(&format!("`zero_shot_thresholds`: {e}")))?;
+    let zero_shot: Vec<(f64, f64)> =
+        serde_json::from_value(m["zero_shot"].clone()).map_err(|e| bad(&format!("`zero_shot`: {e}")))?;
     let cfg = |aggregation| -> Result<PawnConfig, CliError> {
         Ok(PawnConfig {
             metrics: detect::METRICS.len(),
@@ -434,16 +463,16 @@ fn read_head(path: &Path) -> Result<TrainedHead, CliError> {
     let (mean, weighted): (Tensors<f32>, Tensors<f32>) =
         ckpt.params.into_iter().partition(|(k, _)| k.starts_with("mean."));
     let mean = mean.into_iter().map(|(k, v)| (k["mean.".len()..].to_string(), v)).collect();
-    let thresholds = [
-        *thresholds.first().ok_or_else(|| bad("no thresholds"))?,
-        *thresholds.get(1).ok_or_else(|| bad("no thresholds"))?,
-    ];
+    let zero_shot = match zero_shot[..] {
+        [a, b] => [a, b],
+        _ => return Err(bad("`zero_shot` is not two (direction, threshold) pairs")),
+    };
     Ok(TrainedHead {
         detectors: Detectors {
             weighted: (head(Aggregation::Weighted)?, weighted),
             mean: (head(Aggregation::Mean)?, mean),
-            thresholds,
-            final_losses: [f64::NAN; 2],
+            zero_shot,
+            losses: [Vec::new(), Vec::new()],
         },
         backbone: PathBuf::from(m["backbone"].as_str().unwrap_or_default()),
         backbone_key: m["backbone_key"].as_str().unwrap_or_default().to_string(),

@@ -10,7 +10,7 @@
 //! next-token prediction over whole sentences, not one masked token; its floor
 //! is the HMM's exact conditional entropy, from the forward algorithm.
 
-use super::{Metrics, ReproArgs, Verdict};
+use super::{verdict, Metrics, ReproArgs, Verdict};
 use crate::error::{CliError, CliResult};
 use crate::plot::{self, Series};
 use lsc_interp::{Tensors, Value};
@@ -289,18 +289,6 @@ fn last(r: &Run) -> Result<&Measurement, CliError> {
     r.points.last().map(|(_, m)| m).ok_or_else(|| CliError::new(format!("{}: no measurement", r.name)))
 }
 
-/// A difference `a − b` against the noise of both (95 % half-widths).
-fn compare(a: f64, b: f64, noise: f64, paper_sign: f64) -> Verdict {
-    let d = a - b;
-    if d.abs() <= noise {
-        Verdict::Inconclusive
-    } else if d.signum() == paper_sign {
-        Verdict::Reproduced
-    } else {
-        Verdict::NotReproduced
-    }
-}
-
 /// 95 % half-width of a difference of two accuracies on `n` test examples each.
 fn accuracy_noise(p: f64, n: usize) -> f64 {
     1.96 * (2.0 * p * (1.0 - p) / n as f64).sqrt()
@@ -427,13 +415,13 @@ pub fn run(a: &ReproArgs, metrics: &mut Metrics) -> Result<String, CliError> {
                     p.loss - meter_floor,
                     c.loss - meter_floor
                 ),
-                compare(p.trace.mean, c.trace.mean, trace_noise(p, c), 1.0),
+                verdict(p.trace.mean, c.trace.mean, trace_noise(p, c), 1.0),
             ));
             claims.push((
                 format!("(a) … and raises the probe's accuracy ({} → {})", pre.name, cont.name),
                 "+4.0 % (HMM task 10, 67M), +1.6 % (PCFG task C, 235M)",
                 format!("{:.1} % → {:.1} %", 100.0 * p.probe, 100.0 * c.probe),
-                compare(c.probe, p.probe, accuracy_noise(p.probe, n), 1.0),
+                verdict(c.probe, p.probe, accuracy_noise(p.probe, n), 1.0),
             ));
         }
         let (s, ad) = (last(sgd)?, last(adam)?);
@@ -447,7 +435,7 @@ pub fn run(a: &ReproArgs, metrics: &mut Metrics) -> Result<String, CliError> {
                 100.0 * s.probe,
                 100.0 * ad.probe
             ),
-            compare(ad.trace.mean, s.trace.mean, trace_noise(s, ad), 1.0),
+            verdict(ad.trace.mean, s.trace.mean, trace_noise(s, ad), 1.0),
         ));
     }
     if let [small, large] = &runs[..] {
@@ -462,13 +450,13 @@ pub fn run(a: &ReproArgs, metrics: &mut Metrics) -> Result<String, CliError> {
                 s.loss - meter_floor,
                 l.loss - meter_floor
             ),
-            compare(s.trace.mean, l.trace.mean, s.trace.half_width.hypot(l.trace.half_width), 1.0),
+            verdict(s.trace.mean, l.trace.mean, s.trace.half_width.hypot(l.trace.half_width), 1.0),
         ));
         claims.push((
             format!("(b) … and the better probe ({} vs {})", small[2].name, large[2].name),
             "+4.5 % (HMM), +6.9 % (PCFG), +2.0 % (OPT data) at the same loss",
             format!("{:.1} % vs {:.1} %", 100.0 * s.probe, 100.0 * l.probe),
-            compare(l.probe, s.probe, accuracy_noise(s.probe, n), 1.0),
+            verdict(l.probe, s.probe, accuracy_noise(s.probe, n), 1.0),
         ));
     }
     let _ = writeln!(md, "\n| claim | the paper | measured here | verdict |\n|---|---|---|---|");

@@ -3,6 +3,7 @@
 //! verdict), `*.svg` plots and the raw `metrics.jsonl` of every run.
 
 mod flatness;
+mod pawn;
 
 use crate::error::{CliError, CliResult};
 use std::io::Write;
@@ -13,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub enum Experiment {
     /// Liu et al.: same loss, different flatness (continued training, width, optimizer) on an HMM language.
     Flatness,
+    /// PAWN: AI-text detection over a frozen lsc LM, against mean aggregation and zero-shot scores.
+    Pawn,
 }
 
 /// Arguments of `lsc repro`.
@@ -27,6 +30,9 @@ pub struct ReproArgs {
     /// A short version (at most 3 minutes on 2 cores) that CI runs: fewer steps and samples.
     #[arg(long)]
     pub quick: bool,
+    /// The language model PAWN reads (pawn; default: trains one and names the command in the report).
+    #[arg(long)]
+    pub ckpt: Option<PathBuf>,
     #[command(flatten)]
     pub backend: crate::source::BackendArg,
 }
@@ -49,6 +55,19 @@ impl Verdict {
             Verdict::NotReproduced => "not reproduced",
             Verdict::Inconclusive => "inconclusive at this scale",
         }
+    }
+}
+
+/// The verdict on a difference `a − b` that the paper says has the sign
+/// `paper_sign`, against the noise (a 95 % half-width) of the difference.
+fn verdict(a: f64, b: f64, noise: f64, paper_sign: f64) -> Verdict {
+    let d = a - b;
+    if d.abs() <= noise || d.is_nan() {
+        Verdict::Inconclusive
+    } else if d.signum() == paper_sign {
+        Verdict::Reproduced
+    } else {
+        Verdict::NotReproduced
     }
 }
 
@@ -77,6 +96,7 @@ pub fn run(a: &ReproArgs) -> CliResult {
     let mut metrics = Metrics::create(&a.out)?;
     let report = match a.experiment {
         Experiment::Flatness => flatness::run(a, &mut metrics)?,
+        Experiment::Pawn => pawn::run(a, &mut metrics)?,
     };
     let path = a.out.join("report.md");
     lsc_runtime::weights::write_atomic(&path, report.as_bytes())?;
