@@ -772,3 +772,36 @@ fn detect_features_train_eval_predict_and_bad_input() {
     assert_bad(&lsc(&["detect", "features", "--ckpt", h, "--data", d, "--cache", c]), "is a detector head");
     assert_bad(&lsc(&["detect", "features", "--ckpt", lm, "--data", d, "--max-tokens", "5000"]), "--max-tokens 5000");
 }
+
+#[test]
+fn repro_pawn_quick_reports_every_split_and_detector() {
+    if !Path::new("../shared/data/ai-text-detection/fast-detect-gpt-gpt3to4").exists() {
+        eprintln!("skipped: ../shared/data/ai-text-detection is not beside the repo");
+        return;
+    }
+    let dir = scratch("repro-pawn");
+    let o = lsc(&["repro", "pawn", "--quick", "--out", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("trained by `lsc train --model transformer --config tiny"), "{report}");
+    for split in ["in-distribution", "davinci → gpt-3.5-turbo", "gpt-3.5-turbo → davinci", "held-out domain: pubmed"]
+    {
+        assert!(report.contains(split), "{split} in {report}");
+    }
+    assert_eq!(report.lines().filter(|l| l.starts_with("| PAWN |")).count(), 6, "{report}");
+    assert!(report.contains("**Verdict:"), "{report}");
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 24, "6 splits × 4 detectors");
+    for r in &rows {
+        let auroc = r["auroc"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&auroc), "{r}");
+        assert!(r["test_texts"].as_u64().unwrap() > 0, "{r}");
+    }
+    for plot in ["roc.svg", "head-loss.svg"] {
+        assert!(std::fs::read_to_string(dir.join(plot)).unwrap().contains("<polyline"), "{plot}");
+    }
+}
