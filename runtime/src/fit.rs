@@ -57,12 +57,7 @@ impl Fitter {
             let v = inputs.get(name).ok_or_else(|| RuntimeError::Input(format!("missing input `{name}`")))?;
             l.set(name, v)?;
         }
-        l.set("lr", &Value::floats(vec![], vec![lr as f32]))?;
-        if let Optimizer::AdamW { beta1, beta2, .. } = self.optimizer {
-            let n = (self.steps + 1) as i32;
-            l.set("adam.bc1", &Value::floats(vec![], vec![(1.0 - beta1.powi(n)) as f32]))?;
-            l.set("adam.bc2", &Value::floats(vec![], vec![(1.0 - beta2.powi(n)) as f32]))?;
-        }
+        set_rate(l, self.optimizer, self.steps, lr)?;
         l.run()?;
         let loss = l.output("loss")?.to_f64_vec()[0];
         let norm = l.output("grad_norm")?.to_f64_vec()[0];
@@ -72,13 +67,7 @@ impl Fitter {
                 self.steps + 1
             )));
         }
-        for name in l.output_names() {
-            if let Some(p) = name.strip_prefix("param.") {
-                l.feed_back(&name, p)?;
-            } else if self.state_names.contains(&name) {
-                l.feed_back(&name, &name)?;
-            }
-        }
+        apply_update(l, &self.state_names)?;
         self.steps += 1;
         Ok(loss)
     }
@@ -87,4 +76,32 @@ impl Fitter {
     pub fn params(&self) -> Result<Tensors<f32>, RuntimeError> {
         self.param_names.iter().map(|n| Ok((n.clone(), self.loaded.get(n)?))).collect()
     }
+}
+
+/// Sets a step program's `lr` and, for AdamW, the bias corrections of step
+/// `done + 1`.
+pub(crate) fn set_rate(l: &mut dyn Loaded, optimizer: Optimizer, done: u64, lr: f64) -> Result<(), RuntimeError> {
+    l.set("lr", &Value::floats(vec![], vec![lr as f32]))?;
+    if let Optimizer::AdamW { beta1, beta2, .. } = optimizer {
+        let n = (done + 1) as i32;
+        l.set("adam.bc1", &Value::floats(vec![], vec![(1.0 - beta1.powi(n)) as f32]))?;
+        l.set("adam.bc2", &Value::floats(vec![], vec![(1.0 - beta2.powi(n)) as f32]))?;
+    }
+    Ok(())
+}
+
+/// Makes a step's updated parameters (`param.{p}`) and optimizer state the
+/// next step's; returns the names of the other outputs.
+pub(crate) fn apply_update(l: &mut dyn Loaded, state_names: &[String]) -> Result<Vec<String>, RuntimeError> {
+    let mut others = Vec::new();
+    for name in l.output_names() {
+        if let Some(p) = name.strip_prefix("param.") {
+            l.feed_back(&name, p)?;
+        } else if state_names.contains(&name) {
+            l.feed_back(&name, &name)?;
+        } else {
+            others.push(name);
+        }
+    }
+    Ok(others)
 }

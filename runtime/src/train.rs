@@ -294,12 +294,7 @@ impl Trainer {
         let l = self.loaded.as_mut();
         l.set("input_ids", &Value::ints(vec![b, t], ids))?;
         l.set("targets", &Value::ints(vec![b, t], targets))?;
-        l.set("lr", &Value::floats(vec![], vec![lr as f32]))?;
-        if let Optimizer::AdamW { beta1, beta2, .. } = self.optimizer {
-            let n = (self.step + 1) as i32;
-            l.set("adam.bc1", &Value::floats(vec![], vec![(1.0 - beta1.powi(n)) as f32]))?;
-            l.set("adam.bc2", &Value::floats(vec![], vec![(1.0 - beta2.powi(n)) as f32]))?;
-        }
+        crate::fit::set_rate(l, self.optimizer, self.step, lr)?;
         l.run()?;
         self.profiled_steps += 1;
         let scalar = |name: &str| l.output(name).map(|v| v.to_f64_vec()[0]).unwrap_or(f64::NAN);
@@ -311,12 +306,8 @@ impl Trainer {
             )));
         }
         let mut monitors = Vec::new();
-        for name in l.output_names() {
-            if let Some(p) = name.strip_prefix("param.") {
-                l.feed_back(&name, p)?;
-            } else if self.state_names.contains(&name) {
-                l.feed_back(&name, &name)?;
-            } else if !matches!(name.as_str(), "loss" | "lm_loss" | "grad_norm") {
+        for name in crate::fit::apply_update(l, &self.state_names)? {
+            if !matches!(name.as_str(), "loss" | "lm_loss" | "grad_norm") {
                 monitors.push((name.clone(), l.output(&name)?.to_f64_vec()));
             }
         }
