@@ -49,10 +49,9 @@ impl Estimate {
 /// The result of power iteration on the Hessian of one batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TopEigenvalue {
-    /// The Rayleigh quotient `vᵀHv` of the last iterate (the eigenvalue of
-    /// largest magnitude, positive near a minimum).
+    /// The Rayleigh quotient `vᵀHv` of the last iterate: the largest eigenvalue.
     pub value: f64,
-    /// The Rayleigh quotient after each iteration.
+    /// The Rayleigh quotient after each iteration (of the shifted pass, if one ran).
     pub history: Vec<f64>,
 }
 
@@ -141,6 +140,58 @@ impl Curvature {
     }
 }
 
+/// A symmetric linear operator `v ↦ Av` (a Hessian-vector product, say).
+pub type Operator<'a> = dyn FnMut(&[f32]) -> Result<Vec<f32>, RuntimeError> + 'a;
+
+/// The largest eigenvalue of the symmetric `n × n` operator `apply`, by power
+/// iteration `v ← (A − σI)v / ‖(A − σI)v‖` from a random start, `iterations`
+/// times: first with σ = 0, which finds the eigenvalue of largest magnitude;
+/// if that one is negative (a batch's Hessian is indefinite), again with σ at
+/// it, which makes the largest eigenvalue the dominant one.
+pub fn largest_eigenvalue(
+    apply: &mut Operator,
+    n: usize,
+    iterations: usize,
+    rng: &mut Rng,
+    progress: &mut dyn FnMut(),
+) -> Result<TopEigenvalue, RuntimeError> {
+    let mut history = power_iteration(apply, n, iterations, 0.0, rng, progress)?;
+    let dominant = history.last().copied().unwrap_or(0.0);
+    if dominant < 0.0 {
+        history = power_iteration(apply, n, iterations, dominant, rng, progress)?;
+    }
+    let value = history.last().copied().unwrap_or(0.0);
+    if !value.is_finite() {
+        return Err(RuntimeError::Diverged(format!("power iteration reached a non-finite eigenvalue ({value})")));
+    }
+    Ok(TopEigenvalue { value, history })
+}
+
+/// The Rayleigh quotients `vᵀAv` of power iteration on `A − shift·I`.
+fn power_iteration(
+    apply: &mut Operator,
+    n: usize,
+    iterations: usize,
+    shift: f64,
+    rng: &mut Rng,
+    progress: &mut dyn FnMut(),
+) -> Result<Vec<f64>, RuntimeError> {
+    let mut v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    normalize(&mut v);
+    let mut history = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let mut av = apply(&v)?;
+        history.push(dot(&v, &av));
+        av.iter_mut().zip(&v).for_each(|(a, x)| *a -= (shift * *x as f64) as f32);
+        if normalize(&mut av) == 0.0 {
+            break;
+        }
+        v = av;
+        progress();
+    }
+    Ok(history)
+}
+
 /// Sets `input_ids` (and `targets`) of a program loaded at `B = b`, `T = t`.
 fn set_batch(
     l: &mut dyn Loaded,
@@ -218,8 +269,7 @@ impl Curvature {
         finite(Estimate::from_samples(samples), "Hutchinson's trace")
     }
 
-    /// Power iteration on the Hessian of one batch: `v ← Hv / ‖Hv‖` from a
-    /// random start, `iterations` times.
+    /// The largest eigenvalue of the Hessian of one batch (see [`largest_eigenvalue`]).
     pub fn top_eigenvalue(
         &mut self,
         batch: &Batch,
@@ -227,23 +277,8 @@ impl Curvature {
         rng: &mut Rng,
         progress: &mut dyn FnMut(),
     ) -> Result<TopEigenvalue, RuntimeError> {
-        let mut v: Vec<f32> = (0..self.dimension()).map(|_| rng.normal() as f32).collect();
-        normalize(&mut v);
-        let mut history = Vec::with_capacity(iterations);
-        for _ in 0..iterations {
-            let (_, mut hv) = self.hessian_vector(batch, &v)?;
-            history.push(dot(&v, &hv));
-            if normalize(&mut hv) == 0.0 {
-                break;
-            }
-            v = hv;
-            progress();
-        }
-        let value = history.last().copied().unwrap_or(0.0);
-        if !value.is_finite() {
-            return Err(RuntimeError::Diverged(format!("power iteration reached a non-finite eigenvalue ({value})")));
-        }
-        Ok(TopEigenvalue { value, history })
+        let n = self.dimension();
+        largest_eigenvalue(&mut |v| Ok(self.hessian_vector(batch, v)?.1), n, iterations, rng, progress)
     }
 
     /// The Fisher trace `E_x E_{ŷ∼p_θ(·|x)} ‖∇ log p_θ(ŷ|x)‖²` (per token), the
@@ -305,5 +340,30 @@ fn finite(e: Estimate, what: &str) -> Result<Estimate, RuntimeError> {
         Err(RuntimeError::Diverged(format!(
             "{what} has a non-finite sample: the weights give a non-finite loss or gradient"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `diag(−5, 3, 1, 0.5)`: power iteration alone finds −5; the shifted pass, 3.
+    #[test]
+    fn the_largest_eigenvalue_of_an_indefinite_operator() {
+        let d = [-5.0f32, 3.0, 1.0, 0.5];
+        let mut apply = |v: &[f32]| Ok(v.iter().zip(&d).map(|(x, l)| x * l).collect());
+        let top = largest_eigenvalue(&mut apply, 4, 200, &mut Rng::new(1), &mut || ()).unwrap();
+        assert!((top.value - 3.0).abs() < 1e-4, "{}", top.value);
+        let positive = [5.0f32, 3.0, -1.0, 0.5];
+        let mut apply = |v: &[f32]| Ok(v.iter().zip(&positive).map(|(x, l)| x * l).collect());
+        let top = largest_eigenvalue(&mut apply, 4, 200, &mut Rng::new(1), &mut || ()).unwrap();
+        assert!((top.value - 5.0).abs() < 1e-4 && top.history.len() == 200, "{:?}", top.value);
+    }
+
+    #[test]
+    fn estimates_have_a_mean_and_an_interval() {
+        let e = Estimate::from_samples(vec![1.0, 2.0, 3.0]);
+        assert_eq!(e.mean, 2.0);
+        assert!((e.half_width - 1.96 / 3f64.sqrt()).abs() < 1e-12);
     }
 }

@@ -126,7 +126,7 @@ pub fn run(a: &FlatnessArgs) -> CliResult {
     }
     if let Some(top) = &top {
         println!(
-            "  λ_max(H), power iteration  {:.4}  (largest in magnitude; {} iterations on one batch, last relative change {:.1e})",
+            "  λ_max(H), power iteration  {:.4}  (the largest; {} power iterations on one batch, last relative change {:.1e})",
             top.value,
             top.history.len(),
             top.relative_change()
