@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`autodiff`] | reverse-mode autodiff as a graph transformation, the open VJP table |
 //! | [`hessian`] | the loss's gradient and exact Hessian-vector products (reverse over reverse) |
-//! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD |
+//! | [`train`] | one training-step graph: loss, gradients, clipping, AdamW/SGD; `objective_step` for any scalar `loss` |
 //! | [`saturate`] | equality saturation with egg: rule groups, cost model, DAG-aware extraction |
 //! | [`routing`] | whether a function may run on the active rows only (`routed_call`) |
 //! | [`inline`] | `main`'s calls replaced by their callees' bodies (the training step keeps forward values) |
