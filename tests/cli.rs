@@ -728,7 +728,7 @@ fn detect_features_train_eval_predict_and_bad_input() {
     let d = data.to_str().unwrap();
     let cache = dir.join("cache");
     let c = cache.to_str().unwrap();
-    let o = lsc(&["detect", "features", "--ckpt", lm, "--data", d, "--cache", c, "--max-tokens", "48"]);
+    let o = lsc(&["detect", "features", "--ckpt", lm, "--data", d, "--out", c, "--max-tokens", "48"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stdout(&o).contains("60 texts (30 machine, 30 human)") && stdout(&o).contains("0 from the cache, 60 computed"),

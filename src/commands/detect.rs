@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum DetectCommand {
     /// Run the language model over each text once and cache its per-token features.
-    Features(FeatureArgs),
+    Features(FeaturesCommand),
     /// Train the PAWN head (and its mean-aggregation ablation and zero-shot thresholds).
     Train(TrainArgs),
     /// Accuracy, macro-F1 and AUROC of a trained head and its baselines.
@@ -58,6 +58,16 @@ pub struct FeatureArgs {
     pub max_tokens: Option<usize>,
     #[command(flatten)]
     pub backend: crate::source::BackendArg,
+}
+
+/// Arguments of `lsc detect features`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FeaturesCommand {
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    /// The cache folder to fill (the same as --cache; this one wins).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// Arguments of `lsc detect train`.
@@ -118,8 +128,12 @@ pub struct EvalArgs {
 /// Runs `lsc detect`.
 pub fn run(c: &DetectCommand) -> CliResult {
     match c {
-        DetectCommand::Features(a) => {
-            let (records, feats, ex) = load(a, Part::All)?;
+        DetectCommand::Features(c) => {
+            let mut a = c.features.clone();
+            if let Some(out) = &c.out {
+                a.data.cache = out.clone();
+            }
+            let (records, feats, ex) = load(&a, Part::All)?;
             let machine = records.iter().filter(|r| r.label == 1).count();
             let tokens: usize = feats.iter().map(|f| f.tokens).sum();
             println!(
