@@ -104,15 +104,31 @@ struct Measurement {
     probe: f64,
 }
 
+/// The fixed validation sentences (the probe's training then test sets),
+/// their model input and the HMM's optimal loss on them.
+struct Validation {
+    sentences: Vec<Sentence>,
+    batch: Batch,
+    floor: f64,
+}
+
+impl Validation {
+    fn sample(hmm: &Hmm, rows: usize) -> Validation {
+        let mut rng = Rng::new(SEED ^ 0xfeed);
+        let sentences: Vec<Sentence> = (0..rows).map(|_| hmm.sample(&mut rng)).collect();
+        let floor = sentences.iter().flat_map(|s| hmm.optimal_losses(&s.tokens)).sum::<f64>() / (rows * LENGTH) as f64;
+        Validation { batch: batch_of(hmm, &sentences), sentences, floor }
+    }
+}
+
 /// What measures a model of one width: the curvature programs, and the
-/// forward pass with features over the probe's sentences.
+/// forward pass with features over the validation sentences.
 struct Meter<'a> {
     curvature: Curvature,
     features: Box<dyn Loaded>,
     hmm: &'a Hmm,
-    probe_set: Vec<Sentence>,
+    valid: &'a Validation,
     scale: &'a Scale,
-    floor: f64,
 }
 
 impl<'a> Meter<'a> {
@@ -120,17 +136,13 @@ impl<'a> Meter<'a> {
         forward: &Program,
         params: &Tensors<f32>,
         on: RunOn,
-        hmm: &'a Hmm,
+        (hmm, valid): (&'a Hmm, &'a Validation),
         scale: &'a Scale,
     ) -> Result<Meter<'a>, CliError> {
         let curvature = Curvature::new(forward, params, on, BATCH, LENGTH)?;
         let with = lsc_models::with_features(forward).map_err(|e| CliError::new(e.to_string()))?;
-        let rows = scale.probe_train + scale.probe_test;
-        let features = Executable::new(with, on)?.load_with(rows, LENGTH, params)?;
-        let mut rng = Rng::new(SEED ^ 0xfeed);
-        let probe_set: Vec<Sentence> = (0..rows).map(|_| hmm.sample(&mut rng)).collect();
-        let floor = probe_set.iter().flat_map(|s| hmm.optimal_losses(&s.tokens)).sum::<f64>() / (rows * LENGTH) as f64;
-        Ok(Meter { curvature, features, hmm, probe_set, scale, floor })
+        let features = Executable::new(with, on)?.load_with(valid.sentences.len(), LENGTH, params)?;
+        Ok(Meter { curvature, features, hmm, valid, scale })
     }
 
     fn measure(&mut self, params: &Tensors<f32>) -> Result<Measurement, CliError> {
@@ -149,14 +161,13 @@ impl<'a> Meter<'a> {
 
     /// The validation loss over the probe's sentences and the probe's test accuracy.
     fn loss_and_probe(&mut self, params: &Tensors<f32>) -> Result<(f64, f64), CliError> {
-        let rows = self.probe_set.len();
-        let b = batch_of(self.hmm, &self.probe_set);
+        let (rows, b) = (self.valid.sentences.len(), &self.valid.batch);
         for (name, v) in params {
             if self.features.has(name) {
                 self.features.set(name, v)?;
             }
         }
-        self.features.set("input_ids", &Value::ints(vec![rows, LENGTH], b.ids))?;
+        self.features.set("input_ids", &Value::ints(vec![rows, LENGTH], b.ids.clone()))?;
         self.features.run()?;
         let logits = self.features.output("logits")?;
         let (feats, logits) = (self.features.output("features")?, logits.as_floats().unwrap_or_default());
@@ -170,7 +181,7 @@ impl<'a> Meter<'a> {
         let per = feats.len() / rows;
         let set = |range: std::ops::Range<usize>| Labelled {
             features: feats[range.start * per..range.end * per].to_vec(),
-            labels: self.probe_set[range].iter().map(|s| s.states[PROBED]).collect(),
+            labels: self.valid.sentences[range].iter().map(|s| s.states[PROBED]).collect(),
             dim: per,
         };
         let n = self.scale.probe_train;
@@ -232,7 +243,7 @@ fn phase(
         if s % meter.scale.every == 0 || s == steps {
             let m = meter.measure(&trainer.params()?)?;
             metrics.push(&json!({
-                "run": run.name, "step": offset + s, "loss": m.loss, "floor": meter.floor,
+                "run": run.name, "step": offset + s, "loss": m.loss, "floor": meter.valid.floor,
                 "trace": m.trace.mean, "trace_ci95": m.trace.half_width,
                 "fisher": m.fisher.mean, "fisher_ci95": m.fisher.half_width, "top_eigenvalue": m.top,
                 "probe_accuracy": m.probe,
@@ -240,7 +251,7 @@ fn phase(
             bar.set_message(format!(
                 "{}: loss − floor {:.3}, Tr(H) {:.1}",
                 run.name,
-                m.loss - meter.floor,
+                m.loss - meter.valid.floor,
                 m.trace.mean
             ));
             run.points.push((offset + s, m));
@@ -252,7 +263,7 @@ fn phase(
 /// The three runs of one width: AdamW to convergence, then SGD or AdamW on.
 fn width_runs(
     width: usize,
-    hmm: &Hmm,
+    data: (&Hmm, &Validation),
     scale: &Scale,
     on: RunOn,
     metrics: &mut Metrics,
@@ -260,7 +271,7 @@ fn width_runs(
 ) -> Result<[Run; 3], CliError> {
     let forward = lsc_models::transformer::build(&model_config(width)).map_err(|e| CliError::new(e.to_string()))?;
     let params = lsc_runtime::init::init_params(&forward, SEED).map_err(CliError::new)?;
-    let mut meter = Meter::new(&forward, &params, on, hmm, scale)?;
+    let mut meter = Meter::new(&forward, &params, on, data, scale)?;
     let warm = |steps: u64, frac: f64, lr: f64| Schedule::Cosine {
         max_lr: lr,
         min_lr: lr,
@@ -312,19 +323,18 @@ pub fn run(a: &ReproArgs, metrics: &mut Metrics) -> Result<String, CliError> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = std::time::Instant::now();
+    let valid = Validation::sample(&hmm, scale.probe_train + scale.probe_test);
     let mut runs = Vec::new();
     for &w in &scale.widths {
-        runs.push(width_runs(w, &hmm, scale, on, metrics, &bar)?);
+        runs.push(width_runs(w, (&hmm, &valid), scale, on, metrics, &bar)?);
     }
     bar.finish_and_clear();
     let minutes = started.elapsed().as_secs_f64() / 60.0;
 
     // The probe's ceiling: the Bayes posterior of z_6 given the model's input.
-    let meter_floor;
+    let meter_floor = valid.floor;
     let (ceiling, majority) = {
-        let mut rng = Rng::new(SEED ^ 0xfeed);
-        let set: Vec<Sentence> = (0..scale.probe_train + scale.probe_test).map(|_| hmm.sample(&mut rng)).collect();
-        meter_floor = set.iter().flat_map(|s| hmm.optimal_losses(&s.tokens)).sum::<f64>() / (set.len() * LENGTH) as f64;
+        let set = &valid.sentences;
         let test = &set[scale.probe_train..];
         let bayes = test
             .iter()
